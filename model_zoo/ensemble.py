@@ -1,0 +1,247 @@
+"""Ensemble inference: member probabilities -> stacker (+ age, sex, site) -> ensemble probability.
+
+The stacker's feature vector is defined here once and used by both training
+(``training.fit_stacker``) and inference, so the two can never disagree on column order or
+on how missing clinical values are filled.
+
+Missing clinical values (documented imputation): age -> the training median stored in the
+manifest, sex -> 0.5 (between F=0 and M=1), site -> 0.5 (between appendicular=0 and
+axial=1); each with a 0/1 ``*_missing`` indicator so the stacker can learn that a value was
+absent rather than trust the fill.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from model_zoo import preprocess, roi
+from model_zoo.errors import InputError, IntegrityError
+from model_zoo.members import MemberSpec
+from model_zoo.zoo import default_zoo_dir, verify_release
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+CLINICAL_FEATURES = ("age", "age_missing", "sex_male", "sex_missing", "site_axial", "site_missing")
+
+_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The one lock that every user of a shared model takes around a forward pass.
+
+    CAM code registers forward/backward hooks on the model; a hook registered by one
+    request would fire on another request's forward on the same module. Serialising all
+    uses of one model behind one re-entrant lock (prediction and CAMs alike) prevents that
+    without copying models per session.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _LOCKS[model] = lock
+        return lock
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[float]:
+    """Encode (age, sex, site) as ``CLINICAL_FEATURES`` with explicit missing indicators.
+
+    ``sex`` is "M"/"F", ``site`` is "appendicular"/"axial"; anything else must have been
+    rejected by validation before reaching here.
+    """
+    out: list[float] = []
+    if _is_missing(age):
+        out += [float(age_fill), 1.0]
+    else:
+        out += [float(age), 0.0]
+    if _is_missing(sex):
+        out += [0.5, 1.0]
+    else:
+        sex = str(sex).strip().upper()
+        if sex not in ("M", "F"):
+            raise InputError(f"sex must be M or F, got {sex!r}")
+        out += [1.0 if sex == "M" else 0.0, 0.0]
+    if _is_missing(site):
+        out += [0.5, 1.0]
+    else:
+        site = str(site).strip().lower()
+        if site not in ("appendicular", "axial"):
+            raise InputError(f"site must be appendicular or axial, got {site!r}")
+        out += [1.0 if site == "axial" else 0.0, 0.0]
+    return out
+
+
+def stacker_matrix(member_probs: np.ndarray, ages: Sequence[Any], sexes: Sequence[Any],
+                   sites: Sequence[Any], *, age_fill: float) -> np.ndarray:
+    """(n, n_members) member probabilities + clinical values -> (n, n_members + 6) features."""
+    member_probs = np.asarray(member_probs, dtype=np.float64)
+    if member_probs.ndim != 2:
+        raise ValueError("member_probs must be 2-D (cases x members)")
+    clinical = np.array([clinical_vector(a, s, t, age_fill=age_fill)
+                         for a, s, t in zip(ages, sexes, sites, strict=True)], dtype=np.float64)
+    clinical = clinical.reshape(len(member_probs), len(CLINICAL_FEATURES))
+    return np.hstack([member_probs, clinical])
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+@dataclass
+class LoadedMember:
+    spec: MemberSpec
+    model: Any  # torch.nn.Module in eval mode
+
+
+@dataclass
+class Prediction:
+    """One case's result. Probabilities are of the zoo's positive class."""
+
+    p_ensemble: float
+    p_members: dict[str, float]
+    p_clinic: float | None
+    threshold: float
+    label: str
+    roi_box: roi.Box
+    crop_boxes: dict[str, roi.Box]
+    seconds: float
+    disagreement: float = field(default=0.0)  # max - min of member probabilities
+
+
+class Zoo:
+    """A verified, loaded release. Thread-safe for concurrent ``predict`` calls."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], members: list[LoadedMember],
+                 stacker: Any, clinic_model: Any):
+        self.root = root
+        self.manifest = manifest
+        self.members = members
+        self.stacker = stacker
+        self.clinic_model = clinic_model
+
+    # -- facts from the manifest --------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.manifest['name']} {self.manifest['version']}"
+
+    @property
+    def task(self) -> dict[str, Any]:
+        return self.manifest["task"]
+
+    @property
+    def positive_class(self) -> str:
+        return self.task["positive_class"]
+
+    @property
+    def negative_class(self) -> str:
+        return self.task["negative_class"]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"]["value"])
+
+    @property
+    def member_ids(self) -> list[str]:
+        return [m.spec.member_id for m in self.members]
+
+    @property
+    def age_fill(self) -> float:
+        return float(self.manifest["stacker"]["age_fill"])
+
+    @property
+    def cam_weights(self) -> dict[str, float]:
+        """Weights for the ensemble-weighted heatmap (stored at fit time; equal if absent)."""
+        weights = self.manifest["stacker"].get("cam_weights") or {}
+        if not weights:
+            return {mid: 1.0 / len(self.members) for mid in self.member_ids}
+        return {mid: float(weights.get(mid, 0.0)) for mid in self.member_ids}
+
+    def label_for(self, p: float) -> str:
+        return self.positive_class if p >= self.threshold else self.negative_class
+
+    # -- inference ---------------------------------------------------------------------------
+    def member_logits(self, pixels: np.ndarray, box: roi.Box) -> tuple[dict[str, float], dict[str, roi.Box]]:
+        import torch
+
+        logits, crop_boxes = {}, {}
+        for member in self.members:
+            x, _, crop_box = preprocess.member_input(member.spec, pixels, box)
+            with model_lock(member.model), torch.inference_mode():
+                logits[member.spec.member_id] = float(member.model(x).reshape(-1)[0])
+            crop_boxes[member.spec.member_id] = crop_box
+        return logits, crop_boxes
+
+    def combine(self, p_members: dict[str, float], age: Any, sex: Any, site: Any) -> tuple[float, float | None]:
+        """Stacker (and clinic-only model) on member probabilities + clinical values."""
+        row = np.array([[p_members[mid] for mid in self.member_ids]])
+        features = stacker_matrix(row, [age], [sex], [site], age_fill=self.age_fill)
+        p_ens = float(self.stacker.predict_proba(features)[0, 1])
+        p_clinic = None
+        if self.clinic_model is not None:
+            clinical = features[:, len(self.member_ids):]
+            p_clinic = float(self.clinic_model.predict_proba(clinical)[0, 1])
+        return p_ens, p_clinic
+
+    def predict(self, pixels: np.ndarray, box: roi.Box | None, *, age: Any = None,
+                sex: Any = None, site: Any = None) -> Prediction:
+        start = time.perf_counter()
+        h, w = pixels.shape[:2]
+        box = roi.full_image_box((w, h)) if box is None else roi.validate_box(box, (w, h))
+        logits, crop_boxes = self.member_logits(pixels, box)
+        p_members = {mid: float(sigmoid(v)) for mid, v in logits.items()}
+        p_ens, p_clinic = self.combine(p_members, age, sex, site)
+        probs = list(p_members.values())
+        return Prediction(
+            p_ensemble=p_ens, p_members=p_members, p_clinic=p_clinic, threshold=self.threshold,
+            label=self.label_for(p_ens), roi_box=tuple(float(v) for v in box),
+            crop_boxes=crop_boxes, seconds=time.perf_counter() - start,
+            disagreement=float(max(probs) - min(probs)) if probs else 0.0,
+        )
+
+
+def load_members(root: Path, manifest: dict[str, Any]) -> list[LoadedMember]:
+    from safetensors.torch import load_file
+
+    members = []
+    for entry in manifest["members"]:
+        spec = MemberSpec.from_dict(entry["spec"])
+        model = spec.build_model()
+        state = load_file(str(root / entry["weights"]))
+        state = {k: v.float() for k, v in state.items()}  # fp16 storage -> fp32 compute
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise IntegrityError(
+                f"{root.name}: weights of {spec.member_id} do not fit its spec "
+                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+            )
+        model.eval()
+        members.append(LoadedMember(spec, model))
+    return members
+
+
+def load_zoo(path: Path | str | None = None) -> Zoo:
+    """Verify every file of a release (before unpickling anything), then load it."""
+    import joblib
+
+    root = Path(path) if path is not None else default_zoo_dir()
+    manifest = verify_release(root)  # raises IntegrityError before any deserialisation
+    members = load_members(root, manifest)
+    bundle = joblib.load(root / manifest["stacker"]["file"])
+    return Zoo(root, manifest, members, bundle["stacker"], bundle.get("clinic"))

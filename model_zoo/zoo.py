@@ -1,0 +1,237 @@
+"""The zoo release format: one immutable folder, written atomically, verified before use.
+
+Layout of a release folder::
+
+    manifest.json        everything needed to use the release (see ``MANIFEST_KEYS``)
+    manifest.sha256      sha256 of manifest.json (so an edited manifest is refused too)
+    members/<id>.safetensors
+    stacker.joblib       the chosen stacker and the clinic-only model
+    config.yaml          the resolved training config
+    MODEL_CARD.md
+    report/...           evaluation reports written at fit time
+
+``manifest["files"]`` maps every other file's relative path to its sha256. Loading checks,
+in this order and before anything is unpickled: manifest hash, that every listed path stays
+inside the folder, that no file is missing and no unlisted file exists, and every hash.
+Writing goes to a hidden temporary folder beside the destination and is renamed into place
+only when complete, so a crash never leaves a half-written release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from model_zoo.errors import InputError, IntegrityError
+
+MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest.sha256"
+FORMAT_VERSION = 1
+_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_ZOO_PARENT = REPO_ROOT / "assets" / "zoo"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so readers see the old or the new content, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def release_dir_name(name: str, version: str) -> str:
+    return f"{name}-{version}"
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    match = _SEMVER.match(version or "")
+    if not match:
+        raise InputError(f"version {version!r} is not semantic (MAJOR.MINOR.PATCH)")
+    return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+
+def _listed_files(root: Path) -> set[str]:
+    out = set()
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            out.add(path.relative_to(root).as_posix())
+        elif path.is_file():
+            out.add(path.relative_to(root).as_posix())
+    return out
+
+
+class ReleaseWriter:
+    """Build a release in a temporary folder and publish it atomically.
+
+    Usage::
+
+        with ReleaseWriter(parent, name, version) as rw:
+            rw.write_bytes("members/vit.safetensors", blob)
+            final_dir = rw.publish(manifest)
+
+    Leaving the block without ``publish`` (an exception, a kill) removes the temp folder;
+    a kill -9 leaves only a hidden ``.tmp-*`` folder that loaders never consider.
+    """
+
+    def __init__(self, parent: Path, name: str, version: str):
+        if not _NAME.match(name):
+            raise InputError(f"release name {name!r}: use letters, digits, '_', '-', '.'")
+        parse_version(version)
+        self.parent = Path(parent)
+        self.name, self.version = name, version
+        self.final_dir = self.parent / release_dir_name(name, version)
+        if self.final_dir.exists():
+            raise InputError(f"release {self.final_dir} already exists; releases are immutable - bump the version")
+        self.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{version}-", dir=self.parent))
+        self._published = False
+
+    def path(self, rel: str) -> Path:
+        target = (self.tmp_dir / rel).resolve()
+        if self.tmp_dir.resolve() not in target.parents:
+            raise ValueError(f"path {rel!r} escapes the release folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self.path(rel).write_bytes(data)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.path(rel).write_text(text, encoding="utf-8")
+
+    def copy_file(self, rel: str, src: Path) -> None:
+        shutil.copyfile(src, self.path(rel))
+
+    def publish(self, manifest: dict[str, Any]) -> Path:
+        files = sorted(_listed_files(self.tmp_dir) - {MANIFEST, MANIFEST_HASH})
+        manifest = dict(manifest)
+        manifest["format_version"] = FORMAT_VERSION
+        manifest["name"], manifest["version"] = self.name, self.version
+        manifest["files"] = {rel: sha256_file(self.tmp_dir / rel) for rel in files}
+        blob = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
+        (self.tmp_dir / MANIFEST).write_bytes(blob)
+        (self.tmp_dir / MANIFEST_HASH).write_text(sha256_bytes(blob) + "\n", encoding="ascii")
+        for path in self.tmp_dir.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        # rename is atomic within one filesystem; the temp folder lives beside the target.
+        os.rename(self.tmp_dir, self.final_dir)
+        self._published = True
+        return self.final_dir
+
+    def __enter__(self) -> ReleaseWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._published:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def verify_release(root: Path | str) -> dict[str, Any]:
+    """Check a release folder and return its manifest; raise IntegrityError on any problem.
+
+    Nothing is unpickled or deserialised beyond the manifest's JSON.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise IntegrityError(f"zoo folder not found: {root}")
+    manifest_path, hash_path = root / MANIFEST, root / MANIFEST_HASH
+    for required in (manifest_path, hash_path):
+        if not required.is_file() or required.is_symlink():
+            raise IntegrityError(f"{root.name}: {required.name} is missing")
+    blob = manifest_path.read_bytes()
+    expected = hash_path.read_text(encoding="ascii", errors="replace").strip()
+    if sha256_bytes(blob) != expected:
+        raise IntegrityError(f"{root.name}: manifest.json was modified (sha256 does not match manifest.sha256)")
+    try:
+        manifest = json.loads(blob)
+    except json.JSONDecodeError as err:
+        raise IntegrityError(f"{root.name}: manifest.json is not valid JSON ({err.msg})") from None
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise IntegrityError(f"{root.name}: manifest lists no files")
+    real_root = root.resolve()
+    for rel in files:
+        candidate = Path(rel)
+        if candidate.is_absolute() or ".." in candidate.parts:
+            raise IntegrityError(f"{root.name}: manifest entry {rel!r} points outside the release folder")
+        resolved = (root / rel).resolve()
+        if real_root not in resolved.parents:
+            raise IntegrityError(f"{root.name}: manifest entry {rel!r} points outside the release folder")
+        if (root / rel).is_symlink():
+            raise IntegrityError(f"{root.name}: {rel} is a symbolic link; releases hold plain files only")
+    present = _listed_files(root) - {MANIFEST, MANIFEST_HASH}
+    missing = sorted(set(files) - present)
+    extra = sorted(present - set(files))
+    if missing:
+        raise IntegrityError(f"{root.name}: file missing from the release: {missing[0]}"
+                             + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if extra:
+        raise IntegrityError(f"{root.name}: unexpected file in the release: {extra[0]}"
+                             + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for rel, digest in files.items():
+        if sha256_file(root / rel) != digest:
+            raise IntegrityError(f"{root.name}: {rel} was modified (sha256 does not match the manifest)")
+    return manifest
+
+
+def list_releases(parent: Path | str = BUNDLED_ZOO_PARENT) -> list[Path]:
+    """Release folders under ``parent`` (those with a manifest), newest version last."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    found = []
+    for child in parent.iterdir():
+        if child.name.startswith(".") or not (child / MANIFEST).is_file():
+            continue
+        try:
+            manifest = json.loads((child / MANIFEST).read_text(encoding="utf-8"))
+            found.append((parse_version(manifest.get("version", "")), child.name, child))
+        except (ValueError, OSError):
+            continue
+    return [path for _, _, path in sorted(found)]
+
+
+def default_zoo_dir() -> Path:
+    """The zoo used when none is named: $MODEL_ZOO_DIR, else the newest bundled release."""
+    env = os.environ.get("MODEL_ZOO_DIR")
+    if env:
+        return Path(env)
+    releases = list_releases(BUNDLED_ZOO_PARENT)
+    if not releases:
+        raise InputError(f"no zoo release found under {BUNDLED_ZOO_PARENT}; pass --zoo DIR or set MODEL_ZOO_DIR")
+    return releases[-1]
