@@ -33,7 +33,7 @@ def rg3_paths() -> dict[str, Path]:
     """All variants of pydicom-data's RG3 computed radiograph, keyed by file name."""
     from pydicom.data import get_testdata_file
 
-    names = ["RG3_UNCR.dcm", "RG3_J2KR.dcm", "RG3_J2KI.dcm"]
+    names = ["RG3_UNCR.dcm", "RG3_UNCI.dcm", "RG3_J2KR.dcm", "RG3_J2KI.dcm"]
     found = {}
     for name in names:
         path = get_testdata_file(name)
