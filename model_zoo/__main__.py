@@ -1,0 +1,127 @@
+"""``python -m model_zoo predict|info|verify|bench ...``
+
+Exit codes (contract 2.2): 0 = the run completed and every row succeeded, 1 = the run
+completed but some rows failed (see their ``error`` column), 2 = unusable arguments or an
+unusable zoo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from model_zoo.errors import ZooError
+
+
+def _add_zoo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zoo", type=Path, default=None,
+                   help="zoo release folder (default: $MODEL_ZOO_DIR or the newest bundled release)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model_zoo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="batch prediction over a case table or a BTXRD metadata.csv")
+    p.add_argument("--cases", type=Path, required=True, help="case CSV (contract 2.1) or BTXRD metadata.csv")
+    p.add_argument("--out", type=Path, required=True, help="output CSV")
+    _add_zoo(p)
+    p.add_argument("--roi", choices=("given", "auto", "full"), default="given",
+                   help="given: the ROI columns (auto where a row has none); auto: the localiser; full: whole image")
+    p.add_argument("--resume", action="store_true", help="keep finished rows of an existing --out and fill the rest")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("info", help="print a release's manifest summary")
+    _add_zoo(p)
+
+    p = sub.add_parser("verify", help="check every file hash of a release")
+    _add_zoo(p)
+
+    p = sub.add_parser("bench", help="time loading, prediction, GradCAM and ScoreCAM (contract 2.4)")
+    _add_zoo(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--naive-repeats", type=int, default=1,
+                   help="repeats of plain pytorch-grad-cam ScoreCAM (slow: one forward per channel)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(exc.code or 0)
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "info":
+            return _info(args)
+        if args.command == "verify":
+            from model_zoo.zoo import default_zoo_dir, verify_release
+
+            root = args.zoo or default_zoo_dir()
+            manifest = verify_release(root)
+            print(f"OK: {root} ({len(manifest['files'])} files verified)")
+            return 0
+        if args.command == "bench":
+            from model_zoo.bench import run_bench
+
+            result = run_bench(args.zoo, repeats=args.repeats, naive_repeats=args.naive_repeats)
+            print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+            return 0
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from model_zoo.ensemble import load_zoo
+    from model_zoo.predict import predict_cases
+
+    if not args.cases.is_file():
+        print(f"error: case table not found: {args.cases}", file=sys.stderr)
+        return 2
+    zoo = load_zoo(args.zoo)
+    bar = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="predict", unit="case", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    out = predict_cases(zoo, args.cases, args.out, roi_mode=args.roi, resume=args.resume, progress=progress)
+    if bar is not None:
+        bar.close()
+    failed = int((out["error"] != "").sum())
+    print(f"{len(out) - failed}/{len(out)} rows predicted with {zoo.name} -> {args.out}"
+          + (f"; {failed} failed (see the 'error' column)" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from model_zoo.zoo import default_zoo_dir, verify_release
+
+    root = args.zoo or default_zoo_dir()
+    m = verify_release(root)
+    print(f"{m['name']} {m['version']}  ({root})")
+    print(f"task: {m['task']['positive_class']} vs {m['task']['negative_class']}; profile {m.get('profile')}")
+    for e in m["members"]:
+        s = e["spec"]
+        print(f"  member {s['member_id']:<10} {s['arch']:<32} {s['input_size']} px  init={e['init']}")
+    print(f"stacker: {m['stacker']['chosen']} on {m['stacker']['score_source']} scores; "
+          f"threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']})")
+    for split, block in m.get("metrics", {}).items():
+        print(f"  {split} AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in block["auc"].items() if v is not None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

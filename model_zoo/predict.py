@@ -1,0 +1,113 @@
+"""Batch prediction over a case table (GUIDE contract 2.2).
+
+Every input column is kept; added: ``p_ensemble``, one ``p_<member_id>`` per member,
+``p_clinic``, ``prediction`` (class name at the zoo's threshold), the ROI actually used
+(``roi_x0..roi_y1`` in stored-image pixels), ``roi_source`` and ``error`` (empty on success,
+a one-line message otherwise). A bad row never stops the batch. The output is rewritten
+atomically every ``flush_every`` rows, so a crashed run leaves a valid partial CSV and
+``resume=True`` fills only the rows still missing.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from model_zoo import imaging, roi
+from model_zoo.cases import read_case_table
+from model_zoo.ensemble import Zoo
+from model_zoo.errors import ZooError
+from model_zoo.zoo import atomic_write_bytes
+
+ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
+ROI_MODES = ("given", "auto", "full")
+
+
+def _given_box(row: pd.Series) -> roi.Box | None:
+    if all(c in row and pd.notna(row[c]) and str(row[c]).strip() != "" for c in ROI_COLUMNS):
+        return tuple(float(row[c]) for c in ROI_COLUMNS)  # type: ignore[return-value]
+    return None
+
+
+def choose_box(zoo: Zoo, pixels: np.ndarray, row: pd.Series, mode: str) -> tuple[roi.Box, str]:
+    """The ROI for one row and where it came from ('given', 'auto', 'full', 'full (no localiser)')."""
+    h, w = pixels.shape
+    if mode == "given":
+        box = _given_box(row)
+        if box is not None:
+            return roi.validate_box(box, (w, h)), "given"
+        mode = "auto"
+    if mode == "auto":
+        localiser = getattr(zoo, "localiser", None)
+        if localiser is not None:
+            proposal = localiser.propose(pixels)
+            return proposal.box, f"auto (confidence {proposal.confidence:.2f})"
+        return roi.full_image_box((w, h)), "full (zoo has no localiser)"
+    return roi.full_image_box((w, h)), "full"
+
+
+def predict_row(zoo: Zoo, row: pd.Series, mode: str) -> dict[str, Any]:
+    image = imaging.load_image(row["image_path"])
+    box, source = choose_box(zoo, image.pixels, row, mode)
+    pred = zoo.predict(image.pixels, box, age=row.get("age"), sex=row.get("sex"), site=row.get("site"))
+    out: dict[str, Any] = {"p_ensemble": pred.p_ensemble}
+    out.update({f"p_{mid}": p for mid, p in pred.p_members.items()})
+    out["p_clinic"] = pred.p_clinic
+    out["prediction"] = pred.label
+    out.update(dict(zip(ROI_COLUMNS, pred.roi_box)))
+    out["roi_source"] = source
+    return out
+
+
+def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str = "given",
+                  resume: bool = False, flush_every: int = 25,
+                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Predict every row of a case table into ``out_path``; returns the output frame."""
+    table = read_case_table(cases_path, label_map=zoo.task.get("label_map"), check_files=True)
+    frame = table.frame.copy()
+    result_cols = (["p_ensemble"] + [f"p_{m}" for m in zoo.member_ids]
+                   + ["p_clinic", "prediction", *ROI_COLUMNS, "roi_source", "error"])
+    done: dict[str, dict[str, Any]] = {}
+    if resume and Path(out_path).is_file():
+        previous = pd.read_csv(out_path, keep_default_na=False)
+        if "image_path" in previous and "p_ensemble" in previous:
+            for _, prev in previous.iterrows():
+                if str(prev.get("error", "")) == "" and str(prev["p_ensemble"]) != "":
+                    done[str(prev["image_path"])] = {c: prev[c] for c in result_cols if c in prev}
+    rows = []
+    for i, (_, row) in enumerate(frame.iterrows()):
+        base = {c: row[c] for c in frame.columns if c != "row_error"}
+        result: dict[str, Any] = {c: None for c in result_cols}
+        if str(row["image_path"]) in done:
+            result.update(done[str(row["image_path"])])
+        elif row.get("row_error"):
+            result["error"] = str(row["row_error"])
+        else:
+            try:
+                result.update(predict_row(zoo, row, roi_mode))
+                result["error"] = ""
+            except ZooError as err:
+                result["error"] = str(err)
+            except Exception as err:  # noqa: BLE001 - a batch must survive one bad row
+                result["error"] = f"unexpected error: {type(err).__name__}: {err}".splitlines()[0]
+        base.update(result)
+        rows.append(base)
+        if progress:
+            progress(i + 1, len(frame))
+        if flush_every and (i + 1) % flush_every == 0:
+            _write_csv(pd.DataFrame(rows), out_path)
+    input_cols = [c for c in frame.columns if c != "row_error"]
+    out = pd.DataFrame(rows, columns=input_cols + [c for c in result_cols if c not in input_cols])
+    out["error"] = out["error"].fillna("").astype(str)
+    _write_csv(out, out_path)
+    return out
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    atomic_write_bytes(Path(path), buf.getvalue().encode("utf-8"))

@@ -1,0 +1,152 @@
+"""End to end: case table -> `python -m training fit` (main(argv)) -> release -> reload -> predict.
+
+Runs the real training path with the tiny config: four tiny members, 2 out-of-fold jobs + 1
+final job each, stacker selection, threshold, reports, atomic release.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from model_zoo.errors import IntegrityError
+from model_zoo.zoo import verify_release
+from synthetic import write_case_table
+
+pytestmark = pytest.mark.slow
+
+
+def _fit(cases: Path, tmp: Path, *extra: str) -> Path:
+    from training.__main__ import main
+
+    zoo_parent, run_dir = tmp / "zoo", tmp / "run"
+    rc = main(["fit", "--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo_parent),
+               "--run-dir", str(run_dir), *extra])
+    assert rc == 0
+    releases = [p for p in zoo_parent.iterdir() if not p.name.startswith(".")]
+    assert len(releases) == 1, "exactly one release folder, no temp leftovers"
+    return releases[0]
+
+
+@pytest.fixture(scope="module")
+def synthetic_zoo(tmp_path_factory) -> tuple[Path, Path, Path]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    cases = write_case_table(tmp / "data", n=48, size=96, seed=1)
+    release = _fit(cases, tmp, "version=0.0.1")
+    return release, tmp / "run", cases
+
+
+def test_release_manifest_and_hashes(synthetic_zoo):
+    release, _, _ = synthetic_zoo
+    manifest = verify_release(release)
+    assert manifest["name"] == "tiny-zoo" and manifest["version"] == "0.0.1"
+    assert [m["spec"]["member_id"] for m in manifest["members"]] == ["effnet_b3", "effnet_b4", "vit", "swin"]
+    for entry in manifest["members"]:
+        assert entry["weights"] in manifest["files"]
+        spec = entry["spec"]
+        assert spec["std"][0] > 0 and spec["mean"][0] != 0.5, "train-set mean/std recorded, not defaults"
+    assert manifest["task"]["positive_class"] == "malignant"
+    assert manifest["stacker"]["score_source"] == "oof"
+    assert manifest["stacker"]["chosen"] in {"rf", "lr", "dt", "knn"}
+    assert {r["name"] for r in manifest["stacker"]["comparison"]} == {"rf", "lr", "dt", "knn"}
+    assert 0.0 <= manifest["threshold"]["value"] <= 1.0
+    assert manifest["threshold"]["chosen_on"] == "val"
+    assert set(manifest["files"]) >= {"stacker.joblib", "config.yaml", "MODEL_CARD.md",
+                                      "report/val/metrics.json", "report/val/report.html"}
+    assert len(manifest["data"]["fingerprint"]) == 64
+    assert "not a medical device" in manifest["intended_use"].lower()
+
+
+def test_out_of_fold_rule(synthetic_zoo):
+    """The stacker never sees a score from a member that trained on that row."""
+    _, run_dir, _ = synthetic_zoo
+    for member_dir in (run_dir / "jobs").iterdir():
+        scored: list[int] = []
+        for fold_dir in sorted(member_dir.glob("fold*")):
+            result = torch.load(fold_dir / "result.pt", weights_only=False)
+            train, score = set(result["train_idx"].tolist()), set(result["score_idx"].tolist())
+            assert train and score and not (train & score), f"{fold_dir}: scored rows it trained on"
+            scored += result["score_idx"].tolist()
+        final = torch.load(member_dir / "final" / "result.pt", weights_only=False)
+        assert sorted(scored) == sorted(final["train_idx"].tolist()), \
+            "every training row gets exactly one out-of-fold score"
+        assert not set(final["train_idx"].tolist()) & set(final["score_idx"].tolist())
+
+
+def test_reload_and_predict_cli(synthetic_zoo, tmp_path):
+    from model_zoo.__main__ import main
+    from model_zoo.ensemble import load_zoo
+
+    release, _, cases = synthetic_zoo
+    zoo = load_zoo(release)
+    out = tmp_path / "pred.csv"
+    rc = main(["predict", "--cases", str(cases), "--out", str(out), "--zoo", str(release), "--quiet"])
+    assert rc == 0
+    pred = pd.read_csv(out, keep_default_na=False)
+    expected = {"p_ensemble", "roi_x0", "roi_y0", "roi_x1", "roi_y1", "error"} | {f"p_{m}" for m in zoo.member_ids}
+    assert expected <= set(pred.columns)
+    assert set(pd.read_csv(cases).columns) <= set(pred.columns), "every input column kept"
+    p = pred["p_ensemble"].astype(float)
+    assert ((p >= 0) & (p <= 1)).all() and (pred["error"] == "").all()
+    # the ROI actually used is the given one
+    given = pd.read_csv(cases)
+    np.testing.assert_allclose(pred["roi_x0"].astype(float), given["roi_x0"], atol=1e-6)
+
+
+def test_predict_bad_rows_continue(synthetic_zoo, tmp_path):
+    from model_zoo.__main__ import main
+
+    release, _, cases = synthetic_zoo
+    frame = pd.read_csv(cases)
+    frame["image"] = [str(cases.parent / p) for p in frame["image"]]
+    frame.loc[1, "image"] = str(tmp_path / "missing.png")
+    frame.loc[2, "age"] = "abc"
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    out = tmp_path / "pred.csv"
+    rc = main(["predict", "--cases", str(bad), "--out", str(out), "--zoo", str(release), "--quiet"])
+    assert rc == 1
+    pred = pd.read_csv(out, keep_default_na=False)
+    assert len(pred) == len(frame)
+    assert pred.loc[1, "error"] and pred.loc[2, "error"]
+    assert (pred.drop(index=[1, 2])["error"] == "").all()
+    assert main(["predict", "--cases", str(tmp_path / "nope.csv"), "--out", str(out), "--zoo", str(release)]) == 2
+
+
+def test_tampered_weights_refused(synthetic_zoo, tmp_path):
+    from model_zoo.ensemble import load_zoo
+
+    release, _, _ = synthetic_zoo
+    copy = tmp_path / release.name
+    shutil.copytree(release, copy)
+    weights = copy / "members" / "vit.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0x01
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError, match="vit.safetensors was modified"):
+        load_zoo(copy)
+
+
+def test_releases_are_immutable(synthetic_zoo, tmp_path):
+    from training.fit import main
+
+    release, run_dir, cases = synthetic_zoo
+    rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(release.parent),
+               "--run-dir", str(tmp_path / "run2"), "version=0.0.1", "train.epochs=0"])
+    assert rc == 2  # same name+version exists: refused, nothing overwritten
+    verify_release(release)
+
+
+def test_real_btxrd_subset(btxrd_dir, tmp_path):
+    """A few dozen real BTXRD radiographs through the whole path."""
+    release = _fit(btxrd_dir / "metadata.csv", tmp_path, "data.max_cases=40", "version=0.0.2",
+                   "train.epochs=1")
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert manifest["data"]["n_cases"] == 40
+    assert sum(v["n"] for v in manifest["data"]["splits"].values()) == 40

@@ -1,0 +1,34 @@
+"""``python -m training fit|report ...``"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m training COMMAND [options]
+
+commands:
+  fit       train the members and the stacker into a zoo release  (--help for options)
+  report    evaluation report (metrics.json + report.html) from a predictions CSV
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "fit":
+        from training.fit import main as fit_main
+
+        return fit_main(rest)
+    if command == "report":
+        from training.report import main as report_main
+
+        return report_main(rest)
+    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

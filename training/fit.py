@@ -1,0 +1,466 @@
+"""``python -m training fit``: case table -> four members + stacker -> one zoo release.
+
+Pipeline (each step resumable; ``--resume`` continues an interrupted run folder):
+
+1. Read and validate the case table (or a BTXRD ``metadata.csv``); rows with errors are
+   listed and left out.
+2. Group-aware, stratified 7:1:2 train/val/test split; k-fold group folds on train.
+3. Decode, crop and resize every image once per (input size, ROI margin): the input cache.
+4. Member jobs. With ``stacker.score_source: oof`` every member is trained k times on k-1
+   train folds to score the held-out fold (out-of-fold scores for the stacker), and once on
+   the whole train split (the shipped member). Checkpoints are chosen on the val split.
+5. Stacker: candidates compared by grouped CV AUC on out-of-fold scores + age/sex/site; the
+   best is refitted; a clinic-only LR is fitted beside it.
+6. Operating threshold chosen on the val split by the configured rule.
+7. Evaluation reports for val and test; the release is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_zoo import imaging, preprocess, roi
+from model_zoo.cases import read_case_table
+from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
+from model_zoo.errors import InputError, ZooError
+from model_zoo.members import MemberSpec, family_spec
+from model_zoo.zoo import ReleaseWriter, atomic_write_text
+from training import fit_members, fit_stacker
+from training.config import dump_config, load_config
+from training.data import group_kfold, infer_groups, split_cases
+
+INTENDED_USE = (
+    "Research and teaching only; not a medical device. Not for diagnosis or treatment "
+    "decisions. Outputs are probabilities from models trained on a public research dataset "
+    "and must be read by a qualified clinician together with all other information."
+)
+
+
+# ----------------------------------------------------------------------------- data ----------
+def load_cases(cfg: dict[str, Any], log: Any = print) -> pd.DataFrame:
+    """Validated case rows with labels, splits, groups and folds."""
+    data_cfg, task = cfg["data"], cfg["task"]
+    table = read_case_table(data_cfg["cases"], label_map=task.get("label_map"), require_label=True)
+    frame = table.frame
+    bad = frame[frame["row_error"] != ""]
+    for message in table.errors[:20]:
+        log(f"  skipped {message}")
+    if len(bad) > 20:
+        log(f"  ... and {len(bad) - 20} more rows skipped")
+    frame = frame[frame["row_error"] == ""].reset_index(drop=True)
+    frame["label"] = frame["label"].astype(int)
+    max_cases = data_cfg.get("max_cases")
+    if max_cases and len(frame) > int(max_cases):
+        from sklearn.model_selection import train_test_split
+
+        frame, _ = train_test_split(frame, train_size=int(max_cases), stratify=frame["label"],
+                                    random_state=int(cfg["seed"]))
+        frame = frame.reset_index(drop=True)
+    if frame["label"].nunique() < 2:
+        raise InputError("the case table needs both classes (label 0 and 1) to train")
+    frame["group"] = infer_groups(frame).astype(str).to_numpy()
+    frame["split"] = split_cases(frame, ratios=tuple(data_cfg["split_ratios"]), seed=int(cfg["seed"])).to_numpy()
+    frame["fold"] = -1
+    train_mask = frame["split"] == "train"
+    if cfg["stacker"]["score_source"] == "oof":
+        folds = group_kfold(frame[train_mask], k=int(cfg["stacker"]["folds"]), seed=int(cfg["seed"]))
+        frame.loc[train_mask, "fold"] = np.asarray(folds)
+    return frame
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 over every image's bytes and the labels/clinical values used."""
+    digest = hashlib.sha256()
+    for row in frame.sort_values("image_path").itertuples():
+        digest.update(Path(row.image_path).read_bytes())
+        digest.update(f"|{row.label}|{getattr(row, 'age', '')}|{getattr(row, 'sex', '')}|{getattr(row, 'site', '')}".encode())
+    return digest.hexdigest()
+
+
+def row_box(row: pd.Series, size_wh: tuple[int, int]) -> roi.Box:
+    cols = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
+    if all(c in row and pd.notna(row[c]) for c in cols):
+        return roi.validate_box(tuple(float(row[c]) for c in cols), size_wh)
+    return roi.full_image_box(size_wh)
+
+
+def build_input_cache(frame: pd.DataFrame, spec: MemberSpec, cache_dir: Path, fingerprint: str,
+                      progress: bool = True) -> np.ndarray:
+    """(N, S, S) uint8 crops for every row, computed once and kept on disk for --resume."""
+    from tqdm.auto import tqdm
+
+    key = f"{spec.input_size}_{spec.roi_margin:g}_{fingerprint[:16]}"
+    path = cache_dir / f"crops_{key}.npy"
+    if path.is_file():
+        return np.load(path)
+    out = np.zeros((len(frame), spec.input_size, spec.input_size), np.uint8)
+    for i, row in enumerate(tqdm(list(frame.itertuples(index=False)), desc=f"cache {spec.input_size}px",
+                                 disable=not progress, leave=False)):
+        row = pd.Series(row._asdict())
+        image = imaging.load_image(row["image_path"])
+        h, w = image.pixels.shape
+        crop, _ = preprocess.member_crop(spec, image.pixels, row_box(row, (w, h)))
+        out[i] = np.round(crop * 255.0).astype(np.uint8)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
+    return out
+
+
+# ----------------------------------------------------------------------------- members -------
+def member_specs(cfg: dict[str, Any]) -> list[MemberSpec]:
+    mcfg = cfg["members"]
+    specs = []
+    for family in mcfg["families"]:
+        spec = family_spec(family, variant=mcfg.get("variant", "full"), input_size=int(mcfg["input_size"]))
+        changes: dict[str, Any] = {"roi_margin": float(mcfg.get("roi_margin", spec.roi_margin))}
+        # Per-family architecture overrides (e.g. ViT-Tiny, a narrower Swin for a CPU budget).
+        if (mcfg.get("arch") or {}).get(family):
+            changes["arch"] = mcfg["arch"][family]
+        if (mcfg.get("model_kwargs") or {}).get(family):
+            changes["model_kwargs"] = {**spec.model_kwargs, **mcfg["model_kwargs"][family]}
+        specs.append(spec.replace(**changes))
+    ids = [s.member_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"member ids must be unique, got {ids}")
+    return specs
+
+
+def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, train_idx: np.ndarray,
+                   val_idx: np.ndarray, score_idx: np.ndarray, cfg: dict[str, Any], job_dir: Path,
+                   seed: int, init_path: str | None, progress: bool) -> dict[str, Any]:
+    """Train one member job (resumable) and score ``score_idx``; result cached in job_dir."""
+    import torch
+
+    result_path = job_dir / "result.pt"
+    if result_path.is_file():
+        return torch.load(result_path, weights_only=False)
+    y = frame["label"].to_numpy()
+    res = fit_members.train_member(spec, cache[train_idx], y[train_idx], cache[val_idx], y[val_idx],
+                                   cfg["train"], work_dir=job_dir, seed=seed, init_path=init_path,
+                                   progress=progress)
+    model = fit_members.build_model_from_state(res.spec, res.state_dict)
+    logits = fit_members.predict_logits(model, cache[score_idx], res.spec.mean[0], res.spec.std[0])
+    payload = {"spec": res.spec.to_dict(), "state_dict": res.state_dict, "best_epoch": res.best_epoch,
+               "best_val_auc": res.best_val_auc, "history": res.history,
+               "images_per_second": res.images_per_second,
+               "train_idx": train_idx, "score_idx": score_idx, "scores": sigmoid(logits)}
+    import io
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    from model_zoo.zoo import atomic_write_bytes
+
+    atomic_write_bytes(result_path, buf.getvalue())
+    (job_dir / "last.pt").unlink(missing_ok=True)  # the finished result supersedes it
+    return payload
+
+
+# ----------------------------------------------------------------------------- thresholds ----
+def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str, target_sensitivity: float = 0.9) -> float:
+    from training import stats
+
+    if rule == "youden":
+        return float(stats.youden_threshold(y, p).threshold)
+    if rule == "target_sensitivity":
+        return float(stats.threshold_for_sensitivity(y, p, target_sensitivity).threshold)
+    raise InputError(f"unknown threshold rule {rule!r} (use youden or target_sensitivity)")
+
+
+def _auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "timm", "grad-cam", "scikit-learn", "numpy", "pydicom", "safetensors", "lightgbm"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------- main ----------
+def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
+        log: Any = print) -> Path:
+    import torch
+    from safetensors.torch import save as save_safetensors
+
+    seed = int(cfg["seed"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / "config.yaml"
+    if marker.exists() and not resume:
+        raise InputError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
+                         "or choose another output.run_dir")
+    if marker.exists() and resume:
+        previous = marker.read_text(encoding="utf-8")
+        if previous != dump_config(cfg):
+            raise InputError(f"--resume: the config differs from the one saved in {marker}; "
+                             "resume with the same config and overrides")
+    atomic_write_text(marker, dump_config(cfg))
+
+    log(f"[1/6] cases: {cfg['data']['cases']}")
+    frame = load_cases(cfg, log)
+    fingerprint = data_fingerprint(frame)
+    counts = frame.groupby("split")["label"].agg(["count", "sum"]).to_dict("index")
+    log("      " + ", ".join(f"{k}: {v['count']} ({v['sum']} positive)" for k, v in counts.items()))
+
+    specs = member_specs(cfg)
+    train_idx = np.flatnonzero(frame["split"] == "train")
+    val_idx = np.flatnonzero(frame["split"] == "val")
+    test_idx = np.flatnonzero(frame["split"] == "test")
+    if len(val_idx) == 0 or frame.loc[val_idx, "label"].nunique() < 2:
+        raise InputError("the validation split needs both classes; add cases or change data.split_ratios")
+    init_cfg = cfg["members"].get("init") or {}
+    source = cfg["stacker"]["score_source"]
+    folds = int(cfg["stacker"]["folds"]) if source == "oof" else 0
+
+    log(f"[2/6] members: {', '.join(s.member_id for s in specs)}; "
+        f"{folds} out-of-fold jobs + 1 final job each")
+    oof = np.full((len(frame), len(specs)), np.nan)
+    finals: list[dict[str, Any]] = []
+    for m, spec in enumerate(specs):
+        cache = build_input_cache(frame, spec, run_dir / "cache", fingerprint, progress)
+        init_path = init_cfg.get(spec.family)
+        for fold in range(folds):
+            fold_train = train_idx[frame.loc[train_idx, "fold"].to_numpy() != fold]
+            fold_score = train_idx[frame.loc[train_idx, "fold"].to_numpy() == fold]
+            log(f"      {spec.member_id} fold {fold + 1}/{folds}: train {len(fold_train)}, score {len(fold_score)}")
+            res = run_member_job(spec, cache, frame, fold_train, val_idx, fold_score, cfg,
+                                 run_dir / "jobs" / spec.member_id / f"fold{fold}",
+                                 seed + 1000 * (fold + 1) + m, init_path, progress)
+            oof[res["score_idx"], m] = res["scores"]
+        log(f"      {spec.member_id} final: train {len(train_idx)}")
+        score_idx = np.concatenate([val_idx, test_idx])
+        res = run_member_job(spec, cache, frame, train_idx, val_idx, score_idx, cfg,
+                             run_dir / "jobs" / spec.member_id / "final", seed + m, init_path, progress)
+        full_scores = np.full(len(frame), np.nan)
+        full_scores[res["score_idx"]] = res["scores"]
+        res["full_scores"] = full_scores
+        finals.append(res)
+
+    log("[3/6] stacker")
+    member_ids = [s.member_id for s in specs]
+    final_scores = np.column_stack([r["full_scores"] for r in finals])
+    if source == "oof":
+        fit_idx, fit_scores = train_idx, oof[train_idx]
+    elif source == "holdout":
+        fit_idx, fit_scores = val_idx, final_scores[val_idx]
+    else:
+        raise InputError(f"stacker.score_source must be oof or holdout, got {source!r}")
+    if np.isnan(fit_scores).any():
+        raise RuntimeError("internal error: missing out-of-fold scores for some training rows")
+
+    def clinical_cols(idx: np.ndarray) -> tuple[list, list, list]:
+        sub = frame.iloc[idx]
+        get = lambda c: sub[c].tolist() if c in sub else [None] * len(sub)  # noqa: E731
+        return get("age"), get("sex"), get("site")
+
+    ages_train = pd.to_numeric(frame.iloc[fit_idx].get("age"), errors="coerce")
+    age_fill = float(np.nanmedian(ages_train)) if ages_train.notna().any() else 0.0
+    X_fit = stacker_matrix(fit_scores, *clinical_cols(fit_idx), age_fill=age_fill)
+    y_fit = frame["label"].to_numpy()[fit_idx]
+    groups_fit = frame["group"].to_numpy()[fit_idx]
+    chosen, stacker, comparison = fit_stacker.select_stacker(
+        X_fit, y_fit, groups_fit, candidates=list(cfg["stacker"]["candidates"]),
+        folds=int(cfg["stacker"]["cv_folds"]), seed=seed)
+    log("      " + ", ".join(f"{r['name']} {r['cv_auc']:.3f}" for r in comparison if r["cv_auc"] is not None)
+        + f" -> {chosen}")
+    n_members = len(member_ids)
+    clinic = fit_stacker.fit_clinic_only(X_fit[:, n_members:], y_fit)
+    cam_weights = fit_stacker.member_cam_weights(stacker, X_fit, y_fit, member_ids, seed)
+
+    log("[4/6] threshold and metrics")
+
+    def ensemble_probs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = stacker_matrix(final_scores[idx], *clinical_cols(idx), age_fill=age_fill)
+        return stacker.predict_proba(X)[:, 1], clinic.predict_proba(X[:, n_members:])[:, 1]
+
+    y_all = frame["label"].to_numpy()
+    p_val, _ = ensemble_probs(val_idx)
+    threshold = choose_threshold(y_all[val_idx], p_val, cfg["threshold"]["rule"],
+                                 float(cfg["threshold"].get("target_sensitivity", 0.9)))
+    predictions = {}
+    for split_name, idx in (("val", val_idx), ("test", test_idx)):
+        if len(idx) == 0:
+            continue
+        p_ens, p_clin = ensemble_probs(idx)
+        pred = frame.iloc[idx][[c for c in ("image", "image_id", "subtype", "age", "sex", "site", "group")
+                                if c in frame]].copy()
+        pred.insert(0, "label", y_all[idx])
+        pred["p_ensemble"] = p_ens
+        for m, mid in enumerate(member_ids):
+            pred[f"p_{mid}"] = final_scores[idx, m]
+        pred["p_clinic"] = p_clin
+        predictions[split_name] = pred.reset_index(drop=True)
+    metrics = {}
+    for split_name, pred in predictions.items():
+        y = pred["label"].to_numpy()
+        metrics[split_name] = {"n": int(len(pred)), "n_positive": int(y.sum()),
+                               "auc": {c.removeprefix("p_"): _auc_or_none(y, pred[c].to_numpy())
+                                       for c in pred.columns if c.startswith("p_")}}
+        log(f"      {split_name} AUC: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in metrics[split_name]["auc"].items() if v is not None))
+
+    log("[5/6] reports")
+    from training import report
+
+    report_dirs = {}
+    for split_name, pred in predictions.items():
+        out = run_dir / "report" / split_name
+        pred.to_csv(run_dir / f"predictions_{split_name}.csv", index=False)
+        report.write_report(pred, out, threshold=threshold,
+                            title=f"{cfg['name']} {cfg['version']} - {split_name} split",
+                            context={"zoo": f"{cfg['name']} {cfg['version']}", "split": split_name,
+                                     "threshold rule": cfg["threshold"]["rule"] + " on val"})
+        report_dirs[split_name] = out
+
+    log("[6/6] release")
+    import joblib
+
+    parent = Path(cfg["output"]["zoo_parent"])
+    fp16 = bool(cfg["output"].get("fp16", False))
+    with ReleaseWriter(parent, cfg["name"], cfg["version"]) as rw:
+        member_entries = []
+        for res in finals:
+            spec = MemberSpec.from_dict(res["spec"])
+            state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
+                     for k, v in res["state_dict"].items()}
+            rel = f"members/{spec.member_id}.safetensors"
+            rw.write_bytes(rel, save_safetensors(state))
+            rw.copy_file(f"logs/{spec.member_id}.csv", run_dir / "jobs" / spec.member_id / "final" / "log.csv")
+            member_entries.append({
+                "spec": spec.to_dict(), "weights": rel, "best_epoch": res["best_epoch"],
+                "best_val_auc": res["best_val_auc"], "train_images_per_second": res["images_per_second"],
+                "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
+            })
+        buf = __import__("io").BytesIO()
+        joblib.dump({"stacker": stacker, "clinic": clinic}, buf)
+        rw.write_bytes("stacker.joblib", buf.getvalue())
+        rw.write_text("config.yaml", dump_config(cfg))
+        for split_name, out in report_dirs.items():
+            for f in sorted(out.iterdir()):
+                rw.copy_file(f"report/{split_name}/{f.name}", f)
+        manifest = {
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "profile": cfg.get("profile"),
+            "seed": seed,
+            "intended_use": INTENDED_USE,
+            "task": {"name": cfg["task"]["name"], "positive_class": cfg["task"]["positive_class"],
+                     "negative_class": cfg["task"]["negative_class"],
+                     "class_names": [cfg["task"]["negative_class"], cfg["task"]["positive_class"]],
+                     "label_map": cfg["task"].get("label_map")},
+            "preprocessing": {
+                "image": "grayscale float in [0,1]; DICOM: modality LUT, VOI LUT/window, MONOCHROME1 inverted",
+                "roi": "ROI box + member roi_margin on each side, squared about its centre, shifted inside the image",
+                "resize": "INTER_AREA when shrinking, bilinear when enlarging, to the member input_size",
+                "normalisation": "training-set mean/std per member (spec.mean/std), grey replicated to 3 channels",
+            },
+            "members": member_entries,
+            "stacker": {"file": "stacker.joblib", "chosen": chosen, "comparison": comparison,
+                        "features": [f"p_{m}" for m in member_ids] + list(CLINICAL_FEATURES),
+                        "score_source": source, "folds": folds, "age_fill": age_fill,
+                        "imputation": "age -> training median, sex/site -> 0.5, each with a *_missing indicator",
+                        "cam_weights": cam_weights, "cam_weights_rule": "permutation importance (AUC) of each member score in the stacker"},
+            "clinic_model": {"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
+            "threshold": {"value": threshold, "rule": cfg["threshold"]["rule"], "chosen_on": "val"},
+            "metrics": metrics,
+            "data": {"source": str(cfg["data"]["cases"]), "fingerprint": fingerprint, "n_cases": int(len(frame)),
+                     "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()}},
+            "library_versions": library_versions(),
+            "localiser": None,
+        }
+        rw.write_text("MODEL_CARD.md", model_card(cfg, manifest))
+        final = rw.publish(manifest)
+    log(f"      release written: {final}")
+    return final
+
+
+def model_card(cfg: dict[str, Any], manifest: dict[str, Any]) -> str:
+    m = manifest
+    lines = [
+        f"# Model card: {cfg['name']} {cfg['version']}", "",
+        "## Intended use", m["intended_use"], "",
+        "## Task",
+        f"{m['task']['positive_class']} (positive) vs {m['task']['negative_class']} (negative), "
+        "from an ROI crop of a radiograph plus age, sex and lesion site.", "",
+        "## Training",
+        f"- Profile: `{m['profile']}`; seed {m['seed']}; data: `{m['data']['source']}` "
+        f"({m['data']['n_cases']} cases; fingerprint `{m['data']['fingerprint'][:16]}`)",
+        "- Splits: " + ", ".join(f"{k} {v['n']} ({v['positive']} positive)" for k, v in m["data"]["splits"].items()),
+        f"- Stacker: {m['stacker']['chosen']} chosen by grouped CV AUC on {m['stacker']['score_source']} member scores",
+        f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)", "",
+        "## Members", "",
+        "| member | architecture | input | init | best epoch | val AUC |", "|---|---|---|---|---|---|",
+    ]
+    for e in m["members"]:
+        s = e["spec"]
+        lines.append(f"| {s['member_id']} | {s['arch']} | {s['input_size']} px | {e['init']} | "
+                     f"{e['best_epoch']} | {e['best_val_auc']:.3f} |")
+    lines += ["", "## Metrics (ROC AUC)", ""]
+    for split_name, block in m["metrics"].items():
+        aucs = ", ".join(f"{k} {v:.3f}" for k, v in block["auc"].items() if v is not None)
+        lines.append(f"- {split_name} (n={block['n']}, {block['n_positive']} positive): {aucs}")
+    lines += ["", "Full tables with confidence intervals: `report/<split>/report.html`.", "",
+              "## Limitations",
+              "- Trained from scratch unless a member's `init` says otherwise; small data.",
+              "- Not the published tumour-vs-infection model; not validated for clinical use.", ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training fit",
+                                description="Train the members and the stacker into a zoo release.")
+    p.add_argument("--config", default="cpu", help="config file or name in training/configs (paper, cpu, tiny)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5")
+    p.add_argument("--cases", help="shortcut for data.cases=PATH")
+    p.add_argument("--out", help="shortcut for output.zoo_parent=DIR (releases are written inside)")
+    p.add_argument("--run-dir", help="working folder for caches, checkpoints and logs")
+    p.add_argument("--init", action="append", default=[], metavar="[FAMILY=]PATH",
+                   help="local initial weights (safetensors/torch state dict), for all members or one family")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        if args.cases:
+            overrides.append(f"data.cases={args.cases}")
+        if args.out:
+            overrides.append(f"output.zoo_parent={args.out}")
+        cfg = load_config(args.config, overrides)
+        from model_zoo.members import FAMILIES
+
+        for item in args.init:
+            family, _, path = item.rpartition("=")
+            targets = [family] if family else list(cfg["members"]["families"])
+            for fam in targets:
+                if fam not in FAMILIES:
+                    raise InputError(f"--init: unknown family {fam!r}")
+                cfg["members"].setdefault("init", {})
+                cfg["members"]["init"][fam] = str(Path(path).resolve())
+        run_dir = Path(args.run_dir or cfg["output"].get("run_dir") or f"runs/{cfg['name']}-{cfg['version']}")
+        fit(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
