@@ -1,0 +1,96 @@
+"""The member training loop: determinism, resume after interruption, init weights, config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_zoo.errors import InputError
+from model_zoo.members import family_spec, load_init_weights
+from training import fit_members
+from training.config import load_config
+
+TRAIN_CFG = {"epochs": 3, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
+             "lr_step": 2, "lr_gamma": 0.1, "hflip": True, "vflip": True, "channels_last": True}
+
+
+def _data(n: int = 24, size: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 255, (n, size, size), dtype=np.uint8)
+    y = (np.arange(n) % 2).astype(np.int64)
+    x[y == 1, 8:16, 8:16] = 250
+    return x, y
+
+
+def _train(tmp_path, name: str, epochs: int, **kw):
+    spec = family_spec("efficientnet_b3", variant="tiny", input_size=32)
+    x, y = _data()
+    cfg = dict(TRAIN_CFG, epochs=epochs)
+    return fit_members.train_member(spec, x[:16], y[:16], x[16:], y[16:], cfg, work_dir=tmp_path / name,
+                                    seed=7, progress=False, **kw)
+
+
+def test_interrupted_run_resumes_to_same_result(tmp_path):
+    full = _train(tmp_path, "full", 3)
+    _train(tmp_path, "interrupted", 1)  # "killed" after epoch 1: last.pt stays behind
+    assert (tmp_path / "interrupted" / "last.pt").is_file()
+    resumed = _train(tmp_path, "interrupted", 3)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.best_epoch == full.best_epoch
+    for key, value in full.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([h["train_loss"] for h in resumed.history],
+                               [h["train_loss"] for h in full.history], rtol=1e-5)
+
+
+def test_train_set_normalisation_recorded(tmp_path):
+    res = _train(tmp_path, "norm", 1)
+    x, _ = _data()
+    expected_mean = x[:16].astype(np.float64).mean() / 255
+    assert res.spec.mean == pytest.approx((expected_mean,) * 3)
+    assert res.spec.std[0] == pytest.approx(x[:16].astype(np.float64).std() / 255)
+    assert (tmp_path / "norm" / "log.csv").read_text().startswith("epoch,lr,train_loss,val_loss,val_auc")
+
+
+def test_best_checkpoint_is_best_val_auc(tmp_path):
+    res = _train(tmp_path, "best", 3)
+    aucs = [h["val_auc"] for h in res.history]
+    assert res.best_val_auc == pytest.approx(max(aucs))
+    assert res.history[res.best_epoch - 1]["val_auc"] == pytest.approx(max(aucs))
+
+
+def test_step_decay_schedule(tmp_path):
+    res = _train(tmp_path, "lr", 3)
+    assert [h["lr"] for h in res.history] == pytest.approx([0.01, 0.001, 0.001])
+
+
+def test_init_weights_from_local_file(tmp_path):
+    from safetensors.torch import save_file
+
+    spec = family_spec("vit", variant="tiny", input_size=64)
+    source = spec.build_model()
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    state["head.weight"] = torch.zeros(1000, state["head.weight"].shape[1])  # an ImageNet-style head
+    state["head.bias"] = torch.zeros(1000)
+    path = tmp_path / "init.safetensors"
+    save_file(state, str(path))
+    target = spec.build_model()
+    report = load_init_weights(target, path)
+    assert "head.weight" in report["skipped"] and "head.weight" in report["missing"]
+    torch.testing.assert_close(target.state_dict()["pos_embed"], source.state_dict()["pos_embed"])
+    with pytest.raises(InputError, match="not found"):
+        load_init_weights(target, tmp_path / "nope.pt")
+
+
+def test_config_inheritance_and_overrides():
+    cfg = load_config("cpu", ["train.epochs=3", "members.families=[vit]"])
+    assert cfg["train"]["epochs"] == 3 and cfg["members"]["families"] == ["vit"]
+    assert cfg["train"]["momentum"] == 0.9  # inherited from paper.yaml
+    paper = load_config("paper")
+    assert (paper["members"]["input_size"], paper["train"]["lr"], paper["train"]["lr_step"],
+            paper["train"]["epochs"], paper["train"]["batch_size"]) == (224, 0.1, 30, 100, 128)
+    with pytest.raises(InputError, match="unknown key"):
+        load_config("cpu", ["train.epochz=3"])
+    with pytest.raises(InputError, match="not found"):
+        load_config("no-such-config")
