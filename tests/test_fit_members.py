@@ -94,3 +94,23 @@ def test_config_inheritance_and_overrides():
         load_config("cpu", ["train.epochz=3"])
     with pytest.raises(InputError, match="not found"):
         load_config("no-such-config")
+
+
+def test_ddp_ranks_agree(tmp_path):
+    """torchrun with 2 CPU processes (gloo): both ranks end with identical weights."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         str(repo / "tests" / "ddp_worker.py"), str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = dict(re.findall(r"RANK (\d) WORLD 2 CHECKSUM (\S+)", proc.stdout))
+    assert set(found) == {"0", "1"} and found["0"] == found["1"]
+    assert (tmp_path / "ddp" / "log.csv").is_file()  # rank 0 writes the log
