@@ -103,7 +103,7 @@ def test_predict_bad_rows_continue(synthetic_zoo, tmp_path):
     from model_zoo.__main__ import main
 
     release, _, cases = synthetic_zoo
-    frame = pd.read_csv(cases)
+    frame = pd.read_csv(cases, dtype=str)
     frame["image"] = [str(cases.parent / p) for p in frame["image"]]
     frame.loc[1, "image"] = str(tmp_path / "missing.png")
     frame.loc[2, "age"] = "abc"
@@ -145,8 +145,8 @@ def test_releases_are_immutable(synthetic_zoo, tmp_path):
 
 def test_real_btxrd_subset(btxrd_dir, tmp_path):
     """A few dozen real BTXRD radiographs through the whole path."""
-    release = _fit(btxrd_dir / "metadata.csv", tmp_path, "data.max_cases=40", "version=0.0.2",
-                   "train.epochs=1")
+    release = _fit(btxrd_dir / "metadata.csv", tmp_path, "data.max_cases=48", "version=0.0.2",
+                   "train.epochs=1", "data.split_ratios=[0.5,0.3,0.2]")
     manifest = json.loads((release / "manifest.json").read_text())
-    assert manifest["data"]["n_cases"] == 40
-    assert sum(v["n"] for v in manifest["data"]["splits"].values()) == 40
+    assert manifest["data"]["n_cases"] == 48
+    assert sum(v["n"] for v in manifest["data"]["splits"].values()) == 48
