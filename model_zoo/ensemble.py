@@ -101,7 +101,10 @@ def stacker_matrix(member_probs: np.ndarray, ages: Sequence[Any], sexes: Sequenc
 
 
 def sigmoid(x: np.ndarray | float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+    """Logistic function without overflow warnings for large negative logits."""
+    from scipy.special import expit
+
+    return expit(np.asarray(x, dtype=np.float64))
 
 
 @dataclass

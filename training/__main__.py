@@ -9,6 +9,7 @@ USAGE = """usage: python -m training COMMAND [options]
 commands:
   fit       train the members and the stacker into a zoo release  (--help for options)
   report    evaluation report (metrics.json + report.html) from a predictions CSV
+  localiser   train the auto-crop ROI localiser (lesion masks -> box) and measure its IoU
   throughput  training img/s per member: plain fp32 loop vs the fit path, same run
 """
 
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.report import main as report_main
 
         return report_main(rest)
+    if command == "localiser":
+        from training.fit_localiser import main as localiser_main
+
+        return localiser_main(rest)
     if command == "throughput":
         from training.throughput import main as throughput_main
 

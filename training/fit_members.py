@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from scipy.special import expit
 
 from model_zoo.members import MemberSpec, load_init_weights
 from model_zoo.zoo import atomic_write_bytes
@@ -227,7 +228,7 @@ def train_member(
 
         val_logits = predict_logits(model, val_x, mean, std, device=device,
                                     channels_last=channels_last, amp=amp)
-        val_p = 1 / (1 + np.exp(-val_logits.astype(np.float64)))
+        val_p = expit(val_logits.astype(np.float64))
         val_auc = _auc(val_y, val_p)
         eps = 1e-7
         val_loss = float(-np.mean(val_y * np.log(val_p + eps) + (1 - val_y) * np.log(1 - val_p + eps))) if len(val_y) else float("nan")

@@ -1,0 +1,240 @@
+"""``python -m training localiser``: train the auto-crop localiser and measure its IoU.
+
+Data: a BTXRD ``metadata.csv`` (lesion masks; normal images teach "no lesion") or a case
+table with ROI columns (rectangles become masks). Images are split 7:1:2 by the same
+group-aware, stratified rule as the classifier (``training.data``), so the reported IoU is
+on held-out groups. Output: a folder with ``localiser.safetensors`` and ``localiser.json``
+(spec + metrics), written atomically; ``fit`` copies it into a zoo release
+(``localiser.path`` in the config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_zoo import imaging, roi
+from model_zoo.cases import read_case_table
+from model_zoo.errors import InputError, ZooError
+from model_zoo.localize import Localiser, LocaliserSpec, build_unet, mask_to_box, prepare
+from training.data import infer_groups, split_cases
+
+
+def read_localiser_table(path: Path) -> pd.DataFrame:
+    """Rows with image_path, mask_path (or ROI), a stratification label and grouping columns."""
+    path = Path(path)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if {"image", "mask", "label", "age", "sex", "site_group", "tumor_subtype"} <= set(raw.columns):
+        root = path.parent
+        frame = pd.DataFrame({
+            "image_path": [str(root / p) for p in raw["image"]],
+            "mask_path": [str(root / p) if p else "" for p in raw["mask"]],
+            "label": raw["label"].str.strip().str.lower(),
+            "age": pd.to_numeric(raw["age"], errors="coerce"),
+            "sex": raw["sex"], "site": raw["site_group"],
+            "subtype": raw["tumor_subtype"].replace("", "none"),
+        })
+        return frame
+    table = read_case_table(path, check_files=True)
+    frame = table.frame[table.ok].copy()
+    frame["mask_path"] = ""
+    frame["label"] = frame["roi_x0"].notna().map({True: "lesion", False: "unknown"})
+    return frame[frame["label"] == "lesion"].reset_index(drop=True)
+
+
+def target_mask(row: pd.Series, size_wh: tuple[int, int]) -> np.ndarray:
+    """Full-resolution boolean lesion mask for one row."""
+    from PIL import Image
+
+    w, h = size_wh
+    if row.get("mask_path"):
+        with Image.open(row["mask_path"]) as img:
+            mask = np.asarray(img.convert("L")) > 0
+        if mask.shape != (h, w):
+            mask = roi.resize(mask.astype(np.float32), (w, h)) > 0.5
+        return mask
+    mask = np.zeros((h, w), bool)
+    if pd.notna(row.get("roi_x0")):
+        x0, y0, x1, y1 = (int(round(float(row[c]))) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1"))
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def mask_box(mask: np.ndarray) -> roi.Box | None:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def load_arrays(frame: pd.DataFrame, spec: LocaliserSpec) -> tuple[np.ndarray, np.ndarray, list[Any], list[Any]]:
+    """(N,S,S) images and soft masks at the localiser's input size, plus true boxes and sizes."""
+    from tqdm.auto import tqdm
+
+    s = spec.input_size
+    images = np.zeros((len(frame), s, s), np.float32)
+    masks = np.zeros((len(frame), s, s), np.float32)
+    boxes, sizes = [], []
+    for i, (_, row) in enumerate(tqdm(list(frame.iterrows()), desc="load", leave=False)):
+        pixels = imaging.load_image(row["image_path"]).pixels
+        h, w = pixels.shape
+        images[i] = prepare(spec, pixels)
+        mask = target_mask(row, (w, h))
+        masks[i] = roi.resize(mask.astype(np.float32), s)
+        boxes.append(mask_box(mask))
+        sizes.append((w, h))
+    return images, masks, boxes, sizes
+
+
+def box_metrics(pred: list[roi.Box], true: list[roi.Box | None]) -> dict[str, Any]:
+    ious = np.array([roi.iou(p, t) for p, t in zip(pred, true) if t is not None])
+    if len(ious) == 0:
+        return {"n_lesion": 0, "mean_iou": None, "median_iou": None, "frac_iou_gt_0_3": None, "frac_iou_gt_0_5": None}
+    return {"n_lesion": int(len(ious)), "mean_iou": float(ious.mean()), "median_iou": float(np.median(ious)),
+            "frac_iou_gt_0_3": float((ious > 0.3).mean()), "frac_iou_gt_0_5": float((ious > 0.5).mean())}
+
+
+def _predict_maps(model: Any, images: np.ndarray, spec: LocaliserSpec, batch: int = 32) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy((images[i:i + batch] - spec.mean) / spec.std)[:, None]
+            out.append(torch.sigmoid(model(x))[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, sizes: list) -> dict[str, Any]:
+    s = spec.input_size
+    maps = _predict_maps(model, images, spec)
+    pred = []
+    for prob, (w, h) in zip(maps, sizes):
+        box, _ = mask_to_box(prob, spec.threshold, max(1, int(spec.min_area_frac * s * s)))
+        pred.append(roi.clamp_box(roi.scale_box(box, (s, s), (w, h)), (w, h)))
+    metrics = box_metrics(pred, boxes)
+    conf = maps.reshape(len(maps), -1).max(axis=1)
+    has = np.array([b is not None for b in boxes])
+    if has.any() and (~has).any():
+        from sklearn.metrics import roc_auc_score
+
+        metrics["lesion_presence_auc"] = float(roc_auc_score(has, conf))
+    return metrics
+
+
+def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: int, lr: float,
+          seed: int, log: Any = print) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    frame = frame.copy()
+    frame["group"] = infer_groups(frame).to_numpy()
+    frame["split"] = split_cases(frame, seed=seed).to_numpy()
+    images, masks, boxes, sizes = load_arrays(frame, spec)
+    idx = {k: np.flatnonzero(frame["split"].to_numpy() == k) for k in ("train", "val", "test")}
+    spec = LocaliserSpec(**{**spec.to_dict(), "mean": float(images[idx["train"]].mean()),
+                            "std": float(max(images[idx["train"]].std(), 1e-3))})
+    model = build_unet(spec)
+    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(epochs, 1))
+    best: dict[str, Any] = {"score": -1.0}
+    for epoch in range(epochs):
+        model.train()
+        order = rng.permutation(idx["train"])
+        t0, total = time.perf_counter(), 0.0
+        for b in range(0, len(order) - 1, batch_size):
+            sel = order[b:b + batch_size]
+            x = torch.from_numpy((images[sel] - spec.mean) / spec.std)[:, None]
+            y = torch.from_numpy(masks[sel])[:, None]
+            if rng.random() < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+            if rng.random() < 0.5:
+                x, y = x.flip(-2), y.flip(-2)
+            logits = model(x)
+            p = torch.sigmoid(logits)
+            inter = (p * y).sum(dim=(1, 2, 3))
+            dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1)
+            loss = F.binary_cross_entropy_with_logits(logits, y) + dice.mean()
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            total += float(loss.detach()) * len(sel)
+        sched.step()
+        val = evaluate(model, spec, images[idx["val"]], [boxes[i] for i in idx["val"]], [sizes[i] for i in idx["val"]])
+        score = val["mean_iou"] or 0.0
+        log(f"  localiser epoch {epoch + 1}/{epochs} loss {total / max(len(order), 1):.4f} "
+            f"val mean IoU {score:.3f} ({time.perf_counter() - t0:.0f}s)")
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    model.load_state_dict(best["state"])
+    metrics = {split: evaluate(model, spec, images[i], [boxes[j] for j in i], [sizes[j] for j in i])
+               for split, i in idx.items() if split != "train"}
+    localiser = Localiser(spec, model)
+    sample = [frame["image_path"].iloc[i] for i in idx["test"][:20]]
+    times = []
+    for path in sample:
+        pixels = imaging.load_image(path).pixels
+        times.append(localiser.propose(pixels).seconds)
+    metrics["seconds_per_image_median"] = float(np.median(times)) if times else None
+    metrics["best_epoch"] = best["epoch"]
+    metrics["splits"] = {k: int(len(v)) for k, v in idx.items()}
+    return model, spec, metrics
+
+
+def write_localiser(out: Path, model: Any, spec: LocaliserSpec, metrics: dict[str, Any], source: str) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists():
+        raise InputError(f"{out} already exists; choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "localiser.safetensors"))
+        entry = {"weights": "localiser/localiser.safetensors", "spec": spec.to_dict(), "metrics": metrics,
+                 "data": source, "architecture": "4-level U-Net, lesion segmentation -> bounding box"}
+        (tmp / "localiser.json").write_text(json.dumps(entry, indent=2, allow_nan=False), encoding="utf-8")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training localiser", description=__doc__.splitlines()[0])
+    p.add_argument("--cases", required=True, type=Path, help="BTXRD metadata.csv or a case table with ROI columns")
+    p.add_argument("--out", required=True, type=Path, help="new folder for the localiser")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-cases", type=int, default=None, help="subsample for quick runs")
+    args = p.parse_args(argv)
+    try:
+        frame = read_localiser_table(args.cases)
+        if args.max_cases:
+            frame = frame.sample(n=min(args.max_cases, len(frame)), random_state=args.seed).reset_index(drop=True)
+        model, spec, metrics = train(frame, LocaliserSpec(input_size=args.input_size), epochs=args.epochs,
+                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        write_localiser(args.out, model, spec, metrics, str(args.cases))
+        print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
