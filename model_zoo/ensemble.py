@@ -138,6 +138,11 @@ class Zoo:
         self.members = members
         self.stacker = stacker
         self.clinic_model = clinic_model
+        self.localiser = None
+        if manifest.get("localiser"):
+            from model_zoo.localize import load_localiser
+
+            self.localiser = load_localiser(root, manifest["localiser"])
 
     # -- facts from the manifest --------------------------------------------------------------
     @property

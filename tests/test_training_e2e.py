@@ -38,7 +38,11 @@ def _fit(cases: Path, tmp: Path, *extra: str) -> Path:
 def synthetic_zoo(tmp_path_factory) -> tuple[Path, Path, Path]:
     tmp = tmp_path_factory.mktemp("e2e")
     cases = write_case_table(tmp / "data", n=48, size=96, seed=1)
-    release = _fit(cases, tmp, "version=0.0.1")
+    from training.fit_localiser import main as localiser_main
+
+    assert localiser_main(["--cases", str(cases), "--out", str(tmp / "loc"), "--epochs", "1",
+                           "--input-size", "32", "--base-channels", "4"]) == 0
+    release = _fit(cases, tmp, "version=0.0.1", f"localiser.path={tmp / 'loc'}")
     return release, tmp / "run", cases
 
 
@@ -117,6 +121,20 @@ def test_predict_bad_rows_continue(synthetic_zoo, tmp_path):
     assert pred.loc[1, "error"] and pred.loc[2, "error"]
     assert (pred.drop(index=[1, 2])["error"] == "").all()
     assert main(["predict", "--cases", str(tmp_path / "nope.csv"), "--out", str(out), "--zoo", str(release)]) == 2
+
+
+def test_predict_auto_roi_uses_localiser(synthetic_zoo, tmp_path):
+    from model_zoo.__main__ import main
+
+    release, _, cases = synthetic_zoo
+    manifest = verify_release(release)
+    assert manifest["localiser"]["weights"] in manifest["files"]
+    out = tmp_path / "auto.csv"
+    assert main(["predict", "--cases", str(cases), "--out", str(out), "--zoo", str(release),
+                 "--roi", "auto", "--quiet"]) == 0
+    pred = pd.read_csv(out, keep_default_na=False)
+    assert pred["roi_source"].str.startswith("auto (confidence").all()
+    assert ((pred["roi_x1"].astype(float) <= 96) & (pred["roi_x0"].astype(float) >= 0)).all()
 
 
 def test_tampered_weights_refused(synthetic_zoo, tmp_path):

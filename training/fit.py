@@ -354,6 +354,14 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         joblib.dump({"stacker": stacker, "clinic": clinic}, buf)
         rw.write_bytes("stacker.joblib", buf.getvalue())
         rw.write_text("config.yaml", dump_config(cfg))
+        localiser_entry = None
+        localiser_dir = (cfg.get("localiser") or {}).get("path")
+        if localiser_dir:
+            localiser_dir = Path(localiser_dir)
+            if not (localiser_dir / "localiser.json").is_file():
+                raise InputError(f"localiser.path {localiser_dir} has no localiser.json")
+            localiser_entry = json.loads((localiser_dir / "localiser.json").read_text(encoding="utf-8"))
+            rw.copy_file(localiser_entry["weights"], localiser_dir / "localiser.safetensors")
         for split_name, out in report_dirs.items():
             for f in sorted(out.iterdir()):
                 rw.copy_file(f"report/{split_name}/{f.name}", f)
@@ -384,7 +392,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             "data": {"source": str(cfg["data"]["cases"]), "fingerprint": fingerprint, "n_cases": int(len(frame)),
                      "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()}},
             "library_versions": library_versions(),
-            "localiser": None,
+            "localiser": localiser_entry,
         }
         rw.write_text("MODEL_CARD.md", model_card(cfg, manifest))
         final = rw.publish(manifest)

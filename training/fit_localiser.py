@@ -221,16 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="new folder for the localiser")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--base-channels", type=int, default=16, help="U-Net width (cost grows ~quadratically)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-cases", type=int, default=None, help="subsample for quick runs")
     args = p.parse_args(argv)
     try:
+        if args.out.exists():  # checked before training, not after an hour of it
+            raise InputError(f"{args.out} already exists; choose a new --out")
         frame = read_localiser_table(args.cases)
         if args.max_cases:
             frame = frame.sample(n=min(args.max_cases, len(frame)), random_state=args.seed).reset_index(drop=True)
-        model, spec, metrics = train(frame, LocaliserSpec(input_size=args.input_size), epochs=args.epochs,
+        model, spec, metrics = train(frame, LocaliserSpec(input_size=args.input_size, base_channels=args.base_channels), epochs=args.epochs,
                                      batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         write_localiser(args.out, model, spec, metrics, str(args.cases))
         print(json.dumps({k: v for k, v in metrics.items()}, indent=2))

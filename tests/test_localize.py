@@ -1,0 +1,69 @@
+"""Localiser: box extraction maths and a tiny end-to-end train -> write -> load -> propose."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from model_zoo.localize import LocaliserSpec, build_unet, load_localiser, mask_to_box
+from training.fit_localiser import box_metrics, main, mask_box
+from synthetic import write_case_table
+
+
+def test_mask_to_box_unions_regions_above_threshold():
+    prob = np.zeros((32, 32))
+    prob[2:5, 3:7] = 0.9     # lesion A: x 3..6, y 2..4
+    prob[20:30, 10:12] = 0.8  # lesion B: x 10..11, y 20..29
+    prob[31, 31] = 0.95       # a 1-pixel speck, below min_area
+    box, found = mask_to_box(prob, threshold=0.5, min_area=2)
+    assert found and box == (3.0, 2.0, 12.0, 30.0)
+
+
+def test_mask_to_box_falls_back_to_peak_region():
+    prob = np.full((16, 16), 0.05)
+    prob[4:8, 9:12] = 0.3
+    prob[5, 10] = 0.4
+    box, found = mask_to_box(prob, threshold=0.5, min_area=1)
+    assert not found and box == (9.0, 4.0, 12.0, 8.0)
+
+
+def test_mask_box_and_metrics():
+    mask = np.zeros((10, 10), bool)
+    assert mask_box(mask) is None
+    mask[2:4, 5:9] = True
+    assert mask_box(mask) == (5.0, 2.0, 9.0, 4.0)
+    m = box_metrics([(5, 2, 9, 4), (0, 0, 1, 1)], [(5, 2, 9, 4), (0, 0, 2, 2)])
+    assert m["mean_iou"] == pytest.approx((1 + 0.25) / 2) and m["frac_iou_gt_0_3"] == 0.5
+
+
+def test_unet_shapes():
+    import torch
+
+    model = build_unet(LocaliserSpec(input_size=32, base_channels=4))
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError):
+        build_unet(LocaliserSpec(input_size=30))
+
+
+def test_train_write_load_propose(tmp_path):
+    cases = write_case_table(tmp_path / "data", n=30, size=64, seed=3)
+    out = tmp_path / "loc"
+    assert main(["--cases", str(cases), "--out", str(out), "--epochs", "2", "--input-size", "32",
+                 "--batch-size", "8"]) == 0
+    entry = json.loads((out / "localiser.json").read_text())
+    assert entry["metrics"]["test"]["n_lesion"] > 0
+    assert 0.0 <= entry["metrics"]["test"]["mean_iou"] <= 1.0
+    assert entry["metrics"]["seconds_per_image_median"] < 0.5
+    # the release stores weights under localiser/: emulate that layout
+    release = tmp_path / "release"
+    (release / "localiser").mkdir(parents=True)
+    (release / "localiser" / "localiser.safetensors").write_bytes((out / "localiser.safetensors").read_bytes())
+    localiser = load_localiser(release, entry)
+    pixels = np.random.default_rng(0).random((64, 80)).astype(np.float32)
+    proposal = localiser.propose(pixels)
+    x0, y0, x1, y1 = proposal.box
+    assert 0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 64
+    assert 0.0 <= proposal.confidence <= 1.0
+    assert main(["--cases", str(cases), "--out", str(out)]) == 2  # never overwrites
