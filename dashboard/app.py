@@ -1,7 +1,40 @@
-"""Dashboard entry point (placeholder until the dashboard issue lands)."""
+"""Dashboard entry point: ``streamlit run dashboard/app.py`` (from the repository root).
 
-import streamlit as st
+Multipage via ``st.navigation`` over ``dashboard/app_pages/``; the model zoo is loaded once
+per process (``st.cache_resource`` in ``dashboard.common``) on the release named by
+``$MODEL_ZOO_DIR``, else the newest release under ``assets/zoo``. Pages are thin: the work
+is done by ``model_zoo`` (and, on the teaching page, ``training``'s statistics).
+"""
 
-st.set_page_config(page_title="Bone radiograph model zoo", layout="wide")
-st.title("Bone radiograph model zoo")
-st.info("Research and teaching tool; not a medical device. The case view is under construction.")
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run dashboard/app.py` puts dashboard/ (not the repository root) on sys.path.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from dashboard import common  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent / "app_pages"
+
+st.set_page_config(page_title="Bone radiograph model zoo", page_icon=":bone:", layout="wide")
+
+pages = [
+    st.Page(PAGES / "case.py", title="Case", icon=":material/radiology:", default=True, url_path="case"),
+    st.Page(PAGES / "batch.py", title="Batch", icon=":material/table_view:", url_path="batch"),
+    st.Page(PAGES / "teaching.py", title="Teaching / reader study", icon=":material/school:", url_path="teaching"),
+    st.Page(PAGES / "zoo.py", title="Model zoo", icon=":material/inventory_2:", url_path="zoo"),
+]
+nav = st.navigation(pages)
+
+with st.sidebar:
+    release = common.chosen_release()
+    st.markdown("**Model zoo**: " + (f"`{release.name}`" if release else "none installed"))
+    st.caption("Research and teaching only; not a medical device.")
+
+nav.run()

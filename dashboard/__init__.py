@@ -1,0 +1,1 @@
+"""Streamlit dashboard over model_zoo (entry point: dashboard/app.py)."""

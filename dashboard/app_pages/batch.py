@@ -1,0 +1,76 @@
+"""Batch page: case CSV + zip of images -> contract 2.2 predictions (``model_zoo.predict``)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import batch_logic, common
+from model_zoo import audit
+from model_zoo.predict import ROI_MODES
+
+ROI_HELP = {
+    "given": "the ROI columns of each row (rows without them use auto)",
+    "auto": "the zoo's localiser (whole image if the zoo has none)",
+    "full": "the whole image",
+}
+
+
+def main() -> None:
+    st.title("Batch prediction")
+    common.disclaimer()
+    zoo = common.get_zoo()
+    if zoo is None:
+        return
+    st.markdown(
+        "Upload a **case table** (CSV: `image` column with paths relative to the zip's root, optional "
+        "`label`, `age`, `sex`, `site`, `roi_x0..roi_y1`; a BTXRD `metadata.csv` works too) and a **zip of "
+        "the images**. The zip is unpacked into a temporary folder that is deleted when the batch ends."
+    )
+    c1, c2 = st.columns(2)
+    with c1:
+        csv_up = st.file_uploader("Case table (CSV)", type=["csv"], key="batch_csv")
+    with c2:
+        zip_up = st.file_uploader("Images (zip)", type=["zip"], key="batch_zip")
+    mode = st.radio("ROI", ROI_MODES, key="batch_roi_mode", horizontal=True,
+                    format_func=lambda m: f"{m}: {ROI_HELP[m]}")
+    run = st.button("Run batch", key="batch_run", type="primary", disabled=csv_up is None)
+    if run and csv_up is not None:
+        bar = st.progress(0.0, text="Starting ...")
+
+        def progress(i: int, n: int) -> None:
+            bar.progress(i / max(n, 1), text=f"Case {i} of {n}")
+
+        csv_bytes = csv_up.getvalue()
+        result = batch_logic.run_batch(zoo, csv_bytes, zip_up.getvalue() if zip_up is not None else None,
+                                       roi_mode=mode, progress=progress)
+        bar.progress(1.0, text=f"Done: {result.n_rows} cases")
+        st.session_state["batch_result"] = result
+        try:
+            audit.append_event(None, {
+                "event": "batch_prediction", "source": "dashboard",
+                "cases_sha256": hashlib.sha256(csv_bytes).hexdigest(),
+                "zoo": {"name": zoo.manifest["name"], "version": zoo.manifest["version"]},
+                "roi_mode": mode, "n_rows": result.n_rows, "n_failed": result.n_failed,
+            })
+        except OSError as err:
+            st.warning(f"The audit log could not be written ({err.strerror or err}).")
+    result = st.session_state.get("batch_result")
+    if result is None:
+        return
+    ok = result.n_rows - result.n_failed
+    (st.success if result.n_failed == 0 else st.warning)(
+        f"{ok} of {result.n_rows} cases predicted" + (f"; {result.n_failed} failed (listed below)." if result.n_failed else ".")
+    )
+    show = [c for c in result.frame.columns if c not in ("error",)] + ["error"]
+    st.dataframe(result.frame[show], hide_index=True, key="batch_table")
+    st.download_button("Download predictions (CSV)", data=result.csv_bytes(), file_name="predictions.csv",
+                       mime="text/csv", key="batch_download", on_click="ignore")
+    if result.n_failed:
+        st.markdown("**Rows that failed**")
+        st.dataframe(pd.DataFrame(result.failed), hide_index=True, key="batch_failed")
+
+
+common.guarded(main)()

@@ -1,0 +1,496 @@
+"""Case page: one radiograph -> ROI -> ensemble probability, member view, heatmaps, PDF.
+
+Thin: loading, boxes, prediction, CAMs and the report all come from ``model_zoo`` (via
+``dashboard.case_logic``). The uploaded file stays in memory (session state), never on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import case_logic as cl
+from dashboard import common
+from model_zoo import audit, imaging, roi
+from model_zoo.errors import InputError
+
+ROI_MODES = ("Draw on the image", "Enter coordinates", "Auto-crop", "Whole image")
+SEX_OPTIONS = ("not given", "F", "M")
+SITE_OPTIONS = ("not given", "appendicular", "axial")
+MAX_DISPLAY = 640
+VIEW_SIDE = 300
+JITTER_N = 8
+
+
+# ----------------------------------------------------------------------------- cached compute
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _predict(zoo_key: str, pixels_hash: str, box: tuple, age: Any, sex: Any, site: Any,
+             _zoo: Any, _pixels: np.ndarray) -> Any:
+    return cl.predict(_zoo, _pixels, box, age, sex, site)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _jitter(zoo_key: str, pixels_hash: str, box: tuple, age: Any, sex: Any, site: Any, n: int,
+            _zoo: Any, _pixels: np.ndarray) -> list[float]:
+    return cl.jitter_probs(_zoo, _pixels, box, age, sex, site, n=n)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)  # ~1 MB per entry at display resolution
+def _member_cam(zoo_key: str, pixels_hash: str, box: tuple, member_index: int, method: str,
+                view_box: tuple, view_wh: tuple, display_wh: tuple, _zoo: Any, _pixels: np.ndarray) -> cl.CamView:
+    return cl.member_cam(_zoo, member_index, _pixels, box, method, view_box, view_wh, display_wh,
+                         cache=common.cam_cache(), pixels_hash=pixels_hash)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
+    """Decode an image into session state and reset the per-image widgets."""
+    image = imaging.load_image(data, name=name)
+    h, w = image.pixels.shape
+    dw, dh, scale = cl.display_size(w, h, MAX_DISPLAY, MAX_DISPLAY)
+    pre = cl.prefill(image.meta)
+    if sample is not None:
+        pre.update({k: sample[k] for k in ("age", "sex", "site")})
+        pre["notes"] = pre["notes"] + ["sample case: clinical values from its description"]
+        box = tuple(float(v) for v in sample["roi_box"])
+        mode = "Enter coordinates"
+    else:
+        box = roi.full_image_box((w, h))
+        mode = "Draw on the image"
+    c, ww, _, _, _ = cl.window_units(image.meta)
+    case = {
+        "sha256": cl.sha256_bytes(data),
+        "pixels_hash": imaging.image_hash(image.pixels),
+        "label": "sample case (RG3)" if sample else "uploaded image",
+        "description": sample["description"] if sample else "",
+        "image": image,
+        "size": (w, h),
+        "display": (dw, dh, scale),
+        "display_pixels": cl.downscale(image.pixels, (dw, dh)),
+        "box": box,
+        "initial_box": box if sample else None,
+        "prefill": pre,
+        "quality": cl.image_quality(image.pixels, image.meta),
+    }
+    st.session_state["case"] = case
+    # Per-image widget values: set before the widgets exist in this run.
+    st.session_state["case_age"] = None if pre["age"] is None else float(round(pre["age"], 1))
+    st.session_state["case_sex"] = pre["sex"] if pre["sex"] in SEX_OPTIONS else "not given"
+    st.session_state["case_site"] = pre["site"] if pre["site"] in SITE_OPTIONS else "not given"
+    st.session_state["case_confirm"] = False
+    st.session_state["case_override"] = False
+    st.session_state["case_roi_mode"] = mode
+    st.session_state["case_wc"], st.session_state["case_ww"] = c, ww
+    _set_box_widgets(box)
+
+
+def _set_box_widgets(box: tuple) -> None:
+    for k, v in zip(("case_x0", "case_y0", "case_x1", "case_y1"), box, strict=True):
+        st.session_state[k] = float(round(v))
+
+
+def _restore(key: str, value: Any) -> None:
+    """Widgets not shown on another page lose their state; restore it from the case record."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def _input_section() -> None:
+    st.subheader("1. Radiograph")
+    col_a, col_b = st.columns([3, 2])
+    with col_a:
+        up = st.file_uploader("Upload a DICOM, PNG or JPEG radiograph", type=None, key="case_upload",
+                              help="Kept in memory for this session only; never written to disk.")
+    with col_b:
+        st.write("")
+        sample_clicked = st.button("Load sample case (RG3 DICOM)", key="case_load_sample",
+                                   help="pydicom-data RG3: CR of a distal tibia with a benign lesion")
+    if sample_clicked:
+        from model_zoo.sample import sample_case
+
+        s = sample_case()
+        _load_case(s["path"].read_bytes(), s["path"].name, sample=s)
+        st.session_state["case_upload_id"] = getattr(up, "file_id", None)
+    elif up is not None and st.session_state.get("case_upload_id") != up.file_id:
+        st.session_state["case_upload_id"] = up.file_id
+        st.session_state.pop("case", None)
+        _load_case(up.getvalue(), up.name)
+
+
+# ----------------------------------------------------------------------------- ROI
+
+
+def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
+    image = case["image"]
+    w, h = case["size"]
+    dw, dh, scale = case["display"]
+    meta = image.meta
+    c0, w0, lo, hi, units = cl.window_units(meta)
+    _restore("case_wc", c0)
+    _restore("case_ww", w0)
+    _restore("case_roi_mode", "Draw on the image")
+
+    col_img, col_side = st.columns([3, 2])
+    with col_side:
+        with st.expander("Window / level (display only)", expanded=False):
+            st.slider(f"Window centre ({units})", float(lo), float(hi), key="case_wc")
+            st.slider(f"Window width ({units})", 1.0, float(max(hi - lo, w0, 2.0)), key="case_ww")
+            src = "from the DICOM header" if meta.window is not None else "default"
+            st.caption(f"Starts {src} ({c0:g} / {w0:g}). The models always see the image as loaded.")
+        if meta.display_tags:
+            with st.expander("Image header (non-identifying tags)", expanded=meta.source_format == "dicom"):
+                st.dataframe(pd.DataFrame({"tag": list(meta.display_tags), "value": list(meta.display_tags.values())}),
+                             hide_index=True, key="case_tags")
+        mode = st.radio("ROI", ROI_MODES, key="case_roi_mode", horizontal=False,
+                        help="The region the models classify (each adds its own context margin).")
+    display = cl.rewindow(case["display_pixels"], meta, st.session_state["case_wc"], st.session_state["case_ww"])
+    case["display_view"] = display
+
+    box = tuple(case["box"])
+    source = "drawn"
+    with col_img:
+        if mode == "Draw on the image":
+            drawn = _draw_roi(case, display, scale)
+            if drawn is not None:
+                box = drawn
+            source = "drawn on the image"
+        elif mode == "Enter coordinates":
+            for k, v in zip(("case_x0", "case_y0", "case_x1", "case_y1"), box, strict=True):
+                _restore(k, float(round(v)))
+            cols = st.columns(4)
+            labels = ("x0 (left)", "y0 (top)", "x1 (right, exclusive)", "y1 (bottom, exclusive)")
+            limits = (w, h, w, h)
+            vals = []
+            for col, key, label, lim in zip(cols, ("case_x0", "case_y0", "case_x1", "case_y1"), labels, limits, strict=True):
+                with col:
+                    vals.append(st.number_input(label, min_value=0.0, max_value=float(lim), step=1.0,
+                                                format="%.0f", key=key))
+            box = tuple(float(v) for v in vals)
+            source = "entered coordinates" if case["initial_box"] is None else "entered coordinates / sample ROI"
+        elif mode == "Auto-crop":
+            from model_zoo.predict import choose_box
+
+            box, source = choose_box(zoo, image.pixels, pd.Series(dtype=object), "auto")
+            if getattr(zoo, "localiser", None) is None:
+                st.info("This zoo has no localiser (auto-crop model), so the whole image is used. "
+                        "Draw or enter a box for a lesion-level answer.")
+        else:
+            box, source = roi.full_image_box((w, h)), "whole image"
+        try:
+            box = roi.validate_box(box, (w, h))
+        except InputError as err:
+            st.error(f"{err}. Fix the box to continue.")
+            return None, source
+        if mode != "Draw on the image":
+            st.image(cl.draw_box(display, box, scale), caption=f"ROI {source}", width=dw)
+    case["box"] = box
+    st.caption(f"ROI in stored pixels: x {box[0]:.0f}-{box[2]:.0f}, y {box[1]:.0f}-{box[3]:.0f} "
+               f"({box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px of a {w} x {h} image)")
+    return box, source
+
+
+def _draw_roi(case: dict, display: np.ndarray, scale: float) -> tuple | None:
+    """Rectangle drawn on a streamlit-drawable-canvas; display px -> stored px via ``scale``."""
+    try:  # the component registers itself on import, which needs a running Streamlit
+        from streamlit_drawable_canvas import st_canvas
+    except Exception as err:  # noqa: BLE001
+        st.info(f"Drawing is unavailable here ({type(err).__name__}); use 'Enter coordinates'.")
+        return None
+    from PIL import Image
+
+    dw, dh, _ = case["display"]
+    st.caption("Drag a rectangle around the lesion; the last rectangle counts. Use the toolbar to undo.")
+    result = st_canvas(
+        fill_color="rgba(255, 40, 40, 0.08)", stroke_width=2, stroke_color="#ff2828",
+        background_image=Image.fromarray(imaging.to_uint8(display)), drawing_mode="rect",
+        initial_drawing=cl.canvas_drawing(case["initial_box"], scale), height=dh, width=dw,
+        update_streamlit=True, key=f"case_canvas_{case['sha256'][:12]}",
+    )
+    box = cl.canvas_box(getattr(result, "json_data", None), scale, case["size"])
+    if box is None:
+        st.caption("No rectangle yet: the current ROI is kept.")
+        return None
+    if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+        return None
+    _set_box_widgets(box)
+    return box
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _clinical_section(case: dict) -> dict[str, Any]:
+    pre = case["prefill"]
+    _restore("case_age", None if pre["age"] is None else float(round(pre["age"], 1)))
+    _restore("case_sex", pre["sex"] if pre["sex"] in SEX_OPTIONS else "not given")
+    _restore("case_site", pre["site"] if pre["site"] in SITE_OPTIONS else "not given")
+    _restore("case_confirm", False)
+    st.subheader("2. Clinical inputs")
+    st.caption("Pre-filled from the header where present: " + "; ".join(pre["notes"]))
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        age = st.number_input("Age (years)", min_value=0.0, max_value=120.0, step=1.0, key="case_age",
+                              placeholder="not given")
+    with c2:
+        sex = st.selectbox("Sex", SEX_OPTIONS, key="case_sex")
+    with c3:
+        site = st.selectbox("Lesion site", SITE_OPTIONS, key="case_site",
+                            help="axial = pelvis/spine/trunk; appendicular = limbs")
+    confirmed = st.checkbox("I have checked age, sex and site", key="case_confirm")
+    from model_zoo.cases import validate_clinical
+
+    a, s, t = validate_clinical(age, None if sex == "not given" else sex, None if site == "not given" else site)
+    return {"age": a, "sex": s, "site": t, "confirmed": confirmed}
+
+
+def _quality_gate(case: dict, box: tuple) -> tuple[bool, list[str]]:
+    """Warn (and withhold the prediction until acknowledged) when the input looks wrong."""
+    q = case["quality"]
+    problems = list(q.blocking) + cl.roi_quality(case["image"].pixels, box)
+    for note in q.notes:
+        st.info(f"Note: {note}")
+    if not problems:
+        return True, []
+    st.warning("**This input may not suit the models:**\n\n" + "\n".join(f"- {p}" for p in problems))
+    _restore("case_override", False)
+    return st.checkbox("Predict anyway (I have checked the input)", key="case_override"), problems
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict) -> Any:
+    pixels = case["image"].pixels
+    zkey = str(zoo.root)
+    with st.spinner("Running the ensemble ..."):
+        pred = _predict(zkey, case["pixels_hash"], box, inputs["age"], inputs["sex"], inputs["site"], zoo, pixels)
+    st.subheader("3. Result")
+    sentence = cl_sentence(zoo, pred.p_ensemble)
+    st.markdown(f"#### {sentence}")
+    _audit_once(zoo, case, box, source, inputs, pred)
+
+    col_chart, col_text = st.columns([3, 2])
+    with col_chart:
+        import plotly.graph_objects as go
+
+        names = list(pred.p_members)
+        fig = go.Figure(go.Bar(x=names, y=[pred.p_members[n] for n in names], name="members",
+                               marker_color="#4a78c2", text=[f"{pred.p_members[n]:.2f}" for n in names],
+                               textposition="outside"))
+        fig.add_hline(y=pred.threshold, line_dash="dash", line_color="#c0392b",
+                      annotation_text=f"threshold {pred.threshold:.2f}")
+        fig.add_hline(y=pred.p_ensemble, line_color="#2e8b57", annotation_text=f"ensemble {pred.p_ensemble:.2f}",
+                      annotation_position="bottom right")
+        fig.update_layout(yaxis=dict(range=[0, 1.08], title=f"P({zoo.positive_class})"), height=320,
+                          margin=dict(l=10, r=10, t=30, b=10), title="Member probabilities")
+        st.plotly_chart(fig, key="case_member_chart")
+    with col_text:
+        st.markdown(cl.disagreement_sentence(pred.disagreement))
+        if pred.p_clinic is not None:
+            st.markdown(f"Clinic-only model (age, sex, site; no image): P({zoo.positive_class}) = "
+                        f"**{pred.p_clinic:.2f}**.")
+        st.dataframe(pd.DataFrame(cl.member_frame_rows(pred.p_members, pred.threshold)), hide_index=True,
+                     key="case_member_table")
+        with st.expander("Calibration note"):
+            st.write(cl.calibration_note(zoo.manifest))
+
+    st.markdown("**What the models see** (each member's input crop: ROI + margin, squared, resized)")
+    crops = cl.member_crops(zoo, pixels, box)
+    case["crops"] = crops
+    cols = st.columns(len(crops))
+    for col, (mid, (crop, cbox)) in zip(cols, crops.items(), strict=True):
+        with col:
+            st.image(imaging.to_uint8(crop), caption=f"{mid} ({crop.shape[1]} px; crop x {cbox[0]:.0f}-{cbox[2]:.0f},"
+                     f" y {cbox[1]:.0f}-{cbox[3]:.0f})", width="stretch")
+    return pred
+
+
+def cl_sentence(zoo: Any, p: float) -> str:
+    from model_zoo.report_pdf import probability_sentence
+
+    return probability_sentence(p, zoo.threshold, zoo.positive_class, zoo.negative_class)
+
+
+def _audit_once(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pred: Any) -> None:
+    key = (str(zoo.root), case["sha256"], tuple(round(v, 1) for v in box), inputs["age"], inputs["sex"], inputs["site"])
+    logged = st.session_state.setdefault("case_audited", set())
+    if key in logged:
+        return
+    event = audit.prediction_event(
+        image_sha256=case["sha256"], zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+        roi_box=box, roi_source=source, age=inputs["age"], sex=inputs["sex"], site=inputs["site"],
+        p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic,
+        threshold=pred.threshold, label=pred.label)
+    try:
+        audit.append_event(None, event)
+    except OSError as err:
+        st.warning(f"The audit log could not be written ({err.strerror or err}); the result is shown anyway.")
+    logged.add(key)
+
+
+def _jitter_section(zoo: Any, case: dict, box: tuple, inputs: dict, pred: Any) -> dict | None:
+    st.markdown("**ROI-jitter check**")
+    if not st.checkbox(f"Re-run with {JITTER_N} slightly shifted/resized boxes", value=True, key="case_jitter"):
+        return None
+    with st.spinner("ROI-jitter check ..."):
+        probs = _jitter(str(zoo.root), case["pixels_hash"], box, inputs["age"], inputs["sex"], inputs["site"],
+                        JITTER_N, zoo, case["image"].pixels)
+    j = cl.jitter_summary(pred.p_ensemble, probs, pred.threshold)
+    (st.success if j["same_call"] == j["n"] else st.warning)(cl.jitter_sentence(j))
+    return j
+
+
+def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: tuple) -> dict | None:
+    """GradCAM first (fast); then the ROI-jitter check is filled into its slot above; then
+    ScoreCAM with a progress indicator. Returns the jitter summary.
+
+    Every heavy step is cached (st.cache_data + the shared CamCache), so a rerun from the
+    opacity slider only redraws overlays.
+    """
+    st.subheader("4. Heatmaps")
+    st.caption("Where each network found evidence for the positive class (target: the member's logit). "
+               "Heatmaps show what drove a model, not where the lesion is.")
+    c1, c2 = st.columns(2)
+    with c1:
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="case_opacity")
+    with c2:
+        run_score = st.checkbox("Also compute ScoreCAM (slower)", value=True, key="case_scorecam")
+    pixels = case["image"].pixels
+    dw, dh, scale = case["display"]
+    crops = case.get("crops") or cl.member_crops(zoo, pixels, box)
+    view_box = cl.union_box([cb for _, cb in crops.values()])
+    vw, vh, _ = cl.display_size(int(view_box[2] - view_box[0]), int(view_box[3] - view_box[1]), VIEW_SIDE, VIEW_SIDE)
+    vx0, vy0, vx1, vy1 = (int(v) for v in view_box)
+    # The ROI view at stored resolution, shrunk, with the same display window as the main view.
+    roi_gray = cl.rewindow(cl.downscale(np.ascontiguousarray(pixels[vy0:vy1, vx0:vx1]), (vw, vh)),
+                           case["image"].meta, st.session_state["case_wc"], st.session_state["case_ww"])
+    full_gray = case["display_view"]
+    args = dict(zkey=str(zoo.root), case=case, box=box, view_box=view_box, view_wh=(vw, vh), display_wh=(dw, dh))
+    case["cam_gray"] = (roi_gray, full_gray)
+    case["cam_opacity"] = opacity
+
+    results: dict[str, dict] = {}
+    with st.spinner("GradCAM ..."):
+        results["GradCAM"] = _all_members(zoo, "gradcam", **args)
+    case["cams"] = dict(results)
+    _show_cams("GradCAM", results["GradCAM"], zoo, roi_gray, full_gray, opacity)
+
+    with jitter_slot:
+        jitter = _jitter_section(*jitter_args)
+
+    if run_score:
+        views = {}
+        with st.status("ScoreCAM: scoring masked inputs per member ...", expanded=False) as status:
+            bar = st.progress(0.0, text="ScoreCAM")
+            for i, m in enumerate(zoo.members):
+                bar.progress(i / len(zoo.members), text=f"ScoreCAM {i + 1}/{len(zoo.members)}: {m.spec.member_id}")
+                views[m.spec.member_id] = _member_cam(str(zoo.root), case["pixels_hash"], box, i, "scorecam",
+                                                      view_box, (vw, vh), (dw, dh), zoo, pixels)
+            bar.progress(1.0, text="ScoreCAM done")
+            status.update(label=f"ScoreCAM done ({sum(v.seconds for v in views.values()):.1f} s of compute)",
+                          state="complete")
+        results["ScoreCAM"] = views
+        case["cams"] = dict(results)
+        _show_cams("ScoreCAM", views, zoo, roi_gray, full_gray, opacity)
+    return jitter
+
+
+def _all_members(zoo: Any, method: str, *, zkey: str, case: dict, box: tuple, view_box: tuple,
+                 view_wh: tuple, display_wh: tuple) -> dict[str, cl.CamView]:
+    return {m.spec.member_id: _member_cam(zkey, case["pixels_hash"], box, i, method, view_box, view_wh,
+                                          display_wh, zoo, case["image"].pixels)
+            for i, m in enumerate(zoo.members)}
+
+
+def _show_cams(label: str, views: dict[str, cl.CamView], zoo: Any, roi_gray: np.ndarray,
+               full_gray: np.ndarray, opacity: float) -> None:
+    ens = cl.ensemble_cam(views, zoo.cam_weights, label)
+    st.markdown(f"**{label}** - per member and {ens.title[:1].lower()}{ens.title[1:]}")
+    items = list(views.items()) + [("ensemble", ens)]
+    tab_roi, tab_full = st.tabs([f"{label} on the ROI", f"{label} on the full radiograph"])
+    with tab_roi:
+        cols = st.columns(len(items))
+        for col, (mid, v) in zip(cols, items, strict=True):
+            with col:
+                st.image(cl.overlay(roi_gray, v.roi_map, opacity), width="stretch",
+                         caption=("ensemble-weighted" if mid == "ensemble" else v.title) + (f" - {v.note}" if v.note else ""))
+    with tab_full:
+        cols = st.columns(3)
+        for i, (mid, v) in enumerate(items):
+            with cols[i % 3]:
+                st.image(cl.overlay(full_gray, v.full_map, opacity), width="stretch",
+                         caption="ensemble-weighted" if mid == "ensemble" else v.title)
+    weights = ", ".join(f"{k} {w:.2f}" for k, w in zoo.cam_weights.items())
+    st.caption(f"{label}: {sum(v.seconds for v in views.values()):.2f} s of compute. "
+               f"Ensemble weights ({zoo.manifest['stacker'].get('cam_weights_rule', 'equal')}): {weights}.")
+
+
+# ----------------------------------------------------------------------------- PDF
+
+
+def _pdf_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pred: Any,
+                 jitter: dict | None, warnings: list[str]) -> None:
+    st.subheader("5. Case report (PDF)")
+    c1, c2 = st.columns([2, 1])
+    with c1:
+        ref = st.text_input("Case reference (optional; printed only if you tick the box)", key="case_reference")
+    with c2:
+        include = st.checkbox("Include the case reference in the PDF", key="case_include_ids",
+                              help="Off by default: the report carries no identifiers.")
+
+    def build() -> bytes:  # deferred: runs only when the user clicks the download button
+        return cl.case_pdf(zoo, case, box, source, inputs, pred, jitter, warnings,
+                           reference=ref, include_identifiers=include)
+
+    st.download_button("Download the PDF case report", data=build, file_name="case-report.pdf",
+                       mime="application/pdf", key="case_pdf", on_click="ignore")
+    st.caption("The report holds the images, ROI, heatmaps shown above, probabilities, inputs, the zoo "
+               "release with its file hashes, the date and the disclaimer; no identifiers unless ticked.")
+
+
+# ----------------------------------------------------------------------------- page
+
+
+def main() -> None:
+    st.title("Case")
+    common.disclaimer()
+    zoo = common.get_zoo()
+    if zoo is None:
+        return
+    st.caption(f"Model zoo: **{zoo.name}** - {zoo.positive_class} vs {zoo.negative_class}, "
+               f"threshold {zoo.threshold:.2f}")
+    try:
+        _input_section()
+    except InputError as err:
+        st.error(str(err))
+    case = st.session_state.get("case")
+    if case is None:
+        st.info("Upload a radiograph or load the sample case to begin.")
+        return
+    st.caption(f"Loaded: {case['label']} - {case['size'][0]} x {case['size'][1]} px "
+               f"{case['image'].meta.source_format.upper()}" + (f". {case['description']}" if case["description"] else ""))
+    box, source = _roi_section(case, zoo)
+    if box is None:
+        return
+    inputs = _clinical_section(case)
+    ok_quality, warnings = _quality_gate(case, box)
+    if not inputs["confirmed"]:
+        st.info("Check the clinical inputs and tick the box to see the prediction.")
+        return
+    if not ok_quality:
+        st.info("Prediction withheld until you fix the input or tick 'Predict anyway'.")
+        return
+    pred = _result_section(zoo, case, box, source, inputs)
+    jitter_slot = st.container()  # filled after GradCAM, so the heatmaps are not kept waiting
+    jitter = _heatmaps(zoo, case, box, jitter_slot, (zoo, case, box, inputs, pred))
+    _pdf_section(zoo, case, box, source, inputs, pred, jitter, warnings)
+
+
+common.guarded(main)()

@@ -1,0 +1,130 @@
+"""Teaching / reader-study page: blind reads case by case, then truth, model and agreement."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import common
+from dashboard import teaching_logic as tl
+
+
+def _load_section(zoo) -> None:
+    with st.expander("1. Load a case set", expanded="teach_cases" not in st.session_state):
+        st.markdown("A case table (CSV with `image` and `label`, optional `age`, `sex`, `site`, ROI columns) "
+                    "and a zip of its images. The model is run now; its answers stay hidden until you reveal them.")
+        c1, c2 = st.columns(2)
+        with c1:
+            csv_up = st.file_uploader("Case table (CSV)", type=["csv"], key="teach_csv")
+        with c2:
+            zip_up = st.file_uploader("Images (zip)", type=["zip"], key="teach_zip")
+        if st.button("Load case set", key="teach_load", disabled=csv_up is None) and csv_up is not None:
+            bar = st.progress(0.0, text="Preparing cases ...")
+            cases, skipped = tl.load_case_set(
+                zoo, csv_up.getvalue(), zip_up.getvalue() if zip_up is not None else None,
+                progress=lambda i, n: bar.progress(i / max(n, 1), text=f"Case {i} of {n}"))
+            bar.empty()
+            if not cases:
+                st.error("No usable case: every row failed or had no label. " + "; ".join(skipped[:5]))
+                return
+            st.session_state["teach_cases"] = cases
+            st.session_state["teach_skipped"] = skipped
+            st.session_state["teach_answers"] = {}
+            st.session_state["teach_revealed"] = False
+            st.session_state["teach_zoo"] = zoo.name
+    if st.session_state.get("teach_skipped"):
+        with st.expander(f"{len(st.session_state['teach_skipped'])} rows skipped"):
+            st.write("\n".join(f"- {s}" for s in st.session_state["teach_skipped"]))
+
+
+def _read_section(zoo, cases) -> None:
+    answers: dict = st.session_state.setdefault("teach_answers", {})
+    st.subheader("2. Read the cases (blind)")
+    name = st.text_input("Reader name", key="teach_reader", placeholder="e.g. reader1")
+    if not name.strip():
+        st.info("Enter your reader name to start. Each reader's answers are kept separately in this session.")
+        return
+    reader = tl.reader_key(name)
+    mine = answers.setdefault(reader, {})
+    todo = [c for c in cases if c.case_id not in mine]
+    st.progress(len(mine) / len(cases), text=f"{reader}: {len(mine)} of {len(cases)} cases read")
+    if not todo:
+        st.success(f"{reader} has read every case. Another reader can enter a name, or reveal the results below.")
+        return
+    case = todo[0]
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        st.image(case.png, caption=f"Case {case.case_id} (ROI in red)", width="stretch")
+    with c2:
+        st.markdown(f"**Case {case.case_id}** - age: {case.age if case.age is not None else 'not given'}, "
+                    f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}")
+        with st.form("teach_form", clear_on_submit=True):
+            call = st.radio("Your read", (zoo.positive_class, zoo.negative_class), index=None, key="teach_call")
+            conf = st.select_slider("Confidence (1 = guess, 5 = certain)", tl.CONFIDENCE_LEVELS, value=3,
+                                    key="teach_conf")
+            submitted = st.form_submit_button("Submit and next", type="primary")
+        if submitted:
+            if call is None:
+                st.warning("Choose a read before submitting.")
+            else:
+                mine[case.case_id] = (int(call == zoo.positive_class), int(conf))
+                st.rerun()
+
+
+def _answers_download(zoo) -> None:
+    answers = st.session_state.get("teach_answers") or {}
+    if not any(answers.values()):
+        return
+    frame = tl.answers_frame(answers, zoo.positive_class, zoo.negative_class)
+    st.download_button("Download all answers (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
+                       file_name="reader-answers.csv", mime="text/csv", key="teach_download", on_click="ignore")
+
+
+def _reveal_section(zoo, cases) -> None:
+    answers = st.session_state.get("teach_answers") or {}
+    done = tl.complete_readers(answers, cases)
+    st.subheader("3. Reveal truth and model")
+    if not done:
+        st.caption("Available once at least one reader has read every case.")
+        return
+    if not st.session_state.get("teach_revealed"):
+        st.caption(f"Complete readers: {', '.join(done)}. Revealing ends the blind reading for this case set.")
+        if st.button("Reveal truth and model", key="teach_reveal"):
+            st.session_state["teach_revealed"] = True
+            st.rerun()
+        return
+    frame = tl.study_frame(cases, answers, done)
+    metrics = tl.study_metrics(frame, zoo.threshold)
+    st.markdown(f"**{len(cases)} cases, {len(done)} reader(s); model threshold {zoo.threshold:.2f}.** "
+                "Proportions with Wilson 95 % CIs.")
+    st.dataframe(tl.rater_table(metrics), hide_index=True, key="teach_metrics")
+    st.markdown("\n".join(f"- {line}" for line in tl.agreement_lines(metrics)))
+    shown = frame.assign(truth=[zoo.positive_class if y else zoo.negative_class for y in frame["label"]],
+                         model=[zoo.positive_class if p >= zoo.threshold else zoo.negative_class
+                                for p in frame["p_ensemble"]])
+    st.dataframe(shown, hide_index=True, key="teach_cases_table")
+    st.download_button("Download the study table (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
+                       file_name="reader-study.csv", mime="text/csv", key="teach_study_download", on_click="ignore")
+
+
+def main() -> None:
+    st.title("Teaching / reader study")
+    common.disclaimer()
+    zoo = common.get_zoo()
+    if zoo is None:
+        return
+    _load_section(zoo)
+    cases = st.session_state.get("teach_cases")
+    if not cases:
+        return
+    if st.session_state.get("teach_zoo") != zoo.name:
+        st.warning("These cases were scored with another zoo release; reload the case set.")
+        return
+    if not st.session_state.get("teach_revealed"):
+        _read_section(zoo, cases)
+    else:
+        st.info("Results revealed: reading is closed for this case set (load it again for a new round).")
+    _answers_download(zoo)
+    _reveal_section(zoo, cases)
+
+
+common.guarded(main)()

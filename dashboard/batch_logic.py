@@ -1,0 +1,214 @@
+"""Batch prediction from uploads: a case CSV plus a zip of images, through ``predict_cases``.
+
+Uploads are unpacked into a ``tempfile.TemporaryDirectory`` that is removed as soon as the
+batch finishes (also on errors); nothing else is written to disk. The zip is checked entry
+by entry before anything is extracted: absolute paths, ``..`` components, drive letters,
+links and special files are refused, and the total uncompressed size and the number of
+files are capped (a "zip bomb" stops at the cap, whatever its headers claim).
+
+A case row may only name an image inside the uploaded zip: an absolute path or one that
+climbs out of the upload folder is marked as a bad row (otherwise a web user could make
+the server read its own files).
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from model_zoo.errors import InputError
+
+MAX_FILES = 20_000
+MAX_TOTAL_BYTES = 4 * 1024**3  # uncompressed
+OUTSIDE_MESSAGE = "image path must point inside the uploaded zip (absolute paths and '..' are not allowed)"
+_CHUNK = 1 << 20
+
+
+def _safe_member_path(name: str) -> PurePosixPath | None:
+    """The relative path a zip entry may be extracted to, or None to refuse it."""
+    norm = name.replace("\\", "/")
+    if not norm or norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        return None
+    parts = PurePosixPath(norm).parts
+    if any(p in ("..",) for p in parts) or not parts:
+        return None
+    return PurePosixPath(*[p for p in parts if p not in (".", "")])
+
+
+def safe_extract_zip(data: bytes, dest: Path, *, max_files: int = MAX_FILES,
+                     max_total_bytes: int = MAX_TOTAL_BYTES) -> list[str]:
+    """Extract a zip's regular files into ``dest``; return their relative paths.
+
+    Raises
+    ------
+    InputError
+        Not a zip, an unsafe entry (absolute path, '..', drive letter, link or special
+        file), too many files, or more than ``max_total_bytes`` uncompressed. Nothing is
+        extracted when an unsafe entry is found (all entries are checked first).
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise InputError("the images upload is not a valid zip file") from None
+    dest = Path(dest)
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        for info in infos:
+            rel = _safe_member_path(info.filename)
+            if rel is None:
+                raise InputError(f"zip entry {info.filename!r} has an unsafe path (absolute or with '..'); refused")
+            # Unix type bits in the high word (absent = plain file, e.g. ZipFile.writestr).
+            ftype = stat.S_IFMT((info.external_attr >> 16) & 0xFFFF)
+            if ftype and ftype != stat.S_IFREG:
+                raise InputError(f"zip entry {info.filename!r} is a link or special file; refused")
+            if rel.parts[0] == "__MACOSX" or rel.name.startswith("._") or rel.name == ".DS_Store":
+                continue  # macOS resource forks: not images
+            plan.append((info, rel))
+        if len(plan) > max_files:
+            raise InputError(f"the zip holds {len(plan)} files; the limit is {max_files}")
+        total = 0
+        written: list[str] = []
+        root = dest.resolve()
+        for info, rel in plan:
+            target = (dest / Path(*rel.parts)).resolve()
+            if root not in target.parents:  # belt and braces after the path check
+                raise InputError(f"zip entry {info.filename!r} would be written outside the upload folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                while block := src.read(_CHUNK):
+                    total += len(block)
+                    if total > max_total_bytes:
+                        raise InputError(f"the zip expands to more than {max_total_bytes / 1024**3:.1f} GiB; refused")
+                    out.write(block)
+            written.append(rel.as_posix())
+    return written
+
+
+def _single_top_folder(names: list[str]) -> str | None:
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) == 1 and all("/" in n for n in names):
+        return next(iter(tops))
+    return None
+
+
+@dataclass
+class BatchResult:
+    frame: pd.DataFrame  # contract 2.2 columns (image_path dropped: it named the temp folder)
+    n_rows: int
+    n_failed: int
+    files_in_zip: int
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        cols = [c for c in ("image", "error") if c in self.frame.columns]
+        bad = self.frame[self.frame["error"].astype(str) != ""]
+        return bad[cols].assign(row=bad.index + 1)[["row", *cols]]
+
+    def csv_bytes(self) -> bytes:
+        return self.frame.to_csv(index=False).encode("utf-8")
+
+
+def _confine_images(csv_path: Path, root: Path) -> dict[int, str]:
+    """Rewrite rows whose image lies outside ``root`` to a missing in-folder name.
+
+    Returns {row index: the original image value} for the rewritten rows.
+    """
+    text = csv_path.read_bytes().decode("utf-8-sig", errors="replace")
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
+        return {}  # let read_case_table report the problem with its own message
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if "image" not in frame.columns:
+        return {}
+    outside: dict[int, str] = {}
+    real_root = root.resolve()
+    for i, value in frame["image"].items():
+        v = str(value).strip()
+        if not v:
+            continue
+        p = Path(v.replace("\\", "/"))
+        resolved = (csv_path.parent / p).resolve()
+        if p.is_absolute() or ".." in p.parts or real_root not in resolved.parents:
+            outside[int(i)] = v
+            frame.at[i, "image"] = f"__outside_upload__/{int(i)}"
+    if outside:
+        frame.to_csv(csv_path, index=False)
+    return outside
+
+
+@contextmanager
+def uploaded_case_table(csv_bytes: bytes, zip_bytes: bytes | None) -> Iterator[UploadedTable]:
+    """Unpack an uploaded case table and image zip into a temporary folder (removed on exit).
+
+    The CSV's ``image`` paths are relative to the zip's root (or to its single top-level
+    folder, if everything in the zip sits in one folder - a zipped directory). Rows naming
+    an image outside the upload are rewritten so they fail (see :data:`OUTSIDE_MESSAGE`).
+    """
+    if not csv_bytes:
+        raise InputError("the case table upload is empty")
+    with tempfile.TemporaryDirectory(prefix="bone-zoo-upload-") as tmp:
+        root = Path(tmp) / "upload"
+        root.mkdir()
+        names = safe_extract_zip(zip_bytes, root) if zip_bytes else []
+        csv_dir = root
+        top = _single_top_folder(names)
+        if top is not None:
+            try:
+                head = pd.read_csv(io.BytesIO(csv_bytes), dtype=str, nrows=50, keep_default_na=False)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, UnicodeDecodeError):
+                head = pd.DataFrame()
+            head.columns = [str(c).strip() for c in head.columns]
+            images = [str(v).replace("\\", "/") for v in head.get("image", [])]
+            if images and not any(v.startswith(top + "/") for v in images):
+                csv_dir = root / top
+        csv_path = csv_dir / "__cases__.csv"
+        csv_path.write_bytes(csv_bytes)
+        outside = _confine_images(csv_path, root)
+        yield UploadedTable(csv_path=csv_path, work_dir=Path(tmp), outside=outside, files_in_zip=len(names))
+
+
+@dataclass
+class UploadedTable:
+    csv_path: Path
+    work_dir: Path  # a scratch folder inside the temporary directory
+    outside: dict[int, str]
+    files_in_zip: int
+
+    def fix_errors(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Give rows that named an image outside the upload their real message and path back."""
+        frame = frame.copy()
+        if self.outside and "image" in frame.columns:
+            # Match by the sentinel, not by position: adapters (BTXRD) may drop rows.
+            for j, value in frame["image"].items():
+                tail = str(value).replace("\\", "/").rsplit("__outside_upload__/", 1)
+                if len(tail) == 2 and tail[1].isdigit() and int(tail[1]) in self.outside:
+                    frame.at[j, "error"] = OUTSIDE_MESSAGE
+                    frame.at[j, "image"] = self.outside[int(tail[1])]
+        return frame
+
+
+def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
+              progress: Callable[[int, int], None] | None = None) -> BatchResult:
+    """Predict every row of an uploaded case table with images from an uploaded zip."""
+    from model_zoo.predict import ROI_MODES, predict_cases
+
+    if roi_mode not in ROI_MODES:
+        raise InputError(f"ROI mode {roi_mode!r} is not one of {', '.join(ROI_MODES)}")
+    with uploaded_case_table(csv_bytes, zip_bytes) as up:
+        frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode=roi_mode,
+                              progress=progress)
+        frame = up.fix_errors(frame)
+    frame = frame.drop(columns=[c for c in ("image_path",) if c in frame.columns])
+    n_failed = int((frame["error"].astype(str) != "").sum())
+    return BatchResult(frame=frame, n_rows=len(frame), n_failed=n_failed, files_in_zip=up.files_in_zip)

@@ -1,0 +1,474 @@
+"""Logic behind the case page, free of Streamlit so it can be tested directly.
+
+Nothing here re-implements preprocessing or statistics: boxes go through
+``model_zoo.roi``, crops through ``model_zoo.preprocess``, predictions through
+``Zoo.predict`` and heatmaps through ``model_zoo.explain``. What is here is presentation:
+display scaling, overlays, the input quality gate, DICOM -> form pre-fills, wording.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_zoo import imaging, roi
+from model_zoo.imaging import ImageMeta
+
+Box = tuple[float, float, float, float]
+
+# The quality gate's limits (documented in the page's warnings).
+MIN_ROI_SIDE = 16  # px in the stored image: below this a crop is mostly upsampled noise/margin
+MAX_ASPECT = 4.0  # long side / short side; radiographs are rarely more elongated
+MIN_CONTRAST = 0.05  # p99 - p1 of the [0, 1] pixels: below this the image is near-constant
+MIN_ROI_CONTRAST = 0.02
+
+# DICOM BodyPartExamined (PS3.16 CID 4031 defined terms and common variants) -> site. The
+# demo task's "axial" is the pelvis/spine/trunk skeleton; limbs and girdles' long bones are
+# appendicular. Matching is on upper-case substrings, checked in this order.
+_AXIAL_TERMS = ("PELVIS", "SACRUM", "COCCYX", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE",
+                "VERTEBRA", "CHEST", "THORAX", "RIB", "STERNUM", "SKULL", "HEAD", "NECK", "JAW",
+                "MANDIBLE", "ABDOMEN", "HIPBONE", "ILIUM", "ISCHIUM", "PUBIS", "TRUNK")
+_APPENDICULAR_TERMS = ("EXTREMITY", "ARM", "LEG", "KNEE", "ANKLE", "FOOT", "TOE", "HAND",
+                       "FINGER", "WRIST", "ELBOW", "SHOULDER", "HUMERUS", "FOREARM", "RADIUS",
+                       "ULNA", "FEMUR", "THIGH", "TIBIA", "FIBULA", "CALCANEUS", "CLAVICLE",
+                       "SCAPULA", "LIMB")
+
+
+# ----------------------------------------------------------------------------- pre-fills
+
+
+def suggest_site(body_part: str | None) -> tuple[str | None, str]:
+    """A site suggestion from DICOM BodyPartExamined and the reason shown to the user.
+
+    ``HIP`` maps to axial (the demo data's pelvis group holds the hip bone) with a note,
+    because a proximal-femur lesion seen on a hip film is appendicular.
+    """
+    if not body_part or not str(body_part).strip():
+        return None, "no BodyPartExamined in the header"
+    bp = str(body_part).strip().upper().replace(" ", "").replace("_", "")
+    if bp == "HIP" or bp.startswith("HIP"):
+        return "axial", (f"BodyPartExamined {body_part!s} suggests axial (pelvis); choose "
+                         "appendicular if the lesion is in the femur")
+    for term in _AXIAL_TERMS:
+        if term in bp:
+            return "axial", f"BodyPartExamined {body_part!s} suggests axial"
+    for term in _APPENDICULAR_TERMS:
+        if term in bp:
+            return "appendicular", f"BodyPartExamined {body_part!s} suggests appendicular"
+    return None, f"BodyPartExamined {body_part!s} does not say whether the site is axial or appendicular"
+
+
+def prefill(meta: ImageMeta) -> dict[str, Any]:
+    """Age, sex and site suggestions from an image's header, with where each came from."""
+    site, site_note = suggest_site(meta.body_part)
+    notes = []
+    if meta.source_format == "dicom":
+        notes.append(f"age {meta.age:.0f} y from PatientAge" if meta.age is not None else "no PatientAge in the header")
+        notes.append(f"sex {meta.sex} from PatientSex" if meta.sex else "no PatientSex in the header")
+        notes.append(site_note)
+    else:
+        notes.append(f"{meta.source_format.upper()} files carry no clinical tags")
+    return {"age": meta.age, "sex": meta.sex, "site": site, "notes": notes}
+
+
+# ----------------------------------------------------------------------------- quality gate
+
+
+@dataclass(frozen=True)
+class Quality:
+    """``blocking``: problems that must be acknowledged before predicting; ``notes``: FYI."""
+
+    blocking: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+# Loader warnings that mean "this may not be a radiograph as the models know it".
+_SERIOUS = ("colour image", "palette colour", "constant image", "cmyk")
+
+
+def image_quality(pixels: np.ndarray, meta: ImageMeta) -> Quality:
+    """Does the input look like a radiograph the models can read? (image-level checks)"""
+    blocking: list[str] = []
+    notes: list[str] = []
+    for w in meta.warnings:
+        if any(s in w.lower() for s in _SERIOUS):
+            if "colour" in w.lower() or "cmyk" in w.lower():
+                blocking.append(f"{w}: radiographs are greyscale - is this a photo, a screenshot "
+                                "or an annotated image?")
+            else:
+                blocking.append(w)
+        else:
+            notes.append(w)
+    h, w_ = pixels.shape[:2]
+    aspect = max(w_, h) / max(1, min(w_, h))
+    if aspect > MAX_ASPECT:
+        blocking.append(f"extreme aspect ratio {w_}x{h} (more than {MAX_ASPECT:g}:1): not a typical radiograph")
+    lo, hi = np.percentile(pixels, [1, 99]) if pixels.size else (0.0, 0.0)
+    if hi - lo < MIN_CONTRAST and not any("constant image" in b for b in blocking):
+        blocking.append(f"near-constant image: 98 % of pixels lie within {hi - lo:.3f} of each other")
+    saturated = float(np.mean((pixels <= 0.0) | (pixels >= 1.0))) if pixels.size else 0.0
+    if saturated > 0.6:
+        notes.append(f"{saturated:.0%} of pixels are pure black or white (heavy windowing or a mask?)")
+    return Quality(tuple(blocking), tuple(notes))
+
+
+def roi_quality(pixels: np.ndarray, box: Sequence[float]) -> list[str]:
+    """Blocking problems with an ROI: tiny (< MIN_ROI_SIDE px a side) or featureless."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    out = []
+    if (x1 - x0) < MIN_ROI_SIDE or (y1 - y0) < MIN_ROI_SIDE:
+        out.append(f"the ROI is tiny ({x1 - x0:.0f} x {y1 - y0:.0f} px; at least {MIN_ROI_SIDE} px a side "
+                   "is needed): the models would mostly see upsampled margin")
+        return out
+    ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+    ix1, iy1 = min(pixels.shape[1], math.ceil(x1)), min(pixels.shape[0], math.ceil(y1))
+    patch = pixels[iy0:iy1, ix0:ix1]
+    if patch.size and float(patch.max() - patch.min()) < MIN_ROI_CONTRAST:
+        out.append("the ROI is featureless (nearly one grey value): is it on the background?")
+    return out
+
+
+# ----------------------------------------------------------------------------- display
+
+
+def display_size(width: int, height: int, max_width: int = 640, max_height: int = 640,
+                 min_side: int = 320) -> tuple[int, int, float]:
+    """(display_w, display_h, scale) fitting an image into a box; scale = display / stored.
+
+    Large images shrink to fit; small ones grow until their long side reaches ``min_side``
+    (still inside the box), so a rectangle can be drawn on them.
+    """
+    grow = max(1.0, min_side / max(width, height))
+    scale = min(max_width / width, max_height / height, grow)
+    return max(1, round(width * scale)), max(1, round(height * scale)), scale
+
+
+def downscale(pixels: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Resize for display (area averaging when shrinking) via ``model_zoo.roi.resize``."""
+    if (pixels.shape[1], pixels.shape[0]) == tuple(size_wh):
+        return pixels
+    return roi.resize(np.ascontiguousarray(pixels, dtype=np.float32), size_wh)
+
+
+def window_units(meta: ImageMeta) -> tuple[float, float, float, float, str]:
+    """Default (center, width) and slider range (lo, hi) for display windowing, plus units.
+
+    DICOM with a header window: the header's units, limited to the header window's range
+    (the loaded pixels hold only that range). Otherwise the 0-255 display scale.
+    """
+    if meta.window is not None:
+        c, w = (float(v) for v in meta.window)
+        return c, w, c - w / 2.0, c + w / 2.0, "header units"
+    return 127.5, 256.0, 0.0, 255.0, "display grey levels 0-255"
+
+
+def rewindow(pixels: np.ndarray, meta: ImageMeta, center: float, width: float) -> np.ndarray:
+    """Display-only window/level on loaded pixels, in the units of :func:`window_units`.
+
+    The loaded pixels are the header window's output (MONOCHROME1 already inverted), so the
+    header-unit value of each pixel is recovered by inverting the LINEAR VOI ramp, then
+    ``imaging.apply_window`` applies the new window. Values the header window clipped stay
+    clipped, which is why the slider range is the header window's range. The models never
+    see this: they use the pixels as loaded.
+    """
+    p = np.asarray(pixels, dtype=np.float64)
+    if meta.window is not None:
+        hc, hw = (float(v) for v in meta.window)
+        inverted = meta.photometric.upper() == "MONOCHROME1"
+        y = 1.0 - p if inverted else p
+        x = hc - 0.5 + (y - 0.5) * max(hw - 1.0, 1.0)
+        out = imaging.apply_window(x, center, max(float(width), 1.0))
+        return (1.0 - out) if inverted else out
+    return imaging.apply_window(p * 255.0, center, max(float(width), 1.0))
+
+
+def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
+    """Blend a [0, 1] heatmap (jet colours) onto a greyscale image; returns (H, W, 3) uint8.
+
+    The blend weight is ``opacity * heat`` per pixel, so regions without evidence (and the
+    area outside the crop, where full-image maps are zero) keep the plain radiograph.
+    """
+    import cv2
+
+    g = np.asarray(gray, dtype=np.float32)
+    if g.dtype != np.uint8 and g.max() > 1.0:
+        g = g / 255.0
+    h = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    if h.shape != g.shape:
+        h = roi.resize(h, (g.shape[1], g.shape[0]))
+    colour = cv2.applyColorMap(np.rint(h * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+    colour = colour.astype(np.float32) / 255.0
+    a = (float(np.clip(opacity, 0.0, 1.0)) * h)[:, :, None]
+    rgb = (1.0 - a) * g[:, :, None] + a * colour
+    return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def draw_box(gray: np.ndarray, box: Sequence[float], scale: float, colour=(255, 40, 40)) -> np.ndarray:
+    """A display image (float [0, 1] or uint8) as RGB with a stored-pixel box drawn on it."""
+    from PIL import Image, ImageDraw
+
+    g = np.asarray(gray)
+    u8 = g if g.dtype == np.uint8 else imaging.to_uint8(g)
+    img = Image.fromarray(u8).convert("RGB")
+    x0, y0, x1, y1 = (float(v) * scale for v in box)
+    ImageDraw.Draw(img).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour,
+                                  width=max(2, round(max(img.size) / 250)))
+    return np.asarray(img)
+
+
+# ----------------------------------------------------------------------------- canvas
+
+
+_ORIGIN = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}
+
+
+def canvas_box(json_data: Mapping[str, Any] | None, scale: float, image_size_wh: tuple[int, int]) -> Box | None:
+    """The last rectangle drawn on the canvas, in stored-image pixels (None if none).
+
+    The canvas shows the image at ``scale`` (display / stored). Fabric.js reports each
+    object's ``left/top`` at its origin and its unscaled ``width/height`` plus
+    ``scaleX/scaleY`` (set when the user resizes the box), so the displayed size is
+    ``width * scaleX``. The result is clamped to the image (``roi.clamp_box``).
+    """
+    if not json_data:
+        return None
+    rects = [o for o in json_data.get("objects", []) or []
+             if str(o.get("type", "")).lower() in ("rect", "labeledrect")]
+    if not rects:
+        return None
+    o = rects[-1]
+    w = float(o.get("width", 0.0)) * float(o.get("scaleX", 1.0) or 1.0)
+    h = float(o.get("height", 0.0)) * float(o.get("scaleY", 1.0) or 1.0)
+    left = float(o.get("left", 0.0)) - _ORIGIN.get(str(o.get("originX", "left")), 0.0) * w
+    top = float(o.get("top", 0.0)) - _ORIGIN.get(str(o.get("originY", "top")), 0.0) * h
+    if w < 0:
+        left, w = left + w, -w
+    if h < 0:
+        top, h = top + h, -h
+    box = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
+    return tuple(round(v, 1) for v in roi.clamp_box(box, image_size_wh))  # type: ignore[return-value]
+
+
+def canvas_drawing(box: Sequence[float] | None, scale: float, stroke: str = "#ff2828") -> dict[str, Any]:
+    """An ``initial_drawing`` showing ``box`` (stored pixels) as an editable rectangle."""
+    if box is None:
+        return {"objects": []}
+    x0, y0, x1, y1 = (float(v) * scale for v in box)
+    return {"objects": [{
+        "type": "rect", "left": x0, "top": y0, "width": x1 - x0, "height": y1 - y0,
+        "originX": "left", "originY": "top", "scaleX": 1, "scaleY": 1, "angle": 0,
+        "fill": "rgba(255, 40, 40, 0.08)", "stroke": stroke, "strokeWidth": 2,
+        "strokeUniform": True,
+    }]}
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def jitter_summary(p_ref: float, probs: Sequence[float], threshold: float) -> dict[str, Any]:
+    """How much the ensemble probability moves when the ROI is jittered.
+
+    ``same_call``: jittered boxes whose class call (p >= threshold) equals the reference's.
+    """
+    p = np.asarray(list(probs), dtype=np.float64)
+    if p.size == 0:
+        return {"n": 0, "p_min": None, "p_max": None, "p_sd": None, "same_call": 0, "probs": []}
+    ref_call = p_ref >= threshold
+    return {
+        "n": int(p.size),
+        "p_min": float(p.min()),
+        "p_max": float(p.max()),
+        "p_sd": float(p.std(ddof=1)) if p.size > 1 else 0.0,
+        "same_call": int(np.sum((p >= threshold) == ref_call)),
+        "probs": [float(v) for v in p],
+    }
+
+
+def jitter_sentence(j: Mapping[str, Any]) -> str:
+    if not j.get("n"):
+        return "ROI-jitter check not run."
+    stable = j["same_call"] == j["n"]
+    return (f"With {j['n']} slightly shifted/resized boxes the probability ranged "
+            f"{j['p_min']:.2f}-{j['p_max']:.2f} (SD {j['p_sd']:.3f}); the class call "
+            + ("never changed." if stable else f"changed for {j['n'] - j['same_call']} of {j['n']} boxes: "
+               "the answer depends on where the box is drawn."))
+
+
+def disagreement_sentence(disagreement: float) -> str:
+    level = "low" if disagreement < 0.15 else ("moderate" if disagreement < 0.35 else "high")
+    return f"Member disagreement {disagreement:.2f} (max - min of the member probabilities): {level}."
+
+
+def calibration_note(manifest: Mapping[str, Any]) -> str:
+    """What the probability means, from the zoo's own record (split sizes, stacker, threshold)."""
+    stacker = manifest.get("stacker", {}) or {}
+    thr = manifest.get("threshold", {}) or {}
+    val = ((manifest.get("metrics") or {}).get("val") or {})
+    parts = [
+        f"The ensemble probability is the output of the {stacker.get('chosen', 'stacker')} stacker "
+        "over the members' probabilities and age/sex/site, fitted on out-of-fold scores.",
+        "It has not been recalibrated for your population: read it as a ranking score, and treat "
+        "values near the threshold as uncertain.",
+    ]
+    if thr:
+        parts.append(f"The threshold {float(thr.get('value', float('nan'))):.2f} was chosen by the "
+                     f"{thr.get('rule', '?')} rule on the {thr.get('chosen_on', '?')} split"
+                     + (f" (n = {val['n']})." if val.get("n") else "."))
+    parts.append("See the Zoo page for the reliability (calibration) plot.")
+    return " ".join(parts)
+
+
+def member_frame_rows(p_members: Mapping[str, float], threshold: float) -> list[dict[str, Any]]:
+    return [{"member": mid, "probability": float(p), "call": "above" if p >= threshold else "below"}
+            for mid, p in p_members.items()]
+
+
+# ----------------------------------------------------------------------------- compute (library calls)
+
+
+def predict(zoo: Any, pixels: np.ndarray, box: Sequence[float], age: Any, sex: Any, site: Any) -> Any:
+    """``Zoo.predict`` (kept as a function so the page can cache it by image hash)."""
+    return zoo.predict(pixels, tuple(float(v) for v in box), age=age, sex=sex, site=site)
+
+
+def jitter_probs(zoo: Any, pixels: np.ndarray, box: Sequence[float], age: Any, sex: Any, site: Any,
+                 n: int = 8, seed: int = 0) -> list[float]:
+    """Ensemble probabilities for ``n`` jittered copies of the ROI (``roi.jitter_boxes``)."""
+    h, w = pixels.shape[:2]
+    boxes = roi.jitter_boxes(tuple(float(v) for v in box), (w, h), n, seed=seed)
+    return [float(zoo.predict(pixels, b, age=age, sex=sex, site=site).p_ensemble) for b in boxes]
+
+
+def member_crops(zoo: Any, pixels: np.ndarray, box: Sequence[float]) -> dict[str, tuple[np.ndarray, Box]]:
+    """Each member's model-input crop (S x S, [0, 1]) and the box it was cut from."""
+    from model_zoo import preprocess
+
+    out = {}
+    for m in zoo.members:
+        crop, crop_box = preprocess.member_crop(m.spec, pixels, tuple(float(v) for v in box))
+        out[m.spec.member_id] = (crop, crop_box)
+    return out
+
+
+@dataclass(frozen=True)
+class CamView:
+    """One member's (or the ensemble's) heatmap ready for display.
+
+    ``roi_map`` covers ``view_box`` (the union of the members' crop boxes: the region the
+    models saw) and ``full_map`` the whole image, both at display resolution.
+    """
+
+    title: str
+    roi_map: np.ndarray
+    full_map: np.ndarray
+    seconds: float
+    note: str = ""
+
+
+def union_box(boxes: Sequence[Sequence[float]]) -> Box:
+    """Smallest box containing all ``boxes``."""
+    xs0, ys0, xs1, ys1 = zip(*[(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in boxes], strict=True)
+    return (min(xs0), min(ys0), max(xs1), max(ys1))
+
+
+def paste(values: np.ndarray, box: Sequence[float], view_box: Sequence[float]) -> np.ndarray:
+    """Place a map covering integer ``box`` into a zero map covering integer ``view_box``."""
+    vx0, vy0, vx1, vy1 = (int(round(float(v))) for v in view_box)
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    out = np.zeros((vy1 - vy0, vx1 - vx0), dtype=np.float32)
+    out[y0 - vy0:y1 - vy0, x0 - vx0:x1 - vx0] = values
+    return out
+
+
+def member_cam(zoo: Any, member_index: int, pixels: np.ndarray, box: Sequence[float], method: str,
+               view_box: Sequence[float], view_wh: tuple[int, int], display_wh: tuple[int, int], *,
+               cache: Any = None, pixels_hash: str | None = None) -> CamView:
+    """``explain.explain_member`` for one member, shrunk to display resolution.
+
+    Full-image maps are 4 bytes x H x W each; only the display-size copies are kept.
+    ``view_box`` must contain the member's crop box (use :func:`union_box` of all crops).
+    """
+    from model_zoo import explain
+
+    m = zoo.members[member_index]
+    ex = explain.explain_member(m.spec, m.model, pixels, tuple(float(v) for v in box), method=method,
+                                cache=cache, pixels_hash=pixels_hash)
+    roi_view = downscale(paste(ex.roi_map, ex.crop_box, view_box), view_wh)
+    full_small = downscale(ex.image_map, display_wh)
+    note = "no positive evidence at this layer (the map is zero)" if ex.heatmap.details.get("empty") else ""
+    # float16 halves the cache footprint; display needs far less than its 3 significant digits.
+    return CamView(title=f"{m.spec.member_id}: {ex.heatmap.method}", roi_map=roi_view.astype(np.float16),
+                   full_map=full_small.astype(np.float16), seconds=float(ex.heatmap.seconds), note=note)
+
+
+def ensemble_cam(views: Mapping[str, CamView], weights: Mapping[str, float], method_label: str) -> CamView:
+    """Ensemble-weighted maps (``explain.ensemble_heatmap``) on the ROI and full-image grids."""
+    from model_zoo import explain
+
+    w = {k: weights[k] for k in views}
+    full = explain.ensemble_heatmap({k: v.full_map for k, v in views.items()}, w, base_method=method_label)
+    roi_e = explain.ensemble_heatmap({k: v.roi_map for k, v in views.items()}, w, base_method=method_label)
+    return CamView(title=full.method, roi_map=np.asarray(roi_e.values), full_map=np.asarray(full.values),
+                   seconds=sum(v.seconds for v in views.values()))
+
+
+# ----------------------------------------------------------------------------- PDF
+
+
+def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: str, inputs: Mapping[str, Any],
+             pred: Any, jitter: Mapping[str, Any] | None, warnings: Sequence[str], *, reference: str = "",
+             include_identifiers: bool = False) -> bytes:
+    """The PDF case report (``model_zoo.report_pdf``) from what the case page computed.
+
+    ``case`` is the page's case record: ``image``, ``size``, ``sha256``, ``display_view``,
+    optional ``crops`` and ``cams`` (label -> member -> CamView) with ``cam_gray`` and
+    ``cam_opacity``. Heatmaps are drawn as on the page (ensemble on ROI and full image, and
+    each member on the ROI).
+    """
+    import datetime as _dt
+
+    from model_zoo import report_pdf
+
+    heatmaps = []
+    roi_gray, full_gray = case.get("cam_gray", (None, None))
+    opacity = float(case.get("cam_opacity", 0.5))
+    for label, views in (case.get("cams") or {}).items():
+        if roi_gray is None or not views:
+            continue
+        ens = ensemble_cam(views, zoo.cam_weights, label)
+        heatmaps.append(report_pdf.HeatmapFigure(f"{label} ensemble-weighted, ROI", overlay(roi_gray, ens.roi_map, opacity)))
+        heatmaps.append(report_pdf.HeatmapFigure(f"{label} ensemble-weighted, full image",
+                                                 overlay(full_gray, ens.full_map, opacity)))
+        for mid, v in views.items():
+            heatmaps.append(report_pdf.HeatmapFigure(f"{label} {mid}, ROI", overlay(roi_gray, v.roi_map, opacity)))
+    meta = case["image"].meta
+    try:
+        manifest_sha = (zoo.root / "manifest.sha256").read_text(encoding="ascii").strip()
+    except OSError:
+        manifest_sha = None
+    rep = report_pdf.CaseReport(
+        zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+        positive_class=zoo.positive_class, negative_class=zoo.negative_class, threshold=pred.threshold,
+        threshold_rule=str((zoo.manifest.get("threshold") or {}).get("rule", "")),
+        p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, label=pred.label,
+        disagreement=pred.disagreement, radiograph=case.get("display_view", case["image"].pixels),
+        image_size_wh=tuple(case["size"]), roi_box=tuple(box), roi_source=source, image_sha256=case["sha256"],
+        age=inputs.get("age"), sex=inputs.get("sex"), site=inputs.get("site"),
+        crops={k: c for k, (c, _) in (case.get("crops") or {}).items()},
+        heatmaps=heatmaps, jitter=jitter, warnings=list(warnings), calibration_note=calibration_note(zoo.manifest),
+        zoo_files=zoo.manifest.get("files", {}), manifest_sha256=manifest_sha,
+        intended_use=zoo.manifest.get("intended_use", ""),
+        image_tags={k: v for k, v in meta.display_tags.items() if k in ("Modality", "BodyPartExamined", "ViewPosition")},
+        created=_dt.datetime.now(_dt.timezone.utc),
+        identifiers={"Case reference": reference} if reference.strip() else None,
+    )
+    return report_pdf.build_case_report(rep, include_identifiers=include_identifiers)

@@ -1,0 +1,136 @@
+"""Streamlit glue shared by the pages: which zoo, loading it once, and the error guard.
+
+Everything that can be computed without Streamlit lives in the other ``dashboard/*.py``
+modules (or in ``model_zoo``); this module is the only one besides the pages that imports
+``streamlit``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from model_zoo.errors import InputError, ZooError
+from model_zoo.zoo import BUNDLED_ZOO_PARENT, list_releases
+
+LOG = logging.getLogger("dashboard")
+
+ZOO_ENV = "MODEL_ZOO_DIR"
+SESSION_ZOO_KEY = "zoo_dir"  # a release the user picked on the Zoo page (this session only)
+
+
+# ----------------------------------------------------------------------------- zoo choice
+
+
+def available_releases() -> list[Path]:
+    """Releases the user may pick: the bundled ones, plus ``$MODEL_ZOO_DIR`` if set."""
+    found = list_releases(BUNDLED_ZOO_PARENT)
+    env = os.environ.get(ZOO_ENV, "").strip()
+    if env and Path(env) not in found:
+        found.append(Path(env))
+    return found
+
+
+def default_release() -> Path | None:
+    """``$MODEL_ZOO_DIR`` if set, else the newest bundled release, else None."""
+    env = os.environ.get(ZOO_ENV, "").strip()
+    if env:
+        return Path(env)
+    releases = list_releases(BUNDLED_ZOO_PARENT)
+    return releases[-1] if releases else None
+
+
+def chosen_release() -> Path | None:
+    """The release this session uses: the user's pick if any, else :func:`default_release`."""
+    picked = st.session_state.get(SESSION_ZOO_KEY)
+    if picked:
+        return Path(picked)
+    return default_release()
+
+
+@st.cache_resource(show_spinner="Verifying and loading the model zoo ...", max_entries=2)
+def _load_zoo(path: str) -> Any:
+    """Load (and hash-verify) a release once per process; shared by all sessions.
+
+    Keyed by the resolved path: releases are immutable, so a path names one content.
+    """
+    from model_zoo.ensemble import load_zoo
+
+    zoo = load_zoo(Path(path))
+    return zoo
+
+
+@st.cache_resource(show_spinner=False)
+def cam_cache() -> Any:
+    """One CAM cache for the process (explain.CamCache is thread-safe, shares read-only maps)."""
+    from model_zoo.explain import CamCache
+
+    return CamCache(maxsize=96)
+
+
+def get_zoo(*, show_missing: bool = True) -> Any | None:
+    """The session's zoo, loaded once; None (after explaining why on the page) if none exists."""
+    path = chosen_release()
+    if path is None:
+        if show_missing:
+            no_zoo_message()
+        return None
+    if not path.exists():
+        if show_missing:
+            st.error(f"The model zoo folder {path} does not exist. Set {ZOO_ENV} to a release "
+                     "folder, or put a release under assets/zoo.")
+        return None
+    return _load_zoo(str(path.resolve()))
+
+
+def no_zoo_message() -> None:
+    st.warning("No model zoo is installed, so nothing can be predicted yet.")
+    st.markdown(
+        f"The dashboard looks for a release in **`${ZOO_ENV}`** or, if that is not set, "
+        f"for the newest release folder under **`{BUNDLED_ZOO_PARENT}`**; neither exists.\n\n"
+        "Train one (`python -m training fit --config cpu ...`) or copy a release folder "
+        f"there, or start the dashboard with `{ZOO_ENV}=/path/to/release streamlit run dashboard/app.py`."
+    )
+
+
+# ----------------------------------------------------------------------------- error guard
+
+
+def show_error(err: BaseException) -> None:
+    """User errors as their one-line message; anything else as a short note with a reference."""
+    if isinstance(err, (InputError, ZooError)):
+        st.error(str(err))
+        return
+    ref = uuid.uuid4().hex[:8]
+    LOG.error("dashboard error [ref %s]", ref, exc_info=(type(err), err, err.__traceback__))
+    st.error(f"Something went wrong ({type(err).__name__}). Reference {ref}: the details are in "
+             "the server log. Please try again or report the reference.")
+
+
+def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: run a page (or part of one) so no exception reaches the browser as a traceback.
+
+    Streamlit's own control flow (st.rerun, st.stop) uses BaseException subclasses and
+    passes through untouched.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the point of the guard
+            show_error(err)
+            return None
+
+    return wrapper
+
+
+def disclaimer() -> None:
+    st.caption("Research and teaching only; not a medical device. Not for diagnosis or treatment decisions.")

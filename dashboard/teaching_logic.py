@@ -1,0 +1,189 @@
+"""Reader study logic: load a labelled case set, collect blind reads, score them (no Streamlit).
+
+Statistics are not computed here: the study table (``label``, ``p_ensemble``,
+``reader_<name>``) goes to ``training.report.compute_metrics`` (GUIDE contract 2.3), the
+sanctioned exception to "the dashboard imports model_zoo only".
+
+Blinding: readers see the image with its ROI and the clinical values, never the file name
+(names often give the answer away), the label or the model's output; the case order is
+shuffled once per case set, so it does not follow the table's order (often sorted by label).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dashboard import batch_logic
+from dashboard import case_logic as cl
+from model_zoo import imaging
+from model_zoo.errors import InputError, ZooError
+
+DISPLAY_SIDE = 720
+CONFIDENCE_LEVELS = (1, 2, 3, 4, 5)
+
+
+@dataclass(frozen=True)
+class TeachingCase:
+    case_id: str  # "C01", ... (no file names)
+    png: bytes  # display image with the ROI drawn
+    label: int
+    p_ensemble: float
+    age: float | None
+    sex: str | None
+    site: str | None
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or str(v).strip() in ("", "nan", "<NA>")
+
+
+def _display_png(pixels: np.ndarray, box: tuple[float, float, float, float]) -> bytes:
+    from PIL import Image
+
+    h, w = pixels.shape
+    dw, dh, scale = cl.display_size(w, h, DISPLAY_SIDE, DISPLAY_SIDE)
+    rgb = cl.draw_box(cl.downscale(pixels, (dw, dh)), box, scale)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: int = 0,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[list[TeachingCase], list[str]]:
+    """Predict a labelled case table and keep display images in memory.
+
+    Returns
+    -------
+    cases : usable cases (label present, prediction succeeded), in shuffled order.
+    skipped : one message per unusable row ("row 3: ...").
+    """
+    from model_zoo.predict import predict_cases
+
+    cases: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    with batch_logic.uploaded_case_table(csv_bytes, zip_bytes) as up:
+        frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode="given",
+                              progress=progress)
+        frame = up.fix_errors(frame)
+        if "label" not in frame.columns:
+            raise InputError("a reader study needs a 'label' column (the truth) in the case table")
+        for pos, (_, row) in enumerate(frame.iterrows()):
+            where = f"row {pos + 1}"
+            if str(row.get("error", "")):
+                skipped.append(f"{where}: {row['error']}")
+                continue
+            if _missing(row.get("label")):
+                skipped.append(f"{where}: no label")
+                continue
+            try:
+                image = imaging.load_image(row["image_path"])
+            except ZooError as err:
+                skipped.append(f"{where}: {err}")
+                continue
+            box = tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1"))
+            cases.append({
+                "png": _display_png(image.pixels, box), "label": int(row["label"]),
+                "p_ensemble": float(row["p_ensemble"]),
+                "age": None if _missing(row.get("age")) else float(row["age"]),
+                "sex": None if _missing(row.get("sex")) else str(row["sex"]),
+                "site": None if _missing(row.get("site")) else str(row["site"]),
+            })
+    order = np.random.default_rng(seed).permutation(len(cases))
+    width = max(2, len(str(len(cases))))
+    out = [TeachingCase(case_id=f"C{i + 1:0{width}d}", **cases[j]) for i, j in enumerate(order)]
+    return out, skipped
+
+
+def reader_key(name: str) -> str:
+    """A reader's name as a column-safe key (letters, digits, underscores)."""
+    key = re.sub(r"\W+", "_", str(name).strip()).strip("_")
+    if not key:
+        raise InputError("enter a reader name (letters or digits)")
+    return key[:40]
+
+
+def answers_frame(answers: Mapping[str, Mapping[str, tuple[int, int]]], positive: str, negative: str) -> pd.DataFrame:
+    """All reads as a long table: reader, case, read (class name), read_positive (0/1), confidence."""
+    rows = [{"reader": r, "case": c, "read": positive if call else negative, "read_positive": int(call),
+             "confidence": int(conf)}
+            for r, per in answers.items() for c, (call, conf) in sorted(per.items())]
+    return pd.DataFrame(rows, columns=["reader", "case", "read", "read_positive", "confidence"])
+
+
+def complete_readers(answers: Mapping[str, Mapping[str, Any]], cases: list[TeachingCase]) -> list[str]:
+    ids = {c.case_id for c in cases}
+    return [r for r, per in answers.items() if ids <= set(per)]
+
+
+def study_frame(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]],
+                readers: list[str]) -> pd.DataFrame:
+    """``case, label, p_ensemble, reader_<name>...`` for the readers given (complete ones)."""
+    data: dict[str, list[Any]] = {
+        "case": [c.case_id for c in cases],
+        "label": [c.label for c in cases],
+        "p_ensemble": [c.p_ensemble for c in cases],
+    }
+    for r in readers:
+        data[f"reader_{r}"] = [int(answers[r][c.case_id][0]) for c in cases]
+    return pd.DataFrame(data)
+
+
+def study_metrics(frame: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """Contract-2.3 metrics of the ensemble and the readers (``training.report``)."""
+    from training.report import compute_metrics
+
+    return compute_metrics(frame.drop(columns=["case"]), threshold=threshold)
+
+
+def _ci(value: Any, ci: Any) -> str:
+    if value is None:
+        return "-"
+    s = f"{float(value):.2f}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        s += f" ({float(ci[0]):.2f}-{float(ci[1]):.2f})"
+    return s
+
+
+def rater_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Accuracy, sensitivity, specificity (Wilson 95 % CI) for the ensemble and each reader,
+    with Cohen's kappa against the ensemble and Cochran's Q p against the ensemble."""
+    rows = []
+    ens = (metrics.get("models") or {}).get("ensemble")
+    kappas = metrics.get("cohen_kappa") or {}
+    if ens:
+        rows.append({"rater": "model (ensemble)", **{k: _ci(ens.get(k), ens.get(f"{k}_ci"))
+                                                      for k in ("accuracy", "sensitivity", "specificity")},
+                     "Cohen kappa vs model": "-", "Cochran Q p vs model": "-"})
+    for name, m in (metrics.get("readers") or {}).items():
+        k = kappas.get(f"ensemble|{name}")
+        q = m.get("cochran_q_p_vs_ensemble")
+        rows.append({"rater": name, **{p: _ci(m.get(p), m.get(f"{p}_ci")) for p in ("accuracy", "sensitivity", "specificity")},
+                     "Cohen kappa vs model": "-" if k is None else f"{float(k):.2f}",
+                     "Cochran Q p vs model": "-" if q is None else f"{float(q):.3f}"})
+    return pd.DataFrame(rows)
+
+
+def agreement_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Human lines for Fleiss kappa among readers, Cochran's Q over all raters, reader pairs."""
+    lines = []
+    fk, fci = metrics.get("fleiss_kappa"), metrics.get("fleiss_kappa_ci") or [None, None]
+    if fk is None:
+        lines.append("Fleiss kappa among readers: not defined (needs at least two readers who disagree somewhere "
+                     "or vary across cases).")
+    else:
+        ci = f" (95 % CI {fci[0]:.2f} to {fci[1]:.2f})" if None not in fci else ""
+        lines.append(f"Fleiss kappa among readers: {fk:.2f}{ci}.")
+    q = metrics.get("cochran_q_p")
+    lines.append("Cochran's Q (correctness of the model and all readers): "
+                 + ("not defined." if q is None else f"p = {q:.3f}."))
+    for pair, k in (metrics.get("cohen_kappa") or {}).items():
+        if not pair.startswith("ensemble|"):
+            lines.append(f"Cohen kappa {pair.replace('|', ' vs ')}: " + ("not defined" if k is None else f"{k:.2f}"))
+    return lines

@@ -1,0 +1,129 @@
+"""Tables for the Zoo page, read from a release's manifest and stored reports (no Streamlit).
+
+Only files listed in the manifest are read, and only after ``verify_release`` passed (the
+page calls :func:`release_summary` for listings, which reads the manifest JSON alone).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+
+
+def release_summary(path: Path) -> dict[str, Any]:
+    """Name, version, created, task and threshold from a release's manifest (not verified)."""
+    try:
+        m = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return {"folder": Path(path).name, "error": f"manifest unreadable ({type(err).__name__})"}
+    task = m.get("task", {}) or {}
+    return {
+        "folder": Path(path).name,
+        "name": m.get("name"),
+        "version": m.get("version"),
+        "created": m.get("created"),
+        "task": f"{task.get('positive_class', '?')} vs {task.get('negative_class', '?')}",
+        "members": len(m.get("members", []) or []),
+        "threshold": (m.get("threshold") or {}).get("value"),
+    }
+
+
+def members_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per member: architecture and its input spec, training facts, weights hash."""
+    files = manifest.get("files", {}) or {}
+    rows = []
+    for entry in manifest.get("members", []) or []:
+        spec = entry.get("spec", {}) or {}
+        rows.append({
+            "member": spec.get("member_id"),
+            "family": spec.get("family"),
+            "architecture": spec.get("arch"),
+            "input (px)": spec.get("input_size"),
+            "ROI margin": spec.get("roi_margin"),
+            "mean": _first(spec.get("mean")),
+            "std": _first(spec.get("std")),
+            "CAM layer": spec.get("cam_layer"),
+            "init": entry.get("init"),
+            "best epoch": entry.get("best_epoch"),
+            "val AUC (training)": entry.get("best_val_auc"),
+            "weights sha256": (files.get(entry.get("weights", ""), "") or "")[:16] + "...",
+        })
+    return pd.DataFrame(rows)
+
+
+def _first(v: Any) -> Any:
+    if isinstance(v, (list, tuple)) and v:
+        return round(float(v[0]), 4)
+    return v
+
+
+def _ci(value: Any, ci: Any) -> str:
+    if value is None:
+        return "-"
+    s = f"{float(value):.3f}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        s += f" ({float(ci[0]):.3f}-{float(ci[1]):.3f})"
+    return s
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Contract-2.3 ``metrics.json`` -> one row per model: AUC and proportions with 95 % CIs."""
+    rows = []
+    for name, m in (metrics.get("models", {}) or {}).items():
+        row = {"model": name, "AUC (DeLong 95% CI)": _ci(m.get("auc"), m.get("auc_ci"))}
+        for p in PROPORTIONS:
+            row[p] = _ci(m.get(p), m.get(f"{p}_ci"))
+        row["threshold"] = m.get("threshold")
+        row["DeLong p vs ensemble"] = m.get("delong_p_vs_ensemble")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def files_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(sorted((manifest.get("files", {}) or {}).items()), columns=["file", "sha256"])
+
+
+def stacker_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
+    rows = (manifest.get("stacker", {}) or {}).get("comparison", []) or []
+    return pd.DataFrame(rows)
+
+
+def report_splits(root: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Splits with a stored ``report/<split>/metrics.json`` listed in the manifest."""
+    files = manifest.get("files", {}) or {}
+    return sorted({p.split("/")[1] for p in files if p.startswith("report/") and p.endswith("/metrics.json")})
+
+
+def read_metrics(root: Path, split: str) -> dict[str, Any] | None:
+    path = Path(root) / "report" / split / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def auc_figure(metrics: Mapping[str, Any], title: str) -> Any:
+    """Plotly dot plot of each model's AUC with its DeLong 95 % CI (from metrics.json)."""
+    import plotly.graph_objects as go
+
+    names, aucs, lo, hi = [], [], [], []
+    for name, m in (metrics.get("models", {}) or {}).items():
+        if m.get("auc") is None:
+            continue
+        ci = m.get("auc_ci") or [None, None]
+        names.append(name)
+        aucs.append(float(m["auc"]))
+        lo.append(float(m["auc"]) - float(ci[0]) if ci[0] is not None else 0.0)
+        hi.append(float(ci[1]) - float(m["auc"]) if ci[1] is not None else 0.0)
+    fig = go.Figure(go.Scatter(x=aucs, y=names, mode="markers", marker=dict(size=10, color="#4a78c2"),
+                               error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo)))
+    fig.add_vline(x=0.5, line_dash="dot", line_color="grey")
+    fig.update_layout(title=title, xaxis=dict(range=[0, 1.02], title="ROC AUC (DeLong 95% CI)"),
+                      height=60 + 40 * max(len(names), 1), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
