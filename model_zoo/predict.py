@@ -33,6 +33,17 @@ def _given_box(row: pd.Series) -> roi.Box | None:
     return None
 
 
+def propose_roi(zoo: Zoo, pixels: np.ndarray) -> tuple[roi.Box, str]:
+    """Auto-crop: the zoo localiser's box, or the whole image when the zoo has none."""
+    h, w = pixels.shape
+    localiser = getattr(zoo, "localiser", None)
+    if localiser is None:
+        return roi.full_image_box((w, h)), "full (zoo has no localiser)"
+    proposal = localiser.propose(pixels)
+    note = "" if proposal.found else ", no region above threshold"
+    return proposal.box, f"auto (confidence {proposal.confidence:.2f}{note})"
+
+
 def choose_box(zoo: Zoo, pixels: np.ndarray, row: pd.Series, mode: str) -> tuple[roi.Box, str]:
     """The ROI for one row and where it came from ('given', 'auto', 'full', 'full (no localiser)')."""
     h, w = pixels.shape
@@ -42,11 +53,7 @@ def choose_box(zoo: Zoo, pixels: np.ndarray, row: pd.Series, mode: str) -> tuple
             return roi.validate_box(box, (w, h)), "given"
         mode = "auto"
     if mode == "auto":
-        localiser = getattr(zoo, "localiser", None)
-        if localiser is not None:
-            proposal = localiser.propose(pixels)
-            return proposal.box, f"auto (confidence {proposal.confidence:.2f})"
-        return roi.full_image_box((w, h)), "full (zoo has no localiser)"
+        return propose_roi(zoo, pixels)
     return roi.full_image_box((w, h)), "full"
 
 

@@ -42,3 +42,22 @@ def rg3_paths() -> dict[str, Path]:
     if "RG3_UNCR.dcm" not in found:
         pytest.skip("pydicom-data's RG3_UNCR.dcm is not installed")
     return found
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory) -> dict[str, Path]:
+    """One tiny zoo release (4 tiny members + stacker + localiser) trained on synthetic cases
+    through the real CLI path, shared by every test that needs a zoo (~40 s on 2 cores)."""
+    from synthetic import write_case_table
+    from training.fit import main as fit_main
+    from training.fit_localiser import main as localiser_main
+
+    tmp = tmp_path_factory.mktemp("tiny_release")
+    cases = write_case_table(tmp / "data", n=48, size=96, seed=1)
+    assert localiser_main(["--cases", str(cases), "--out", str(tmp / "loc"), "--epochs", "1",
+                           "--input-size", "32", "--base-channels", "4"]) == 0
+    assert fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp / "zoo"),
+                     "--run-dir", str(tmp / "run"), "version=0.0.1", f"localiser.path={tmp / 'loc'}"]) == 0
+    releases = [p for p in (tmp / "zoo").iterdir() if not p.name.startswith(".")]
+    assert len(releases) == 1, "exactly one release folder, no temp leftovers"
+    return {"release": releases[0], "run_dir": tmp / "run", "cases": cases, "tmp": tmp}

@@ -21,7 +21,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synthetic import write_case_table
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
@@ -32,16 +31,10 @@ TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
-def dash_env(tmp_path_factory):
-    """A tiny released zoo + its synthetic cases; MODEL_ZOO_DIR and the audit log point at them."""
-    from training.fit import main
-
+def dash_env(tiny_release, tmp_path_factory):
+    """The shared tiny released zoo + its synthetic cases; MODEL_ZOO_DIR and the audit log point at them."""
     tmp = tmp_path_factory.mktemp("dash")
-    cases = write_case_table(tmp / "data", n=48, size=96, seed=1)
-    rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp / "zoo"),
-               "--run-dir", str(tmp / "run"), "version=0.0.1"])
-    assert rc == 0
-    release = next(p for p in (tmp / "zoo").iterdir() if not p.name.startswith("."))
+    release, cases = tiny_release["release"], tiny_release["cases"]
     saved = {k: os.environ.get(k) for k in ("MODEL_ZOO_DIR", "MODEL_ZOO_AUDIT_LOG")}
     os.environ["MODEL_ZOO_DIR"] = str(release)
     os.environ["MODEL_ZOO_AUDIT_LOG"] = str(tmp / "audit.jsonl")

@@ -17,7 +17,6 @@ import torch
 
 from model_zoo.errors import IntegrityError
 from model_zoo.zoo import verify_release
-from synthetic import write_case_table
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +34,8 @@ def _fit(cases: Path, tmp: Path, *extra: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def synthetic_zoo(tmp_path_factory) -> tuple[Path, Path, Path]:
-    tmp = tmp_path_factory.mktemp("e2e")
-    cases = write_case_table(tmp / "data", n=48, size=96, seed=1)
-    from training.fit_localiser import main as localiser_main
-
-    assert localiser_main(["--cases", str(cases), "--out", str(tmp / "loc"), "--epochs", "1",
-                           "--input-size", "32", "--base-channels", "4"]) == 0
-    release = _fit(cases, tmp, "version=0.0.1", f"localiser.path={tmp / 'loc'}")
-    return release, tmp / "run", cases
+def synthetic_zoo(tiny_release) -> tuple[Path, Path, Path]:
+    return tiny_release["release"], tiny_release["run_dir"], tiny_release["cases"]
 
 
 def test_release_manifest_and_hashes(synthetic_zoo):

@@ -175,9 +175,9 @@ def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
             box = tuple(float(v) for v in vals)
             source = "entered coordinates" if case["initial_box"] is None else "entered coordinates / sample ROI"
         elif mode == "Auto-crop":
-            from model_zoo.predict import choose_box
+            from model_zoo.predict import propose_roi
 
-            box, source = choose_box(zoo, image.pixels, pd.Series(dtype=object), "auto")
+            box, source = propose_roi(zoo, image.pixels)
             if getattr(zoo, "localiser", None) is None:
                 st.info("This zoo has no localiser (auto-crop model), so the whole image is used. "
                         "Draw or enter a box for a lesion-level answer.")
