@@ -150,6 +150,8 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
     model = build_unet(spec)
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(epochs, 1))
+    lesion_frac = float(masks[idx["train"]].mean())
+    pos_weight = torch.tensor(min(20.0, (1 - lesion_frac) / max(lesion_frac, 1e-6)) ** 0.5)
     best: dict[str, Any] = {"score": -1.0}
     for epoch in range(epochs):
         model.train()
@@ -165,9 +167,19 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
                 x, y = x.flip(-2), y.flip(-2)
             logits = model(x)
             p = torch.sigmoid(logits)
-            inter = (p * y).sum(dim=(1, 2, 3))
-            dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1)
-            loss = F.binary_cross_entropy_with_logits(logits, y) + dice.mean()
+            # Lesions cover a few % of pixels and half the images have none: plain BCE + dice
+            # over all images learns "nothing anywhere". So BCE up-weights lesion pixels and
+            # the dice term is averaged over lesion images only (normal images teach "no
+            # lesion" through BCE).
+            bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            has_lesion = y.sum(dim=(1, 2, 3)) > 0
+            if has_lesion.any():
+                inter = (p * y).sum(dim=(1, 2, 3))[has_lesion]
+                denom = (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)))[has_lesion]
+                dice = (1 - (2 * inter + 1) / (denom + 1)).mean()
+            else:
+                dice = torch.zeros(())
+            loss = bce + dice
             optim.zero_grad()
             loss.backward()
             optim.step()
