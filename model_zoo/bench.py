@@ -1,0 +1,178 @@
+"""CAM timings: GradCAM, the dashboard's ScoreCAM and pytorch-grad-cam's plain ScoreCAM.
+
+``bench_cams`` times already-loaded members (the lead's CLI adds load and predict times).
+``bench_full_variants`` builds the paper's full architectures (random weights: the cost of
+a CAM does not depend on the weights' values) and times them; run it as a script::
+
+    python -m model_zoo.bench [input_size] [repeats] [naive_repeats] [exact_repeats]
+
+It prints one JSON object. It takes minutes on 2 CPU cores because of the plain ScoreCAM.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from model_zoo import explain
+from model_zoo.errors import InputError
+from model_zoo.members import FAMILIES, MemberSpec, family_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["bench_cams", "bench_full_variants"]
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def bench_cams(
+    members: list[tuple[MemberSpec, torch.nn.Module]],
+    inputs: dict[str, torch.Tensor],
+    repeats: int = 3,
+    *,
+    naive_repeats: int = 1,
+    top_k: int | None = explain.DEFAULT_TOP_K,
+    batch_size: int = explain.DEFAULT_BATCH_SIZE,
+    warmup: bool = True,
+    exact_repeats: int = 0,
+) -> dict[str, Any]:
+    """Median wall times of CAMs for all members on one case.
+
+    Parameters
+    ----------
+    members : (spec, model) pairs, models in eval mode.
+    inputs : member_id -> (1, 3, S, S) normalised input of that member.
+    repeats : timed repeats for GradCAM and the dashboard's ScoreCAM.
+    naive_repeats : timed repeats for pytorch-grad-cam's plain ScoreCAM (slow); 0 skips it.
+    top_k, batch_size : the dashboard's ScoreCAM settings (no cache: every repeat computes).
+    warmup : run each member's GradCAM and one fast ScoreCAM batch once, untimed, so one-off
+        costs (allocator growth, oneDNN kernel creation) do not land in the first repeat.
+    exact_repeats : also time this module's batched ScoreCAM over ALL channels
+        (``scorecam_exact_s``): separates the speed-up of the engineering (batching,
+        inference mode, channels-last) from that of the top-k approximation. 0 skips it.
+
+    Returns
+    -------
+    ``{"gradcam_s", "scorecam_s", "scorecam_naive_s" (None if skipped), "scorecam_exact_s"
+    (None if skipped), "speedup_vs_naive",
+    "threads", "scorecam_method": {member: label}, "top_k", "batch_size", "repeats",
+    "naive_repeats", "per_member": {member: {"gradcam_s", "scorecam_s", "scorecam_naive_s"}}}``
+    (all times in seconds; totals are medians over repeats of the sum over members).
+    """
+    import torch
+
+    if not members:
+        raise InputError("no members to benchmark")
+    if repeats < 1 or naive_repeats < 0 or exact_repeats < 0:
+        raise InputError("repeats must be >= 1; naive_repeats and exact_repeats >= 0")
+    missing = [spec.member_id for spec, _ in members if spec.member_id not in inputs]
+    if missing:
+        raise InputError(f"no benchmark input for {', '.join(missing)}")
+
+    if warmup:
+        for spec, model in members:
+            explain.gradcam(spec, model, inputs[spec.member_id])
+            explain.scorecam(spec, model, inputs[spec.member_id], top_k=min(batch_size, top_k or batch_size),
+                             batch_size=batch_size)
+
+    def timed(fn: Any, n: int) -> tuple[list[float], dict[str, list[float]], dict[str, str]]:
+        totals: list[float] = []
+        per: dict[str, list[float]] = {spec.member_id: [] for spec, _ in members}
+        labels: dict[str, str] = {}
+        for _ in range(n):
+            total = 0.0
+            for spec, model in members:
+                t0 = time.perf_counter()
+                heat = fn(spec, model, inputs[spec.member_id])
+                dt = time.perf_counter() - t0
+                per[spec.member_id].append(dt)
+                labels[spec.member_id] = heat.method
+                total += dt
+            totals.append(total)
+        return totals, per, labels
+
+    g_tot, g_per, _ = timed(explain.gradcam, repeats)
+    s_tot, s_per, s_labels = timed(
+        lambda spec, model, x: explain.scorecam(spec, model, x, top_k=top_k, batch_size=batch_size), repeats
+    )
+    if exact_repeats:
+        e_tot, e_per, _ = timed(
+            lambda spec, model, x: explain.scorecam(spec, model, x, top_k=None, batch_size=batch_size),
+            exact_repeats,
+        )
+    else:
+        e_tot, e_per = [], {}
+    if naive_repeats:
+        n_tot, n_per, _ = timed(explain.naive_scorecam, naive_repeats)
+    else:
+        n_tot, n_per = [], {}
+
+    scorecam_s = _median(s_tot)
+    naive_s = _median(n_tot) if n_tot else None
+    per_member = {
+        spec.member_id: {
+            "gradcam_s": _median(g_per[spec.member_id]),
+            "scorecam_s": _median(s_per[spec.member_id]),
+            "scorecam_naive_s": _median(n_per[spec.member_id]) if n_tot else None,
+            "scorecam_exact_s": _median(e_per[spec.member_id]) if e_tot else None,
+            "input_size": spec.input_size,
+        }
+        for spec, _ in members
+    }
+    return {
+        "gradcam_s": _median(g_tot),
+        "scorecam_s": scorecam_s,
+        "scorecam_naive_s": naive_s,
+        "scorecam_exact_s": _median(e_tot) if e_tot else None,
+        "speedup_vs_naive": (naive_s / scorecam_s) if naive_s else None,
+        "threads": torch.get_num_threads(),
+        "scorecam_method": s_labels,
+        "top_k": top_k,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "naive_repeats": naive_repeats,
+        "exact_repeats": exact_repeats,
+        "per_member": per_member,
+    }
+
+
+def bench_full_variants(
+    input_size: int = 128,
+    repeats: int = 3,
+    naive_repeats: int = 1,
+    *,
+    families: Sequence[str] = FAMILIES,
+    top_k: int | None = explain.DEFAULT_TOP_K,
+    exact_repeats: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`bench_cams` on the paper's full architectures at ``input_size`` (random weights)."""
+    import torch
+
+    torch.manual_seed(seed)
+    members = []
+    inputs = {}
+    for family in families:
+        spec = family_spec(family, variant="full", input_size=input_size)
+        model = spec.build_model().eval()
+        members.append((spec, model))
+        inputs[spec.member_id] = torch.randn(1, 3, input_size, input_size)
+    result = bench_cams(members, inputs, repeats, naive_repeats=naive_repeats, top_k=top_k,
+                        exact_repeats=exact_repeats)
+    result["input_size"] = input_size
+    result["weights"] = "random (timing only)"
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover - manual benchmark
+    import json
+
+    args = [int(a) for a in sys.argv[1:5]]
+    names = ("input_size", "repeats", "naive_repeats", "exact_repeats")
+    print(json.dumps(bench_full_variants(**dict(zip(names, args))), indent=2))
