@@ -24,7 +24,7 @@ from model_zoo.members import FAMILIES, MemberSpec, family_spec
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["bench_cams", "bench_full_variants"]
+__all__ = ["bench_cams", "bench_full_variants", "run_bench"]
 
 
 def _median(values: Sequence[float]) -> float:
@@ -176,3 +176,54 @@ if __name__ == "__main__":  # pragma: no cover - manual benchmark
     args = [int(a) for a in sys.argv[1:5]]
     names = ("input_size", "repeats", "naive_repeats", "exact_repeats")
     print(json.dumps(bench_full_variants(**dict(zip(names, args))), indent=2))
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process in MB (Linux ru_maxrss is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_bench(zoo_dir: Any = None, *, repeats: int = 3, naive_repeats: int = 1,
+              top_k: int | None = explain.DEFAULT_TOP_K) -> dict[str, Any]:
+    """Contract 2.4: load, one-case prediction and CAM timings for a zoo, medians over repeats.
+
+    The case is the dashboard's sample case (pydicom-data's RG3 radiograph with its ROI), so
+    the numbers are what a user of the case page waits for.
+    """
+    import torch
+
+    from model_zoo import imaging, preprocess
+    from model_zoo.ensemble import load_zoo
+    from model_zoo.sample import sample_case
+
+    start = time.perf_counter()
+    zoo = load_zoo(zoo_dir)
+    load_s = time.perf_counter() - start
+    case = sample_case()
+    pixels = imaging.load_image(case["path"]).pixels
+    box = tuple(case["roi_box"])
+    predict_times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        zoo.predict(pixels, box, age=case.get("age"), sex=case.get("sex"), site=case.get("site"))
+        predict_times.append(time.perf_counter() - t0)
+    members = [(m.spec, m.model) for m in zoo.members]
+    inputs = {m.spec.member_id: preprocess.member_input(m.spec, pixels, box)[0] for m in zoo.members}
+    cams = bench_cams(members, inputs, repeats, naive_repeats=naive_repeats, top_k=top_k)
+    return {
+        "zoo": zoo.name,
+        "load_s": load_s,
+        "predict_s": _median(predict_times),
+        "gradcam_s": cams["gradcam_s"],
+        "scorecam_s": cams["scorecam_s"],
+        "scorecam_naive_s": cams["scorecam_naive_s"],
+        "scorecam_method": cams.get("scorecam_method"),
+        "speedup_vs_naive": cams.get("speedup_vs_naive"),
+        "rss_mb": _rss_mb(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": __import__("os").cpu_count(),
+        "repeats": repeats,
+        "naive_repeats": naive_repeats,
+    }

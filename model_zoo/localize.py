@@ -89,30 +89,39 @@ def prepare(spec: LocaliserSpec, pixels: np.ndarray) -> np.ndarray:
     return np.clip(roi.resize(pixels.astype(np.float32, copy=False), spec.input_size), 0, 1)
 
 
-def mask_to_box(prob: np.ndarray, threshold: float, min_area: int) -> tuple[roi.Box, bool]:
-    """Bounding box (map pixels, x1/y1 exclusive) of every region above ``threshold``.
+def mask_to_box(prob: np.ndarray, threshold: float, min_area: int,
+                secondary_ratio: float = 0.5) -> tuple[roi.Box, bool]:
+    """Bounding box (map pixels, x1/y1 exclusive) of the dominant lesion region.
 
-    Regions smaller than ``min_area`` pixels are ignored. If none remains, the region
-    around the peak above half the peak value is returned with ``found=False``.
+    Regions are connected components of ``prob >= threshold`` with at least ``min_area``
+    pixels. The dominant one has the largest probability mass; others are added when their
+    mass is at least ``secondary_ratio`` of it (BTXRD's annotator box covers all lesions of
+    an image, but a union of every speck above threshold grows towards the whole image).
+    If no region remains, the region around the peak above half the peak value is
+    returned with ``found=False``.
     """
     import cv2
 
-    def components(binary: np.ndarray) -> list[tuple[int, int, int, int, int]]:
-        n, _, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-        return [tuple(int(v) for v in stats[i]) for i in range(1, n)]  # x, y, w, h, area
-
-    kept = [c for c in components(prob >= threshold) if c[4] >= min_area]
-    found = bool(kept)
-    if not kept:
+    binary = (prob >= threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    regions = []
+    for i in range(1, n):
+        if stats[i, cv2.CC_STAT_AREA] >= min_area:
+            mass = float(prob[labels == i].sum())
+            regions.append((mass, tuple(int(v) for v in stats[i, :4])))
+    found = bool(regions)
+    if regions:
+        top = max(mass for mass, _ in regions)
+        kept = [rect for mass, rect in regions if mass >= secondary_ratio * top]
+    else:
         peak = float(prob.max())
         y, x = np.unravel_index(int(np.argmax(prob)), prob.shape)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats((prob >= peak / 2).astype(np.uint8), connectivity=8)
-        i = int(labels[y, x])
-        kept = [tuple(int(v) for v in stats[i])]
-    x0 = min(c[0] for c in kept)
-    y0 = min(c[1] for c in kept)
-    x1 = max(c[0] + c[2] for c in kept)
-    y1 = max(c[1] + c[3] for c in kept)
+        _, labels2, stats2, _ = cv2.connectedComponentsWithStats((prob >= peak / 2).astype(np.uint8), connectivity=8)
+        kept = [tuple(int(v) for v in stats2[int(labels2[y, x]), :4])]
+    x0 = min(r[0] for r in kept)
+    y0 = min(r[1] for r in kept)
+    x1 = max(r[0] + r[2] for r in kept)
+    y1 = max(r[1] + r[3] for r in kept)
     return (float(x0), float(y0), float(x1), float(y1)), found
 
 
