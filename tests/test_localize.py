@@ -67,3 +67,8 @@ def test_train_write_load_propose(tmp_path):
     assert 0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 64
     assert 0.0 <= proposal.confidence <= 1.0
     assert main(["--cases", str(cases), "--out", str(out)]) == 2  # never overwrites
+    # re-scoring with the current post-processing reproduces the split and the metrics
+    assert main(["--cases", str(cases), "--out", str(tmp_path / "loc2"), "--rescore", str(out)]) == 0
+    again = json.loads((tmp_path / "loc2" / "localiser.json").read_text())
+    assert again["metrics"]["splits"] == entry["metrics"]["splits"]
+    assert again["metrics"]["test"]["mean_iou"] == pytest.approx(entry["metrics"]["test"]["mean_iou"])

@@ -159,11 +159,7 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    frame = frame.copy()
-    frame["group"] = infer_groups(frame).to_numpy()
-    frame["split"] = split_cases(frame, seed=seed).to_numpy()
-    images, masks, boxes, sizes = load_arrays(frame, spec)
-    idx = {k: np.flatnonzero(frame["split"].to_numpy() == k) for k in ("train", "val", "test")}
+    frame, images, masks, boxes, sizes, idx = prepare_data(frame, spec, seed)
     spec = LocaliserSpec(**{**spec.to_dict(), "mean": float(images[idx["train"]].mean()),
                             "std": float(max(images[idx["train"]].std(), 1e-3))})
     model = build_unet(spec)
@@ -212,6 +208,24 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
             best = {"score": score, "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     model.load_state_dict(best["state"])
+    metrics = final_metrics(model, spec, frame, images, boxes, sizes, idx, log)
+    metrics["best_epoch"] = best["epoch"]
+    return model, LocaliserSpec.from_dict(metrics.pop("spec")), metrics
+
+
+def prepare_data(frame: pd.DataFrame, spec: LocaliserSpec, seed: int) -> tuple:
+    """Group-aware 7:1:2 split (same rule as the classifier) and arrays at the input size."""
+    frame = frame.copy()
+    frame["group"] = infer_groups(frame).to_numpy()
+    frame["split"] = split_cases(frame, seed=seed).to_numpy()
+    images, masks, boxes, sizes = load_arrays(frame, spec)
+    idx = {k: np.flatnonzero(frame["split"].to_numpy() == k) for k in ("train", "val", "test")}
+    return frame, images, masks, boxes, sizes, idx
+
+
+def final_metrics(model: Any, spec: LocaliserSpec, frame: pd.DataFrame, images: np.ndarray, boxes: list,
+                  sizes: list, idx: dict, log: Any = print) -> dict[str, Any]:
+    """Calibrate the region threshold on val, then score val and test and time inference."""
     spec = calibrate_threshold(model, spec, images[idx["val"]], [boxes[i] for i in idx["val"]],
                                [sizes[i] for i in idx["val"]])
     log(f"  localiser threshold {spec.threshold} (best val mean IoU on a grid)")
@@ -224,9 +238,24 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
         pixels = imaging.load_image(path).pixels
         times.append(localiser.propose(pixels).seconds)
     metrics["seconds_per_image_median"] = float(np.median(times)) if times else None
-    metrics["best_epoch"] = best["epoch"]
     metrics["splits"] = {k: int(len(v)) for k, v in idx.items()}
-    return model, spec, metrics
+    metrics["spec"] = spec.to_dict()
+    return metrics
+
+
+def rescore(frame: pd.DataFrame, folder: Path, seed: int) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
+    """Re-evaluate a trained localiser with the current box post-processing (no retraining)."""
+    from safetensors.torch import load_file
+
+    entry = json.loads((Path(folder) / "localiser.json").read_text(encoding="utf-8"))
+    spec = LocaliserSpec.from_dict(entry["spec"])
+    model = build_unet(spec)
+    model.load_state_dict(load_file(str(Path(folder) / "localiser.safetensors")))
+    frame, images, _, boxes, sizes, idx = prepare_data(frame, spec, seed)
+    metrics = final_metrics(model, spec, frame, images, boxes, sizes, idx)
+    metrics["best_epoch"] = entry["metrics"].get("best_epoch")
+    metrics["rescored_from"] = str(folder)
+    return model, LocaliserSpec.from_dict(metrics.pop("spec")), metrics
 
 
 def write_localiser(out: Path, model: Any, spec: LocaliserSpec, metrics: dict[str, Any], source: str) -> Path:
@@ -260,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-cases", type=int, default=None, help="subsample for quick runs")
+    p.add_argument("--rescore", type=Path, default=None, metavar="FOLDER",
+                   help="re-evaluate an existing localiser (same split) with the current post-processing")
     args = p.parse_args(argv)
     try:
         if args.out.exists():  # checked before training, not after an hour of it
@@ -267,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         frame = read_localiser_table(args.cases)
         if args.max_cases:
             frame = frame.sample(n=min(args.max_cases, len(frame)), random_state=args.seed).reset_index(drop=True)
+        if args.rescore:
+            model, spec, metrics = rescore(frame, args.rescore, args.seed)
+            write_localiser(args.out, model, spec, metrics, str(args.cases))
+            print(json.dumps(metrics, indent=2))
+            return 0
         model, spec, metrics = train(frame, LocaliserSpec(input_size=args.input_size, base_channels=args.base_channels), epochs=args.epochs,
                                      batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         write_localiser(args.out, model, spec, metrics, str(args.cases))
