@@ -160,3 +160,22 @@ def test_real_btxrd_subset(btxrd_dir, tmp_path):
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["data"]["n_cases"] == 48
     assert sum(v["n"] for v in manifest["data"]["splits"].values()) == 48
+
+
+def test_resume_repackages_without_retraining(synthetic_zoo, tmp_path):
+    """A finished run resumed with a new version reuses every member job; training changes are refused."""
+    from training.fit import main
+
+    release, run_dir, cases = synthetic_zoo
+    results = sorted(run_dir.glob("jobs/*/*/result.pt"))
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+    args = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+            "--run-dir", str(run_dir), "--resume", f"localiser.path={release.parent.parent / 'loc'}"]
+    assert main([*args, "version=0.0.3"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in results} == stamps, "no member job was retrained"
+    new = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.3")
+    old = verify_release(release)
+    for rel in old["files"]:
+        if rel.startswith("members/"):
+            assert new["files"][rel] == old["files"][rel]
+    assert main([*args, "version=0.0.4", "train.epochs=5"]) == 2

@@ -39,6 +39,11 @@ from training import fit_members, fit_stacker
 from training.config import dump_config, load_config
 from training.data import group_kfold, infer_groups, split_cases
 
+# Config sections that decide what the member and stacker jobs compute. A resumed run must
+# keep them; the others (name, version, profile, output, localiser) may change, so a finished
+# run can be re-packaged, e.g. as a new version with a localiser, without retraining.
+TRAINING_KEYS = ("seed", "data", "task", "members", "train", "stacker", "threshold")
+
 INTENDED_USE = (
     "Research and teaching only; not a medical device. Not for diagnosis or treatment "
     "decisions. Outputs are probabilities from models trained on a public research dataset "
@@ -209,10 +214,13 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         raise InputError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
                          "or choose another output.run_dir")
     if marker.exists() and resume:
-        previous = marker.read_text(encoding="utf-8")
-        if previous != dump_config(cfg):
-            raise InputError(f"--resume: the config differs from the one saved in {marker}; "
-                             "resume with the same config and overrides")
+        import yaml
+
+        previous = yaml.safe_load(marker.read_text(encoding="utf-8")) or {}
+        changed = sorted(k for k in TRAINING_KEYS if previous.get(k) != cfg.get(k))
+        if changed:
+            raise InputError(f"--resume: the config differs from the one saved in {marker} in "
+                             f"{', '.join(changed)}; resume with the same training settings")
     atomic_write_text(marker, dump_config(cfg))
 
     log(f"[1/6] cases: {cfg['data']['cases']}")
