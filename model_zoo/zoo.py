@@ -235,3 +235,25 @@ def default_zoo_dir() -> Path:
     if not releases:
         raise InputError(f"no zoo release found under {BUNDLED_ZOO_PARENT}; pass --zoo DIR or set MODEL_ZOO_DIR")
     return releases[-1]
+
+
+SHARED_PLOTLY = "report/plotly.min.js"
+
+
+def standalone_report_html(root: Path | str, split: str) -> bytes | None:
+    """A release's ``report/<split>/report.html`` as one self-contained offline file.
+
+    Releases share one plotly.js between their reports (size budget); for download or
+    embedding, the shared bundle is inlined back so the file works on its own.
+    """
+    root = Path(root)
+    path = root / "report" / split / "report.html"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    tag = '<script type="text/javascript" src="../plotly.min.js"></script>'
+    shared = root / SHARED_PLOTLY
+    if tag in text and shared.is_file():
+        bundle = shared.read_text(encoding="utf-8")
+        text = text.replace(tag, f'<script type="text/javascript">{bundle}</script>')
+    return text.encode("utf-8")

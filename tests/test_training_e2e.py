@@ -56,6 +56,12 @@ def test_release_manifest_and_hashes(synthetic_zoo):
     assert set(manifest["files"]) >= {"stacker.joblib", "config.yaml", "MODEL_CARD.md",
                                       "report/val/metrics.json", "report/val/report.html"}
     assert len(manifest["data"]["fingerprint"]) == 64
+    # reports share one offline plotly.js; the standalone copy inlines it again
+    from model_zoo.zoo import standalone_report_html
+
+    assert "report/plotly.min.js" in manifest["files"]
+    html = standalone_report_html(release, "val").decode()
+    assert 'src="../plotly.min.js"' not in html and "cdn.plot.ly" not in html and len(html) > 1_000_000
     assert "not a medical device" in manifest["intended_use"].lower()
 
 

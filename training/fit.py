@@ -330,10 +330,12 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     from training import report
 
     report_dirs = {}
+    # One shared offline plotly.js for both reports keeps the release within its size budget.
+    atomic_write_text(run_dir / "report" / "plotly.min.js", report.plotly_bundle())
     for split_name, pred in predictions.items():
         out = run_dir / "report" / split_name
         pred.to_csv(run_dir / f"predictions_{split_name}.csv", index=False)
-        report.write_report(pred, out, threshold=threshold,
+        report.write_report(pred, out, threshold=threshold, plotly_js="../plotly.min.js",
                             title=f"{cfg['name']} {cfg['version']} - {split_name} split",
                             context={"zoo": f"{cfg['name']} {cfg['version']}", "split": split_name,
                                      "threshold rule": cfg["threshold"]["rule"] + " on val"})
@@ -359,7 +361,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                 "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
             })
         buf = __import__("io").BytesIO()
-        joblib.dump({"stacker": stacker, "clinic": clinic}, buf)
+        joblib.dump({"stacker": stacker, "clinic": clinic}, buf, compress=3)
         rw.write_bytes("stacker.joblib", buf.getvalue())
         rw.write_text("config.yaml", dump_config(cfg))
         localiser_entry = None
@@ -369,7 +371,13 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             if not (localiser_dir / "localiser.json").is_file():
                 raise InputError(f"localiser.path {localiser_dir} has no localiser.json")
             localiser_entry = json.loads((localiser_dir / "localiser.json").read_text(encoding="utf-8"))
-            rw.copy_file(localiser_entry["weights"], localiser_dir / "localiser.safetensors")
+            from safetensors.torch import load_file
+
+            loc_state = load_file(str(localiser_dir / "localiser.safetensors"))
+            if fp16:
+                loc_state = {k: v.half() if v.is_floating_point() else v for k, v in loc_state.items()}
+            rw.write_bytes(localiser_entry["weights"], save_safetensors(loc_state))
+        rw.copy_file("report/plotly.min.js", run_dir / "report" / "plotly.min.js")
         for split_name, out in report_dirs.items():
             for f in sorted(out.iterdir()):
                 rw.copy_file(f"report/{split_name}/{f.name}", f)

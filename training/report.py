@@ -811,6 +811,7 @@ def _render_html(
     ex: dict[str, Any],
     title: str,
     context: dict[str, Any] | None,
+    plotly_js: str = "inline",
 ) -> str:
     e = html.escape
     n_pos = int(prep.y.sum())
@@ -847,7 +848,9 @@ def _render_html(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(title)}</title><style>{_CSS}</style>"
-        f'<script type="text/javascript">{_offline_plotly_js()}</script></head><body>'
+        + (f'<script type="text/javascript">{_offline_plotly_js()}</script>' if plotly_js == "inline"
+           else f'<script type="text/javascript" src="{e(plotly_js)}"></script>')
+        + "</head><body>"
         f"<h1>{e(title)}</h1>{''.join(parts)}</body></html>\n"
     )
 
@@ -882,6 +885,7 @@ def write_report(
     title: str = "Evaluation report",
     context: dict[str, Any] | None = None,
     require_readers: bool = False,
+    plotly_js: str = "inline",
 ) -> dict[str, Any]:
     """Write ``out_dir/metrics.json`` and ``out_dir/report.html``; return the metrics dict.
 
@@ -902,9 +906,19 @@ def write_report(
         Extra key/value lines shown at the top (zoo name/version, split name, ...).
     require_readers : bool
         Raise :class:`InputError` when there is no ``reader_`` column (CLI ``--readers``).
+    plotly_js : str
+        ``"inline"`` (default: the report is one self-contained file) or a relative path to
+        a local copy of :func:`plotly_bundle` that the caller ships beside the report (zoo
+        releases share one copy between their reports to stay within the size budget).
+        Either way nothing is fetched from the network.
     """
     prep = _prepare(pred, require_readers=require_readers)
-    return _write(prep, Path(out_dir), threshold, thresholds, title, context)
+    return _write(prep, Path(out_dir), threshold, thresholds, title, context, plotly_js)
+
+
+def plotly_bundle() -> str:
+    """The offline plotly.js bundle, for reports written with ``plotly_js=<relative path>``."""
+    return _offline_plotly_js()
 
 
 def _write(
@@ -914,11 +928,12 @@ def _write(
     thresholds: dict[str, float] | None,
     title: str,
     context: dict[str, Any] | None,
+    plotly_js: str = "inline",
 ) -> dict[str, Any]:
     thr = _resolve_thresholds(list(prep.models), threshold, thresholds)
     metrics = _metrics(prep, thr)
     text_json = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
-    text_html = _render_html(prep, metrics, _extras(prep, thr), title, context)
+    text_html = _render_html(prep, metrics, _extras(prep, thr), title, context, plotly_js)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out must be a folder, but {out} is a file")
     out.mkdir(parents=True, exist_ok=True)

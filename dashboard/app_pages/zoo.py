@@ -67,9 +67,10 @@ def main() -> None:
                 st.dataframe(zoo_info.metrics_table(metrics), hide_index=True, key="zoo_metrics")
                 st.plotly_chart(zoo_info.auc_figure(metrics, f"AUC on the {split} split (n = {metrics.get('n')})"),
                                 key="zoo_auc_chart")
-            html_path = zoo.root / "report" / split / "report.html"
-            if html_path.is_file():
-                data = html_path.read_bytes()
+            from model_zoo.zoo import standalone_report_html
+
+            data = standalone_report_html(zoo.root, split)
+            if data is not None:
                 st.download_button(f"Download the full {split} report (HTML)", data=data,
                                    file_name=f"{zoo.manifest['name']}-{zoo.manifest['version']}-{split}-report.html",
                                    mime="text/html", key="zoo_report_download", on_click="ignore")
