@@ -329,13 +329,21 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     log("[5/6] reports")
     from training import report
 
+    # Every model is reported at its own operating point, chosen on val by the same rule as
+    # the ensemble's (the ensemble's threshold means nothing on a member's probability scale).
+    val_pred = predictions["val"]
+    model_thresholds = {c.removeprefix("p_"): choose_threshold(
+        val_pred["label"].to_numpy(), val_pred[c].to_numpy(), cfg["threshold"]["rule"],
+        float(cfg["threshold"].get("target_sensitivity", 0.9)))
+        for c in val_pred.columns if c.startswith("p_") and c != "p_ensemble"}
+    model_thresholds["ensemble"] = threshold
     report_dirs = {}
     # One shared offline plotly.js for both reports keeps the release within its size budget.
     atomic_write_text(run_dir / "report" / "plotly.min.js", report.plotly_bundle())
     for split_name, pred in predictions.items():
         out = run_dir / "report" / split_name
         pred.to_csv(run_dir / f"predictions_{split_name}.csv", index=False)
-        report.write_report(pred, out, threshold=threshold, plotly_js="../plotly.min.js",
+        report.write_report(pred, out, thresholds=model_thresholds, plotly_js="../plotly.min.js",
                             title=f"{cfg['name']} {cfg['version']} - {split_name} split",
                             context={"zoo": f"{cfg['name']} {cfg['version']}", "split": split_name,
                                      "threshold rule": cfg["threshold"]["rule"] + " on val"})
@@ -403,7 +411,8 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                         "imputation": "age -> training median, sex/site -> 0.5, each with a *_missing indicator",
                         "cam_weights": cam_weights, "cam_weights_rule": "permutation importance (AUC) of each member score in the stacker"},
             "clinic_model": {"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
-            "threshold": {"value": threshold, "rule": cfg["threshold"]["rule"], "chosen_on": "val"},
+            "threshold": {"value": threshold, "rule": cfg["threshold"]["rule"], "chosen_on": "val",
+                          "per_model": model_thresholds},
             "metrics": metrics,
             "data": {"source": str(cfg["data"]["cases"]), "fingerprint": fingerprint, "n_cases": int(len(frame)),
                      "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()}},
