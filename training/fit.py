@@ -337,13 +337,13 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         float(cfg["threshold"].get("target_sensitivity", 0.9)))
         for c in val_pred.columns if c.startswith("p_") and c != "p_ensemble"}
     model_thresholds["ensemble"] = threshold
-    report_dirs = {}
+    report_dirs, split_metrics = {}, {}
     # One shared offline plotly.js for both reports keeps the release within its size budget.
     atomic_write_text(run_dir / "report" / "plotly.min.js", report.plotly_bundle())
     for split_name, pred in predictions.items():
         out = run_dir / "report" / split_name
         pred.to_csv(run_dir / f"predictions_{split_name}.csv", index=False)
-        report.write_report(pred, out, thresholds=model_thresholds, plotly_js="../plotly.min.js",
+        split_metrics[split_name] = report.write_report(pred, out, thresholds=model_thresholds, plotly_js="../plotly.min.js",
                             title=f"{cfg['name']} {cfg['version']} - {split_name} split",
                             context={"zoo": f"{cfg['name']} {cfg['version']}", "split": split_name,
                                      "threshold rule": cfg["threshold"]["rule"] + " on val"})
@@ -419,13 +419,13 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             "library_versions": library_versions(),
             "localiser": localiser_entry,
         }
-        rw.write_text("MODEL_CARD.md", model_card(cfg, manifest))
+        rw.write_text("MODEL_CARD.md", model_card(cfg, manifest, split_metrics))
         final = rw.publish(manifest)
     log(f"      release written: {final}")
     return final
 
 
-def model_card(cfg: dict[str, Any], manifest: dict[str, Any]) -> str:
+def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str, Any] | None = None) -> str:
     m = manifest
     lines = [
         f"# Model card: {cfg['name']} {cfg['version']}", "",
@@ -446,14 +446,43 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any]) -> str:
         s = e["spec"]
         lines.append(f"| {s['member_id']} | {s['arch']} | {s['input_size']} px | {e['init']} | "
                      f"{e['best_epoch']} | {e['best_val_auc']:.3f} |")
-    lines += ["", "## Metrics (ROC AUC)", ""]
+    lines += ["", "## Data", ""]
+    card = cfg.get("model_card") or {}
+    if card.get("data"):
+        lines.append(card["data"])
+    lines.append(f"Source table `{m['data']['source']}`; group-aware stratified 7:1:2 split "
+                 "(no probable same-patient group crosses splits).")
+    lines += ["", "## Metrics", ""]
     for split_name, block in m["metrics"].items():
         aucs = ", ".join(f"{k} {v:.3f}" for k, v in block["auc"].items() if v is not None)
-        lines.append(f"- {split_name} (n={block['n']}, {block['n_positive']} positive): {aucs}")
-    lines += ["", "Full tables with confidence intervals: `report/<split>/report.html`.", "",
-              "## Limitations",
-              "- Trained from scratch unless a member's `init` says otherwise; small data.",
-              "- Not the published tumour-vs-infection model; not validated for clinical use.", ""]
+        lines.append(f"- {split_name} ROC AUC (n={block['n']}, {block['n_positive']} positive): {aucs}")
+    test = (reports or {}).get("test")
+    if test:
+        lines += ["", f"Internal test split at each model's val-chosen threshold (AUC: DeLong 95 % CI; "
+                  "proportions: Wilson 95 % CI):", "",
+                  "| model | AUC | sensitivity | specificity | accuracy |", "|---|---|---|---|---|"]
+
+        def fmt(block: dict, key: str) -> str:
+            value, ci = block.get(key), block.get(f"{key}_ci") or [None, None]
+            if value is None:
+                return "n/a"
+            return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if None not in ci else f"{value:.3f}"
+
+        for name, block in test["models"].items():
+            lines.append(f"| {name} | {fmt(block, 'auc')} | {fmt(block, 'sensitivity')} | "
+                         f"{fmt(block, 'specificity')} | {fmt(block, 'accuracy')} |")
+    lines += ["", "Full tables and figures: `report/<split>/report.html`.", "", "## Localiser", ""]
+    loc = m.get("localiser")
+    if loc:
+        t = loc["metrics"].get("test", {})
+        lines.append(f"Auto-crop U-Net; internal test: mean IoU {t.get('mean_iou')}, IoU > 0.3 on "
+                     f"{t.get('frac_iou_gt_0_3')} of {t.get('n_lesion')} lesions.")
+    else:
+        lines.append("None in this release: auto-crop falls back to the whole image (and says so).")
+    lines += ["", "## What it is not / limitations", ""]
+    lines += [f"- {item}" for item in card.get("not", [])]
+    lines += ["- Trained from scratch unless a member's `init` says otherwise; small data.",
+              "- Not validated for clinical use; not a medical device.", ""]
     return "\n".join(lines)
 
 
