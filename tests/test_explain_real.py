@@ -1,4 +1,4 @@
-"""Top-k ScoreCAM (the dashboard's live path) against full ScoreCAM on real BTXRD cases,
+"""The dashboard's ScoreCAM against full ScoreCAM on real BTXRD cases,
 with the bundled demo zoo's trained members. Needs ../shared/data/btxrd and the bundled zoo.
 """
 
@@ -34,11 +34,13 @@ def test_topk_scorecam_agrees_with_full_scorecam(bundled_zoo, btxrd_dir):
               (r["roi_x0"], r["roi_y0"], r["roi_x1"], r["roi_y1"])) for _, r in rows.iterrows()]
     for member in bundled_zoo.members:
         inputs = [preprocess.member_input(member.spec, pixels, box)[0] for pixels, box in cases]
-        result = scorecam_topk_agreement(member.spec, member.model, inputs, top_ks=(DEFAULT_TOP_K, 100_000))
-        approx, exact = result["results"]
-        # The measurement the UI's approximation label refers to (quoted in the issue note).
-        print(f"{member.spec.member_id}: {result['channels']} channels, top-{DEFAULT_TOP_K}: "
-              f"pearson median {approx['pearson_median']:.3f} (min {approx['pearson_min']:.3f}), "
-              f"top-20% IoU median {approx['top_iou_median']:.3f} (min {approx['top_iou_min']:.3f})")
-        # With k >= channels the fast path is exact on real trained weights.
-        assert exact["pearson_min"] > 0.999 and exact["top_iou_min"] > 0.999, exact
+        result = scorecam_topk_agreement(member.spec, member.model, inputs, top_ks=(96, DEFAULT_TOP_K))
+        top96, default = result["results"]
+        # The measurement behind DEFAULT_TOP_K (quoted in the issue note): top-96 channels by
+        # mean activation is NOT faithful for the CNNs, so the live path scores every channel.
+        print(f"{member.spec.member_id}: {result['channels']} channels, top-96: pearson median "
+              f"{top96['pearson_median']:.3f} (min {top96['pearson_min']:.3f}), top-20% IoU median "
+              f"{top96['top_iou_median']:.3f}")
+        # The dashboard's ScoreCAM (DEFAULT_TOP_K) is exact on every bundled member.
+        assert result["channels"] <= DEFAULT_TOP_K
+        assert default["pearson_min"] > 0.999 and default["top_iou_min"] > 0.999, default

@@ -356,8 +356,13 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     fp16 = bool(cfg["output"].get("fp16", False))
     with ReleaseWriter(parent, cfg["name"], cfg["version"]) as rw:
         member_entries = []
+        current = {s.member_id: s for s in specs}
         for res in finals:
             spec = MemberSpec.from_dict(res["spec"])
+            # The CAM layer does not affect training: take it from the current family spec, so
+            # a re-packaged run gets improved explanation settings without retraining.
+            spec = spec.replace(cam_layer=current[spec.member_id].cam_layer,
+                                cam_layout=current[spec.member_id].cam_layout)
             state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
                      for k, v in res["state_dict"].items()}
             rel = f"members/{spec.member_id}.safetensors"
