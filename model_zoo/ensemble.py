@@ -25,7 +25,7 @@ import numpy as np
 from model_zoo import preprocess, roi
 from model_zoo.errors import InputError, IntegrityError
 from model_zoo.members import MemberSpec
-from model_zoo.zoo import default_zoo_dir, verify_release
+from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -231,7 +231,7 @@ def load_members(root: Path, manifest: dict[str, Any]) -> list[LoadedMember]:
     for entry in manifest["members"]:
         spec = MemberSpec.from_dict(entry["spec"])
         model = spec.build_model()
-        state = load_file(str(root / entry["weights"]))
+        state = load_file(str(verified_path(root, manifest, entry["weights"], f"weights of {spec.member_id}")))
         state = {k: v.float() for k, v in state.items()}  # fp16 storage -> fp32 compute
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -250,6 +250,12 @@ def load_zoo(path: Path | str | None = None) -> Zoo:
 
     root = Path(path) if path is not None else default_zoo_dir()
     manifest = verify_release(root)  # raises IntegrityError before any deserialisation
+    # Every file the loaders will open must be one of the hashed files - checked before any load.
+    for i, entry in enumerate(manifest.get("members", [])):
+        verified_path(root, manifest, entry.get("weights"), f"weights of member {i + 1}")
+    verified_path(root, manifest, manifest["stacker"].get("file"), "the stacker")
+    if manifest.get("localiser"):
+        verified_path(root, manifest, manifest["localiser"].get("weights"), "the localiser")
     members = load_members(root, manifest)
-    bundle = joblib.load(root / manifest["stacker"]["file"])
+    bundle = joblib.load(verified_path(root, manifest, manifest["stacker"]["file"], "the stacker"))
     return Zoo(root, manifest, members, bundle["stacker"], bundle.get("clinic"))

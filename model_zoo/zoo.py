@@ -84,11 +84,10 @@ def parse_version(version: str) -> tuple[int, int, int]:
 
 
 def _listed_files(root: Path) -> set[str]:
+    """Every non-directory entry (regular files, symlinks, FIFOs, sockets, devices)."""
     out = set()
     for path in root.rglob("*"):
-        if path.is_symlink():
-            out.add(path.relative_to(root).as_posix())
-        elif path.is_file():
+        if path.is_symlink() or not path.is_dir():
             out.add(path.relative_to(root).as_posix())
     return out
 
@@ -171,7 +170,9 @@ def verify_release(root: Path | str) -> dict[str, Any]:
         raise IntegrityError(f"zoo folder not found: {root}")
     manifest_path, hash_path = root / MANIFEST, root / MANIFEST_HASH
     for required in (manifest_path, hash_path):
-        if not required.is_file() or required.is_symlink():
+        if required.is_symlink():
+            raise IntegrityError(f"{root.name}: {required.name} is a symbolic link; releases hold plain files only")
+        if not required.is_file():
             raise IntegrityError(f"{root.name}: {required.name} is missing")
     blob = manifest_path.read_bytes()
     expected = hash_path.read_text(encoding="ascii", errors="replace").strip()
@@ -194,6 +195,8 @@ def verify_release(root: Path | str) -> dict[str, Any]:
             raise IntegrityError(f"{root.name}: manifest entry {rel!r} points outside the release folder")
         if (root / rel).is_symlink():
             raise IntegrityError(f"{root.name}: {rel} is a symbolic link; releases hold plain files only")
+        if (root / rel).exists() and not (root / rel).is_file():
+            raise IntegrityError(f"{root.name}: {rel} is not a regular file")
     present = _listed_files(root) - {MANIFEST, MANIFEST_HASH}
     missing = sorted(set(files) - present)
     extra = sorted(present - set(files))
@@ -204,9 +207,18 @@ def verify_release(root: Path | str) -> dict[str, Any]:
         raise IntegrityError(f"{root.name}: unexpected file in the release: {extra[0]}"
                              + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
     for rel, digest in files.items():
+        if not (root / rel).is_file():
+            raise IntegrityError(f"{root.name}: {rel} is not a regular file")
         if sha256_file(root / rel) != digest:
             raise IntegrityError(f"{root.name}: {rel} was modified (sha256 does not match the manifest)")
     return manifest
+
+
+def verified_path(root: Path, manifest: dict[str, Any], rel: str, what: str) -> Path:
+    """A file the loader is about to open, only if it is one of the verified (hashed) files."""
+    if not isinstance(rel, str) or rel not in manifest.get("files", {}):
+        raise IntegrityError(f"{Path(root).name}: {what} points to {rel!r}, which is not a verified file of the release")
+    return Path(root) / rel
 
 
 def list_releases(parent: Path | str = BUNDLED_ZOO_PARENT) -> list[Path]:
