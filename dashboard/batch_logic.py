@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from model_zoo.errors import InputError
@@ -107,6 +108,7 @@ class BatchResult:
     n_rows: int
     n_failed: int
     files_in_zip: int
+    pdf_zip: bytes | None = None  # one PDF case report per successful row (tumour-board pack)
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -199,7 +201,7 @@ class UploadedTable:
 
 
 def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
-              progress: Callable[[int, int], None] | None = None) -> BatchResult:
+              progress: Callable[[int, int], None] | None = None, with_reports: bool = True) -> BatchResult:
     """Predict every row of an uploaded case table with images from an uploaded zip."""
     from model_zoo.predict import ROI_MODES, predict_cases
 
@@ -209,6 +211,54 @@ def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: 
         frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode=roi_mode,
                               progress=progress)
         frame = up.fix_errors(frame)
+        pdf_zip = reports_zip(zoo, frame) if with_reports else None  # images still on disk here
     frame = frame.drop(columns=[c for c in ("image_path",) if c in frame.columns])
     n_failed = int((frame["error"].astype(str) != "").sum())
-    return BatchResult(frame=frame, n_rows=len(frame), n_failed=n_failed, files_in_zip=up.files_in_zip)
+    return BatchResult(frame=frame, n_rows=len(frame), n_failed=n_failed, files_in_zip=up.files_in_zip,
+                       pdf_zip=pdf_zip)
+
+
+def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024) -> bytes:
+    """A zip of PDF case reports (no identifiers), one per successful row, named by row number.
+
+    Uses the predictions already in ``frame`` (no second inference) and the library's report
+    builder, so batch and case-page reports read the same.
+    """
+    import hashlib
+    import io
+    import zipfile
+
+    from model_zoo import imaging, roi
+    from model_zoo.report_pdf import CaseReport, build_case_report
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i, row in frame.reset_index(drop=True).iterrows():
+            if str(row.get("error", "")) != "" or not row.get("image_path"):
+                continue
+            data = Path(row["image_path"]).read_bytes()
+            pixels = imaging.load_image(data).pixels
+            h, w = pixels.shape
+            scale = min(1.0, max_side / max(h, w))
+            shown = roi.resize(pixels, (max(1, int(w * scale)), max(1, int(h * scale)))) if scale < 1 else pixels
+            members = {mid: float(row[f"p_{mid}"]) for mid in zoo.member_ids}
+
+            def value(key: str) -> Any:
+                v = row.get(key)
+                return None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else v
+
+            report = CaseReport(
+                zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+                positive_class=zoo.positive_class, negative_class=zoo.negative_class,
+                threshold=zoo.threshold, p_ensemble=float(row["p_ensemble"]), p_members=members,
+                label=str(row["prediction"]), radiograph=shown, image_size_wh=(w, h),
+                roi_box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
+                image_sha256=hashlib.sha256(data).hexdigest(), roi_source=str(row.get("roi_source", "")),
+                threshold_rule=str(zoo.manifest["threshold"].get("rule", "")),
+                p_clinic=None if value("p_clinic") is None else float(row["p_clinic"]),
+                disagreement=float(max(members.values()) - min(members.values())) if members else None,
+                age=None if value("age") is None else float(row["age"]), sex=value("sex"), site=value("site"),
+                zoo_files=zoo.manifest.get("files", {}), intended_use=zoo.manifest.get("intended_use", ""),
+            )
+            zf.writestr(f"case-{i + 1:04d}.pdf", build_case_report(report))
+    return buf.getvalue()

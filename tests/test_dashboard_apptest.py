@@ -250,6 +250,14 @@ def test_batch_page_good_and_bad_rows(dash_env, zoo):
     assert float(row["p_ensemble"]) == pytest.approx(ref.p_ensemble, abs=1e-9)
     assert any(w.value.startswith("4 of 6 cases predicted") for w in at.warning)
     assert at.download_button(key="batch_download").label == "Download predictions (CSV)"
+    # the tumour-board pack: one PDF per successful row, none for the failed ones
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(result.pdf_zip)) as zf:
+        names = sorted(zf.namelist())
+        assert names == [f"case-{i + 1:04d}.pdf" for i in good.index]
+        assert all(zf.read(n).startswith(b"%PDF") for n in names)
+    assert at.download_button(key="batch_pdf_zip").label == "Download PDF case reports (zip)"
 
 
 def test_batch_page_unsafe_zip_refused(dash_env):

@@ -68,6 +68,9 @@ def main() -> None:
     st.dataframe(result.frame[show], hide_index=True, key="batch_table")
     st.download_button("Download predictions (CSV)", data=result.csv_bytes(), file_name="predictions.csv",
                        mime="text/csv", key="batch_download", on_click="ignore")
+    if result.pdf_zip:
+        st.download_button("Download PDF case reports (zip)", data=result.pdf_zip, file_name="case-reports.zip",
+                           mime="application/zip", key="batch_pdf_zip", on_click="ignore")
     if result.n_failed:
         st.markdown("**Rows that failed**")
         st.dataframe(pd.DataFrame(result.failed), hide_index=True, key="batch_failed")
