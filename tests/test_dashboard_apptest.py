@@ -176,6 +176,23 @@ def test_case_page_sample_prediction(dash_env, zoo):
     assert len([e for e in audit.read_events(dash_env["audit"]) if e["event"] == "case_prediction"]) == 1
 
 
+def test_case_page_auto_crop_proposal_is_editable(dash_env, zoo):
+    from model_zoo import imaging
+    from model_zoo.predict import propose_roi
+    from model_zoo.sample import sample_case
+
+    at = _app().run()
+    at.button(key="case_load_sample").click().run()
+    at.radio(key="case_roi_mode").set_value("Auto-crop").run()
+    _no_crash(at)
+    at.button(key="case_edit_auto").click().run()
+    _no_crash(at)
+    assert at.radio(key="case_roi_mode").value == "Enter coordinates"
+    expected, _ = propose_roi(zoo, imaging.load_image(sample_case()["path"]).pixels)
+    got = [at.number_input(key=k).value for k in ("case_x0", "case_y0", "case_x1", "case_y1")]
+    assert got == pytest.approx([round(v) for v in expected], abs=0.5)
+
+
 def test_case_page_quality_gate_colour_and_tiny_roi(dash_env):
     rng = np.random.default_rng(0)
     rgb = np.zeros((200, 160, 3), np.uint8)

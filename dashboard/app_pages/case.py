@@ -96,6 +96,12 @@ def _set_box_widgets(box: tuple) -> None:
         st.session_state[k] = float(round(v))
 
 
+def _edit_proposal(box: tuple) -> None:
+    """Auto-crop proposals are editable: copy into the coordinate fields and switch mode."""
+    _set_box_widgets(box)
+    st.session_state["case_roi_mode"] = "Enter coordinates"
+
+
 def _restore(key: str, value: Any) -> None:
     """Widgets not shown on another page lose their state; restore it from the case record."""
     if key not in st.session_state:
@@ -181,6 +187,8 @@ def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
             if getattr(zoo, "localiser", None) is None:
                 st.info("This zoo has no localiser (auto-crop model), so the whole image is used. "
                         "Draw or enter a box for a lesion-level answer.")
+            st.button("Edit this box", key="case_edit_auto", on_click=_edit_proposal, args=(box,),
+                      help="Copy the proposal into the coordinate fields to adjust it.")
         else:
             box, source = roi.full_image_box((w, h)), "whole image"
         try:
