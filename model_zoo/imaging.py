@@ -258,6 +258,10 @@ def _describe_non_image(data: bytes) -> str | None:
     for matched, what in signatures:
         if matched:
             return what
+    if data and not data.strip(b"\x00"):
+        return "all zero bytes (an empty or wiped file)"
+    if b"\x00" in data[:4096]:
+        return None  # binary, unknown
     try:
         data[:4096].decode("utf-8")
         return "a text file"
@@ -709,8 +713,13 @@ def _load_pillow(
             pil_format = img.format or ""
             if pil_format not in ("PNG", "JPEG", "MPO"):
                 raise _fail(name, f"content looks like {label} but decodes as {pil_format}")
-            orientation = _exif_orientation(img)
+            if pil_format == "PNG":
+                # Pillow does not check IDAT CRCs while decoding; verify() checks every chunk.
+                Image.open(io.BytesIO(data)).verify()
+            # Decode BEFORE reading EXIF: for PNG getexif() decodes the image, and its
+            # (deliberately tolerant) error handling would hide a broken data stream.
             img.load()
+            orientation = _exif_orientation(img)
             if orientation not in (None, 1):
                 img = ImageOps.exif_transpose(img)
                 warn.append(f"EXIF orientation {orientation} applied (image rotated/flipped)")
