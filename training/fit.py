@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import io
 import json
 import platform
 import sys
@@ -161,13 +162,7 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
                "best_val_auc": res.best_val_auc, "history": res.history,
                "images_per_second": res.images_per_second,
                "train_idx": train_idx, "score_idx": score_idx, "scores": sigmoid(logits)}
-    import io
-
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    from model_zoo.zoo import atomic_write_bytes
-
-    atomic_write_bytes(result_path, buf.getvalue())
+    fit_members.save_checkpoint(result_path, payload)  # same atomic torch.save as last.pt
     (job_dir / "last.pt").unlink(missing_ok=True)  # the finished result supersedes it
     return payload
 
@@ -373,7 +368,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                 "best_val_auc": res["best_val_auc"], "train_images_per_second": res["images_per_second"],
                 "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
             })
-        buf = __import__("io").BytesIO()
+        buf = io.BytesIO()
         joblib.dump({"stacker": stacker, "clinic": clinic}, buf, compress=3)
         rw.write_bytes("stacker.joblib", buf.getvalue())
         rw.write_text("config.yaml", dump_config(cfg))

@@ -115,7 +115,7 @@ def predict_logits(model: Any, images_u8: np.ndarray, mean: float, std: float, *
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     import torch
 
     buf = io.BytesIO()
@@ -247,7 +247,7 @@ def train_member(
                   f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}", flush=True)
         if rank == 0:
             _write_log(work_dir / "log.csv", history)
-            _save_checkpoint(last_path, {
+            save_checkpoint(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "history": history, "best": best,
