@@ -114,3 +114,92 @@ def test_ddp_ranks_agree(tmp_path):
     found = dict(re.findall(r"RANK (\d) WORLD 2 CHECKSUM (\S+)", proc.stdout))
     assert set(found) == {"0", "1"} and found["0"] == found["1"]
     assert (tmp_path / "ddp" / "log.csv").is_file()  # rank 0 writes the log
+
+
+
+# ----------------------------------------------------------------------------- opt-in recipe
+
+
+def test_affine_identity_is_exact_and_rotation_matches_numpy(monkeypatch):
+    """Zero-strength affine jitter returns the batch unchanged; a forced 90-degree rotation
+    (no zoom/shift) is an exact pixel permutation equal to np.rot90 (independent reference)."""
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    same = fit_members._affine_jitter(x, torch.Generator().manual_seed(0), 0.0, (1.0, 1.0), 0.0)
+    torch.testing.assert_close(same, x, rtol=0, atol=1e-5)
+    assert same.is_contiguous(memory_format=torch.channels_last)
+
+    real_ones = torch.ones
+    monkeypatch.setattr(torch, "rand", lambda *shape, generator=None, **kw: real_ones(*shape))  # draw = 1 -> +degrees
+    rotated = fit_members._affine_jitter(x, None, 90.0, (1.0, 1.0), 0.0)
+    arr = x.numpy()
+    refs = [np.rot90(arr, k=k, axes=(2, 3)) for k in (1, -1)]
+    assert any(np.allclose(rotated.numpy(), r, atol=1e-5) for r in refs)
+
+
+def test_augment_batch_is_seeded_and_off_by_default():
+    x = torch.randn(4, 3, 16, 16)
+    cfg = {"hflip": False, "vflip": False}
+    torch.testing.assert_close(fit_members.augment_batch(x.clone(), torch.Generator().manual_seed(1), cfg), x)
+    cfg = {"affine": {"degrees": 10, "scale": [0.9, 1.1], "translate": 0.05},
+           "intensity": {"brightness": 0.1, "contrast": 0.1}}
+    a = fit_members.augment_batch(x.clone(), torch.Generator().manual_seed(1), cfg)
+    b = fit_members.augment_batch(x.clone(), torch.Generator().manual_seed(1), cfg)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, x)
+
+
+def test_cosine_schedule_with_warmup_matches_formula():
+    import math
+
+    cfg = {"lr": 0.5, "epochs": 10, "schedule": "cosine", "warmup_epochs": 2, "optimizer": "adamw",
+           "weight_decay": 0.01}
+    opt = fit_members.make_optimizer(torch.nn.Linear(2, 1).parameters(), cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    sched = fit_members.make_scheduler(opt, cfg)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.5 * (e + 1) / 3 for e in range(2)] + [0.5 * 0.5 * (1 + math.cos(math.pi * (e - 2) / 8))
+                                                        for e in range(2, 10)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("key, value, words", [("optimizer", "rmsprop", "sgd or adamw"),
+                                                ("schedule", "poly", "step or cosine")])
+def test_unknown_recipe_names_are_refused(key, value, words):
+    cfg = dict(TRAIN_CFG, **{key: value})
+    with pytest.raises(ValueError, match=words):
+        opt = fit_members.make_optimizer(torch.nn.Linear(2, 1).parameters(), cfg)
+        fit_members.make_scheduler(opt, cfg)
+
+
+def test_adamw_cosine_recipe_trains_and_resumes(tmp_path):
+    """The opt-in recipe goes through the same resumable loop: interrupted == uninterrupted."""
+    recipe = {"optimizer": "adamw", "lr": 0.003, "schedule": "cosine", "warmup_epochs": 1,
+              "affine": {"degrees": 8, "scale": [0.9, 1.1], "translate": 0.05},
+              "intensity": {"brightness": 0.1, "contrast": 0.1}}
+    spec = family_spec("vit", variant="tiny", input_size=32)
+    x, y = _data()
+
+    cfg = dict(TRAIN_CFG, **recipe, epochs=3)
+
+    def run(name: str, **kw):
+        return fit_members.train_member(spec, x[:16], y[:16], x[16:], y[16:], cfg, work_dir=tmp_path / name,
+                                        seed=3, progress=False, **kw)
+
+    full = run("full")
+    assert all(np.isfinite(h["train_loss"]) for h in full.history)
+
+    def killed_after_epoch_1(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("interrupted", on_epoch=killed_after_epoch_1)
+    resumed = run("interrupted")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    np.testing.assert_allclose([h["lr"] for h in resumed.history], [h["lr"] for h in full.history])
+    for key, value in full.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-5, atol=1e-6)
