@@ -78,19 +78,21 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
     frame = table.frame.copy()
     result_cols = (["p_ensemble"] + [f"p_{m}" for m in zoo.member_ids]
                    + ["p_clinic", "prediction", *ROI_COLUMNS, "roi_source", "error"])
-    done: dict[str, dict[str, Any]] = {}
+    # Resume: a finished row is reused only at the same position with the same image, so
+    # duplicated paths (e.g. one image, two ROIs) and an edited table are recomputed, not mixed up.
+    done: dict[int, tuple[str, dict[str, Any]]] = {}
     if resume and Path(out_path).is_file():
         previous = pd.read_csv(out_path, keep_default_na=False)
         if "image_path" in previous and "p_ensemble" in previous:
-            for _, prev in previous.iterrows():
+            for pos, prev in enumerate(previous.to_dict("records")):
                 if str(prev.get("error", "")) == "" and str(prev["p_ensemble"]) != "":
-                    done[str(prev["image_path"])] = {c: prev[c] for c in result_cols if c in prev}
+                    done[pos] = (str(prev["image_path"]), {c: prev[c] for c in result_cols if c in prev})
     rows = []
     for i, (_, row) in enumerate(frame.iterrows()):
         base = {c: row[c] for c in frame.columns if c != "row_error"}
         result: dict[str, Any] = {c: None for c in result_cols}
-        if str(row["image_path"]) in done:
-            result.update(done[str(row["image_path"])])
+        if i in done and done[i][0] == str(row["image_path"]) and not row.get("row_error"):
+            result.update(done[i][1])
         elif row.get("row_error"):
             result["error"] = str(row["row_error"])
         else:
