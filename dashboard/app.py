@@ -24,6 +24,9 @@ PAGES = Path(__file__).resolve().parent / "app_pages"
 
 st.set_page_config(page_title="Bone radiograph model zoo", page_icon=":bone:", layout="wide")
 
+if not common.require_access():  # optional password / OIDC (README, Deployment)
+    st.stop()
+
 pages = [
     st.Page(PAGES / "case.py", title="Case", icon=":material/radiology:", default=True, url_path="case"),
     st.Page(PAGES / "batch.py", title="Batch", icon=":material/table_view:", url_path="batch"),

@@ -134,3 +134,64 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def disclaimer() -> None:
     st.caption("Research and teaching only; not a medical device. Not for diagnosis or treatment decisions.")
+
+
+# ----------------------------------------------------------------------------- access
+
+ACCESS_KEY = "_access_granted"
+FAILED_KEY = "_access_failures"
+
+
+def _secrets_dict() -> dict[str, Any]:
+    """Streamlit secrets as a plain dict; {} when no secrets.toml exists."""
+    try:
+        return st.secrets.to_dict()
+    except Exception:  # noqa: BLE001 - no secrets file (or an unreadable one) means "not configured"
+        return {}
+
+
+def require_access() -> bool:
+    """Gate the app per ``dashboard.auth.access_policy``; renders the sign-in view and returns
+    False when this session may not proceed (the caller stops the script)."""
+    import time
+
+    from dashboard import auth
+
+    try:
+        policy = auth.access_policy(_secrets_dict())
+    except InputError as err:  # fail closed: a broken setting never means "open"
+        st.error(f"Access control is misconfigured: {err}")
+        return False
+    if policy.mode == "none":
+        return True
+    if policy.mode == "oidc":
+        if getattr(st.user, "is_logged_in", False):  # absent outside a served session
+            with st.sidebar:
+                st.caption(f"Signed in as {st.user.get('name') or st.user.get('email') or 'user'}")
+                st.button("Sign out", on_click=st.logout)
+            return True
+        st.title("Bone radiograph model zoo")
+        st.info("Sign in with your organisation account to use this dashboard.")
+        st.button("Sign in", type="primary", on_click=st.login,
+                  args=(policy.provider,) if policy.provider else ())
+        return False
+    if st.session_state.get(ACCESS_KEY):
+        with st.sidebar:
+            if st.button("Sign out"):
+                st.session_state.clear()
+                st.rerun()
+        return True
+    st.title("Bone radiograph model zoo")
+    with st.form("sign_in"):
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        if auth.verify_password(password, policy.password_hash or ""):
+            st.session_state[ACCESS_KEY] = True
+            st.session_state.pop(FAILED_KEY, None)
+            st.rerun()
+        failures = int(st.session_state.get(FAILED_KEY, 0)) + 1
+        st.session_state[FAILED_KEY] = failures
+        time.sleep(min(0.5 * failures, 5.0))  # slows guessing within a session
+        st.error("Wrong password.")
+    return False
