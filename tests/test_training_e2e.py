@@ -185,3 +185,31 @@ def test_resume_repackages_without_retraining(synthetic_zoo, tmp_path):
         if rel.startswith("members/"):
             assert new["files"][rel] == old["files"][rel]
     assert main([*args, "version=0.0.4", "train.epochs=5"]) == 2
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+def test_model_card_target_sentences_are_computed_from_metrics():
+    from training.fit import target_sentences
+
+    models = {"ensemble": {"auc": 0.91}, "vit": {"auc": 0.93}, "swin": {"auc": None}, "clinic": {"auc": 0.95}}
+    assert target_sentences(models, {"ensemble_auc": 0.9}) == [
+        "- Ensemble test AUC 0.910 is not above the best single member (vit 0.930).",
+        "- Target ensemble AUC >= 0.90: met."]
+    models["ensemble"]["auc"] = 0.94  # the clinic-only model is not a member
+    assert target_sentences(models, {})[0].endswith("is above the best single member (vit 0.930).")
+    assert target_sentences({"vit": {"auc": 0.8}}, {"ensemble_auc": 0.9}) == []
+
+
+def test_training_recipe_names_what_was_configured():
+    from training.config import load_config
+    from training.fit import training_recipe
+
+    paper = training_recipe(load_config("paper")["train"])
+    assert paper.startswith("SGD (momentum 0.9) lr 0.1") and "x0.1 every 30 epochs" in paper
+    assert "augmentation: horizontal flips, vertical flips" in paper
+    custom = training_recipe(dict(load_config("paper")["train"], optimizer="adamw", schedule="cosine",
+                                  warmup_epochs=2, hflip=False, vflip=False, affine={"degrees": 5}))
+    assert custom.startswith("AdamW") and "cosine decay with 2 warm-up" in custom
+    assert custom.endswith("augmentation: affine jitter")

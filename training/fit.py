@@ -425,6 +425,43 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     return final
 
 
+def training_recipe(train: dict[str, Any]) -> str:
+    """One line naming the optimiser, schedule, epochs and augmentation actually configured."""
+    opt = str(train.get("optimizer", "sgd")).lower()
+    opt_text = (f"SGD (momentum {train.get('momentum', 0.9)})" if opt == "sgd" else "AdamW") + \
+        f" lr {train['lr']}, weight decay {train.get('weight_decay', 0)}"
+    if str(train.get("schedule", "step")).lower() == "cosine":
+        sched = f"cosine decay with {train.get('warmup_epochs', 0)} warm-up epoch(s)"
+    else:
+        sched = f"lr x{train.get('lr_gamma', 0.1)} every {train['lr_step']} epochs"
+    aug = [name for name, on in (("horizontal flips", train.get("hflip", True)),
+                                 ("vertical flips", train.get("vflip", True)),
+                                 ("affine jitter", bool(train.get("affine"))),
+                                 ("intensity jitter", bool(train.get("intensity")))) if on]
+    return (f"{opt_text}; {sched}; {train['epochs']} epochs, batch {train['batch_size']}; "
+            f"augmentation: {', '.join(aug) or 'none'}")
+
+
+def target_sentences(models: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """Computed statements about the test-split targets (never hand-written): the ensemble
+    against the best single member and, if configured, against ``targets.ensemble_auc``."""
+    auc = {k: v.get("auc") for k, v in models.items() if v.get("auc") is not None}
+    if "ensemble" not in auc:
+        return []
+    members = {k: v for k, v in auc.items() if k not in ("ensemble", "clinic")}
+    out = []
+    if members:
+        best = max(members, key=members.get)
+        relation = "above" if auc["ensemble"] > members[best] else "not above"
+        out.append(f"- Ensemble test AUC {auc['ensemble']:.3f} is {relation} the best single member "
+                   f"({best} {members[best]:.3f}).")
+    if targets.get("ensemble_auc") is not None:
+        goal = float(targets["ensemble_auc"])
+        met = "met" if auc["ensemble"] >= goal else "NOT met"
+        out.append(f"- Target ensemble AUC >= {goal:.2f}: {met}.")
+    return out
+
+
 def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str, Any] | None = None) -> str:
     m = manifest
     lines = [
@@ -438,7 +475,8 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         f"({m['data']['n_cases']} cases; fingerprint `{m['data']['fingerprint'][:16]}`)",
         "- Splits: " + ", ".join(f"{k} {v['n']} ({v['positive']} positive)" for k, v in m["data"]["splits"].items()),
         f"- Stacker: {m['stacker']['chosen']} chosen by grouped CV AUC on {m['stacker']['score_source']} member scores",
-        f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)", "",
+        f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)",
+        "- Recipe: " + training_recipe(cfg["train"]), "",
         "## Members", "",
         "| member | architecture | input | init | best epoch | val AUC |", "|---|---|---|---|---|---|",
     ]
@@ -471,6 +509,7 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         for name, block in test["models"].items():
             lines.append(f"| {name} | {fmt(block, 'auc')} | {fmt(block, 'sensitivity')} | "
                          f"{fmt(block, 'specificity')} | {fmt(block, 'accuracy')} |")
+        lines += ["", *target_sentences(test["models"], card.get("targets") or {})]
     lines += ["", "Full tables and figures: `report/<split>/report.html`.", "", "## Localiser", ""]
     loc = m.get("localiser")
     if loc:
