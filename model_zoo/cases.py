@@ -111,14 +111,21 @@ class CaseTable:
 # ----------------------------------------------------------------------------- values
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None, pd.NA, NaN of any float type (incl. numpy float32), NaT, or a blank string."""
     if value is None or value is pd.NA:
         return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    if isinstance(value, str) and value.strip() == "":
-        return True
-    return False
+    if isinstance(value, str):
+        return value.strip() == ""
+    if np.ndim(value) > 0:  # arrays and other non-scalars are values, not "missing"
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+_is_missing = is_missing
 
 
 def _text(value: Any) -> str:

@@ -12,7 +12,6 @@ absent rather than trust the fill.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import weakref
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from model_zoo import preprocess, roi
+from model_zoo.cases import is_missing as _is_missing
 from model_zoo.errors import InputError, IntegrityError
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
@@ -52,12 +52,6 @@ def model_lock(model: Any) -> threading.RLock:
         return lock
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
 
 
 def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[float]:

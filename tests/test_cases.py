@@ -408,3 +408,22 @@ def test_btxrd_bbox_json_roundtrip_values():
     assert out["image"].iloc[0] == str(Path("/data/btxrd/images/a.png"))
     assert out[["roi_x0", "roi_y0", "roi_x1", "roi_y1"]].iloc[0].tolist() == [0, 0, 256, 256]
     assert out["label"].iloc[0] == 1 and out["row_error"].iloc[0] == ""
+
+
+@pytest.mark.parametrize("value, missing", [
+    (None, True), (pd.NA, True), (float("nan"), True), (np.float32("nan"), True), (np.float64("nan"), True),
+    (pd.NaT, True), ("", True), ("  ", True), ("nan", False), (0, False), (0.0, False), ("M", False),
+    (np.float32(12.5), False), (np.array([np.nan]), False),
+])
+def test_is_missing_covers_every_missing_marker(value, missing):
+    from model_zoo.cases import is_missing
+
+    assert is_missing(value) is missing
+
+
+def test_predict_treats_numpy_and_pandas_missing_like_none():
+    """Zoo inputs may come straight from a DataFrame (pd.NA, float32 NaN): same encoding as None."""
+    from model_zoo.ensemble import clinical_vector
+
+    assert clinical_vector(np.float32("nan"), pd.NA, None, age_fill=30.0) == \
+        clinical_vector(None, None, None, age_fill=30.0)
