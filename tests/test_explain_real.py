@@ -4,6 +4,8 @@ with the bundled demo zoo's trained members. Needs ../shared/data/btxrd and the 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from model_zoo import imaging, preprocess
@@ -43,4 +45,8 @@ def test_topk_scorecam_agrees_with_full_scorecam(bundled_zoo, btxrd_dir):
               f"{top96['top_iou_median']:.3f}")
         # The dashboard's ScoreCAM (DEFAULT_TOP_K) is exact on every bundled member.
         assert result["channels"] <= DEFAULT_TOP_K
-        assert default["pearson_min"] > 0.999 and default["top_iou_min"] > 0.999, default
+        # A map that is all zero (no positive evidence at the layer) has no correlation; then
+        # both maps must be flat alike (their top regions are then the whole map: IoU 1).
+        for case in default["per_case"]:
+            assert case["top_iou"] > 0.999, default
+            assert case["pearson"] > 0.999 or math.isnan(case["pearson"]), default

@@ -44,7 +44,7 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
         if col.startswith("p_") or col.startswith("roi_x") or col.startswith("roi_y"):
             np.testing.assert_allclose(a[col].astype(float), b[col].astype(float), atol=1e-6, err_msg=col)
         else:
-            assert list(a[col].fillna("").astype(str)) == list(b[col].fillna("").astype(str)), col
+            assert list(a[col].astype("string").fillna("")) == list(b[col].astype("string").fillna("")), col
 
 
 def test_interrupted_run_leaves_flushed_rows_and_resume_fills_only_the_rest(
