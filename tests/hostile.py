@@ -80,6 +80,7 @@ def dicom_bytes(
     photometric: str = "MONOCHROME2",
     transfer_syntax: str = "1.2.840.10008.1.2.1",
     frames: int = 1,
+    bits_stored: int | None = None,
     pixel_data: bytes | None = None,
     omit_pixel_data: bool = False,
     sop_class: str = "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
@@ -114,7 +115,7 @@ def dicom_bytes(
     ds.PhotometricInterpretation = photometric
     allocated = 8 if arr.dtype == np.uint8 else 16
     ds.BitsAllocated = allocated
-    ds.BitsStored = 12 if allocated == 16 else 8
+    ds.BitsStored = bits_stored or (12 if allocated == 16 else 8)
     ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 1 if arr.dtype.kind == "i" else 0
     for key, value in tags.items():
@@ -138,7 +139,7 @@ def png_bytes(img: Image.Image, **kwargs: Any) -> bytes:
 
 def jpeg_bytes(img: Image.Image, **kwargs: Any) -> bytes:
     out = io.BytesIO()
-    img.save(out, format="JPEG", quality=90, **kwargs)
+    img.save(out, format="JPEG", **{"quality": 90, **kwargs})
     return out.getvalue()
 
 

@@ -22,14 +22,14 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
-    UID,
     BasicTextSRStorage,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    SecondaryCaptureImageStorage,
     generate_uid,
 )
 
+from hostile import dicom_bytes, png_bytes
+from hostile import jpeg_bytes as hostile_jpeg_bytes
 from model_zoo.errors import InputError
 from model_zoo.imaging import (
     ImageMeta,
@@ -61,60 +61,15 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
 
-def make_dicom(
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    transfer_syntax: str = ExplicitVRLittleEndian,
-    frames: int = 1,
-    pixel_data: bytes | None = None,
-    **tags,
-) -> bytes:
-    """A minimal Secondary Capture DICOM file holding ``pixels`` (native encoding)."""
+def make_dicom(pixels: np.ndarray, *, bits_stored: int | None = None, **kwargs) -> bytes:
+    """A Secondary Capture DICOM holding ``pixels`` (``hostile.dicom_bytes``), BitsStored =
+    BitsAllocated unless given."""
     arr = np.asarray(pixels)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    spatial = arr.shape[1:] if frames > 1 else arr.shape
-    ds.Rows, ds.Columns = int(spatial[0]), int(spatial[1])
-    colour = len(spatial) == 3
-    ds.SamplesPerPixel = 3 if colour else 1
-    if colour:
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PhotometricInterpretation = photometric
-    allocated = 8 if arr.dtype == np.uint8 else 16
-    ds.BitsAllocated = allocated
-    ds.BitsStored = bits_stored or allocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if arr.dtype.kind == "i" else 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    if pixel_data is None:
-        pixel_data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-    ds.PixelData = pixel_data
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def png_bytes(img: Image.Image, **kwargs) -> bytes:
-    out = io.BytesIO()
-    img.save(out, format="PNG", **kwargs)
-    return out.getvalue()
+    return dicom_bytes(arr, bits_stored=bits_stored or (8 if arr.dtype == np.uint8 else 16), **kwargs)
 
 
 def jpeg_bytes(img: Image.Image, **kwargs) -> bytes:
-    out = io.BytesIO()
-    img.save(out, format="JPEG", quality=95, **kwargs)
-    return out.getvalue()
+    return hostile_jpeg_bytes(img, **{"quality": 95, **kwargs})
 
 
 def ramp(h: int = 48, w: int = 64, hi: int = 4095) -> np.ndarray:
