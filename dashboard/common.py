@@ -143,11 +143,19 @@ FAILED_KEY = "_access_failures"
 
 
 def _secrets_dict() -> dict[str, Any]:
-    """Streamlit secrets as a plain dict; {} when no secrets.toml exists."""
+    """Streamlit secrets as a plain dict; {} only when no secrets file exists.
+
+    Streamlit raises the same error for a missing and a malformed file; a malformed one
+    must block the app (InputError), never read as "not configured" (= open).
+    """
     try:
         return st.secrets.to_dict()
-    except Exception:  # noqa: BLE001 - no secrets file (or an unreadable one) means "not configured"
-        return {}
+    except Exception as err:  # noqa: BLE001 - told apart below by whether a file exists
+        present = [str(f) for f in st.get_option("secrets.files") if Path(f).exists()]
+        if not present:
+            return {}
+        raise InputError(f"could not read {', '.join(present)} ({type(err).__name__}); "
+                         "fix its TOML syntax") from None
 
 
 def require_access() -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -158,3 +157,21 @@ def test_misconfigured_access_fails_closed(app_env, monkeypatch):
     assert not at.exception
     assert any("misconfigured" in e.value for e in at.error)
     assert not at.file_uploader and not at.text_input
+
+
+def test_unreadable_secrets_file_fails_closed_but_absent_file_is_open(monkeypatch, tmp_path):
+    """Streamlit raises the same error for a missing and a malformed secrets.toml; only the
+    missing one may mean "not configured"."""
+    from dashboard import common
+
+    class Unreadable:
+        def to_dict(self):
+            raise RuntimeError("toml parse error")
+
+    broken = tmp_path / "secrets.toml"
+    monkeypatch.setattr(common.st, "secrets", Unreadable())
+    monkeypatch.setattr(common.st, "get_option", lambda name: [str(broken)])
+    assert common._secrets_dict() == {}
+    broken.write_text("[auth\\nredirect_uri = ")
+    with pytest.raises(InputError, match="could not read .*secrets.toml"):
+        common._secrets_dict()
