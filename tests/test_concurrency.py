@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dashboard import case_logic as cl
-from model_zoo import explain
+from model_zoo import explain, imaging
 from model_zoo.ensemble import load_zoo
 
 N_SESSIONS = 8
@@ -40,7 +40,7 @@ def _session(zoo, case: dict, cache) -> dict:
     """What one Case-page request computes: prediction, then GradCAM and ScoreCAM for every member."""
     pixels, box = case["pixels"], case["box"]
     h, w = pixels.shape
-    pixels_hash = explain.image_key(pixels)
+    pixels_hash = imaging.image_hash(pixels)
     pred = cl.predict(zoo, pixels, box, case["age"], case["sex"], case["site"])
     view_box = cl.union_box([b for _, b in cl.member_crops(zoo, pixels, box).values()])  # as the page
     view_wh = cl.display_size(int(view_box[2] - view_box[0]), int(view_box[3] - view_box[1]), 320, 320)[:2]

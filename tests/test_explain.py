@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_zoo import explain
+from model_zoo import explain, imaging
 from model_zoo.errors import InputError
 from model_zoo.members import FAMILIES, family_spec
 
@@ -500,7 +500,7 @@ def test_explain_member_end_to_end_with_cache(tiny):
     assert other_k.heatmap is not first.heatmap
     changed = pixels.copy()
     changed[0, 0] += 0.5
-    assert explain.image_key(changed) != explain.image_key(pixels)
+    assert imaging.image_hash(changed) != imaging.image_hash(pixels)
     full = explain.explain_member(spec, model, pixels, None, method="gradcam")
     assert full.image_map.shape == (150, 200) and full.heatmap.method == "GradCAM"
     fx0, fy0, fx1, fy1 = full.crop_box
