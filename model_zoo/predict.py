@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import imaging, roi
-from model_zoo.cases import read_case_table
+from model_zoo.cases import is_missing, read_case_table
 from model_zoo.ensemble import Zoo
 from model_zoo.errors import ZooError
 from model_zoo.zoo import atomic_write_bytes
@@ -70,6 +70,33 @@ def predict_row(zoo: Zoo, row: pd.Series, mode: str) -> dict[str, Any]:
     return out
 
 
+def _same_inputs(prev: dict[str, Any], row: pd.Series, mode: str) -> bool:
+    """Would ``row`` under ``mode`` be predicted from exactly what produced ``prev``?"""
+    def num(v: Any) -> float | None:
+        return None if is_missing(v) else round(float(v), 6)
+
+    def text(v: Any) -> str:
+        return "" if is_missing(v) else str(v).strip()
+
+    if text(prev.get("image_path")) != text(row.get("image_path")):
+        return False
+    try:
+        if num(prev.get("age")) != num(row.get("age")):
+            return False
+    except (TypeError, ValueError):
+        return False
+    if any(text(prev.get(c)) != text(row.get(c)) for c in ("sex", "site")):
+        return False
+    source = text(prev.get("roi_source"))
+    given = all(not is_missing(row.get(c)) for c in ROI_COLUMNS)
+    if mode == "given" and given:  # the output's ROI columns hold the box actually used
+        try:
+            return source == "given" and all(num(prev.get(c)) == num(row.get(c)) for c in ROI_COLUMNS)
+        except (TypeError, ValueError):
+            return False
+    return source == "full" if mode == "full" else source != "given"
+
+
 def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str = "given",
                   resume: bool = False, flush_every: int = 25,
                   progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
@@ -78,21 +105,22 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
     frame = table.frame.copy()
     result_cols = (["p_ensemble"] + [f"p_{m}" for m in zoo.member_ids]
                    + ["p_clinic", "prediction", *ROI_COLUMNS, "roi_source", "error"])
-    # Resume: a finished row is reused only at the same position with the same image, so
-    # duplicated paths (e.g. one image, two ROIs) and an edited table are recomputed, not mixed up.
-    done: dict[int, tuple[str, dict[str, Any]]] = {}
+    # Resume: a finished row is reused only at the same position with the same inputs (image,
+    # age, sex, site, and the ROI this mode would use), so duplicated paths, an edited table
+    # or another --roi mode are recomputed, not mixed up.
+    done: dict[int, dict[str, Any]] = {}
     if resume and Path(out_path).is_file():
         previous = pd.read_csv(out_path, keep_default_na=False)
         if "image_path" in previous and "p_ensemble" in previous:
             for pos, prev in enumerate(previous.to_dict("records")):
                 if str(prev.get("error", "")) == "" and str(prev["p_ensemble"]) != "":
-                    done[pos] = (str(prev["image_path"]), {c: prev[c] for c in result_cols if c in prev})
+                    done[pos] = prev
     rows = []
     for i, (_, row) in enumerate(frame.iterrows()):
         base = {c: row[c] for c in frame.columns if c != "row_error"}
         result: dict[str, Any] = {c: None for c in result_cols}
-        if i in done and done[i][0] == str(row["image_path"]) and not row.get("row_error"):
-            result.update(done[i][1])
+        if i in done and not row.get("row_error") and _same_inputs(done[i], row, roi_mode):
+            result.update({c: done[i][c] for c in result_cols if c in done[i]})
         elif row.get("row_error"):
             result["error"] = str(row["row_error"])
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -83,8 +84,11 @@ def test_interrupted_run_leaves_flushed_rows_and_resume_fills_only_the_rest(
     assert resumed["roi_x1"].iloc[-1] == pytest.approx(40)
 
 
-def test_resume_recomputes_rows_that_failed_or_moved(tiny_release, cases_with_duplicates, reference, tmp_path):
-    """A failed row is retried; a row whose position now holds another image is not reused."""
+def test_resume_recomputes_rows_that_failed_moved_or_changed(tiny_release, cases_with_duplicates, reference,
+                                                             tmp_path, monkeypatch):
+    """Reused: finished rows with the same inputs. Recomputed: a failed row, a row whose
+    position now holds another image, one whose age changed, one whose ROI changed; and
+    every row when the ROI mode changes."""
     zoo = load_zoo(tiny_release["release"])
     out = tmp_path / "p.csv"
     stale = reference.copy()
@@ -92,9 +96,17 @@ def test_resume_recomputes_rows_that_failed_or_moved(tiny_release, cases_with_du
     stale.loc[3, ["p_ensemble", "p_clinic"]] = np.nan
     stale.loc[5, "p_ensemble"] = 0.123456  # pretend row 5 was another image
     stale.loc[5, "image_path"] = "/elsewhere/other.png"
+    stale.loc[7, "age"] = float(stale.loc[7, "age"]) + 1  # the earlier run saw another age
+    stale.loc[9, "roi_x1"] = float(stale.loc[9, "roi_x1"]) - 3  # ... and another ROI
     stale.to_csv(out, index=False)
+    real_predict_row, calls = P.predict_row, []
+    monkeypatch.setattr(P, "predict_row", lambda zoo_, row, mode: calls.append(1) or real_predict_row(zoo_, row, mode))
     resumed = P.predict_cases(zoo, cases_with_duplicates, out, resume=True)
+    assert len(calls) == 4, "rows 3, 5, 7 and 9 only"
     _same(resumed, reference)
+    calls.clear()
+    P.predict_cases(zoo, cases_with_duplicates, out, resume=True, roi_mode="full")
+    assert len(calls) == len(reference), "a different --roi mode reuses nothing"
 
 
 def test_hard_killed_cli_run_resumes_to_the_uninterrupted_result(tiny_release, cases_with_duplicates,
@@ -102,7 +114,7 @@ def test_hard_killed_cli_run_resumes_to_the_uninterrupted_result(tiny_release, c
     """The CLI process dies with os._exit (no cleanup, as under SIGKILL or power loss) after
     the 30th row; ``--resume`` then completes the file, equal to an uninterrupted run."""
     out = tmp_path / "p.csv"
-    crash = textwrap.dedent(f"""
+    crash = textwrap.dedent("""
         import os, sys
         import model_zoo.predict as P
         real, calls = P.predict_row, [0]
@@ -122,7 +134,8 @@ def test_hard_killed_cli_run_resumes_to_the_uninterrupted_result(tiny_release, c
                           timeout=300)
     assert died.returncode == 137, died.stderr
     partial = pd.read_csv(out, keep_default_na=False)
-    assert len(partial) == 25, "the CLI flushes every 25 rows; the file is whole, not torn"
+    flush_every = inspect.signature(P.predict_cases).parameters["flush_every"].default
+    assert len(partial) == flush_every, "the last flush survives; the file is whole, not torn"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "p.csv"]
     assert not leftovers, f"temporary files left behind: {leftovers}"
     done = subprocess.run([sys.executable, "-m", "model_zoo", *args, "--resume"], cwd=REPO, env=env,
