@@ -9,6 +9,15 @@ import streamlit as st
 
 from dashboard import common, zoo_info
 
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _standalone_report(root: str, split: str) -> bytes | None:
+    """The report with plotly inlined (~5 MB); releases are immutable, so once per process."""
+    from model_zoo.zoo import standalone_report_html
+
+    return standalone_report_html(Path(root), split)
+
+
 # report.html embeds plotly's JS (several MB): shown on request only.
 MAX_EMBED_BYTES = 12 * 1024 * 1024
 
@@ -67,9 +76,7 @@ def main() -> None:
                 st.dataframe(zoo_info.metrics_table(metrics), hide_index=True, key="zoo_metrics")
                 st.plotly_chart(zoo_info.auc_figure(metrics, f"AUC on the {split} split (n = {metrics.get('n')})"),
                                 key="zoo_auc_chart")
-            from model_zoo.zoo import standalone_report_html
-
-            data = standalone_report_html(zoo.root, split)
+            data = _standalone_report(str(zoo.root), split)
             if data is not None:
                 st.download_button(f"Download the full {split} report (HTML)", data=data,
                                    file_name=f"{zoo.manifest['name']}-{zoo.manifest['version']}-{split}-report.html",
