@@ -104,11 +104,9 @@ def mask_to_box(prob: np.ndarray, threshold: float, min_area: int,
 
     binary = (prob >= threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    regions = []
-    for i in range(1, n):
-        if stats[i, cv2.CC_STAT_AREA] >= min_area:
-            mass = float(prob[labels == i].sum())
-            regions.append((mass, tuple(int(v) for v in stats[i, :4])))
+    masses = np.bincount(labels.ravel(), weights=np.asarray(prob, np.float64).ravel(), minlength=n)
+    regions = [(float(masses[i]), tuple(int(v) for v in stats[i, :4]))
+               for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     found = bool(regions)
     if regions:
         top = max(mass for mass, _ in regions)
