@@ -199,7 +199,6 @@ def library_versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------- main ----------
 def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
         log: Any = print) -> Path:
-    import torch
     from safetensors.torch import save as save_safetensors
 
     seed = int(cfg["seed"])
@@ -488,7 +487,8 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
     card = cfg.get("model_card") or {}
     if card.get("data"):
         lines.append(card["data"])
-    lines.append(f"Source table `{m['data']['source']}`; group-aware stratified 7:1:2 split "
+    ratios = ":".join(f"{r:g}" for r in cfg["data"]["split_ratios"])
+    lines.append(f"Source table `{m['data']['source']}`; group-aware stratified {ratios} train/val/test split "
                  "(no probable same-patient group crosses splits).")
     lines += ["", "## Metrics", ""]
     for split_name, block in m["metrics"].items():
@@ -496,7 +496,7 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         lines.append(f"- {split_name} ROC AUC (n={block['n']}, {block['n_positive']} positive): {aucs}")
     test = (reports or {}).get("test")
     if test:
-        lines += ["", f"Internal test split at each model's val-chosen threshold (AUC: DeLong 95 % CI; "
+        lines += ["", "Internal test split at each model's val-chosen threshold (AUC: DeLong 95 % CI; "
                   "proportions: Wilson 95 % CI):", "",
                   "| model | AUC | sensitivity | specificity | accuracy |", "|---|---|---|---|---|"]
 
