@@ -10,7 +10,7 @@ mass of the top channels. Numbers quoted in the issue #5 note.
 
 Needs ../shared/data/btxrd (via the cpu config's case table); ~3 min on 2 cores.
 """
-import numpy as np, torch, json, sys
+import numpy as np, torch, sys
 from scipy.stats import spearmanr
 from model_zoo.ensemble import load_zoo
 from model_zoo import explain as E, preprocess, imaging
@@ -23,7 +23,6 @@ def main() -> None:
     zoo = load_zoo(sys.argv[2] if len(sys.argv) > 2 else None)  # default: newest bundled zoo
     cfg = load_config("cpu"); frame = F.load_cases(cfg, log=lambda *a: None)
     te = frame[frame["split"] == "test"].sample(8, random_state=0)
-    out = {}
     for m in zoo.members:
         spec, model = m.spec, m.model
         rows = []
