@@ -213,3 +213,51 @@ def test_training_recipe_names_what_was_configured():
                                   warmup_epochs=2, hflip=False, vflip=False, affine={"degrees": 5}))
     assert custom.startswith("AdamW") and "cosine decay with 2 warm-up" in custom
     assert custom.endswith("augmentation: affine jitter")
+
+
+# ----------------------------------------------------------------------------- GPU-style runs
+
+
+def test_parallel_members_only_then_resume_matches_serial(synthetic_zoo, tmp_path):
+    """--workers 2 --members-only trains every job in worker processes and writes no release;
+    --resume then finishes it. Same seeds, so every job scores like the serial run's."""
+    from training.fit import main
+
+    _, serial_run, cases = synthetic_zoo
+    run_dir, zoo = tmp_path / "run", tmp_path / "zoo"
+    common = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo),
+              "--run-dir", str(run_dir), "version=0.0.1"]
+    assert main([*common, "--members-only", "--workers", "2"]) == 0
+    assert not zoo.exists() or not any(zoo.iterdir()), "members-only writes no release"
+    serial = {p.relative_to(serial_run): p for p in serial_run.glob("jobs/*/*/result.pt")}
+    parallel = {p.relative_to(run_dir): p for p in run_dir.glob("jobs/*/*/result.pt")}
+    assert set(parallel) == set(serial) and len(serial) == 12  # 4 members x (2 folds + final)
+    for rel, path in serial.items():
+        a = torch.load(path, weights_only=False)
+        b = torch.load(parallel[rel], weights_only=False)
+        np.testing.assert_array_equal(a["score_idx"], b["score_idx"])
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-3, err_msg=str(rel))
+        assert b["epochs_run"] == 2
+    stamps = {p: p.stat().st_mtime_ns for p in parallel.values()}
+    assert main([*common, "--resume"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in parallel.values()} == stamps, "resume retrained a job"
+    manifest = verify_release(zoo / "tiny-zoo-0.0.1")
+    assert [m["epochs_run"] for m in manifest["members"]] == [2, 2, 2, 2]
+
+
+def test_time_limit_stops_jobs_and_the_model_card_says_so(tmp_path):
+    from synthetic import write_case_table
+    from training.fit import main
+
+    cases = write_case_table(tmp_path / "data", n=40, size=64, seed=3)
+    zoo = tmp_path / "zoo"
+    assert main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo),
+                 "--run-dir", str(tmp_path / "run"), "--time-limit", "0.0001",
+                 "members.families=[vit]", "stacker.candidates=[lr]"]) == 0
+    release = next(p for p in zoo.iterdir() if not p.name.startswith("."))
+    manifest = verify_release(release)
+    assert manifest["members"][0]["epochs_run"] == 1
+    for job in (tmp_path / "run" / "jobs" / "vit").iterdir():  # folds and final alike
+        assert len(torch.load(job / "result.pt", weights_only=False)["history"]) == 1
+    assert "| 1 of 2 (time limit) |" in (release / "MODEL_CARD.md").read_text()
+    assert main(["--config", "tiny", "--cases", str(cases), "--workers", "0"]) == 2

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import time
+from dataclasses import dataclass
 import hashlib
 import io
 import json
@@ -100,13 +102,17 @@ def row_box(row: pd.Series, size_wh: tuple[int, int]) -> roi.Box:
     return roi.full_image_box(size_wh)
 
 
+def cache_path(spec: MemberSpec, cache_dir: Path, fingerprint: str) -> Path:
+    """Members with the same input size and ROI margin share one crop cache."""
+    return cache_dir / f"crops_{spec.input_size}_{spec.roi_margin:g}_{fingerprint[:16]}.npy"
+
+
 def build_input_cache(frame: pd.DataFrame, spec: MemberSpec, cache_dir: Path, fingerprint: str,
                       progress: bool = True) -> np.ndarray:
     """(N, S, S) uint8 crops for every row, computed once and kept on disk for --resume."""
     from tqdm.auto import tqdm
 
-    key = f"{spec.input_size}_{spec.roi_margin:g}_{fingerprint[:16]}"
-    path = cache_dir / f"crops_{key}.npy"
+    path = cache_path(spec, cache_dir, fingerprint)
     if path.is_file():
         return np.load(path)
     out = np.zeros((len(frame), spec.input_size, spec.input_size), np.uint8)
@@ -145,7 +151,8 @@ def member_specs(cfg: dict[str, Any]) -> list[MemberSpec]:
 
 def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, train_idx: np.ndarray,
                    val_idx: np.ndarray, score_idx: np.ndarray, cfg: dict[str, Any], job_dir: Path,
-                   seed: int, init_path: str | None, progress: bool) -> dict[str, Any]:
+                   seed: int, init_path: str | None, progress: bool,
+                   stop_at: float | None = None) -> dict[str, Any]:
     """Train one member job (resumable) and score ``score_idx``; result cached in job_dir."""
     import torch
 
@@ -155,16 +162,94 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
     y = frame["label"].to_numpy()
     res = fit_members.train_member(spec, cache[train_idx], y[train_idx], cache[val_idx], y[val_idx],
                                    cfg["train"], work_dir=job_dir, seed=seed, init_path=init_path,
-                                   progress=progress)
-    model = fit_members.build_model_from_state(res.spec, res.state_dict)
-    logits = fit_members.predict_logits(model, cache[score_idx], res.spec.mean[0], res.spec.std[0])
+                                   progress=progress, stop_at=stop_at)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # scored in float32 either way
+    model = fit_members.build_model_from_state(res.spec, res.state_dict).to(device)
+    logits = fit_members.predict_logits(model, cache[score_idx], res.spec.mean[0], res.spec.std[0],
+                                        device=device)
     payload = {"spec": res.spec.to_dict(), "state_dict": res.state_dict, "best_epoch": res.best_epoch,
                "best_val_auc": res.best_val_auc, "history": res.history,
-               "images_per_second": res.images_per_second,
+               "images_per_second": res.images_per_second, "epochs_run": res.epochs_run,
                "train_idx": train_idx, "score_idx": score_idx, "scores": sigmoid(logits)}
     fit_members.save_checkpoint(result_path, payload)  # same atomic torch.save as last.pt
     (job_dir / "last.pt").unlink(missing_ok=True)  # the finished result supersedes it
     return payload
+
+
+@dataclass(frozen=True)
+class MemberJob:
+    """One member training: k-1 folds -> out-of-fold scores, or the whole train split -> the
+    shipped member (``fold`` None)."""
+    member_index: int
+    spec: MemberSpec
+    fold: int | None
+    train_idx: np.ndarray
+    score_idx: np.ndarray
+    seed: int
+    job_dir: Path
+
+
+def member_jobs(frame: pd.DataFrame, specs: list[MemberSpec], folds: int, seed: int,
+                run_dir: Path) -> list[MemberJob]:
+    """Every member job of a run, in the order the serial loop runs them."""
+    train_idx = np.flatnonzero(frame["split"] == "train")
+    val_idx = np.flatnonzero(frame["split"] == "val")
+    test_idx = np.flatnonzero(frame["split"] == "test")
+    fold_of = frame.loc[train_idx, "fold"].to_numpy()
+    jobs = []
+    for m, spec in enumerate(specs):
+        for fold in range(folds):
+            jobs.append(MemberJob(m, spec, fold, train_idx[fold_of != fold], train_idx[fold_of == fold],
+                                  seed + 1000 * (fold + 1) + m, run_dir / "jobs" / spec.member_id / f"fold{fold}"))
+        jobs.append(MemberJob(m, spec, None, train_idx, np.concatenate([val_idx, test_idx]), seed + m,
+                              run_dir / "jobs" / spec.member_id / "final"))
+    return jobs
+
+
+def _job_costs(jobs: list[MemberJob]) -> dict[Path, float]:
+    """Relative training cost of each job (parameters x training images), for longest-first
+    scheduling; each architecture is built once."""
+    params: dict[str, int] = {}
+    for job in jobs:
+        if job.spec.member_id not in params:
+            params[job.spec.member_id] = sum(p.numel() for p in job.spec.build_model().parameters())
+    return {job.job_dir: params[job.spec.member_id] * len(job.train_idx) for job in jobs}
+
+
+def _parallel_job(job: MemberJob, cache_path: str, frame: pd.DataFrame, cfg: dict[str, Any],
+                  init_path: str | None, stop_at: float | None, threads: int) -> str:
+    """Worker-process entry: one job, its result left in ``job.job_dir/result.pt``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cache = np.load(cache_path, mmap_mode="r")
+    val_idx = np.flatnonzero(frame["split"] == "val")
+    run_member_job(job.spec, cache, frame, job.train_idx, val_idx, job.score_idx, cfg, job.job_dir,
+                   job.seed, init_path, progress=False, stop_at=stop_at)
+    return f"{job.spec.member_id} {'final' if job.fold is None else f'fold {job.fold + 1}'}"
+
+
+def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], frame: pd.DataFrame,
+                         cfg: dict[str, Any], workers: int, stop_at: float | None, log: Any = print) -> None:
+    """Run member jobs in ``workers`` processes (e.g. several small models sharing one GPU),
+    longest first; each leaves its cached result, so the serial pass that follows only loads
+    them. A failed job stops the run with its error."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pending = [j for j in jobs if not (j.job_dir / "result.pt").is_file()]
+    cost = _job_costs(pending)
+    pending.sort(key=lambda j: cost[j.job_dir], reverse=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    init_cfg = cfg["members"].get("init") or {}
+    log(f"      {len(pending)} jobs in {workers} worker processes ({threads} CPU threads each)")
+    # spawn: CUDA cannot be used in a forked child
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_parallel_job, j, cache_paths[j.spec.member_id], frame, cfg,
+                               init_cfg.get(j.spec.family), stop_at, threads) for j in pending]
+        for future in as_completed(futures):
+            log(f"      done: {future.result()}")
 
 
 # ----------------------------------------------------------------------------- thresholds ----
@@ -198,7 +283,16 @@ def library_versions() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- main ----------
 def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
-        log: Any = print) -> Path:
+        log: Any = print, workers: int = 1, members_only: bool = False,
+        time_limit_min: float | None = None) -> Path:
+    """Run (or resume) the whole pipeline; returns the published release folder.
+
+    ``workers`` > 1 trains member jobs in that many processes (small models share a GPU
+    better than they fill it one at a time). ``members_only`` stops after the member jobs
+    (e.g. on a rented GPU); ``--resume`` on the same run folder finishes it. ``time_limit_min``
+    ends each member job after the first epoch past that many minutes from now; the manifest
+    records the epochs each member actually ran.
+    """
     from safetensors.torch import save as save_safetensors
 
     seed = int(cfg["seed"])
@@ -235,27 +329,30 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
 
     log(f"[2/6] members: {', '.join(s.member_id for s in specs)}; "
         f"{folds} out-of-fold jobs + 1 final job each")
+    stop_at = time.time() + 60 * float(time_limit_min) if time_limit_min else None
+    jobs = member_jobs(frame, specs, folds, seed, run_dir)
+    caches = {s.member_id: build_input_cache(frame, s, run_dir / "cache", fingerprint, progress) for s in specs}
+    if workers > 1:
+        run_jobs_in_parallel(jobs, {s.member_id: str(cache_path(s, run_dir / "cache", fingerprint)) for s in specs},
+                             frame, cfg, workers, stop_at, log)
     oof = np.full((len(frame), len(specs)), np.nan)
     finals: list[dict[str, Any]] = []
-    for m, spec in enumerate(specs):
-        cache = build_input_cache(frame, spec, run_dir / "cache", fingerprint, progress)
-        init_path = init_cfg.get(spec.family)
-        for fold in range(folds):
-            fold_train = train_idx[frame.loc[train_idx, "fold"].to_numpy() != fold]
-            fold_score = train_idx[frame.loc[train_idx, "fold"].to_numpy() == fold]
-            log(f"      {spec.member_id} fold {fold + 1}/{folds}: train {len(fold_train)}, score {len(fold_score)}")
-            res = run_member_job(spec, cache, frame, fold_train, val_idx, fold_score, cfg,
-                                 run_dir / "jobs" / spec.member_id / f"fold{fold}",
-                                 seed + 1000 * (fold + 1) + m, init_path, progress)
-            oof[res["score_idx"], m] = res["scores"]
-        log(f"      {spec.member_id} final: train {len(train_idx)}")
-        score_idx = np.concatenate([val_idx, test_idx])
-        res = run_member_job(spec, cache, frame, train_idx, val_idx, score_idx, cfg,
-                             run_dir / "jobs" / spec.member_id / "final", seed + m, init_path, progress)
+    for job in jobs:
+        what = "final" if job.fold is None else f"fold {job.fold + 1}/{folds}"
+        log(f"      {job.spec.member_id} {what}: train {len(job.train_idx)}, score {len(job.score_idx)}")
+        res = run_member_job(job.spec, caches[job.spec.member_id], frame, job.train_idx, val_idx,
+                             job.score_idx, cfg, job.job_dir, job.seed, init_cfg.get(job.spec.family),
+                             progress, stop_at)
+        if job.fold is not None:
+            oof[res["score_idx"], job.member_index] = res["scores"]
+            continue
         full_scores = np.full(len(frame), np.nan)
         full_scores[res["score_idx"]] = res["scores"]
         res["full_scores"] = full_scores
         finals.append(res)
+    if members_only:
+        log(f"      members only: the run stops here; finish it with --resume --run-dir {run_dir}")
+        return run_dir
 
     log("[3/6] stacker")
     member_ids = [s.member_id for s in specs]
@@ -365,6 +462,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             member_entries.append({
                 "spec": spec.to_dict(), "weights": rel, "best_epoch": res["best_epoch"],
                 "best_val_auc": res["best_val_auc"], "train_images_per_second": res["images_per_second"],
+                "epochs_run": res.get("epochs_run", len(res.get("history", []))),
                 "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
             })
         buf = io.BytesIO()
@@ -477,12 +575,16 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)",
         "- Recipe: " + training_recipe(cfg["train"]), "",
         "## Members", "",
-        "| member | architecture | input | init | best epoch | val AUC |", "|---|---|---|---|---|---|",
+        "| member | architecture | input | init | epochs run | best epoch | val AUC |",
+        "|---|---|---|---|---|---|---|",
     ]
+    planned = int(cfg["train"]["epochs"])
     for e in m["members"]:
         s = e["spec"]
+        ran = e.get("epochs_run", planned)
+        ran_text = f"{ran}" if ran >= planned else f"{ran} of {planned} (time limit)"
         lines.append(f"| {s['member_id']} | {s['arch']} | {s['input_size']} px | {e['init']} | "
-                     f"{e['best_epoch']} | {e['best_val_auc']:.3f} |")
+                     f"{ran_text} | {e['best_epoch']} | {e['best_val_auc']:.3f} |")
     lines += ["", "## Data", ""]
     card = cfg.get("model_card") or {}
     if card.get("data"):
@@ -536,6 +638,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", action="append", default=[], metavar="[FAMILY=]PATH",
                    help="local initial weights (safetensors/torch state dict), for all members or one family")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
+    p.add_argument("--workers", type=int, default=1,
+                   help="member jobs trained at once, each in its own process (e.g. 4-6 on one GPU)")
+    p.add_argument("--members-only", action="store_true",
+                   help="stop after the member jobs; finish later with --resume")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="end each member job after the first epoch past this many minutes from now "
+                        "(recorded per member as epochs_run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -560,7 +669,10 @@ def main(argv: list[str] | None = None) -> int:
                 cfg["members"].setdefault("init", {})
                 cfg["members"]["init"][fam] = str(Path(path).resolve())
         run_dir = Path(args.run_dir or cfg["output"].get("run_dir") or f"runs/{cfg['name']}-{cfg['version']}")
-        fit(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet)
+        if args.workers < 1:
+            raise InputError("--workers must be 1 or more")
+        fit(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet, workers=args.workers,
+            members_only=args.members_only, time_limit_min=args.time_limit)
     except ZooError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -108,11 +108,12 @@ def _predict_maps(model: Any, images: np.ndarray, spec: LocaliserSpec, batch: in
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy((images[i:i + batch] - spec.mean) / spec.std)[:, None]
-            out.append(torch.sigmoid(model(x))[:, 0].numpy())
+            x = torch.from_numpy((images[i:i + batch] - spec.mean) / spec.std)[:, None].to(device)
+            out.append(torch.sigmoid(model(x))[:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -153,29 +154,34 @@ def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, s
 
 
 def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: int, lr: float,
-          seed: int, log: Any = print) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
+          seed: int, log: Any = print, stop_at: float | None = None) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
+    """Train on the train split, keep the epoch with the best val mean IoU. Uses the GPU when
+    there is one; ``stop_at`` (a ``time.time()`` value) ends training after the first epoch
+    past it (``metrics["epochs_run"]`` says how many ran)."""
     import torch
     import torch.nn.functional as F
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     frame, images, masks, boxes, sizes, idx = prepare_data(frame, spec, seed)
     spec = LocaliserSpec(**{**spec.to_dict(), "mean": float(images[idx["train"]].mean()),
                             "std": float(max(images[idx["train"]].std(), 1e-3))})
-    model = build_unet(spec)
+    model = build_unet(spec).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(epochs, 1))
     lesion_frac = float(masks[idx["train"]].mean())
-    pos_weight = torch.tensor(min(20.0, (1 - lesion_frac) / max(lesion_frac, 1e-6)) ** 0.5)
+    pos_weight = torch.tensor(min(20.0, (1 - lesion_frac) / max(lesion_frac, 1e-6)) ** 0.5, device=device)
     best: dict[str, Any] = {"score": -1.0}
+    epochs_run = 0
     for epoch in range(epochs):
         model.train()
         order = rng.permutation(idx["train"])
         t0, total = time.perf_counter(), 0.0
         for b in range(0, len(order) - 1, batch_size):
             sel = order[b:b + batch_size]
-            x = torch.from_numpy((images[sel] - spec.mean) / spec.std)[:, None]
-            y = torch.from_numpy(masks[sel])[:, None]
+            x = torch.from_numpy((images[sel] - spec.mean) / spec.std)[:, None].to(device)
+            y = torch.from_numpy(masks[sel])[:, None].to(device)
             if rng.random() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
             if rng.random() < 0.5:
@@ -193,7 +199,7 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
                 denom = (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)))[has_lesion]
                 dice = (1 - (2 * inter + 1) / (denom + 1)).mean()
             else:
-                dice = torch.zeros(())
+                dice = torch.zeros((), device=device)
             loss = bce + dice
             optim.zero_grad()
             loss.backward()
@@ -206,10 +212,16 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
             f"val mean IoU {score:.3f} ({time.perf_counter() - t0:.0f}s)")
         if score > best["score"]:
             best = {"score": score, "epoch": epoch + 1,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        epochs_run = epoch + 1
+        if stop_at is not None and time.time() >= stop_at and epochs_run < epochs:
+            log(f"  localiser: time limit reached after epoch {epochs_run}/{epochs}")
+            break
+    model = model.cpu()  # the shipped localiser runs on the CPU; so do the final metrics
     model.load_state_dict(best["state"])
     metrics = final_metrics(model, spec, frame, images, boxes, sizes, idx, log)
     metrics["best_epoch"] = best["epoch"]
+    metrics["epochs_run"] = epochs_run
     return model, LocaliserSpec.from_dict(metrics.pop("spec")), metrics
 
 
@@ -289,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-cases", type=int, default=None, help="subsample for quick runs")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop after the first epoch past this many minutes (metrics say how many ran)")
     p.add_argument("--rescore", type=Path, default=None, metavar="FOLDER",
                    help="re-evaluate an existing localiser (same split) with the current post-processing")
     args = p.parse_args(argv)
@@ -304,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(metrics, indent=2))
             return 0
         model, spec, metrics = train(frame, LocaliserSpec(input_size=args.input_size, base_channels=args.base_channels), epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                     stop_at=time.time() + 60 * args.time_limit if args.time_limit else None)
         write_localiser(args.out, model, spec, metrics, str(args.cases))
         print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
     except ZooError as err:
