@@ -261,3 +261,67 @@ def test_time_limit_stops_jobs_and_the_model_card_says_so(tmp_path):
         assert len(torch.load(job / "result.pt", weights_only=False)["history"]) == 1
     assert "| 1 of 2 (time limit) |" in (release / "MODEL_CARD.md").read_text()
     assert main(["--config", "tiny", "--cases", str(cases), "--workers", "0"]) == 2
+
+
+# ----------------------------------------------------------------------------- add-localiser
+
+
+def test_add_localiser_makes_a_new_release_without_retraining(synthetic_zoo, tmp_path):
+    from model_zoo.ensemble import load_zoo
+    from model_zoo.zoo import sha256_file
+    from training.__main__ import main
+
+    release, _, cases = synthetic_zoo
+    loc = release.parent.parent / "loc"
+    out = tmp_path / "zoo"
+    assert main(["add-localiser", "--zoo", str(release), "--localiser", str(loc), "--version", "0.1.0",
+                 "--out", str(out), "--cases", str(cases)]) == 0
+    old, new = verify_release(release), verify_release(out / "tiny-zoo-0.1.0")
+    assert new["version"] == "0.1.0" and new["name"] == old["name"]
+    for rel, digest in old["files"].items():
+        if rel.startswith(("members/", "report/")) or rel == "stacker.joblib":
+            assert new["files"][rel] == digest, f"{rel} changed"
+    assert new["derived_from"]["manifest_sha256"] == sha256_file(release / "manifest.json")
+    assert new["threshold"] == old["threshold"] and new["metrics"] == old["metrics"]
+    # Independent check of the ROI-source measurement: with the annotator's boxes the reloaded
+    # zoo reproduces the ensemble AUC that training computed for each split.
+    by_source = new["localiser"]["ensemble_auc_by_roi_source"]
+    assert set(by_source) == {s for s in ("val", "test") if old["metrics"].get(s, {}).get("auc", {}).get("ensemble") is not None}
+    for split_name, row in by_source.items():
+        assert row["annotator"] == pytest.approx(old["metrics"][split_name]["auc"]["ensemble"], abs=1e-6)
+        assert 0.0 <= row["localiser"] <= 1.0 and 0.0 <= row["whole_image"] <= 1.0
+    assert load_zoo(out / "tiny-zoo-0.1.0").localiser is not None
+    card = (out / "tiny-zoo-0.1.0" / "MODEL_CARD.md").read_text()
+    assert "| split | n | annotator box | localiser box | whole image |" in card
+
+
+def test_add_localiser_refuses_bad_requests(synthetic_zoo, tmp_path, capsys):
+    from synthetic import write_case_table
+    from training.__main__ import main
+
+    release, _, _ = synthetic_zoo
+    loc = release.parent.parent / "loc"
+    base = ["add-localiser", "--zoo", str(release), "--out", str(tmp_path / "zoo")]
+    assert main([*base, "--localiser", str(loc), "--version", "0.0.1"]) == 2
+    assert "source release's version" in capsys.readouterr().err
+    assert main([*base, "--localiser", str(tmp_path), "--version", "0.2.0"]) == 2
+    assert "not a localiser folder" in capsys.readouterr().err
+    other = write_case_table(tmp_path / "other", n=48, size=96, seed=7)
+    assert main([*base, "--localiser", str(loc), "--version", "0.2.0", "--cases", str(other)]) == 2
+    assert "fingerprint differs" in capsys.readouterr().err
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir()), "nothing published"
+
+
+def test_a_failing_parallel_job_names_itself_and_keeps_finished_jobs(tmp_path, capsys):
+    from synthetic import write_case_table
+    from training.fit import main
+
+    cases = write_case_table(tmp_path / "data", n=40, size=64, seed=5)
+    run_dir = tmp_path / "run"
+    rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+               "--run-dir", str(run_dir), "--workers", "2", "members.families=[vit,swin]",
+               "--init", f"swin={tmp_path / 'no-such-weights.safetensors'}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "member job swin" in err and "--resume" in err and "Traceback" not in err
+    assert list(run_dir.glob("jobs/swin/*/result.pt")) == []

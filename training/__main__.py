@@ -11,6 +11,7 @@ commands:
   report    evaluation report (metrics.json + report.html) from a predictions CSV
   localiser   train the auto-crop ROI localiser (lesion masks -> box) and measure its IoU
   throughput  training img/s per member: plain fp32 loop vs the fit path, same run
+  add-localiser  new release = an existing release + a localiser (no retraining)
 """
 
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.fit_localiser import main as localiser_main
 
         return localiser_main(rest)
+    if command == "add-localiser":
+        from training.add_localiser import main as add_localiser_main
+
+        return add_localiser_main(rest)
     if command == "throughput":
         from training.throughput import main as throughput_main
 

@@ -246,10 +246,21 @@ def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], fra
     log(f"      {len(pending)} jobs in {workers} worker processes ({threads} CPU threads each)")
     # spawn: CUDA cannot be used in a forked child
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_parallel_job, j, cache_paths[j.spec.member_id], frame, cfg,
-                               init_cfg.get(j.spec.family), stop_at, threads) for j in pending]
+        futures = {pool.submit(_parallel_job, j, cache_paths[j.spec.member_id], frame, cfg,
+                               init_cfg.get(j.spec.family), stop_at, threads): j for j in pending}
         for future in as_completed(futures):
-            log(f"      done: {future.result()}")
+            try:
+                log(f"      done: {future.result()}")
+            except Exception as err:
+                for other in futures:
+                    other.cancel()  # queued jobs; running ones finish and keep their results
+                job = futures[future]
+                what = f"{job.spec.member_id} {'final' if job.fold is None else f'fold {job.fold + 1}'}"
+                detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                hint = (" - the GPU ran out of memory: use fewer --workers or a smaller train.batch_size"
+                        if "out of memory" in str(err).lower() else "")
+                raise InputError(f"member job {what} failed: {detail}{hint}. Finished jobs are kept; "
+                                 "rerun with --resume to continue") from err
 
 
 # ----------------------------------------------------------------------------- thresholds ----
@@ -559,6 +570,16 @@ def target_sentences(models: dict[str, Any], targets: dict[str, Any]) -> list[st
     return out
 
 
+def proposal_time(loc: dict[str, Any]) -> str:
+    """The localiser's median time per image, saying where it was measured."""
+    timed = loc.get("proposal_seconds_median") or {}
+    if timed.get("seconds") is not None:
+        return (f"median {timed['seconds']:.3f} s per image on {timed['cpu_count']} CPU cores "
+                f"({timed['torch_threads']} torch threads)")
+    seconds = (loc.get("metrics") or {}).get("seconds_per_image_median")
+    return f"median {seconds:.3f} s per image where it was trained" if seconds is not None else "time not measured"
+
+
 def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str, Any] | None = None) -> str:
     m = manifest
     lines = [
@@ -616,8 +637,25 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
     loc = m.get("localiser")
     if loc:
         t = loc["metrics"].get("test", {})
-        lines.append(f"Auto-crop U-Net; internal test: mean IoU {t.get('mean_iou')}, IoU > 0.3 on "
-                     f"{t.get('frac_iou_gt_0_3')} of {t.get('n_lesion')} lesions.")
+        spec = loc.get("spec", {})
+
+        def num(v: Any) -> str:
+            return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
+
+        lines.append(f"Auto-crop U-Net ({spec.get('input_size', '?')} px input, width "
+                     f"{spec.get('base_channels', '?')}); internal test: mean IoU {num(t.get('mean_iou'))}, "
+                     f"IoU > 0.3 on {num(t.get('frac_iou_gt_0_3'))} and > 0.5 on {num(t.get('frac_iou_gt_0_5'))} "
+                     f"of {t.get('n_lesion')} lesions (annotator boxes); {proposal_time(loc)}. "
+                     f"Trained {loc['metrics'].get('epochs_run', '?')} epochs (best {loc['metrics'].get('best_epoch', '?')}"
+                     f"{'; time limit' if loc['metrics'].get('epochs_run', 0) < loc['metrics'].get('epochs_planned', 0) else ''}) "
+                     f"on {loc.get('data', '?')}.")
+        by_source = loc.get("ensemble_auc_by_roi_source") or {}
+        if by_source:
+            lines += ["", "Ensemble ROC AUC by where the ROI comes from (same cases, same models):", "",
+                      "| split | n | annotator box | localiser box | whole image |", "|---|---|---|---|---|"]
+            for split_name, row in by_source.items():
+                lines.append(f"| {split_name} | {row['n']} | {num(row.get('annotator'))} | "
+                             f"{num(row.get('localiser'))} | {num(row.get('whole_image'))} |")
     else:
         lines.append("None in this release: auto-crop falls back to the whole image (and says so).")
     lines += ["", "## What it is not / limitations", ""]

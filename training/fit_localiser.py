@@ -222,6 +222,7 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
     metrics = final_metrics(model, spec, frame, images, boxes, sizes, idx, log)
     metrics["best_epoch"] = best["epoch"]
     metrics["epochs_run"] = epochs_run
+    metrics["epochs_planned"] = epochs
     return model, LocaliserSpec.from_dict(metrics.pop("spec")), metrics
 
 

@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 
 from model_zoo import imaging, preprocess
 from model_zoo.errors import ZooError

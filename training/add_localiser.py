@@ -1,0 +1,151 @@
+"""``python -m training add-localiser``: a new zoo release = an existing release + a localiser.
+
+The members, stacker, threshold and reports are copied byte for byte from a verified
+release (no retraining); the localiser folder from ``python -m training localiser`` is added
+(float16 when the members are stored as float16), the version is bumped and the manifest
+records the release it derives from. With ``--cases`` (the release's own case table) the
+tool also measures what the localiser is for: the ensemble's ROC AUC on the release's val
+and test splits when the ROI comes from the annotator's box, from the localiser, or is the
+whole image (what ``--roi auto`` used without a localiser). The measurement goes into the
+manifest and the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_zoo.errors import InputError, ZooError
+from model_zoo.zoo import ReleaseWriter, sha256_file, verify_release
+
+# Files the new release writes itself rather than copying.
+REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md"}
+
+
+def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: str,
+                   log: Any = print) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """Ensemble ROC AUC per split (val, test) for three ROI sources: annotator box, localiser
+    proposal, whole image; and the median seconds of one proposal on this machine. Rows,
+    labels and splits come from the release's own config."""
+    from sklearn.metrics import roc_auc_score
+
+    from model_zoo import imaging
+    from training.fit import data_fingerprint, load_cases, row_box
+
+    frame = load_cases(cfg, log=lambda *_: None)
+    if data_fingerprint(frame) != fingerprint:
+        raise InputError("--cases: these are not the cases the release was trained on (data "
+                         "fingerprint differs); its splits cannot be reproduced")
+    out: dict[str, Any] = {}
+    seconds: list[float] = []
+    for split in ("val", "test"):
+        sub = frame[frame["split"] == split]
+        if sub.empty or sub["label"].nunique() < 2:
+            continue
+        scores: dict[str, list[float]] = {"annotator": [], "localiser": [], "whole_image": []}
+        for _, row in sub.iterrows():
+            pixels = imaging.load_image(row["image_path"]).pixels
+            h, w = pixels.shape
+            proposal = localiser.propose(pixels)
+            seconds.append(proposal.seconds)
+            boxes = {"annotator": row_box(row, (w, h)), "localiser": proposal.box, "whole_image": None}
+            for source, box in boxes.items():
+                p = zoo.predict(pixels, box, age=row.get("age"), sex=row.get("sex"), site=row.get("site"))
+                scores[source].append(p.p_ensemble)
+        y = sub["label"].to_numpy()
+        out[split] = {"n": int(len(sub)), **{k: float(roc_auc_score(y, np.array(v))) for k, v in scores.items()}}
+        log(f"      {split}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[split].items() if k != "n"))
+    return out, (float(np.median(seconds)) if seconds else None)
+
+
+def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: Path,
+                  cases: str | None = None, log: Any = print) -> Path:
+    import yaml
+    from safetensors.torch import load_file
+    from safetensors.torch import save as save_safetensors
+
+    from model_zoo.ensemble import load_zoo
+    from model_zoo.localize import load_localiser
+    from training.config import dump_config
+    from training.fit import model_card
+
+    manifest = verify_release(source)
+    entry_path = localiser_dir / "localiser.json"
+    if not entry_path.is_file() or not (localiser_dir / "localiser.safetensors").is_file():
+        raise InputError(f"{localiser_dir} is not a localiser folder (needs localiser.json and "
+                         "localiser.safetensors from `python -m training localiser`)")
+    if str(version) == str(manifest["version"]):
+        raise InputError(f"--version {version} is the source release's version; choose a new one")
+    entry = json.loads(entry_path.read_text(encoding="utf-8"))
+    localiser = load_localiser(localiser_dir.parent, {**entry, "weights": f"{localiser_dir.name}/localiser.safetensors"})
+    cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
+    cfg["version"] = str(version)
+
+    roi_auc, seconds = None, None
+    if cases:
+        if Path(cases).resolve() != Path(cfg["data"]["cases"]).resolve():
+            log(f"      note: --cases {cases} differs from the release's data.cases {cfg['data']['cases']}; "
+                "the data fingerprint decides")
+        cfg_cases = dict(cfg, data=dict(cfg["data"], cases=str(cases)))
+        log("[1/2] ensemble AUC by ROI source (annotator box / localiser / whole image)")
+        roi_auc, seconds = roi_source_auc(load_zoo(source), localiser, cfg_cases, manifest["data"]["fingerprint"], log)
+
+    log("[2/2] release")
+    fp16 = any(m.get("weights_dtype") == "float16" for m in manifest["members"])
+    state = load_file(str(localiser_dir / "localiser.safetensors"))
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    entry = {**entry, "weights": "localiser/localiser.safetensors"}
+    if roi_auc is not None:
+        import os
+
+        import torch
+
+        entry["ensemble_auc_by_roi_source"] = roi_auc
+        entry["proposal_seconds_median"] = {"seconds": seconds, "cpu_count": os.cpu_count(),
+                                            "torch_threads": torch.get_num_threads()}
+    with ReleaseWriter(out_parent, manifest["name"], str(version)) as rw:
+        for rel in manifest["files"]:
+            if rel in REGENERATED or rel.startswith("localiser/"):
+                continue
+            rw.copy_file(rel, source / rel)
+        rw.write_bytes(entry["weights"], save_safetensors(state))
+        rw.write_text("config.yaml", dump_config({**cfg, "localiser": {**(cfg.get("localiser") or {}),
+                                                                        "path": str(localiser_dir)}}))
+        new = {k: v for k, v in manifest.items() if k not in ("files", "name", "version", "format_version")}
+        new["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        new["localiser"] = entry
+        new["derived_from"] = {"release": f"{manifest['name']} {manifest['version']}",
+                               "manifest_sha256": sha256_file(source / "manifest.json"),
+                               "change": "localiser added; members, stacker, threshold and reports unchanged"}
+        reports = {}
+        for split in ("val", "test"):
+            path = source / "report" / split / "metrics.json"
+            if path.is_file():
+                reports[split] = json.loads(path.read_text(encoding="utf-8"))
+        rw.write_text("MODEL_CARD.md", model_card(cfg, new, reports))
+        final = rw.publish(new)
+    log(f"      release written: {final}")
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training add-localiser", description=__doc__.splitlines()[0])
+    p.add_argument("--zoo", required=True, type=Path, help="source release folder")
+    p.add_argument("--localiser", required=True, type=Path, help="folder from `python -m training localiser`")
+    p.add_argument("--version", required=True, help="version of the new release")
+    p.add_argument("--out", type=Path, default=None, help="parent folder of the new release (default: beside --zoo)")
+    p.add_argument("--cases", default=None,
+                   help="the release's case table: also measure ensemble AUC by ROI source on val/test")
+    args = p.parse_args(argv)
+    try:
+        add_localiser(args.zoo, args.localiser, args.version, args.out or args.zoo.parent, args.cases)
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
