@@ -72,3 +72,25 @@ def test_train_write_load_propose(tmp_path):
     again = json.loads((tmp_path / "loc2" / "localiser.json").read_text())
     assert again["metrics"]["splits"] == entry["metrics"]["splits"]
     assert again["metrics"]["test"]["mean_iou"] == pytest.approx(entry["metrics"]["test"]["mean_iou"])
+
+
+def test_init_continues_from_a_trained_localiser(tmp_path):
+    from safetensors.torch import load_file
+
+    cases = write_case_table(tmp_path / "data", n=30, size=64, seed=4)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["--cases", str(cases), "--out", str(first), "--epochs", "1", "--input-size", "32",
+                 "--base-channels", "4", "--batch-size", "8"]) == 0
+    # lr 0: AdamW leaves the learned weights as loaded, so they must equal the first run's.
+    # The width and input size come from --init, not from the (different) defaults.
+    assert main(["--cases", str(cases), "--out", str(second), "--init", str(first), "--epochs", "1",
+                 "--lr", "0", "--batch-size", "8"]) == 0
+    a, b = load_file(str(first / "localiser.safetensors")), load_file(str(second / "localiser.safetensors"))
+    learned = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert set(a) == set(b) and learned
+    for k in learned:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+    entry = json.loads((second / "localiser.json").read_text())
+    assert entry["spec"]["base_channels"] == 4 and entry["spec"]["input_size"] == 32
+    assert entry["metrics"]["init"] == str(first) and entry["metrics"]["epochs_planned"] == 1
+    assert main(["--cases", str(cases), "--out", str(tmp_path / "third"), "--init", str(tmp_path)]) == 2

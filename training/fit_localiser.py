@@ -154,7 +154,8 @@ def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, s
 
 
 def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: int, lr: float,
-          seed: int, log: Any = print, stop_at: float | None = None) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
+          seed: int, log: Any = print, stop_at: float | None = None,
+          init_state: dict[str, Any] | None = None) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
     """Train on the train split, keep the epoch with the best val mean IoU. Uses the GPU when
     there is one; ``stop_at`` (a ``time.time()`` value) ends training after the first epoch
     past it (``metrics["epochs_run"]`` says how many ran)."""
@@ -167,7 +168,10 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
     frame, images, masks, boxes, sizes, idx = prepare_data(frame, spec, seed)
     spec = LocaliserSpec(**{**spec.to_dict(), "mean": float(images[idx["train"]].mean()),
                             "std": float(max(images[idx["train"]].std(), 1e-3))})
-    model = build_unet(spec).to(device)
+    model = build_unet(spec)
+    if init_state is not None:  # continue from a trained localiser (same architecture)
+        model.load_state_dict({k: v.float() for k, v in init_state.items()})
+    model = model.to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(epochs, 1))
     lesion_frac = float(masks[idx["train"]].mean())
@@ -302,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-cases", type=int, default=None, help="subsample for quick runs")
+    p.add_argument("--init", type=Path, default=None, metavar="FOLDER",
+                   help="continue training a localiser folder's weights (its input size and width are used)")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop after the first epoch past this many minutes (metrics say how many ran)")
     p.add_argument("--rescore", type=Path, default=None, metavar="FOLDER",
@@ -318,9 +324,20 @@ def main(argv: list[str] | None = None) -> int:
             write_localiser(args.out, model, spec, metrics, str(args.cases))
             print(json.dumps(metrics, indent=2))
             return 0
-        model, spec, metrics = train(frame, LocaliserSpec(input_size=args.input_size, base_channels=args.base_channels), epochs=args.epochs,
+        spec, init_state = LocaliserSpec(input_size=args.input_size, base_channels=args.base_channels), None
+        if args.init:
+            from safetensors.torch import load_file
+
+            if not (args.init / "localiser.json").is_file():
+                raise InputError(f"--init {args.init} is not a localiser folder (no localiser.json)")
+            init_spec = json.loads((args.init / "localiser.json").read_text(encoding="utf-8"))["spec"]
+            spec = LocaliserSpec(input_size=init_spec["input_size"], base_channels=init_spec["base_channels"])
+            init_state = load_file(str(args.init / "localiser.safetensors"))
+        model, spec, metrics = train(frame, spec, init_state=init_state, epochs=args.epochs,
                                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                      stop_at=time.time() + 60 * args.time_limit if args.time_limit else None)
+        if args.init:
+            metrics["init"] = str(args.init)
         write_localiser(args.out, model, spec, metrics, str(args.cases))
         print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
     except ZooError as err:
