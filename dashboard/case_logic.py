@@ -327,6 +327,16 @@ def calibration_note(manifest: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def localiser_caution(metrics: Mapping[str, Any] | None) -> str:
+    """What to tell a clinician about an auto-crop box, from the localiser's recorded test metrics."""
+    test = (metrics or {}).get("test") or {}
+    hit, n = test.get("frac_iou_gt_0_3"), test.get("n_lesion")
+    evidence = (f" On the internal test split its box overlapped the annotator's (IoU > 0.3) for "
+                f"{hit:.0%} of {n} lesions." if isinstance(hit, (int, float)) and n else "")
+    return ("Check the proposed box before reading the result: it should enclose the whole lesion."
+            + evidence + " Use \"Edit this box\" or draw one if it does not.")
+
+
 def member_frame_rows(p_members: Mapping[str, float], threshold: float) -> list[dict[str, Any]]:
     return [{"member": mid, "probability": float(p), "call": "above" if p >= threshold else "below"}
             for mid, p in p_members.items()]

@@ -185,6 +185,9 @@ def test_case_page_auto_crop_proposal_is_editable(dash_env, zoo):
     at.button(key="case_load_sample").click().run()
     at.radio(key="case_roi_mode").set_value("Auto-crop").run()
     _no_crash(at)
+    from dashboard.case_logic import localiser_caution
+
+    assert localiser_caution(zoo.localiser.metrics) in [w.value for w in at.warning]
     at.button(key="case_edit_auto").click().run()
     _no_crash(at)
     assert at.radio(key="case_roi_mode").value == "Enter coordinates"
@@ -479,3 +482,12 @@ def test_sample_roi_inside_image():
     lesion = img.pixels[1050:1150, 810:900].mean()
     shaft = img.pixels[850:950, 810:900].mean()
     assert lesion < shaft
+
+
+def test_localiser_caution_quotes_the_recorded_hit_rate():
+    from dashboard.case_logic import localiser_caution
+
+    text = localiser_caution({"test": {"frac_iou_gt_0_3": 0.327, "n_lesion": 269}})
+    assert "33% of 269 lesions" in text and text.startswith("Check the proposed box")
+    assert "overlapped" not in localiser_caution({})  # nothing recorded: no invented evidence
+    assert "overlapped" not in localiser_caution({"test": {"frac_iou_gt_0_3": None, "n_lesion": 0}})

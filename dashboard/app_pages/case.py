@@ -187,6 +187,8 @@ def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
             if getattr(zoo, "localiser", None) is None:
                 st.info("This zoo has no localiser (auto-crop model), so the whole image is used. "
                         "Draw or enter a box for a lesion-level answer.")
+            else:
+                st.warning(cl.localiser_caution(zoo.localiser.metrics))
             st.button("Edit this box", key="case_edit_auto", on_click=_edit_proposal, args=(box,),
                       help="Copy the proposal into the coordinate fields to adjust it.")
         else:
