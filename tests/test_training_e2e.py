@@ -325,3 +325,29 @@ def test_a_failing_parallel_job_names_itself_and_keeps_finished_jobs(tmp_path, c
     err = capsys.readouterr().err
     assert "member job swin" in err and "--resume" in err and "Traceback" not in err
     assert list(run_dir.glob("jobs/swin/*/result.pt")) == []
+
+
+def test_remote_pack_then_resume_at_home(synthetic_zoo, tmp_path):
+    """training/remote/pack.py output, unpacked elsewhere, finishes with --resume into a release
+    whose members are the run's final weights (float16 in transit, as the release stores them)."""
+    import subprocess
+    import sys
+    import tarfile
+
+    from training.fit import main
+
+    release, run_dir, cases = synthetic_zoo
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "training" / "remote" / "pack.py"), str(run_dir),
+                    str(tmp_path / "pack")], check=True, capture_output=True, cwd=repo)
+    home = tmp_path / "home"
+    with tarfile.open(tmp_path / "pack" / "run.tar") as tar:
+        tar.extractall(home, filter="data")
+    fold = torch.load(home / "run" / "jobs" / "vit" / "fold0" / "result.pt", weights_only=False)
+    final = torch.load(home / "run" / "jobs" / "vit" / "final" / "result.pt", weights_only=False)
+    assert fold["state_dict"] is None and len(fold["scores"]) == len(fold["score_idx"])
+    assert all(v.dtype in (torch.float16, torch.int64) for v in final["state_dict"].values())
+    assert main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+                 "--run-dir", str(home / "run"), "--resume", "version=0.0.9", "output.fp16=true"]) == 0
+    manifest = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.9")
+    assert manifest["metrics"] == verify_release(release)["metrics"], "same member scores, same stacker"

@@ -43,7 +43,6 @@ for spec in member_specs(cfg):
     if cuda:
         torch.cuda.synchronize()
     rates[spec.member_id] = n * batch / (time.perf_counter() - t0)
-    del model, opt
 # Training crops: the train split (7/10 of the cases by default); each member trains
 # (folds - 1)/folds of them per fold job plus all of them once = folds x per epoch.
 from training.fit import load_cases  # noqa: E402
