@@ -71,19 +71,14 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
     from safetensors.torch import save as save_safetensors
 
     from model_zoo.ensemble import load_zoo
-    from model_zoo.localize import load_localiser
     from training.config import dump_config
     from training.fit import model_card
+    from training.fit_localiser import read_localiser_folder
 
     manifest = verify_release(source)
-    entry_path = localiser_dir / "localiser.json"
-    if not entry_path.is_file() or not (localiser_dir / "localiser.safetensors").is_file():
-        raise InputError(f"{localiser_dir} is not a localiser folder (needs localiser.json and "
-                         "localiser.safetensors from `python -m training localiser`)")
+    entry, localiser = read_localiser_folder(localiser_dir)
     if str(version) == str(manifest["version"]):
         raise InputError(f"--version {version} is the source release's version; choose a new one")
-    entry = json.loads(entry_path.read_text(encoding="utf-8"))
-    localiser = load_localiser(localiser_dir.parent, {**entry, "weights": f"{localiser_dir.name}/localiser.safetensors"})
     cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
     cfg["version"] = str(version)
 

@@ -26,7 +26,7 @@ import pandas as pd
 from model_zoo import imaging, roi
 from model_zoo.cases import read_case_table
 from model_zoo.errors import InputError, ZooError
-from model_zoo.localize import Localiser, LocaliserSpec, build_unet, mask_to_box, prepare
+from model_zoo.localize import Localiser, LocaliserSpec, build_unet, load_localiser, mask_to_box, prepare
 from training.data import infer_groups, split_cases
 
 
@@ -118,9 +118,10 @@ def _predict_maps(model: Any, images: np.ndarray, spec: LocaliserSpec, batch: in
 
 
 def calibrate_threshold(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, sizes: list,
-                        grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)) -> LocaliserSpec:
+                        grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                        maps: np.ndarray | None = None) -> LocaliserSpec:
     """The region threshold with the best mean IoU on the given (validation) images."""
-    maps = _predict_maps(model, images, spec)
+    maps = _predict_maps(model, images, spec) if maps is None else maps
     scores = {t: _box_metrics_from_maps(maps, LocaliserSpec(**{**spec.to_dict(), "threshold": t}), boxes, sizes)
               .get("mean_iou") or 0.0 for t in grid}
     best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
@@ -136,14 +137,11 @@ def _box_metrics_from_maps(maps: np.ndarray, spec: LocaliserSpec, boxes: list, s
     return box_metrics(pred, boxes)
 
 
-def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, sizes: list) -> dict[str, Any]:
-    s = spec.input_size
-    maps = _predict_maps(model, images, spec)
-    pred = []
-    for prob, (w, h) in zip(maps, sizes):
-        box, _ = mask_to_box(prob, spec.threshold, max(1, int(spec.min_area_frac * s * s)))
-        pred.append(roi.clamp_box(roi.scale_box(box, (s, s), (w, h)), (w, h)))
-    metrics = box_metrics(pred, boxes)
+def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, sizes: list,
+             maps: np.ndarray | None = None) -> dict[str, Any]:
+    """Box metrics against the true boxes (+ lesion-presence AUC when some images have none)."""
+    maps = _predict_maps(model, images, spec) if maps is None else maps
+    metrics = _box_metrics_from_maps(maps, spec, boxes, sizes)
     conf = maps.reshape(len(maps), -1).max(axis=1)
     has = np.array([b is not None for b in boxes])
     if has.any() and (~has).any():
@@ -151,6 +149,16 @@ def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, s
 
         metrics["lesion_presence_auc"] = float(roc_auc_score(has, conf))
     return metrics
+
+
+def read_localiser_folder(folder: Path) -> tuple[dict[str, Any], Localiser]:
+    """A folder written by ``write_localiser``: its entry (spec, metrics, data) and the loaded model."""
+    folder = Path(folder)
+    if not (folder / "localiser.json").is_file() or not (folder / "localiser.safetensors").is_file():
+        raise InputError(f"{folder} is not a localiser folder (needs localiser.json and "
+                         "localiser.safetensors from `python -m training localiser`)")
+    entry = json.loads((folder / "localiser.json").read_text(encoding="utf-8"))
+    return entry, load_localiser(folder.parent, {**entry, "weights": f"{folder.name}/localiser.safetensors"})
 
 
 def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: int, lr: float,
@@ -243,11 +251,13 @@ def prepare_data(frame: pd.DataFrame, spec: LocaliserSpec, seed: int) -> tuple:
 def final_metrics(model: Any, spec: LocaliserSpec, frame: pd.DataFrame, images: np.ndarray, boxes: list,
                   sizes: list, idx: dict, log: Any = print) -> dict[str, Any]:
     """Calibrate the region threshold on val, then score val and test and time inference."""
+    maps = {split: _predict_maps(model, images[i], spec) for split, i in idx.items() if split != "train"}
     spec = calibrate_threshold(model, spec, images[idx["val"]], [boxes[i] for i in idx["val"]],
-                               [sizes[i] for i in idx["val"]])
+                               [sizes[i] for i in idx["val"]], maps=maps["val"])
     log(f"  localiser threshold {spec.threshold} (best val mean IoU on a grid)")
-    metrics = {split: evaluate(model, spec, images[i], [boxes[j] for j in i], [sizes[j] for j in i])
-               for split, i in idx.items() if split != "train"}
+    metrics = {split: evaluate(model, spec, images[idx[split]], [boxes[j] for j in idx[split]],
+                               [sizes[j] for j in idx[split]], maps=split_maps)
+               for split, split_maps in maps.items()}
     localiser = Localiser(spec, model)
     sample = [frame["image_path"].iloc[i] for i in idx["test"][:20]]
     times = []
@@ -262,12 +272,8 @@ def final_metrics(model: Any, spec: LocaliserSpec, frame: pd.DataFrame, images: 
 
 def rescore(frame: pd.DataFrame, folder: Path, seed: int) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
     """Re-evaluate a trained localiser with the current box post-processing (no retraining)."""
-    from safetensors.torch import load_file
-
-    entry = json.loads((Path(folder) / "localiser.json").read_text(encoding="utf-8"))
-    spec = LocaliserSpec.from_dict(entry["spec"])
-    model = build_unet(spec)
-    model.load_state_dict(load_file(str(Path(folder) / "localiser.safetensors")))
+    entry, localiser = read_localiser_folder(folder)
+    spec, model = localiser.spec, localiser.model
     frame, images, _, boxes, sizes, idx = prepare_data(frame, spec, seed)
     metrics = final_metrics(model, spec, frame, images, boxes, sizes, idx)
     metrics["best_epoch"] = entry["metrics"].get("best_epoch")
@@ -326,13 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         spec, init_state = LocaliserSpec(input_size=args.input_size, base_channels=args.base_channels), None
         if args.init:
-            from safetensors.torch import load_file
-
-            if not (args.init / "localiser.json").is_file():
-                raise InputError(f"--init {args.init} is not a localiser folder (no localiser.json)")
-            init_spec = json.loads((args.init / "localiser.json").read_text(encoding="utf-8"))["spec"]
-            spec = LocaliserSpec(input_size=init_spec["input_size"], base_channels=init_spec["base_channels"])
-            init_state = load_file(str(args.init / "localiser.safetensors"))
+            _, trained = read_localiser_folder(args.init)
+            spec = LocaliserSpec(input_size=trained.spec.input_size, base_channels=trained.spec.base_channels)
+            init_state = trained.model.state_dict()
         model, spec, metrics = train(frame, spec, init_state=init_state, epochs=args.epochs,
                                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                      stop_at=time.time() + 60 * args.time_limit if args.time_limit else None)
