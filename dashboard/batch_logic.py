@@ -201,8 +201,9 @@ class UploadedTable:
 
 
 def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
-              progress: Callable[[int, int], None] | None = None, with_reports: bool = True) -> BatchResult:
-    """Predict every row of an uploaded case table with images from an uploaded zip."""
+              progress: Callable[[int, int], None] | None = None, with_reports: bool = False) -> BatchResult:
+    """Predict every row of an uploaded case table with images from an uploaded zip; with
+    ``with_reports`` also a zip of PDF case reports (progress reported as a second pass)."""
     from model_zoo.predict import ROI_MODES, predict_cases
 
     if roi_mode not in ROI_MODES:
@@ -211,14 +212,15 @@ def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: 
         frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode=roi_mode,
                               progress=progress)
         frame = up.fix_errors(frame)
-        pdf_zip = reports_zip(zoo, frame) if with_reports else None  # images still on disk here
+        pdf_zip = reports_zip(zoo, frame, progress=progress) if with_reports else None  # images still on disk here
     frame = frame.drop(columns=[c for c in ("image_path",) if c in frame.columns])
     n_failed = int((frame["error"].astype(str) != "").sum())
     return BatchResult(frame=frame, n_rows=len(frame), n_failed=n_failed, files_in_zip=up.files_in_zip,
                        pdf_zip=pdf_zip)
 
 
-def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024) -> bytes:
+def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
+                progress: Callable[[int, int], None] | None = None) -> bytes:
     """A zip of PDF case reports (no identifiers), one per successful row, named by row number.
 
     Uses the predictions already in ``frame`` (no second inference) and the library's report
@@ -234,6 +236,8 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for i, row in frame.reset_index(drop=True).iterrows():
+            if progress:
+                progress(i, len(frame))
             if str(row.get("error", "")) != "" or not row.get("image_path"):
                 continue
             data = Path(row["image_path"]).read_bytes()

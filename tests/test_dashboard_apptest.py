@@ -254,6 +254,11 @@ def test_batch_page_good_and_bad_rows(dash_env, zoo):
     at.file_uploader(key="batch_zip").set_value(("images.zip", zip_bytes, "application/zip")).run()
     at.button(key="batch_run").click().run()
     _no_crash(at)
+    assert at.session_state["batch_result"].pdf_zip is None, "PDF reports are opt-in"
+    assert not [b for b in at.get("download_button") if b.key == "batch_pdf_zip"]
+    at.checkbox(key="batch_pdfs").check().run()
+    at.button(key="batch_run").click().run()
+    _no_crash(at)
     result = at.session_state["batch_result"]
     out = result.frame
     assert len(out) == len(frame) and result.n_failed == 2

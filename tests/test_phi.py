@@ -385,7 +385,7 @@ def test_batch_page_table_and_pdf_pack_have_no_identifier_and_leave_no_file(tiny
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("scans/img001.dcm", phi_bytes)
     csv_bytes = b"image,age,sex,site\nscans/img001.dcm,45,F,appendicular\n"
-    result = run_batch(load_zoo(tiny_release["release"]), csv_bytes, buf.getvalue())
+    result = run_batch(load_zoo(tiny_release["release"]), csv_bytes, buf.getvalue(), with_reports=True)
     assert result.n_rows == 1 and result.n_failed == 0, result.frame["error"].tolist()
     assert leaked(result.csv_bytes().decode("utf-8")) == []
     with zipfile.ZipFile(io.BytesIO(result.pdf_zip)) as zf:

@@ -36,6 +36,8 @@ def main() -> None:
         zip_up = st.file_uploader("Images (zip)", type=["zip"], key="batch_zip")
     mode = st.radio("ROI", ROI_MODES, key="batch_roi_mode", horizontal=True,
                     format_func=lambda m: f"{m}: {ROI_HELP[m]}")
+    want_pdfs = st.checkbox("Also make a PDF case report per case (zip, for a tumour board)", value=False,
+                            key="batch_pdfs", help="One PDF per successful row; adds about a second per case.")
     run = st.button("Run batch", key="batch_run", type="primary", disabled=csv_up is None)
     if run and csv_up is not None:
         bar = st.progress(0.0, text="Starting ...")
@@ -45,7 +47,7 @@ def main() -> None:
 
         csv_bytes = csv_up.getvalue()
         result = batch_logic.run_batch(zoo, csv_bytes, zip_up.getvalue() if zip_up is not None else None,
-                                       roi_mode=mode, progress=progress)
+                                       roi_mode=mode, progress=progress, with_reports=want_pdfs)
         bar.progress(1.0, text=f"Done: {result.n_rows} cases")
         st.session_state["batch_result"] = result
         try:
