@@ -250,6 +250,15 @@ def default_zoo_dir() -> Path:
 
 
 SHARED_PLOTLY = "report/plotly.min.js"
+SPLIT_REPORT_PLOTLY_SRC = "../plotly.min.js"  # how report/<split>/report.html loads SHARED_PLOTLY
+
+
+def plotly_script_tag(src: str) -> str:
+    """The one form of the tag that loads plotly.js from ``src`` (written by training/report.py,
+    found again here to inline the bundle)."""
+    import html
+
+    return f'<script type="text/javascript" src="{html.escape(src)}"></script>'
 
 
 def standalone_report_html(root: Path | str, split: str) -> bytes | None:
@@ -263,7 +272,7 @@ def standalone_report_html(root: Path | str, split: str) -> bytes | None:
     if not path.is_file():
         return None
     text = path.read_text(encoding="utf-8")
-    tag = '<script type="text/javascript" src="../plotly.min.js"></script>'
+    tag = plotly_script_tag(SPLIT_REPORT_PLOTLY_SRC)
     shared = root / SHARED_PLOTLY
     if tag in text and shared.is_file():
         bundle = shared.read_text(encoding="utf-8")

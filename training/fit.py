@@ -37,7 +37,7 @@ from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.errors import InputError, ZooError
 from model_zoo.members import MemberSpec, family_spec
-from model_zoo.zoo import ReleaseWriter, atomic_write_text
+from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
 from training import fit_members, fit_stacker
 from training.config import dump_config, load_config
 from training.data import group_kfold, infer_groups, split_cases
@@ -445,7 +445,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     for split_name, pred in predictions.items():
         out = run_dir / "report" / split_name
         pred.to_csv(run_dir / f"predictions_{split_name}.csv", index=False)
-        split_metrics[split_name] = report.write_report(pred, out, thresholds=model_thresholds, plotly_js="../plotly.min.js",
+        split_metrics[split_name] = report.write_report(pred, out, thresholds=model_thresholds, plotly_js=SPLIT_REPORT_PLOTLY_SRC,
                             title=f"{cfg['name']} {cfg['version']} - {split_name} split",
                             context={"zoo": f"{cfg['name']} {cfg['version']}", "split": split_name,
                                      "threshold rule": cfg["threshold"]["rule"] + " on val"})

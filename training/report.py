@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from model_zoo.errors import InputError
+from model_zoo.zoo import plotly_script_tag
 from training import stats as st
 
 MODEL_PREFIX = "p_"
@@ -849,7 +850,7 @@ def _render_html(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(title)}</title><style>{_CSS}</style>"
         + (f'<script type="text/javascript">{_offline_plotly_js()}</script>' if plotly_js == "inline"
-           else f'<script type="text/javascript" src="{e(plotly_js)}"></script>')
+           else plotly_script_tag(plotly_js))
         + "</head><body>"
         f"<h1>{e(title)}</h1>{''.join(parts)}</body></html>\n"
     )
