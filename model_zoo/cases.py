@@ -125,9 +125,6 @@ def is_missing(value: Any) -> bool:
         return False
 
 
-_is_missing = is_missing
-
-
 def _text(value: Any) -> str:
     """How a raw cell is quoted in messages ('48', not 48.0 for an int-typed column)."""
     if isinstance(value, float) and value.is_integer():
@@ -136,7 +133,7 @@ def _text(value: Any) -> str:
 
 
 def _parse_number(value: Any, name: str) -> float | None:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     if isinstance(value, (bool, np.bool_)):
         raise InputError(f"{name} '{value}' is not a number")
@@ -158,7 +155,7 @@ def _parse_age(value: Any) -> float | None:
 
 
 def _parse_sex(value: Any) -> str | None:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     s = str(value).strip().lower()
     if s in ("m", "male"):
@@ -169,7 +166,7 @@ def _parse_sex(value: Any) -> str | None:
 
 
 def _parse_site(value: Any) -> str | None:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     s = str(value).strip().lower()
     if s in _SITES:
@@ -195,7 +192,7 @@ def validate_clinical(age: Any, sex: Any, site: Any) -> tuple[float | None, str 
 
 
 def _parse_label(value: Any, label_map: dict[str, int] | None) -> int | None:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     s = _text(value)
     if label_map:
@@ -328,7 +325,7 @@ def detect_format(columns: Any) -> str:
 
 
 def _parse_btxrd_bbox(value: Any) -> tuple[float, float, float, float] | None:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     try:
         box = json.loads(str(value))
@@ -369,7 +366,7 @@ def btxrd_to_cases(df: pd.DataFrame, root: Path, *, task: str = "malignant_vs_be
     diagnosis = diagnosis.loc[keep]
 
     out = pd.DataFrame(index=src.index)
-    out["image"] = [str(Path(root) / str(p).strip()) if not _is_missing(p) else np.nan for p in src["image"]]
+    out["image"] = [str(Path(root) / str(p).strip()) if not is_missing(p) else np.nan for p in src["image"]]
     labels: list[Any] = []
     errors: list[str] = []
     rois: list[tuple[float, float, float, float] | None] = []
@@ -444,13 +441,13 @@ def paper_to_cases(df: pd.DataFrame, root: Path) -> pd.DataFrame:
         raise InputError("paper-format table is missing column(s): path")
     root = Path(root)
     out = df.copy()
-    out["image"] = [str(root / str(p).strip()) if not _is_missing(p) else np.nan for p in df["path"]]
+    out["image"] = [str(root / str(p).strip()) if not is_missing(p) else np.nan for p in df["path"]]
     errors: list[list[str]] = [[] for _ in range(len(df))]
 
     labels: list[Any] = []
     if "ganran" in df.columns:
         for i, v in enumerate(df["ganran"]):
-            if _is_missing(v):
+            if is_missing(v):
                 labels.append(pd.NA)
                 continue
             try:
@@ -467,7 +464,7 @@ def paper_to_cases(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     if "gender" in df.columns:
         sexes: list[Any] = []
         for i, v in enumerate(df["gender"]):
-            if _is_missing(v):
+            if is_missing(v):
                 sexes.append(np.nan)
                 continue
             key = _text(v).lower()
@@ -482,7 +479,7 @@ def paper_to_cases(df: pd.DataFrame, root: Path) -> pd.DataFrame:
     if site_col is not None:
         sites: list[Any] = []
         for i, v in enumerate(df[site_col]):
-            if _is_missing(v):
+            if is_missing(v):
                 sites.append(np.nan)
                 continue
             key = _text(v).lower()
@@ -515,7 +512,7 @@ def _row_roi(
 ) -> tuple[tuple[float, float, float, float] | None, list[str]]:
     """Parse and check one row's ROI; returns (clamped box or None, messages)."""
     raw = [row[c] for c in ROI_COLUMNS]
-    missing = [c for c, v in zip(ROI_COLUMNS, raw) if _is_missing(v)]
+    missing = [c for c, v in zip(ROI_COLUMNS, raw) if is_missing(v)]
     if len(missing) == 4:
         return None, []
     if missing:
@@ -624,7 +621,7 @@ def read_case_table(
         # image
         file_ok = False
         resolved: Path | None = None
-        if _is_missing(row["image"]):
+        if is_missing(row["image"]):
             msgs.append("image path is empty")
             image_paths.append(np.nan)
         else:
@@ -657,7 +654,7 @@ def read_case_table(
             out.append(np.nan if value is None else value)
         # ROI: the image header is read only when there is an ROI to check
         size_wh = None
-        has_roi = not all(_is_missing(row[c]) for c in ROI_COLUMNS)
+        has_roi = not all(is_missing(row[c]) for c in ROI_COLUMNS)
         if has_roi and file_ok and resolved is not None:
             try:
                 size_wh = image_header_size(resolved)

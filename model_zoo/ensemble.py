@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from model_zoo import preprocess, roi
-from model_zoo.cases import is_missing as _is_missing
+from model_zoo.cases import is_missing
 from model_zoo.errors import InputError, IntegrityError
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
@@ -52,8 +52,6 @@ def model_lock(model: Any) -> threading.RLock:
         return lock
 
 
-
-
 def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[float]:
     """Encode (age, sex, site) as ``CLINICAL_FEATURES`` with explicit missing indicators.
 
@@ -61,18 +59,18 @@ def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[f
     rejected by validation before reaching here.
     """
     out: list[float] = []
-    if _is_missing(age):
+    if is_missing(age):
         out += [float(age_fill), 1.0]
     else:
         out += [float(age), 0.0]
-    if _is_missing(sex):
+    if is_missing(sex):
         out += [0.5, 1.0]
     else:
         sex = str(sex).strip().upper()
         if sex not in ("M", "F"):
             raise InputError(f"sex must be M or F, got {sex!r}")
         out += [1.0 if sex == "M" else 0.0, 0.0]
-    if _is_missing(site):
+    if is_missing(site):
         out += [0.5, 1.0]
     else:
         site = str(site).strip().lower()
