@@ -169,7 +169,7 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
                                         device=device)
     payload = {"spec": res.spec.to_dict(), "state_dict": res.state_dict, "best_epoch": res.best_epoch,
                "best_val_auc": res.best_val_auc, "history": res.history,
-               "images_per_second": res.images_per_second, "epochs_run": res.epochs_run,
+               "images_per_second": res.images_per_second,
                "train_idx": train_idx, "score_idx": score_idx, "scores": sigmoid(logits)}
     fit_members.save_checkpoint(result_path, payload)  # same atomic torch.save as last.pt
     (job_dir / "last.pt").unlink(missing_ok=True)  # the finished result supersedes it
@@ -491,7 +491,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             member_entries.append({
                 "spec": spec.to_dict(), "weights": rel, "best_epoch": res["best_epoch"],
                 "best_val_auc": res["best_val_auc"], "train_images_per_second": res["images_per_second"],
-                "epochs_run": res.get("epochs_run", len(res.get("history", []))),
+                "epochs_run": len(res["history"]),
                 "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
             })
         buf = io.BytesIO()

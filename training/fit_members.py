@@ -53,7 +53,6 @@ class MemberResult:
     best_val_auc: float
     history: list[dict[str, float]]
     images_per_second: float
-    epochs_run: int = 0           # < the configured epochs when a time limit stopped the job
 
 
 def distributed_context() -> tuple[int, int]:
@@ -235,7 +234,7 @@ def train_member(
     """Train one member on cached uint8 crops (N, S, S); resumable from ``work_dir/last.pt``.
 
     ``stop_at`` (a ``time.time()`` value) ends training after the first epoch that finishes
-    past it; the result's ``epochs_run`` then says how many of the configured epochs ran.
+    past it; ``len(result.history)`` then says how many of the configured epochs ran.
     """
     import torch
     import torch.nn.functional as F
@@ -370,8 +369,7 @@ def train_member(
                 "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
     return MemberResult(spec=spec, state_dict=best["state"], best_epoch=int(best["epoch"]),
                         best_val_auc=float(best["auc"]), history=history,
-                        images_per_second=seen / seconds if seconds > 0 else float("nan"),
-                        epochs_run=len(history))
+                        images_per_second=seen / seconds if seconds > 0 else float("nan"))
 
 
 def _write_log(path: Path, history: list[dict[str, float]]) -> None:

@@ -35,7 +35,7 @@ for res in sorted(run.glob("jobs/*/*/result.pt")):
     add_bytes(f"run/{res.relative_to(run)}", buf.getvalue())
     summary[str(res.parent.relative_to(run))] = {
         "best_val_auc": payload["best_val_auc"], "best_epoch": payload["best_epoch"],
-        "epochs_run": payload.get("epochs_run"), "img_s": payload["images_per_second"]}
+        "epochs_run": len(payload["history"]), "img_s": payload["images_per_second"]}
 best = None
 for d in map(Path, sys.argv[3:]):
     if (d / "localiser.json").is_file():
