@@ -360,10 +360,15 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         f"{folds} out-of-fold jobs + 1 final job each")
     stop_at = time.time() + 60 * float(time_limit_min) if time_limit_min else None
     jobs = member_jobs(frame, specs, folds, seed, run_dir)
-    caches = {s.member_id: build_input_cache(frame, s, run_dir / "cache", fingerprint, progress) for s in specs}
+    paths = {s.member_id: cache_path(s, run_dir / "cache", fingerprint) for s in specs}
+    by_path: dict[Path, np.ndarray] = {}  # members with one input size share one array
+    for s in specs:
+        if paths[s.member_id] not in by_path:
+            by_path[paths[s.member_id]] = build_input_cache(frame, s, run_dir / "cache", fingerprint, progress)
+    caches = {mid: by_path[path] for mid, path in paths.items()}
     if workers > 1:
-        run_jobs_in_parallel(jobs, {s.member_id: str(cache_path(s, run_dir / "cache", fingerprint)) for s in specs},
-                             frame, cfg, workers, stop_at, log)
+        run_jobs_in_parallel(jobs, {mid: str(path) for mid, path in paths.items()}, frame, cfg, workers,
+                             stop_at, log)
     oof = np.full((len(frame), len(specs)), np.nan)
     finals: list[dict[str, Any]] = []
     for job in jobs:
