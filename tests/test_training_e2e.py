@@ -351,3 +351,14 @@ def test_remote_pack_then_resume_at_home(synthetic_zoo, tmp_path):
                  "--run-dir", str(home / "run"), "--resume", "version=0.0.9", "output.fp16=true"]) == 0
     manifest = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.9")
     assert manifest["metrics"] == verify_release(release)["metrics"], "same member scores, same stacker"
+
+
+def test_bad_localiser_path_fails_before_training(tmp_path, capsys):
+    from synthetic import write_case_table
+    from training.fit import main
+
+    cases = write_case_table(tmp_path / "data", n=24, size=48, seed=6)
+    rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+               "--run-dir", str(tmp_path / "run"), f"localiser.path={tmp_path / 'nowhere'}"])
+    assert rc == 2 and "not a localiser folder" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "jobs").exists(), "no member job ran"

@@ -67,16 +67,15 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
 def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: Path,
                   cases: str | None = None, log: Any = print) -> Path:
     import yaml
-    from safetensors.torch import load_file
-    from safetensors.torch import save as save_safetensors
 
     from model_zoo.ensemble import load_zoo
     from training.config import dump_config
     from training.fit import model_card
-    from training.fit_localiser import read_localiser_folder
+    from training.fit_localiser import release_files
 
     manifest = verify_release(source)
-    entry, localiser = read_localiser_folder(localiser_dir)
+    fp16 = any(m.get("weights_dtype") == "float16" for m in manifest["members"])
+    entry, weights, localiser = release_files(localiser_dir, fp16)
     if str(version) == str(manifest["version"]):
         raise InputError(f"--version {version} is the source release's version; choose a new one")
     cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
@@ -92,10 +91,6 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
         roi_auc, seconds = roi_source_auc(load_zoo(source), localiser, cfg_cases, manifest["data"]["fingerprint"], log)
 
     log("[2/2] release")
-    fp16 = any(m.get("weights_dtype") == "float16" for m in manifest["members"])
-    state = load_file(str(localiser_dir / "localiser.safetensors"))
-    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    entry = {**entry, "weights": "localiser/localiser.safetensors"}
     if roi_auc is not None:
         import os
 
@@ -109,7 +104,7 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
             if rel in REGENERATED or rel.startswith("localiser/"):
                 continue
             rw.copy_file(rel, source / rel)
-        rw.write_bytes(entry["weights"], save_safetensors(state))
+        rw.write_bytes(entry["weights"], weights)
         rw.write_text("config.yaml", dump_config({**cfg, "localiser": {**(cfg.get("localiser") or {}),
                                                                         "path": str(localiser_dir)}}))
         new = {k: v for k, v in manifest.items() if k not in ("files", "name", "version", "format_version")}

@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import hashlib
 import io
-import json
 import platform
 import sys
 import time
@@ -38,7 +37,7 @@ from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.errors import InputError, ZooError
 from model_zoo.members import MemberSpec, family_spec
 from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
-from training import fit_members, fit_stacker
+from training import fit_localiser, fit_members, fit_stacker
 from training.config import dump_config, load_config
 from training.data import group_kfold, infer_groups, split_cases
 
@@ -339,6 +338,10 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             raise InputError(f"--resume: the config differs from the one saved in {marker} in "
                              f"{', '.join(changed)}; resume with the same training settings")
     atomic_write_text(marker, dump_config(cfg))
+    # A bad localiser.path fails here, not after the member jobs.
+    localiser_path = (cfg.get("localiser") or {}).get("path")
+    localiser_files = (fit_localiser.release_files(Path(localiser_path), bool(cfg["output"].get("fp16", False)))
+                       if localiser_path else None)
 
     log(f"[1/6] cases: {cfg['data']['cases']}")
     frame = load_cases(cfg, log)
@@ -504,18 +507,9 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         rw.write_bytes("stacker.joblib", buf.getvalue())
         rw.write_text("config.yaml", dump_config(cfg))
         localiser_entry = None
-        localiser_dir = (cfg.get("localiser") or {}).get("path")
-        if localiser_dir:
-            localiser_dir = Path(localiser_dir)
-            if not (localiser_dir / "localiser.json").is_file():
-                raise InputError(f"localiser.path {localiser_dir} has no localiser.json")
-            localiser_entry = json.loads((localiser_dir / "localiser.json").read_text(encoding="utf-8"))
-            from safetensors.torch import load_file
-
-            loc_state = load_file(str(localiser_dir / "localiser.safetensors"))
-            if fp16:
-                loc_state = {k: v.half() if v.is_floating_point() else v for k, v in loc_state.items()}
-            rw.write_bytes(localiser_entry["weights"], save_safetensors(loc_state))
+        if localiser_files:
+            localiser_entry, localiser_bytes, _ = localiser_files
+            rw.write_bytes(localiser_entry["weights"], localiser_bytes)
         rw.copy_file("report/plotly.min.js", run_dir / "report" / "plotly.min.js")
         for split_name, out in report_dirs.items():
             for f in sorted(out.iterdir()):

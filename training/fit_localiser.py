@@ -161,6 +161,18 @@ def read_localiser_folder(folder: Path) -> tuple[dict[str, Any], Localiser]:
     return entry, load_localiser(folder.parent, {**entry, "weights": f"{folder.name}/localiser.safetensors"})
 
 
+def release_files(folder: Path, fp16: bool) -> tuple[dict[str, Any], bytes, Localiser]:
+    """What a zoo release stores for a localiser folder: its manifest entry (weights under
+    ``localiser/``) and the safetensors bytes, float16 when the release's members are; plus
+    the loaded localiser, for callers that also run it."""
+    from safetensors.torch import save
+
+    entry, localiser = read_localiser_folder(folder)
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
+             for k, v in localiser.model.state_dict().items()}
+    return {**entry, "weights": "localiser/localiser.safetensors"}, save(state), localiser
+
+
 def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: int, lr: float,
           seed: int, log: Any = print, stop_at: float | None = None,
           init_state: dict[str, Any] | None = None) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
@@ -178,7 +190,7 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
                             "std": float(max(images[idx["train"]].std(), 1e-3))})
     model = build_unet(spec)
     if init_state is not None:  # continue from a trained localiser (same architecture)
-        model.load_state_dict({k: v.float() for k, v in init_state.items()})
+        model.load_state_dict(init_state)
     model = model.to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(epochs, 1))
