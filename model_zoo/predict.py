@@ -1,9 +1,14 @@
 """Batch prediction over a case table (GUIDE contract 2.2).
 
-Every input column is kept; added: ``p_ensemble``, one ``p_<member_id>`` per member,
+Every input column is kept; added: ``p_ensemble``, ``calibrated_p_ensemble`` (when the release
+has a calibration), one ``p_<member_id>`` per member,
 ``p_clinic``, ``prediction`` (class name at the zoo's threshold), the ROI actually used
-(``roi_x0..roi_y1`` in stored-image pixels), ``roi_source`` and ``error`` (empty on success,
-a one-line message otherwise). A bad row never stops the batch. The output is rewritten
+(``roi_x0..roi_y1`` in stored-image pixels), ``roi_source``, ``warning`` (empty, or what the
+input gate flagged: a region that is not bone/limb/pelvis, a tiny or featureless ROI, an RG/OT
+modality) and ``error`` (empty on success, a one-line message otherwise). A DICOM whose
+Modality is not a projection radiograph (``model_zoo.gate``) is a row error. With
+``block_flagged`` (the Batch page's default) flagged rows are errors too, as the Case page
+withholds them until acknowledged. A bad row never stops the batch. The output is rewritten
 atomically every ``flush_every`` rows, so a crashed run leaves a valid partial CSV and
 ``resume=True`` fills only the rows still missing.
 """
@@ -17,10 +22,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from model_zoo import imaging, roi
+from model_zoo import gate, imaging, roi
 from model_zoo.cases import is_missing, read_case_table
 from model_zoo.ensemble import Zoo
-from model_zoo.errors import ZooError
+from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import atomic_write_bytes
 
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
@@ -57,16 +62,27 @@ def choose_box(zoo: Zoo, pixels: np.ndarray, row: pd.Series, mode: str) -> tuple
     return roi.full_image_box((w, h)), "full"
 
 
-def predict_row(zoo: Zoo, row: pd.Series, mode: str) -> dict[str, Any]:
+def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = False) -> dict[str, Any]:
+    """One row's results; raises InputError for a refused modality (and, with ``block_flagged``,
+    for input the gate flags)."""
     image = imaging.load_image(row["image_path"])
+    header = gate.check_header(image.meta)
+    if header.refusal:
+        raise InputError(header.refusal)
     box, source = choose_box(zoo, image.pixels, row, mode)
+    flagged = [*header.blocking, *gate.roi_quality(image.pixels, box)]
+    if flagged and block_flagged:
+        raise InputError("input needs checking, no prediction made: " + "; ".join(flagged))
     pred = zoo.predict(image.pixels, box, age=row.get("age"), sex=row.get("sex"), site=row.get("site"))
     out: dict[str, Any] = {"p_ensemble": pred.p_ensemble}
+    if pred.p_calibrated is not None:
+        out["calibrated_p_ensemble"] = pred.p_calibrated
     out.update({f"p_{mid}": p for mid, p in pred.p_members.items()})
     out["p_clinic"] = pred.p_clinic
     out["prediction"] = pred.label
     out.update(dict(zip(ROI_COLUMNS, pred.roi_box)))
     out["roi_source"] = source
+    out["warning"] = "; ".join([*flagged, *header.warnings])
     return out
 
 
@@ -99,12 +115,17 @@ def _same_inputs(prev: dict[str, Any], row: pd.Series, mode: str) -> bool:
 
 def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str = "given",
                   resume: bool = False, flush_every: int = 25,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Predict every row of a case table into ``out_path``; returns the output frame."""
+                  progress: Callable[[int, int], None] | None = None,
+                  block_flagged: bool = False) -> pd.DataFrame:
+    """Predict every row of a case table into ``out_path``; returns the output frame.
+
+    ``block_flagged``: rows the input gate flags get an ``error`` instead of a prediction.
+    """
     table = read_case_table(cases_path, label_map=zoo.task.get("label_map"), check_files=True)
     frame = table.frame.copy()
-    result_cols = (["p_ensemble"] + [f"p_{m}" for m in zoo.member_ids]
-                   + ["p_clinic", "prediction", *ROI_COLUMNS, "roi_source", "error"])
+    result_cols = (["p_ensemble"] + (["calibrated_p_ensemble"] if zoo.calibration else [])
+                   + [f"p_{m}" for m in zoo.member_ids]
+                   + ["p_clinic", "prediction", *ROI_COLUMNS, "roi_source", "warning", "error"])
     # Resume: a finished row is reused only at the same position with the same inputs (image,
     # age, sex, site, and the ROI this mode would use), so duplicated paths, an edited table
     # or another --roi mode are recomputed, not mixed up.
@@ -125,7 +146,7 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
             result["error"] = str(row["row_error"])
         else:
             try:
-                result.update(predict_row(zoo, row, roi_mode))
+                result.update(predict_row(zoo, row, roi_mode, block_flagged=block_flagged))
                 result["error"] = ""
             except ZooError as err:
                 result["error"] = str(err)
@@ -140,6 +161,7 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
     input_cols = [c for c in frame.columns if c != "row_error"]
     out = pd.DataFrame(rows, columns=input_cols + [c for c in result_cols if c not in input_cols])
     out["error"] = out["error"].fillna("").astype(str)
+    out["warning"] = out["warning"].fillna("").astype(str)
     _write_csv(out, out_path)
     return out
 

@@ -527,6 +527,81 @@ def test_calibration_hand_case_and_errors():
         st.brier_score([0, 1], [0.5, 1.5])
 
 
+def _ece_brute_force(y, p, bins):
+    """ECE by an explicit loop over cases: bin b holds (e_b, e_b+1], bin 0 also holds 0.
+
+    The edges are np.linspace's (k/B and linspace's k*(1/B) can differ in the last bit)."""
+    edges = np.linspace(0, 1, bins + 1).tolist()
+    sums = [[0, 0.0, 0.0] for _ in range(bins)]  # n, sum p, sum y
+    for yi, pi in zip(y, p):
+        b = 0
+        while b < bins - 1 and pi > edges[b + 1]:
+            b += 1
+        sums[b][0] += 1
+        sums[b][1] += pi
+        sums[b][2] += yi
+    ece = sum(n / len(p) * abs(sy / n - sp / n) for n, sp, sy in sums if n)
+    return ece, sums
+
+
+@pytest.mark.parametrize("seed,bins", [(0, 10), (1, 10), (2, 7), (3, 1), (4, 20)])
+def test_ece_with_bins_matches_brute_force(seed, bins):
+    rng = np.random.default_rng(seed)
+    n = 257
+    p = rng.random(n) ** 2
+    p[:20] = np.linspace(0, 1, bins + 1)[rng.integers(0, bins + 1, 20)]  # exactly on bin edges
+    p[20], p[21] = 0.0, 1.0
+    y = (rng.random(n) < np.sqrt(p)).astype(int)  # deliberately miscalibrated
+    ece, table = st.ece_with_bins(y, p, bins=bins)
+    ref, sums = _ece_brute_force(y.tolist(), p.tolist(), bins)
+    assert ece == pytest.approx(ref, abs=1e-12)
+    assert ece == pytest.approx(st.expected_calibration_error(y, p, bins), abs=1e-12)
+    assert len(table) == bins and sum(b["n"] for b in table) == n
+    for b, (cnt, sp, sy) in zip(table, sums):
+        assert b["n"] == cnt
+        assert b["hi"] - b["lo"] == pytest.approx(1 / bins)
+        if cnt:
+            assert b["mean_p"] == pytest.approx(sp / cnt, abs=1e-12)
+            assert b["frac_positive"] == pytest.approx(sy / cnt, abs=1e-12)
+        else:
+            assert b["mean_p"] is None and b["frac_positive"] is None
+    import json
+
+    json.dumps(table, allow_nan=False)  # plain Python values
+
+
+def test_ece_with_bins_hand_case():
+    # [0,.1]: p .05, y 0 -> |0 - .05|; (.1,.2]: p .15 .15, y 1 0 -> |.5 - .15| = .35;
+    # (.9,1]: p .95, y 1 -> .05.  ECE = (.05 + 2 * .35 + .05) / 4 = 0.2.
+    ece, table = st.ece_with_bins([0, 1, 0, 1], [0.05, 0.15, 0.15, 0.95])
+    assert ece == pytest.approx(0.2, abs=1e-12)
+    assert [b["n"] for b in table] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert table[1] == {"lo": 0.1, "hi": 0.2, "n": 2, "mean_p": pytest.approx(0.15), "frac_positive": 0.5}
+    # Perfectly confident and right: ECE 0; confident and wrong: ECE 1.
+    assert st.ece_with_bins([0, 1], [0.0, 1.0])[0] == 0.0
+    assert st.ece_with_bins([1, 0], [0.0, 1.0])[0] == 1.0
+    with pytest.raises(InputError):
+        st.ece_with_bins([0, 1], [0.2, 1.2])
+    with pytest.raises(InputError):
+        st.ece_with_bins([0, 1], [0.2, 0.3], bins=0)
+
+
+def test_ece_with_bins_near_zero_when_calibrated():
+    """y ~ Bernoulli(p) is calibrated by construction; ECE shrinks like 1/sqrt(N per bin)."""
+    rng = np.random.default_rng(7)
+    n = 200_000
+    p = rng.random(n)
+    y = (rng.random(n) < p).astype(int)
+    ece, table = st.ece_with_bins(y, p)
+    assert ece < 0.005
+    # The leftover is binning noise: each bin's |frac - mean_p| is within ~4 binomial SEs.
+    for b in table:
+        se = math.sqrt(b["mean_p"] * (1 - b["mean_p"]) / b["n"])
+        assert abs(b["frac_positive"] - b["mean_p"]) < 4 * se + 1e-9
+    # The same probabilities pushed towards 0.5 are miscalibrated, and ECE sees it.
+    assert st.ece_with_bins(y, 0.5 + (p - 0.5) / 2)[0] > 0.1
+
+
 # ------------------------------------------------------------------ Table 1 tests
 
 

@@ -52,28 +52,47 @@ def candidate_factories(seed: int) -> dict[str, Callable[[], Any]]:
     return out
 
 
-def cross_val_auc(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                  *, folds: int, seed: int) -> tuple[float, float]:
-    """Mean and std of grouped, stratified k-fold ROC AUC."""
-    from sklearn.metrics import roc_auc_score
+def _grouped_splits(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int, seed: int) -> list:
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_splits = min(folds, int(min(np.bincount(y.astype(int)))))
     if n_splits < 2:
         raise InputError("too few cases of one class to cross-validate the stacker (need >= 2 per class)")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    scores = []
-    for train_idx, test_idx in cv.split(X, y, groups):
-        if len(np.unique(y[test_idx])) < 2 or len(np.unique(y[train_idx])) < 2:
-            continue
-        model = factory()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(X[train_idx], y[train_idx])
-        scores.append(roc_auc_score(y[test_idx], model.predict_proba(X[test_idx])[:, 1]))
+    return [(tr, te) for tr, te in cv.split(X, y, groups)
+            if len(np.unique(y[te])) == 2 and len(np.unique(y[tr])) == 2]
+
+
+def _fit_quietly(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray) -> Any:
+    model = factory()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X, y)
+    return model
+
+
+def cross_val_auc(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                  *, folds: int, seed: int) -> tuple[float, float]:
+    """Mean and std of grouped, stratified k-fold ROC AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = [roc_auc_score(y[te], _fit_quietly(factory, X[tr], y[tr]).predict_proba(X[te])[:, 1])
+              for tr, te in _grouped_splits(X, y, groups, folds=folds, seed=seed)]
     if not scores:
         return float("nan"), float("nan")
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def cross_val_probabilities(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int,
+                            seed: int) -> np.ndarray:
+    """Out-of-fold probabilities of one stacker candidate on its own training rows (the same
+    grouped folds as its CV AUC): what calibration is fitted on, since the refitted stacker's
+    in-sample probabilities are over-confident. Rows left out by every split stay NaN."""
+    factory = candidate_factories(seed)[name]
+    out = np.full(len(y), np.nan)
+    for tr, te in _grouped_splits(X, y, groups, folds=folds, seed=seed):
+        out[te] = _fit_quietly(factory, X[tr], y[tr]).predict_proba(X[te])[:, 1]
+    return out
 
 
 def select_stacker(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, candidates: list[str],

@@ -78,6 +78,7 @@ __all__ = [
     "delong_auc",
     "delong_covariance",
     "delong_test",
+    "ece_with_bins",
     "expected_calibration_error",
     "f1_score",
     "fleiss_kappa",
@@ -857,6 +858,40 @@ def expected_calibration_error(y_true: Any, y_prob: Any, n_bins: int = 10) -> fl
     ok = rc.count > 0
     w = rc.count[ok] / rc.count.sum()
     return float((w * np.abs(rc.mean_predicted[ok] - rc.fraction_positive[ok])).sum())
+
+
+def ece_with_bins(y_true: Any, y_prob: Any, bins: int = 10) -> tuple[float, list[dict[str, Any]]]:
+    """Expected calibration error and its reliability table, as plain Python values.
+
+    Equal-width bins on [0, 1], assigned exactly as :func:`reliability_curve`
+    (``[0, 1/B], (1/B, 2/B], ..., ((B-1)/B, 1]``), and
+
+    .. math:: \\mathrm{ECE} = \\sum_{b:\\,n_b>0} \\frac{n_b}{N}\\,|\\bar y_b - \\bar p_b|
+
+    (the same value as :func:`expected_calibration_error`).
+
+    Returns
+    -------
+    ece : float
+    table : list of dict
+        One dict per bin, empty bins included: ``lo``, ``hi`` (the bin edges), ``n``,
+        ``mean_p`` and ``frac_positive`` (``None`` for an empty bin). JSON-serialisable.
+    """
+    rc = reliability_curve(y_true, y_prob, bins)
+    ok = rc.count > 0
+    w = rc.count[ok] / rc.count.sum()
+    ece = float((w * np.abs(rc.fraction_positive[ok] - rc.mean_predicted[ok])).sum())
+    table = [
+        {
+            "lo": float(rc.bin_edges[i]),
+            "hi": float(rc.bin_edges[i + 1]),
+            "n": int(rc.count[i]),
+            "mean_p": float(rc.mean_predicted[i]) if rc.count[i] else None,
+            "frac_positive": float(rc.fraction_positive[i]) if rc.count[i] else None,
+        }
+        for i in range(rc.count.size)
+    ]
+    return ece, table
 
 
 # --------------------------------------------------------------------------- Table 1 tests
