@@ -259,7 +259,7 @@ def test_time_limit_stops_jobs_and_the_model_card_says_so(tmp_path):
     assert manifest["members"][0]["epochs_run"] == 1
     for job in (tmp_path / "run" / "jobs" / "vit").iterdir():  # folds and final alike
         assert len(torch.load(job / "result.pt", weights_only=False)["history"]) == 1
-    assert "| 1 of 2 (time limit) |" in (release / "MODEL_CARD.md").read_text()
+    assert "| 1 of 2 epochs (time limit) |" in (release / "MODEL_CARD.md").read_text()
     assert main(["--config", "tiny", "--cases", str(cases), "--workers", "0"]) == 2
 
 
@@ -350,7 +350,8 @@ def test_remote_pack_then_resume_at_home(synthetic_zoo, tmp_path):
     assert main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
                  "--run-dir", str(home / "run"), "--resume", "version=0.0.9", "output.fp16=true"]) == 0
     manifest = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.9")
-    assert manifest["metrics"] == verify_release(release)["metrics"], "same member scores, same stacker"
+    original = verify_release(release)["metrics"]  # also holds the fixture's external set, not re-scored here
+    assert manifest["metrics"] == {k: original[k] for k in ("val", "test")}, "same member scores, same stacker"
 
 
 def test_bad_localiser_path_fails_before_training(tmp_path, capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import ReleaseWriter, sha256_file, verify_release
@@ -28,15 +29,45 @@ from model_zoo.zoo import ReleaseWriter, sha256_file, verify_release
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md"}
 
 
+def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
+                        seconds: list[float] | None = None) -> dict[str, Any]:
+    """On labelled rows with annotator boxes: the ensemble ROC AUC with the ROI from the
+    annotator's box, the localiser's proposal and the whole image, and the proposals' IoU with
+    the annotator boxes (mean, shares > 0.3 / > 0.5). Appends each proposal's seconds."""
+    from sklearn.metrics import roc_auc_score
+
+    from model_zoo import imaging
+    from training.fit import row_box
+    from training.fit_localiser import box_metrics
+
+    scores: dict[str, list[float]] = {"annotator": [], "localiser": [], "whole_image": []}
+    proposals, truths = [], []
+    for _, row in rows.iterrows():
+        pixels = imaging.load_image(row["image_path"]).pixels
+        h, w = pixels.shape
+        proposal = localiser.propose(pixels)
+        if seconds is not None:
+            seconds.append(proposal.seconds)
+        truth = row_box(row, (w, h))
+        proposals.append(proposal.box)
+        truths.append(truth)
+        for source, box in {"annotator": truth, "localiser": proposal.box, "whole_image": None}.items():
+            p = zoo.predict(pixels, box, age=row.get("age"), sex=row.get("sex"), site=row.get("site"))
+            scores[source].append(p.p_ensemble)
+    y = rows["label"].to_numpy()
+    out: dict[str, Any] = {"n": int(len(rows))}
+    if len(np.unique(y)) == 2:
+        out.update({k: float(roc_auc_score(y, np.array(v))) for k, v in scores.items()})
+    out["iou"] = box_metrics(proposals, truths)
+    return out
+
+
 def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: str,
                    log: Any = print) -> tuple[dict[str, dict[str, Any]], float | None]:
     """Ensemble ROC AUC per split (val, test) for three ROI sources: annotator box, localiser
     proposal, whole image; and the median seconds of one proposal on this machine. Rows,
     labels and splits come from the release's own config."""
-    from sklearn.metrics import roc_auc_score
-
-    from model_zoo import imaging
-    from training.fit import data_fingerprint, load_cases, row_box
+    from training.fit import data_fingerprint, load_cases
 
     frame = load_cases(cfg, log=lambda *_: None)
     if data_fingerprint(frame) != fingerprint:
@@ -48,20 +79,32 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
         sub = frame[frame["split"] == split]
         if sub.empty or sub["label"].nunique() < 2:
             continue
-        scores: dict[str, list[float]] = {"annotator": [], "localiser": [], "whole_image": []}
-        for _, row in sub.iterrows():
-            pixels = imaging.load_image(row["image_path"]).pixels
-            h, w = pixels.shape
-            proposal = localiser.propose(pixels)
-            seconds.append(proposal.seconds)
-            boxes = {"annotator": row_box(row, (w, h)), "localiser": proposal.box, "whole_image": None}
-            for source, box in boxes.items():
-                p = zoo.predict(pixels, box, age=row.get("age"), sex=row.get("sex"), site=row.get("site"))
-                scores[source].append(p.p_ensemble)
-        y = sub["label"].to_numpy()
-        out[split] = {"n": int(len(sub)), **{k: float(roc_auc_score(y, np.array(v))) for k, v in scores.items()}}
+        out[split] = roi_source_measures(zoo, localiser, sub, seconds)
+        out[split].pop("iou")  # the localiser's own metrics already hold its internal IoU
         log(f"      {split}: " + ", ".join(f"{k} {v:.3f}" for k, v in out[split].items() if k != "n"))
     return out, (float(np.median(seconds)) if seconds else None)
+
+
+def external_measures(zoo: Any, localiser: Any, manifest: dict[str, Any], label_map: Any,
+                      log: Any = print) -> dict[str, dict[str, Any]]:
+    """The same measures on every external set the release was validated on (its
+    ``data.external`` entries): what auto-crop does at a hospital the localiser never saw."""
+    from model_zoo.cases import read_case_table
+
+    out = {}
+    for name, entry in ((manifest.get("data") or {}).get("external") or {}).items():
+        source = Path(entry["source"])
+        if not source.is_file():
+            log(f"      external set {name}: {source} not found here; not measured")
+            continue
+        table = read_case_table(source, label_map=label_map, require_label=True)
+        rows = table.frame[table.frame["row_error"] == ""].reset_index(drop=True)
+        rows["label"] = rows["label"].astype(int)
+        out[name] = roi_source_measures(zoo, localiser, rows)
+        iou = out[name]["iou"]
+        log(f"      external {name}: IoU mean {iou['mean_iou']:.3f}, > 0.3 on {iou['frac_iou_gt_0_3']:.2f}; "
+            + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items() if k not in ("n", "iou")))
+    return out
 
 
 def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: Path,
@@ -88,7 +131,11 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
                 "the data fingerprint decides")
         cfg_cases = dict(cfg, data=dict(cfg["data"], cases=str(cases)))
         log("[1/2] ensemble AUC by ROI source (annotator box / localiser / whole image)")
-        roi_auc, seconds = roi_source_auc(load_zoo(source), localiser, cfg_cases, manifest["data"]["fingerprint"], log)
+        zoo = load_zoo(source)
+        roi_auc, seconds = roi_source_auc(zoo, localiser, cfg_cases, manifest["data"]["fingerprint"], log)
+        external = external_measures(zoo, localiser, manifest, cfg["task"].get("label_map"), log)
+        if external:
+            entry["external"] = external
 
     log("[2/2] release")
     if roi_auc is not None:

@@ -32,12 +32,13 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import imaging, preprocess, roi
+from model_zoo.calibration import Calibration, fit_platt
 from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.errors import InputError, ZooError
 from model_zoo.members import MemberSpec, family_spec
 from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
-from training import fit_localiser, fit_members, fit_stacker
+from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
 from training.config import dump_config, load_config
 from training.data import group_kfold, infer_groups, split_cases
 
@@ -94,6 +95,88 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def image_hashes(frame: pd.DataFrame) -> list[str]:
+    """sha256 of each row's image file: how a release's rows are traced (and external sets are
+    proven disjoint from training) without copying any image."""
+    return [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in frame["image_path"]]
+
+
+def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = print) -> dict[str, pd.DataFrame]:
+    """``external: [{name, cases}]``: hospitals the release never trains on, only measures on.
+
+    Refused when any external image is byte-identical to a row of the training table: a
+    number measured on seen images would be reported as 'a hospital it has not seen'."""
+    out: dict[str, pd.DataFrame] = {}
+    known = set(frame["sha256"])
+    for entry in cfg.get("external") or []:
+        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("cases"):
+            raise InputError(f"external: each entry needs a name and a cases table, got {entry!r}")
+        name = str(entry["name"])
+        if not name.replace("-", "").replace("_", "").isalnum() or name in out:
+            raise InputError(f"external: names must be unique and alphanumeric (- and _ allowed), got {name!r}")
+        table = read_case_table(entry["cases"], label_map=cfg["task"].get("label_map"), require_label=True)
+        ext = table.frame[table.frame["row_error"] == ""].reset_index(drop=True)
+        if len(ext) == 0:
+            raise InputError(f"external set {name}: no usable labelled rows in {entry['cases']}")
+        ext["label"] = ext["label"].astype(int)
+        ext["sha256"] = image_hashes(ext)
+        shared = int(ext["sha256"].isin(known).sum())
+        if shared:
+            raise InputError(f"external set {name}: {shared} of its images are also in the training case "
+                             "table; an external set must be a hospital the model has not seen")
+        log(f"      external set {name}: {len(ext)} cases ({int(ext['label'].sum())} positive), "
+            f"{len(table.errors)} rows skipped; no image shared with the training table")
+        out[name] = ext
+    return out
+
+
+def _external_source(cfg: dict[str, Any], name: str) -> str:
+    return next(str(e["cases"]) for e in cfg.get("external") or [] if str(e["name"]) == name)
+
+
+def score_with_finals(source: pd.DataFrame, finals: list[dict[str, Any]], cache_dir: Path,
+                      progress: bool) -> np.ndarray:
+    """(N, members) probabilities of the shipped (final) members on another case table, through
+    the same crop cache and forward pass as the internal splits."""
+    import torch
+
+    fingerprint = data_fingerprint(source)
+    columns = []
+    for res in finals:
+        spec = MemberSpec.from_dict(res["spec"])
+        crops = build_input_cache(source, spec, cache_dir, fingerprint, progress)
+        model = fit_members.build_model_from_state(spec, res["state_dict"]).to(memory_format=torch.channels_last)
+        columns.append(sigmoid(fit_members.predict_logits(model, crops, spec.mean, spec.std, channels_last=True)))
+    return np.column_stack(columns)
+
+
+def fit_calibration(cfg: dict[str, Any], chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
+                    groups_fit: np.ndarray, y_val: np.ndarray, p_val: np.ndarray, seed: int,
+                    log: Any = print) -> Calibration | None:
+    """Platt calibration of the ensemble on internal data only (``calibration.fit_on``):
+    ``oof`` = the chosen stacker's cross-validated probabilities on its own training rows,
+    ``val`` = the val split (which also chose the checkpoints, heads and threshold)."""
+    cal_cfg = cfg.get("calibration") or {}
+    method = cal_cfg.get("method", "none")
+    if method in (None, "none"):
+        return None
+    if method != "platt":
+        raise InputError(f"calibration.method must be platt or none, not {method!r}")
+    fit_on = cal_cfg.get("fit_on", "oof")
+    if fit_on == "oof":
+        p_cv = fit_stacker.cross_val_probabilities(chosen, X_fit, y_fit, groups_fit,
+                                                   folds=int(cfg["stacker"]["cv_folds"]), seed=seed)
+        ok = ~np.isnan(p_cv)
+        calibration = fit_platt(y_fit[ok], p_cv[ok], fit_on="oof")
+    elif fit_on == "val":
+        calibration = fit_platt(y_val, p_val, fit_on="val")
+    else:
+        raise InputError(f"calibration.fit_on must be oof or val, not {fit_on!r}")
+    log(f"      calibration: Platt on {fit_on} (n={calibration.n}): slope {calibration.slope:.3f}, "
+        f"intercept {calibration.intercept:.3f}")
+    return calibration
+
+
 def row_box(row: pd.Series, size_wh: tuple[int, int]) -> roi.Box:
     cols = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
     if all(c in row and pd.notna(row[c]) for c in cols):
@@ -141,6 +224,10 @@ def member_specs(cfg: dict[str, Any]) -> list[MemberSpec]:
             changes["arch"] = mcfg["arch"][family]
         if (mcfg.get("model_kwargs") or {}).get(family):
             changes["model_kwargs"] = {**spec.model_kwargs, **mcfg["model_kwargs"][family]}
+        # Any other spec field a start needs (e.g. a DINOv2 ViT's patch_size 14).
+        changes.update((mcfg.get("spec") or {}).get(family) or {})
+        if mcfg.get("normalisation") == "init":
+            changes.update(init_normalisation(family, (mcfg.get("init") or {}).get(family)))
         specs.append(spec.replace(**changes))
     ids = [s.member_id for s in specs]
     if len(set(ids)) != len(ids):
@@ -148,24 +235,75 @@ def member_specs(cfg: dict[str, Any]) -> list[MemberSpec]:
     return specs
 
 
+def init_provenance(init_path: str | None) -> dict[str, Any] | None:
+    """The provenance record written beside a converted start (``python -m training pretrained
+    convert``: ``<name>.json`` next to ``<name>.safetensors``), or None for other files."""
+    import json
+
+    if not init_path:
+        return None
+    sidecar = Path(init_path).with_suffix(".json")
+    return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
+
+
+def init_normalisation(family: str, init_path: str | None) -> dict[str, tuple[float, ...]]:
+    """``members.normalisation: init``: the mean/std the start's weights were trained with."""
+    record = init_provenance(init_path)
+    if not record or "mean" not in record or "std" not in record:
+        raise InputError(f"members.normalisation=init: {family} needs a converted start with its provenance "
+                         f"(<name>.json beside the weights, from `python -m training pretrained convert`); "
+                         f"got {init_path or 'no members.init entry'}")
+    return {"mean": tuple(float(v) for v in record["mean"]), "std": tuple(float(v) for v in record["std"])}
+
+
 def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, train_idx: np.ndarray,
                    val_idx: np.ndarray, score_idx: np.ndarray, cfg: dict[str, Any], job_dir: Path,
                    seed: int, init_path: str | None, progress: bool,
-                   stop_at: float | None = None) -> dict[str, Any]:
-    """Train one member job (resumable) and score ``score_idx``; result cached in job_dir."""
+                   stop_at: float | None = None, bank: dict[str, np.ndarray] | None = None,
+                   maps: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Train one member job (resumable) and score ``score_idx``; result cached in job_dir.
+
+    With ``bank`` (``train.trainable: head``) the backbone stays frozen and only its linear head
+    is fitted on the shared feature bank; ``spec`` then already carries the start's mean/std."""
     import torch
 
     result_path = job_dir / "result.pt"
     if result_path.is_file():
         return torch.load(result_path, weights_only=False)
     y = frame["label"].to_numpy()
-    res = fit_members.train_member(spec, cache[train_idx], y[train_idx], cache[val_idx], y[val_idx],
-                                   cfg["train"], work_dir=job_dir, seed=seed, init_path=init_path,
-                                   progress=progress, stop_at=stop_at)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # scored in float32 either way
-    model = fit_members.build_model_from_state(res.spec, res.state_dict).to(device)
-    logits = fit_members.predict_logits(model, cache[score_idx], res.spec.mean[0], res.spec.std[0],
-                                        device=device)
+    if maps is not None:  # train.trainable: tail (probe, then fine-tune the last blocks)
+        assert init_path is not None and bank is not None
+        k = int(cfg["train"].get("tail_blocks", 2))
+        res = fit_tails.fit_tail(spec, init_path, bank, maps, np.flatnonzero(frame["split"] == "train"), y,
+                                 train_idx, val_idx, cfg["train"], seed)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        fit_members._write_log(job_dir / "log.csv", res.history)
+        logits = fit_tails.tail_scores(res, maps, score_idx, k)
+        drift = fit_heads.forward_check(res, cache[score_idx[:8]], logits[:8])
+        if drift > 5e-2:  # the cached prefix is float16
+            raise RuntimeError(f"internal error: {spec.member_id}'s tail on cached maps disagrees with its "
+                               f"forward pass by {drift:.2g} logits")
+    elif bank is not None:
+        assert init_path is not None
+        res, weight, bias = fit_heads.fit_head(spec, init_path, bank, y, train_idx, val_idx, cfg["train"], seed)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        fit_members._write_log(job_dir / "log.csv", res.history)
+        logits = fit_heads.head_scores(weight, bias, bank, score_idx)
+        probe = score_idx[:8]
+        drift = fit_heads.forward_check(res, cache[probe], logits[:8])
+        if drift > 1e-3:
+            raise RuntimeError(f"internal error: {spec.member_id}'s folded head disagrees with its forward "
+                               f"pass by {drift:.2g} logits")
+    else:
+        normalisation = ((spec.mean, spec.std) if cfg["members"].get("normalisation") == "init" else None)
+        res = fit_members.train_member(spec, cache[train_idx], y[train_idx], cache[val_idx], y[val_idx],
+                                       cfg["train"], work_dir=job_dir, seed=seed, init_path=init_path,
+                                       progress=progress, stop_at=stop_at, normalisation=normalisation)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # scored in float32 either way
+        model = fit_members.build_model_from_state(res.spec, res.state_dict).to(device)
+        model = model.to(memory_format=torch.channels_last)  # ~8x faster depthwise convs on the CPU
+        logits = fit_members.predict_logits(model, cache[score_idx], res.spec.mean, res.spec.std,
+                                            device=device, channels_last=True)
     payload = {"spec": res.spec.to_dict(), "state_dict": res.state_dict, "best_epoch": res.best_epoch,
                "best_val_auc": res.best_val_auc, "history": res.history,
                "images_per_second": res.images_per_second,
@@ -349,6 +487,9 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     counts = frame.groupby("split")["label"].agg(["count", "sum"]).to_dict("index")
     log("      " + ", ".join(f"{k}: {v['count']} ({v['sum']} positive)" for k, v in counts.items()))
 
+    frame["sha256"] = image_hashes(frame)
+    externals = load_externals(cfg, frame, log)
+
     specs = member_specs(cfg)
     train_idx = np.flatnonzero(frame["split"] == "train")
     val_idx = np.flatnonzero(frame["split"] == "val")
@@ -369,6 +510,24 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         if paths[s.member_id] not in by_path:
             by_path[paths[s.member_id]] = build_input_cache(frame, s, run_dir / "cache", fingerprint, progress)
     caches = {mid: by_path[path] for mid, path in paths.items()}
+    trainable = str(cfg["train"].get("trainable", "all"))
+    banks: dict[str, dict[str, np.ndarray]] = {}
+    prefix_maps: dict[str, dict[str, np.ndarray]] = {}
+    if trainable in ("head", "tail"):  # frozen starts: one feature bank per member serves all its jobs
+        views = fit_heads.view_names(cfg["train"])
+        for s in specs:
+            banks[s.member_id] = fit_heads.feature_bank(
+                s, init_cfg.get(s.family), caches[s.member_id], views, run_dir / "cache",
+                paths[s.member_id].stem, train_rows=train_idx, log=log)
+            if trainable == "tail":  # and the frozen prefix's maps, for the tail's epochs
+                prefix_maps[s.member_id] = fit_tails.prefix_maps(
+                    s, init_cfg.get(s.family), caches[s.member_id], views, int(cfg["train"].get("tail_blocks", 2)),
+                    train_idx, log=log)
+        if workers > 1:
+            log("      head mode: the jobs take seconds each, so they run in this process")
+            workers = 1
+    elif trainable != "all":
+        raise InputError(f"train.trainable must be all, head or tail, not {trainable!r}")
     if workers > 1:
         run_jobs_in_parallel(jobs, {mid: str(path) for mid, path in paths.items()}, frame, cfg, workers,
                              stop_at, log)
@@ -379,7 +538,8 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         log(f"      {job.spec.member_id} {what}: train {len(job.train_idx)}, score {len(job.score_idx)}")
         res = run_member_job(job.spec, caches[job.spec.member_id], frame, job.train_idx, val_idx,
                              job.score_idx, cfg, job.job_dir, job.seed, init_cfg.get(job.spec.family),
-                             progress, stop_at)
+                             progress, stop_at, bank=banks.get(job.spec.member_id),
+                             maps=prefix_maps.get(job.spec.member_id))
         if job.fold is not None:
             oof[res["score_idx"], job.member_index] = res["scores"]
             continue
@@ -403,8 +563,8 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     if np.isnan(fit_scores).any():
         raise RuntimeError("internal error: missing out-of-fold scores for some training rows")
 
-    def clinical_cols(idx: np.ndarray) -> tuple[list, list, list]:
-        sub = frame.iloc[idx]
+    def clinical_cols(idx: np.ndarray, source: pd.DataFrame = frame) -> tuple[list, list, list]:
+        sub = source.iloc[idx]
         get = lambda c: sub[c].tolist() if c in sub else [None] * len(sub)  # noqa: E731
         return get("age"), get("sex"), get("site")
 
@@ -424,27 +584,40 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
 
     log("[4/6] threshold and metrics")
 
-    def ensemble_probs(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        X = stacker_matrix(final_scores[idx], *clinical_cols(idx), age_fill=age_fill)
+    def ensemble_probs(idx: np.ndarray, scores: np.ndarray = final_scores,
+                       source: pd.DataFrame = frame) -> tuple[np.ndarray, np.ndarray]:
+        X = stacker_matrix(scores[idx], *clinical_cols(idx, source), age_fill=age_fill)
         return stacker.predict_proba(X)[:, 1], clinic.predict_proba(X[:, n_members:])[:, 1]
 
     y_all = frame["label"].to_numpy()
     p_val, _ = ensemble_probs(val_idx)
     threshold = choose_threshold(y_all[val_idx], p_val, cfg["threshold"]["rule"],
                                  float(cfg["threshold"].get("target_sensitivity", 0.9)))
-    predictions = {}
-    for split_name, idx in (("val", val_idx), ("test", test_idx)):
-        if len(idx) == 0:
-            continue
-        p_ens, p_clin = ensemble_probs(idx)
-        pred = frame.iloc[idx][[c for c in ("image", "image_id", "subtype", "age", "sex", "site", "group")
-                                if c in frame]].copy()
-        pred.insert(0, "label", y_all[idx])
+    calibration = fit_calibration(cfg, chosen, X_fit, y_fit, groups_fit, y_all[val_idx], p_val, seed, log)
+
+    def prediction_frame(source: pd.DataFrame, idx: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+        p_ens, p_clin = ensemble_probs(idx, scores, source)
+        pred = source.iloc[idx][[c for c in ("image", "image_id", "subtype", "age", "sex", "site", "group")
+                                 if c in source]].copy()
+        pred.insert(0, "label", source["label"].to_numpy()[idx])
         pred["p_ensemble"] = p_ens
         for m, mid in enumerate(member_ids):
-            pred[f"p_{mid}"] = final_scores[idx, m]
+            pred[f"p_{mid}"] = scores[idx, m]
         pred["p_clinic"] = p_clin
-        predictions[split_name] = pred.reset_index(drop=True)
+        if calibration is not None:
+            pred["calibrated_p_ensemble"] = calibration.apply(p_ens)
+        return pred.reset_index(drop=True)
+
+    predictions = {}
+    for split_name, idx in (("val", val_idx), ("test", test_idx)):
+        if len(idx) > 0:
+            predictions[split_name] = prediction_frame(frame, idx, final_scores)
+    external_rows: dict[str, pd.DataFrame] = {}
+    for name, ext_frame in externals.items():
+        log(f"      external set {name}: scoring {len(ext_frame)} cases with the final members")
+        scores = score_with_finals(ext_frame, finals, run_dir / "cache", progress)
+        predictions[f"external-{name}"] = prediction_frame(ext_frame, np.arange(len(ext_frame)), scores)
+        external_rows[name] = ext_frame
     metrics = {}
     for split_name, pred in predictions.items():
         y = pred["label"].to_numpy()
@@ -476,6 +649,14 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                             context={"zoo": f"{cfg['name']} {cfg['version']}", "split": split_name,
                                      "threshold rule": cfg["threshold"]["rule"] + " on val"})
         report_dirs[split_name] = out
+    from training.evaluation import evaluation_block
+
+    # The numbers a clinician elsewhere would get sit beside the internal test ones.
+    evaluation = {"test": evaluation_block(predictions["test"], threshold=threshold, kind="internal",
+                                           source=f"{cfg['data']['cases']} (test split)")} if "test" in predictions else {}
+    for name in externals:
+        evaluation[name] = evaluation_block(predictions[f"external-{name}"], threshold=threshold, kind="external",
+                                            source=str(_external_source(cfg, name)))
 
     log("[6/6] release")
     import joblib
@@ -501,11 +682,18 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                 "best_val_auc": res["best_val_auc"], "train_images_per_second": res["images_per_second"],
                 "epochs_run": len(res["history"]),
                 "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
+                "init_provenance": init_provenance(init_cfg.get(spec.family)),
+                "trainable": trainable,
             })
         buf = io.BytesIO()
         joblib.dump({"stacker": stacker, "clinic": clinic}, buf, compress=3)
         rw.write_bytes("stacker.joblib", buf.getvalue())
         rw.write_text("config.yaml", dump_config(cfg))
+        # Every row by content hash (paths relative to their table): which images trained,
+        # chose and tested this release, and proof that no external image was among them.
+        rw.write_text("data/cases.csv", frame[["image", "sha256", "split", "fold", "label"]].to_csv(index=False))
+        for name, ext_frame in external_rows.items():
+            rw.write_text(f"data/external-{name}.csv", ext_frame[["image", "sha256", "label"]].to_csv(index=False))
         localiser_entry = None
         if localiser_files:
             localiser_entry, localiser_bytes, _ = localiser_files
@@ -537,10 +725,16 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                         "cam_weights": cam_weights, "cam_weights_rule": "permutation importance (AUC) of each member score in the stacker"},
             "clinic_model": {"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
             "threshold": {"value": threshold, "rule": cfg["threshold"]["rule"], "chosen_on": "val",
-                          "per_model": model_thresholds},
+                          "per_model": model_thresholds,
+                          "value_calibrated": float(calibration.apply(threshold)) if calibration else None},
+            "calibration": calibration.to_dict() if calibration else None,
+            "evaluation": evaluation,
             "metrics": metrics,
             "data": {"source": str(cfg["data"]["cases"]), "fingerprint": fingerprint, "n_cases": int(len(frame)),
-                     "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()}},
+                     "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()},
+                     "rows": "data/cases.csv",
+                     "external": {name: {"source": str(_external_source(cfg, name)), "n": int(len(f)),
+                                         "rows": f"data/external-{name}.csv"} for name, f in external_rows.items()}},
             "library_versions": library_versions(),
             "localiser": localiser_entry,
         }
@@ -552,6 +746,18 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
 
 def training_recipe(train: dict[str, Any]) -> str:
     """One line naming the optimiser, schedule, epochs and augmentation actually configured."""
+    if str(train.get("trainable", "all")) in ("head", "tail"):
+        from training.fit_heads import view_names
+
+        grid = train.get("head_c_grid") or "0.001-1"
+        tail = ""
+        if str(train.get("trainable")) == "tail":
+            tail = (f"; then the last {train.get('tail_blocks', 2)} blocks + head fine-tuned on the frozen prefix's "
+                    f"cached maps (AdamW lr {train.get('tail_lr', 1e-4)}, cosine, {train.get('tail_epochs', 6)} epochs, "
+                    "BatchNorm frozen, one random training view per crop and epoch; best epoch by val AUC, 0 = head only)")
+        return ("frozen pretrained backbone; linear head = L2 logistic regression on its standardised pooled "
+                f"features (inverse strength C from {grid}, chosen by val AUC); training views: "
+                f"{', '.join(view_names(train))}{tail}")
     opt = str(train.get("optimizer", "sgd")).lower()
     opt_text = (f"SGD (momentum {train.get('momentum', 0.9)})" if opt == "sgd" else "AdamW") + \
         f" lr {train['lr']}, weight decay {train.get('weight_decay', 0)}"
@@ -587,6 +793,26 @@ def target_sentences(models: dict[str, Any], targets: dict[str, Any]) -> list[st
     return out
 
 
+def start_text(entry: dict[str, Any]) -> str:
+    prov = entry.get("init_provenance")
+    if prov:
+        return f"{prov.get('name', '?')} ({prov.get('package', '?')} {prov.get('package_version', '')})".strip()
+    return "scratch" if entry.get("init", "scratch") == "scratch" else Path(str(entry["init"])).name
+
+
+def prov_line(prov: dict[str, Any]) -> str:
+    """One model-card line per converted start: where it came from, its licence and hash."""
+    sha = str(prov.get("output_sha256") or prov.get("sha256") or "")[:16]
+    parts = [f"`{prov.get('name', '?')}`: {prov.get('description') or prov.get('timm_arch', '')}",
+             f"from PyPI `{prov.get('package', '?')}=={prov.get('package_version', '?')}`",
+             f"licence {prov.get('licence', 'not stated')}"]
+    if prov.get("provenance"):
+        parts.append(str(prov["provenance"]))
+    if sha:
+        parts.append(f"sha256 `{sha}...`")
+    return "; ".join(parts)
+
+
 def proposal_time(loc: dict[str, Any]) -> str:
     """The localiser's median time per image, saying where it was measured."""
     timed = loc.get("proposal_seconds_median") or {}
@@ -613,16 +839,27 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)",
         "- Recipe: " + training_recipe(cfg["train"]), "",
         "## Members", "",
-        "| member | architecture | input | init | epochs run | best epoch | val AUC |",
+        "| member (family role) | architecture | input | start | trained | best epoch | val AUC |",
         "|---|---|---|---|---|---|---|",
     ]
     planned = int(cfg["train"]["epochs"])
     for e in m["members"]:
         s = e["spec"]
         ran = e.get("epochs_run", planned)
-        ran_text = f"{ran}" if ran >= planned else f"{ran} of {planned} (time limit)"
-        lines.append(f"| {s['member_id']} | {s['arch']} | {s['input_size']} px | {e['init']} | "
-                     f"{ran_text} | {e['best_epoch']} | {e['best_val_auc']:.3f} |")
+        if e.get("trainable") == "head":
+            ran_text = "head only (frozen backbone)"
+        elif e.get("trainable") == "tail":
+            ran_text = f"head, then the last {cfg['train'].get('tail_blocks', 2)} blocks fine-tuned"
+        else:
+            ran_text = f"{ran} epochs" if ran >= planned else f"{ran} of {planned} epochs (time limit)"
+        lines.append(f"| {s['member_id']} ({s['family']}) | {s['arch']} | {s['input_size']} px | "
+                     f"{start_text(e)} | {ran_text} | {e['best_epoch']} | {e['best_val_auc']:.3f} |")
+    starts = [e["init_provenance"] for e in m["members"] if e.get("init_provenance")]
+    if starts:
+        lines += ["", "Pretrained starts (converted from PyPI packages by `python -m training pretrained "
+                  "convert`; nothing downloaded from a model hub):", ""]
+        for prov in starts:
+            lines.append(f"- {prov_line(prov)}")
     lines += ["", "## Data", ""]
     card = cfg.get("model_card") or {}
     if card.get("data"):
@@ -650,6 +887,22 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
             lines.append(f"| {name} | {fmt(block, 'auc')} | {fmt(block, 'sensitivity')} | "
                          f"{fmt(block, 'specificity')} | {fmt(block, 'accuracy')} |")
         lines += ["", *target_sentences(test["models"], card.get("targets") or {})]
+    evaluation = m.get("evaluation") or {}
+    if evaluation:
+        from training.evaluation import format_evaluation_table
+
+        lines += ["", "## At a hospital the model has not seen", "",
+                  "Internal test (centre of the training data) beside every external set (never used for "
+                  "fitting, calibrating or choosing the threshold):", "",
+                  *format_evaluation_table(evaluation)]
+    cal = m.get("calibration")
+    if cal:
+        lines += ["", "## Calibration", "",
+                  f"Platt scaling of the ensemble probability (slope {cal['slope']:.3f}, intercept "
+                  f"{cal['intercept']:.3f}), fitted on {cal['fit_on']} predictions of {cal['n']} internal "
+                  f"cases ({cal['n_positive']} positive). The operating threshold "
+                  f"{m['threshold']['value']:.3f} is {m['threshold']['value_calibrated']:.3f} on the "
+                  "calibrated scale: the call is the same on both."]
     lines += ["", "Full tables and figures: `report/<split>/report.html`.", "", "## Localiser", ""]
     loc = m.get("localiser")
     if loc:
@@ -670,14 +923,20 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         if by_source:
             lines += ["", "Ensemble ROC AUC by where the ROI comes from (same cases, same models):", "",
                       "| split | n | annotator box | localiser box | whole image |", "|---|---|---|---|---|"]
-            for split_name, row in by_source.items():
+            rows = [*by_source.items(), *((f"{k} (external)", v) for k, v in (loc.get("external") or {}).items())]
+            for split_name, row in rows:
                 lines.append(f"| {split_name} | {row['n']} | {num(row.get('annotator'))} | "
                              f"{num(row.get('localiser'))} | {num(row.get('whole_image'))} |")
+        for name, ext in (loc.get("external") or {}).items():
+            iou = ext.get("iou") or {}
+            lines += ["", f"At {name}, a hospital it never saw: mean IoU {num(iou.get('mean_iou'))} with the "
+                      f"annotator boxes, IoU > 0.3 on {num(iou.get('frac_iou_gt_0_3'))} and > 0.5 on "
+                      f"{num(iou.get('frac_iou_gt_0_5'))} of {iou.get('n_lesion')} lesions."]
     else:
         lines.append("None in this release: auto-crop falls back to the whole image (and says so).")
     lines += ["", "## What it is not / limitations", ""]
     lines += [f"- {item}" for item in card.get("not", [])]
-    lines += ["- Trained from scratch unless a member's `init` says otherwise; small data.",
+    lines += ["- Trained from scratch unless a member's start says otherwise; small data.",
               "- Not validated for clinical use; not a medical device.", ""]
     return "\n".join(lines)
 

@@ -78,17 +78,24 @@ def channel_stats(images_u8: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(max(x.std(), 1e-3))
 
 
-def _to_batch(images_u8: Any, mean: float, std: float, device: Any,
+def _to_batch(images_u8: Any, mean: float | tuple[float, ...], std: float | tuple[float, ...], device: Any,
               channels_last: bool) -> Any:
     """Normalised (N, 3, S, S) float batch from uint8 crops (a numpy array or a uint8 tensor,
     e.g. the training set already held on the GPU)."""
     import torch
 
     if isinstance(images_u8, np.ndarray):
-        images_u8 = torch.from_numpy(images_u8)
+        images_u8 = torch.from_numpy(np.ascontiguousarray(images_u8))
     # uint8 crosses to the device first (4x fewer bytes than float32), then converts there.
     x = images_u8.to(device=device).to(torch.float32).div_(255.0)
-    x = x.sub_(mean).div_(std).unsqueeze(1).expand(-1, 3, -1, -1)
+    mean3 = np.broadcast_to(np.asarray(mean, np.float32), (3,))
+    std3 = np.broadcast_to(np.asarray(std, np.float32), (3,))
+    if (mean3 == mean3[0]).all() and (std3 == std3[0]).all():  # grey replicated: one value
+        x = x.sub_(float(mean3[0])).div_(float(std3[0])).unsqueeze(1).expand(-1, 3, -1, -1)
+    else:  # per-channel (a pretrained start's own normalisation)
+        m = torch.as_tensor(mean3.copy(), device=device).reshape(1, 3, 1, 1)
+        s = torch.as_tensor(std3.copy(), device=device).reshape(1, 3, 1, 1)
+        x = (x.unsqueeze(1) - m) / s
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
     return x
 
@@ -193,7 +200,8 @@ def make_scheduler(optimizer: Any, train_cfg: dict[str, Any]) -> Any:
     raise ValueError(f"train.schedule must be step or cosine, not {name!r}")
 
 
-def predict_logits(model: Any, images_u8: np.ndarray, mean: float, std: float, *,
+def predict_logits(model: Any, images_u8: np.ndarray, mean: float | tuple[float, ...],
+                   std: float | tuple[float, ...], *,
                    batch_size: int = 64, device: Any = "cpu", channels_last: bool = False,
                    amp: bool = False) -> np.ndarray:
     import torch
@@ -230,6 +238,7 @@ def train_member(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     stop_at: float | None = None,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> MemberResult:
     """Train one member on cached uint8 crops (N, S, S); resumable from ``work_dir/last.pt``.
 
@@ -248,8 +257,12 @@ def train_member(
     channels_last = bool(train_cfg.get("channels_last", True))
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    mean, std = channel_stats(train_x)
-    spec = spec.replace(mean=(mean,) * 3, std=(std,) * 3)
+    if normalisation is None:  # the paper: the training set's own mean/std
+        m, s = channel_stats(train_x)
+        spec = spec.replace(mean=(m,) * 3, std=(s,) * 3)
+    else:  # a pretrained start keeps the normalisation its weights were trained with
+        spec = spec.replace(mean=tuple(normalisation[0]), std=tuple(normalisation[1]))
+    mean, std = spec.mean, spec.std
 
     torch.manual_seed(seed)
     model = spec.build_model()

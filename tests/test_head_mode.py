@@ -1,0 +1,125 @@
+"""``train.trainable: head``: frozen starts, a linear head fitted on a shared feature bank.
+
+A tiny random network saved as a 'converted start' (safetensors + provenance JSON with its own
+mean/std) stands in for the ImageNet weights, so this runs without the weight packages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_zoo.errors import InputError
+from model_zoo.members import family_spec
+
+pytestmark = pytest.mark.slow
+
+START_MEAN, START_STD = (0.45, 0.5, 0.55), (0.2, 0.25, 0.3)
+
+
+def _fake_start(folder: Path, family: str) -> Path:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    model = family_spec(family, variant="tiny", input_size=64).build_model()
+    path = folder / f"{family}.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    path.with_suffix(".json").write_text(json.dumps({"name": family, "mean": START_MEAN, "std": START_STD,
+                                                      "licence": "test"}))
+    return path
+
+
+def test_views_are_pure_and_named():
+    from training.fit_heads import apply_view, view_names
+
+    crops = np.random.default_rng(0).integers(0, 255, (3, 16, 16), dtype=np.uint8)
+    assert view_names({}) == ["id", "h", "v", "hv"]
+    assert view_names({"vflip": False, "resolution_jitter": [0.5]}) == ["id", "h", "blur0.5"]
+    np.testing.assert_array_equal(apply_view(crops, "h"), crops[:, :, ::-1])
+    np.testing.assert_array_equal(apply_view(crops, "hv"), crops[:, ::-1, ::-1])
+    blurred = apply_view(crops, "blur0.5")
+    assert blurred.shape == crops.shape and not np.array_equal(blurred, crops)
+    # blurring removes high-frequency energy (pixel-to-pixel differences)
+    assert np.abs(np.diff(blurred.astype(float), axis=-1)).mean() < np.abs(np.diff(crops.astype(float), axis=-1)).mean()
+    with pytest.raises(InputError):
+        view_names({"resolution_jitter": [1.5]})
+
+
+def test_head_mode_fit_keeps_the_backbone_and_uses_the_start_normalisation(tmp_path):
+    from safetensors.torch import load_file
+    from synthetic import write_case_table
+
+    from model_zoo.ensemble import load_zoo
+    from model_zoo.zoo import verify_release
+    from training.fit import main as fit_main
+
+    cases = write_case_table(tmp_path / "data", n=40, size=96, seed=2)
+    starts = {f: _fake_start(tmp_path / "starts", f) for f in ("efficientnet_b3", "vit")}
+    argv = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+            "--run-dir", str(tmp_path / "run"), "members.families=[efficientnet_b3, vit]",
+            "train.trainable=head", "members.normalisation=init", "train.resolution_jitter=[0.5]"]
+    argv += [f"--init={f}={p}" for f, p in starts.items()]
+    assert fit_main(argv) == 0
+    release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
+    manifest = verify_release(release)
+    for entry in manifest["members"]:
+        assert entry["trainable"] == "head"
+        assert tuple(entry["spec"]["mean"]) == START_MEAN and tuple(entry["spec"]["std"]) == START_STD
+        assert entry["init_provenance"]["licence"] == "test"
+        family = entry["spec"]["family"]
+        start = load_file(str(starts[family]))
+        shipped = load_file(str(release / entry["weights"]))
+        changed = [k for k in start if not torch.equal(start[k], shipped[k])]
+        # only the classifier moved: the backbone is the start, tensor for tensor
+        assert changed and all(k.startswith(("classifier.", "head.")) for k in changed), changed
+    zoo = load_zoo(release)
+    assert 0.0 <= zoo.predict(np.random.default_rng(0).random((96, 96)), None).p_ensemble <= 1.0
+
+
+def test_head_mode_refuses_a_member_without_a_start(tmp_path):
+    from synthetic import write_case_table
+
+    from training.fit import main as fit_main
+
+    cases = write_case_table(tmp_path / "data", n=24, size=64, seed=2)
+    rc = fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+                   "--run-dir", str(tmp_path / "run"), "members.families=[vit]", "train.trainable=head"])
+    assert rc == 2
+
+
+def test_tail_mode_fine_tunes_only_the_last_blocks(tmp_path):
+    """LP-FT: the cached-prefix tail is the network inference runs (fit checks the forward pass),
+    and only the last block(s) and the head differ from the start."""
+    from safetensors.torch import load_file
+    from synthetic import write_case_table
+
+    from model_zoo.zoo import verify_release
+    from training.fit import main as fit_main
+
+    cases = write_case_table(tmp_path / "data", n=40, size=96, seed=4)
+    starts = {f: _fake_start(tmp_path / "starts", f) for f in ("efficientnet_b3", "vit")}
+    argv = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+            "--run-dir", str(tmp_path / "run"), "members.families=[efficientnet_b3, vit]",
+            "train.trainable=tail", "train.tail_blocks=1", "train.tail_epochs=2", "train.tail_lr=0.01",
+            "members.normalisation=init"]
+    argv += [f"--init={f}={p}" for f, p in starts.items()]
+    assert fit_main(argv) == 0
+    release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
+    manifest = verify_release(release)
+    import timm
+
+    for entry in manifest["members"]:
+        assert entry["trainable"] == "tail"
+        start = load_file(str(starts[entry["spec"]["family"]]))
+        shipped = load_file(str(release / entry["weights"]))
+        model = timm.create_model(entry["spec"]["arch"], num_classes=1, **entry["spec"]["model_kwargs"])
+        last = f"blocks.{len(model.blocks) - 1}."
+        changed = [k for k in start if k in shipped and not torch.allclose(
+            start[k].float(), shipped[k].float(), rtol=1e-3, atol=1e-5)]  # fp16 storage rounds
+        assert changed, "the tail trained"
+        assert all(k.startswith((last, "classifier.", "head.", "conv_head.", "bn2.", "norm.")) for k in changed), changed
