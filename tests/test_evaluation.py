@@ -115,21 +115,21 @@ def test_block_rejects_unusable_input(change, match):
 
 
 def test_table_rows_and_unseen_sentence():
+    """The model card's table is the Zoo page's rows as markdown, internal set first."""
     ext = evaluation_block(_frame(2), threshold=0.5, kind="external", source="b")
     internal = evaluation_block(_frame(3), threshold=0.5, kind="internal", source="a")
     lines = format_evaluation_table({"c3": ext, "test": internal})
-    rows = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| Set")]
-    assert [r.split("|")[1].strip() for r in rows] == ["test (internal)", "c3 (external)"]
+    rows = [ln for ln in lines[2:] if ln.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["test", "c3"]
     auc = ext["models"]["ensemble"]
-    assert f"{auc['auc']:.3f} [{auc['auc_ci'][0]:.3f}-{auc['auc_ci'][1]:.3f}]" in rows[1]
+    assert f"{auc['auc']:.2f} [{auc['auc_ci'][0]:.2f}-{auc['auc_ci'][1]:.2f}]" in rows[1]
     assert f"{ext['ensemble']['ece']:.3f} -> {ext['ensemble']['ece_calibrated']:.3f}" in rows[1]
     best = max(("m1", "m2"), key=lambda m: ext["models"][m]["auc"])
     assert f"({best})" in rows[1]
     sentence = lines[-1]
-    assert "has not seen" in sentence and "c3" in sentence.split("external row")[1].split(".")[0]
-    assert "(test)" in sentence
+    assert "never seen" in sentence and "c3: AUC" in sentence and "internal test AUC" in sentence
     only_internal = format_evaluation_table({"test": internal})[-1]
-    assert only_internal.startswith("No external set")
+    assert only_internal.startswith("This release was not validated outside its training hospital")
 
 
 def test_block_from_release_metrics():

@@ -268,89 +268,20 @@ def block_from_release_metrics(metrics: dict[str, Any], *, source: str, kind: st
 # ----------------------------------------------------------------------------- the table
 
 
-def _f(x: Any, nd: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{nd}f}"
-
-
-def _fci(x: Any, ci: Sequence[Any] | None, nd: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    if not ci or ci[0] is None or ci[1] is None:
-        return _f(x, nd)
-    return f"{x:.{nd}f} [{ci[0]:.{nd}f}-{ci[1]:.{nd}f}]"
-
-
-def _best_member(block: dict[str, Any]) -> tuple[str, float] | None:
-    members = [(name, m["auc"]) for name, m in block["models"].items()
-               if name not in ("ensemble", "clinic") and m.get("auc") is not None]
-    return max(members, key=lambda nm: nm[1]) if members else None
-
-
-def _ordered(blocks: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    return ([(k, b) for k, b in blocks.items() if b["kind"] == "internal"]
-            + [(k, b) for k, b in blocks.items() if b["kind"] != "internal"])
-
-
 def format_evaluation_table(blocks: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown lines for a model card: one row per set, internal rows first.
+    """Markdown lines for a model card: the dashboard's "new hospital" table (one row per set,
+    internal first), then the sentence naming the rows that apply at a hospital the model has
+    not seen. Both come from ``model_zoo.validation_text``, so card and Zoo page agree."""
+    from model_zoo.validation_text import evaluation_rows, unseen_hospital_sentence
 
-    Columns: set, n (positive), ensemble AUC [95 % DeLong CI], best member AUC, clinic-only
-    AUC, ECE raw -> calibrated, threshold, sensitivity and specificity [95 % Wilson CI] at
-    the shipped threshold. After the table, a sentence naming the rows that estimate
-    performance at a hospital the model has not seen (the external rows), built from the
-    blocks.
-    """
-    lines = [
-        "| Set | n (positive) | Ensemble AUC [95% CI] | Best member AUC | Clinic-only AUC "
-        "| ECE raw -> calibrated | Threshold | Sensitivity [95% CI] | Specificity [95% CI] |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, b in _ordered(blocks):
-        ens_auc = b["models"].get("ensemble", {})
-        best = _best_member(b)
-        clinic = b["models"].get("clinic", {}).get("auc")
-        e = b["ensemble"]
-        if e.get("ece") is None:
-            ece = "n/a"
-        elif e.get("ece_calibrated") is None:
-            ece = f"{e['ece']:.3f} (no calibration)"
-        else:
-            ece = f"{e['ece']:.3f} -> {e['ece_calibrated']:.3f}"
-        lines.append(
-            f"| {name} ({b['kind']}) | {b['n']} ({b['n_positive']}) "
-            f"| {_fci(ens_auc.get('auc'), ens_auc.get('auc_ci'))} "
-            f"| {'n/a' if best is None else f'{best[1]:.3f} ({best[0]})'} | {_f(clinic)} | {ece} "
-            f"| {_f(e.get('threshold'))} | {_fci(e.get('sensitivity'), e.get('sensitivity_ci'), 2)} "
-            f"| {_fci(e.get('specificity'), e.get('specificity_ci'), 2)} |"
-        )
-    lines.append("")
-    lines.append(_unseen_sentence(blocks))
-    return lines
-
-
-def _unseen_sentence(blocks: dict[str, dict[str, Any]]) -> str:
-    external = [(k, b) for k, b in blocks.items() if b["kind"] == "external"]
-    internal = [k for k, b in blocks.items() if b["kind"] == "internal"]
-    if not external:
-        return ("No external set was evaluated, so no row here estimates performance at a hospital "
-                "the model has not seen; the internal rows come from the hospital(s) it was trained on.")
-    parts = []
-    for k, b in external:
-        m = b["models"].get("ensemble", {})
-        parts.append(f"{k} (ensemble AUC {_fci(m.get('auc'), m.get('auc_ci'))}, "
-                     f"{b['n']} cases, {b['n_positive']} positive)")
-    rows = "row" if len(external) == 1 else "rows"
-    text = f"For a hospital the model has not seen, read the external {rows}: {'; '.join(parts)}."
-    if internal:
-        one = len(internal) == 1
-        text += (f" The internal {'row' if one else 'rows'} ({', '.join(internal)}) "
-                 f"{'comes' if one else 'come'} from the hospital(s) the model was trained on and "
-                 f"{'does' if one else 'do'} not carry over to a new site.")
-    small = [k for k, b in external if b["n_positive"] < 50]
-    if small:
-        text += (f" Few positive cases in {', '.join(small)}: differences inside the confidence "
-                 "intervals are noise.")
-    return text
+    manifest = {"evaluation": blocks}
+    rows = evaluation_rows(manifest)
+    if not rows:
+        return []
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    return [*lines, "", unseen_hospital_sentence(manifest) or ""]
 
 
 # ----------------------------------------------------------------------------- leakage check

@@ -74,13 +74,21 @@ def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, v
     return out
 
 
+def _as_input(maps: np.ndarray) -> Any:
+    """float32 tensor of cached maps; CNN maps channels_last (depthwise convs ~8x faster on the CPU)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(maps)).float()
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
 def _tail_logits(tail: Any, maps: np.ndarray, batch_size: int = 64) -> np.ndarray:
     import torch
 
     out = []
     with torch.inference_mode():
         for start in range(0, len(maps), batch_size):
-            out.append(tail(torch.from_numpy(maps[start:start + batch_size]).float()).reshape(-1).numpy())
+            out.append(tail(_as_input(maps[start:start + batch_size])).reshape(-1).numpy())
     return np.concatenate(out).astype(np.float64)
 
 
@@ -97,6 +105,7 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
     probe, _, _ = fit_head(spec, init_path, bank, y, train_idx, val_idx, train_cfg, seed)
     model = start_model(spec, init_path)
     model.load_state_dict(probe.state_dict)
+    model = model.to(memory_format=torch.channels_last)
     model.eval()  # frozen BatchNorm statistics and no dropout: the tail trained is the one inferred
     _, tail, modules = split_model(model, k)
     for p in model.parameters():
@@ -136,7 +145,7 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
             picks = rng.integers(0, len(views), len(rows))
             x = np.stack([maps[views[v]][r] if views[v] == IDENTITY else maps[views[v]][pos_in_train[int(r)]]
                           for r, v in zip(rows, picks)])
-            logits = tail(torch.from_numpy(x).float()).reshape(-1)
+            logits = tail(_as_input(x)).reshape(-1)
             loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[rows].astype(np.float32)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,6 +168,8 @@ def tail_scores(result: MemberResult, maps: dict[str, np.ndarray], score_idx: np
     """Logits of the identity view through the trained tail (the cached prefix is unchanged)."""
     from training.fit_members import build_model_from_state
 
-    model = build_model_from_state(result.spec, result.state_dict)
+    import torch
+
+    model = build_model_from_state(result.spec, result.state_dict).to(memory_format=torch.channels_last)
     _, tail, _ = split_model(model, k)
     return _tail_logits(tail, maps[IDENTITY][score_idx])
