@@ -1,4 +1,4 @@
-"""``python -m model_zoo predict|info|verify|bench ...``
+"""``python -m model_zoo predict|info|verify|bench|pacs ...``
 
 Exit codes (contract 2.2): 0 = the run completed and every row succeeded, 1 = the run
 completed but some rows failed (see their ``error`` column), 2 = unusable arguments or an
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--naive-repeats", type=int, default=1,
                    help="repeats of plain pytorch-grad-cam ScoreCAM (slow: one forward per channel)")
+
+    from model_zoo.pacs.cli import add_parser as add_pacs_parser
+
+    add_pacs_parser(sub)  # pacs check | pacs predict --study UID [--write]
     return parser
 
 
@@ -72,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run_bench(args.zoo, repeats=args.repeats, naive_repeats=args.naive_repeats)
             print(json.dumps(result) if args.json else json.dumps(result, indent=2))
             return 0
+        if args.command == "pacs":
+            from model_zoo.pacs.cli import run as run_pacs
+
+            return run_pacs(args)
     except ZooError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -101,8 +109,11 @@ def _predict(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     failed = int((out["error"] != "").sum())
+    flagged = int(((out["warning"] != "") & (out["error"] == "")).sum())
     print(f"{len(out) - failed}/{len(out)} rows predicted with {zoo.name} -> {args.out}"
-          + (f"; {failed} failed (see the 'error' column)" if failed else ""), file=sys.stderr)
+          + (f"; {failed} failed (see the 'error' column)" if failed else "")
+          + (f"; {flagged} predicted with an input warning (see the 'warning' column)" if flagged else ""),
+          file=sys.stderr)
     return 1 if failed else 0
 
 
