@@ -27,8 +27,19 @@ st.set_page_config(page_title="Bone radiograph model zoo", page_icon=":bone:", l
 if not common.require_access():  # optional password / OIDC (README, Deployment)
     st.stop()
 
+case_page = st.Page(PAGES / "case.py", title="Case", icon=":material/radiology:", url_path="case")
+
+
+def _open_case() -> None:
+    st.switch_page(case_page)
+
+
+# Streamlit serves the default page at "/" only (its url_path is ignored), so a default Case
+# page answered "/case" with "Page not found". The default is a hidden page that opens Case,
+# so both "/" and a bookmarked "/case" work and the address bar always reads "/case".
 pages = [
-    st.Page(PAGES / "case.py", title="Case", icon=":material/radiology:", default=True, url_path="case"),
+    st.Page(_open_case, title="Case", url_path="home", default=True, visibility="hidden"),
+    case_page,
     st.Page(PAGES / "batch.py", title="Batch", icon=":material/table_view:", url_path="batch"),
     st.Page(PAGES / "teaching.py", title="Teaching / reader study", icon=":material/school:", url_path="teaching"),
     st.Page(PAGES / "zoo.py", title="Model zoo", icon=":material/inventory_2:", url_path="zoo"),

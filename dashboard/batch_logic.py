@@ -174,10 +174,14 @@ def uploaded_case_table(csv_bytes: bytes, zip_bytes: bytes | None) -> Iterator[U
             images = [str(v).replace("\\", "/") for v in head.get("image", [])]
             if images and not any(v.startswith(top + "/") for v in images):
                 csv_dir = root / top
-        csv_path = csv_dir / "__cases__.csv"
+        csv_path = csv_dir / CSV_NAME
         csv_path.write_bytes(csv_bytes)
         outside = _confine_images(csv_path, root)
-        yield UploadedTable(csv_path=csv_path, work_dir=Path(tmp), outside=outside, files_in_zip=len(names))
+        yield UploadedTable(csv_path=csv_path, work_dir=Path(tmp), outside=outside, files_in_zip=len(names),
+                            root=root)
+
+
+CSV_NAME = "__cases__.csv"  # the uploaded table's name inside the temporary folder
 
 
 @dataclass
@@ -186,10 +190,23 @@ class UploadedTable:
     work_dir: Path  # a scratch folder inside the temporary directory
     outside: dict[int, str]
     files_in_zip: int
+    root: Path | None = None  # the folder the zip was unpacked into
+
+    def public_message(self, message: str, csv_name: str | None = None) -> str:
+        """``message`` as the user may see it: paths relative to the upload (never the server's
+        temporary folder) and the uploaded table's own name instead of the internal one."""
+        folders = [self.csv_path.parent, self.root, self.work_dir]
+        for folder in [f for f in folders if f is not None]:
+            for form in dict.fromkeys((str(folder), str(Path(folder).resolve()))):
+                message = message.replace(form + "/", "").replace(form, "the upload")
+        return message.replace(CSV_NAME, csv_name or "(uploaded table)")
 
     def fix_errors(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Give rows that named an image outside the upload their real message and path back."""
+        """Give rows that named an image outside the upload their real message and path back;
+        every other message loses the server's temporary folder (paths relative to the upload)."""
         frame = frame.copy()
+        if "error" in frame.columns:
+            frame["error"] = [self.public_message(str(e)) if isinstance(e, str) else e for e in frame["error"]]
         if self.outside and "image" in frame.columns:
             # Match by the sentinel, not by position: adapters (BTXRD) may drop rows.
             for j, value in frame["image"].items():
@@ -201,29 +218,57 @@ class UploadedTable:
 
 
 def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
-              progress: Callable[[int, int], None] | None = None, with_reports: bool = False) -> BatchResult:
+              progress: Callable[[int, int], None] | None = None, with_reports: bool = False,
+              csv_name: str | None = None, block_flagged: bool = True,
+              report_image_names: bool = False) -> BatchResult:
     """Predict every row of an uploaded case table with images from an uploaded zip; with
-    ``with_reports`` also a zip of PDF case reports (progress reported as a second pass)."""
+    ``with_reports`` also a zip of PDF case reports (progress reported as a second pass).
+
+    ``csv_name``: the uploaded table's file name, used in messages. ``block_flagged``: rows the
+    input gate flags (a tiny or featureless ROI, a region that is not bone/limb/pelvis) are
+    errors, as the Case page withholds them until acknowledged. ``report_image_names``: name
+    each PDF after its image and print the image name in it (image names often identify the
+    patient, so off by default; every PDF names its case-table row).
+    """
     from model_zoo.predict import ROI_MODES, predict_cases
 
     if roi_mode not in ROI_MODES:
         raise InputError(f"ROI mode {roi_mode!r} is not one of {', '.join(ROI_MODES)}")
     with uploaded_case_table(csv_bytes, zip_bytes) as up:
-        frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode=roi_mode,
-                              progress=progress)
+        try:
+            frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode=roi_mode,
+                                  progress=progress, block_flagged=block_flagged)
+        except InputError as err:  # the table itself is unusable: say so in the user's terms
+            raise InputError(up.public_message(str(err), csv_name)) from None
         frame = up.fix_errors(frame)
-        pdf_zip = reports_zip(zoo, frame, progress=progress) if with_reports else None  # images still on disk here
+        pdf_zip = (reports_zip(zoo, frame, progress=progress, image_names=report_image_names)
+                   if with_reports else None)  # images still on disk here
     frame = frame.drop(columns=[c for c in ("image_path",) if c in frame.columns])
     n_failed = int((frame["error"].astype(str) != "").sum())
     return BatchResult(frame=frame, n_rows=len(frame), n_failed=n_failed, files_in_zip=up.files_in_zip,
                        pdf_zip=pdf_zip)
 
 
-def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
-                progress: Callable[[int, int], None] | None = None) -> bytes:
-    """A zip of PDF case reports (no identifiers), one per successful row, named by row number.
+def report_name(row_number: int, image: Any, *, with_image: bool) -> str:
+    """A batch PDF's file name: ``case-0007.pdf``, or ``case-0007-<image stem>.pdf`` (only
+    letters, digits, '.', '-' and '_' kept from the stem) when image names are wanted."""
+    import re
 
-    Uses the predictions already in ``frame`` (no second inference) and the library's report
+    base = f"case-{row_number:04d}"
+    if with_image and isinstance(image, str) and image.strip():
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(image.strip().replace("\\", "/")).stem).strip("._")
+        if stem:
+            base += f"-{stem[:80]}"
+    return base + ".pdf"
+
+
+def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
+                progress: Callable[[int, int], None] | None = None, image_names: bool = False) -> bytes:
+    """A zip of PDF case reports, one per successful row, named by row number.
+
+    Every report names its case-table row; with ``image_names`` the file name carries the
+    image's name too and the report prints it (as an identifier the user opted into). Uses
+    the predictions already in ``frame`` (no second inference) and the library's report
     builder, so batch and case-page reports read the same.
     """
     import hashlib
@@ -263,6 +308,9 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
                 disagreement=float(max(members.values()) - min(members.values())) if members else None,
                 age=None if value("age") is None else float(row["age"]), sex=value("sex"), site=value("site"),
                 zoo_files=zoo.manifest.get("files", {}), intended_use=zoo.manifest.get("intended_use", ""),
+                image_tags={"Case table row": str(i + 1)},
+                identifiers={"Image": str(row["image"])} if image_names and value("image") is not None else None,
             )
-            zf.writestr(f"case-{i + 1:04d}.pdf", build_case_report(report))
+            zf.writestr(report_name(i + 1, row.get("image"), with_image=image_names),
+                        build_case_report(report, include_identifiers=image_names))
     return buf.getvalue()

@@ -16,64 +16,35 @@ from typing import Any
 
 import numpy as np
 
-from model_zoo import imaging, roi
+from model_zoo import gate, imaging, roi
 from model_zoo.imaging import ImageMeta
 
 Box = tuple[float, float, float, float]
 
-# The quality gate's limits (documented in the page's warnings).
-MIN_ROI_SIDE = 16  # px in the stored image: below this a crop is mostly upsampled noise/margin
+# The quality gate's limits (documented in the page's warnings). The ROI limits and the
+# DICOM header checks (modality, body part, age) live in ``model_zoo.gate``.
 MAX_ASPECT = 4.0  # long side / short side; radiographs are rarely more elongated
 MIN_CONTRAST = 0.05  # p99 - p1 of the [0, 1] pixels: below this the image is near-constant
-MIN_ROI_CONTRAST = 0.02
-
-# DICOM BodyPartExamined (PS3.16 CID 4031 defined terms and common variants) -> site. The
-# demo task's "axial" is the pelvis/spine/trunk skeleton; limbs and girdles' long bones are
-# appendicular. Matching is on upper-case substrings, checked in this order.
-_AXIAL_TERMS = ("PELVIS", "SACRUM", "COCCYX", "SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE",
-                "VERTEBRA", "CHEST", "THORAX", "RIB", "STERNUM", "SKULL", "HEAD", "NECK", "JAW",
-                "MANDIBLE", "ABDOMEN", "HIPBONE", "ILIUM", "ISCHIUM", "PUBIS", "TRUNK")
-_APPENDICULAR_TERMS = ("EXTREMITY", "ARM", "LEG", "KNEE", "ANKLE", "FOOT", "TOE", "HAND",
-                       "FINGER", "WRIST", "ELBOW", "SHOULDER", "HUMERUS", "FOREARM", "RADIUS",
-                       "ULNA", "FEMUR", "THIGH", "TIBIA", "FIBULA", "CALCANEUS", "CLAVICLE",
-                       "SCAPULA", "LIMB")
 
 
 # ----------------------------------------------------------------------------- pre-fills
 
 
-def suggest_site(body_part: str | None) -> tuple[str | None, str]:
-    """A site suggestion from DICOM BodyPartExamined and the reason shown to the user.
+def prefill(meta: ImageMeta, header_gate: gate.GateResult | None = None) -> dict[str, Any]:
+    """Age, sex and site suggestions from an image's header, with where each came from.
 
-    ``HIP`` maps to axial (the demo data's pelvis group holds the hip bone) with a note,
-    because a proximal-femur lesion seen on a hip film is appendicular.
+    Age and site come through ``model_zoo.gate.check_header``: no site for a region that is
+    not bone/limb/pelvis, no age for a placeholder or implausible PatientAge.
     """
-    if not body_part or not str(body_part).strip():
-        return None, "no BodyPartExamined in the header"
-    bp = str(body_part).strip().upper().replace(" ", "").replace("_", "")
-    if bp == "HIP" or bp.startswith("HIP"):
-        return "axial", (f"BodyPartExamined {body_part!s} suggests axial (pelvis); choose "
-                         "appendicular if the lesion is in the femur")
-    for term in _AXIAL_TERMS:
-        if term in bp:
-            return "axial", f"BodyPartExamined {body_part!s} suggests axial"
-    for term in _APPENDICULAR_TERMS:
-        if term in bp:
-            return "appendicular", f"BodyPartExamined {body_part!s} suggests appendicular"
-    return None, f"BodyPartExamined {body_part!s} does not say whether the site is axial or appendicular"
-
-
-def prefill(meta: ImageMeta) -> dict[str, Any]:
-    """Age, sex and site suggestions from an image's header, with where each came from."""
-    site, site_note = suggest_site(meta.body_part)
+    g = header_gate if header_gate is not None else gate.check_header(meta)
     notes = []
     if meta.source_format == "dicom":
-        notes.append(f"age {meta.age:.0f} y from PatientAge" if meta.age is not None else "no PatientAge in the header")
+        notes.append(g.age_note)
         notes.append(f"sex {meta.sex} from PatientSex" if meta.sex else "no PatientSex in the header")
-        notes.append(site_note)
+        notes.append(g.site_note)
     else:
         notes.append(f"{meta.source_format.upper()} files carry no clinical tags")
-    return {"age": meta.age, "sex": meta.sex, "site": site, "notes": notes}
+    return {"age": g.age, "sex": meta.sex, "site": g.site, "notes": notes}
 
 
 # ----------------------------------------------------------------------------- quality gate
@@ -115,22 +86,6 @@ def image_quality(pixels: np.ndarray, meta: ImageMeta) -> Quality:
     if saturated > 0.6:
         notes.append(f"{saturated:.0%} of pixels are pure black or white (heavy windowing or a mask?)")
     return Quality(tuple(blocking), tuple(notes))
-
-
-def roi_quality(pixels: np.ndarray, box: Sequence[float]) -> list[str]:
-    """Blocking problems with an ROI: tiny (< MIN_ROI_SIDE px a side) or featureless."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    out = []
-    if (x1 - x0) < MIN_ROI_SIDE or (y1 - y0) < MIN_ROI_SIDE:
-        out.append(f"the ROI is tiny ({x1 - x0:.0f} x {y1 - y0:.0f} px; at least {MIN_ROI_SIDE} px a side "
-                   "is needed): the models would mostly see upsampled margin")
-        return out
-    ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-    ix1, iy1 = min(pixels.shape[1], math.ceil(x1)), min(pixels.shape[0], math.ceil(y1))
-    patch = pixels[iy0:iy1, ix0:ix1]
-    if patch.size and float(patch.max() - patch.min()) < MIN_ROI_CONTRAST:
-        out.append("the ROI is featureless (nearly one grey value): is it on the background?")
-    return out
 
 
 # ----------------------------------------------------------------------------- display
@@ -316,15 +271,110 @@ def calibration_note(manifest: Mapping[str, Any]) -> str:
     parts = [
         f"The ensemble probability is the output of the {stacker.get('chosen', 'stacker')} stacker "
         "over the members' probabilities and age/sex/site, fitted on out-of-fold scores.",
-        "It has not been recalibrated for your population: read it as a ranking score, and treat "
-        "values near the threshold as uncertain.",
     ]
+    cal = _calibration(manifest)
+    if cal is not None:
+        parts.append(f"The headline probability is that output after Platt calibration, fitted on {cal.n} "
+                     f"internal cases ({_FIT_ON.get(cal.fit_on, cal.fit_on)}); it has not been recalibrated "
+                     "for your hospital, so treat values near the threshold as uncertain.")
+    else:
+        parts.append("It has not been recalibrated for your population: read it as a ranking score, and treat "
+                     "values near the threshold as uncertain.")
     if thr:
         parts.append(f"The threshold {float(thr.get('value', float('nan'))):.2f} was chosen by the "
                      f"{thr.get('rule', '?')} rule on the {thr.get('chosen_on', '?')} split"
                      + (f" (n = {val['n']})." if val.get("n") else "."))
     parts.append("See the Zoo page for the reliability (calibration) plot.")
     return " ".join(parts)
+
+
+_FIT_ON = {"oof": "out-of-fold predictions on the training split", "val": "the validation split"}
+
+
+def _calibration(manifest: Mapping[str, Any]) -> Any:
+    """The release's calibration (``Calibration.from_dict``), or None (none, or unreadable)."""
+    entry = manifest.get("calibration")
+    if not entry:
+        return None
+    from model_zoo.calibration import Calibration
+
+    try:
+        return Calibration.from_dict(entry)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The probability shown large on the case page (and in the PDF), and what stands beside it.
+
+    ``calibrated``: the headline is the calibrated probability against the calibrated
+    threshold; ``raw_note`` then gives the raw stacker output (shown in smaller text).
+    """
+
+    sentence: str
+    calibrated: bool
+    raw_note: str | None = None
+    p: float | None = None
+    threshold: float | None = None
+
+
+def headline(p_raw: float, threshold: float, p_calibrated: float | None, threshold_calibrated: float | None,
+             positive_class: str, negative_class: str) -> Headline:
+    """The calibrated probability against the calibrated threshold when both exist and give the
+    zoo's call (``p_raw >= threshold``); otherwise the raw output against the raw threshold."""
+    from model_zoo.report_pdf import format_probability, probability_sentence
+
+    raw = probability_sentence(p_raw, threshold, positive_class, negative_class)
+    if p_calibrated is None or threshold_calibrated is None:
+        return Headline(raw, False, None, p_raw, threshold)
+    pc, tc = float(p_calibrated), float(threshold_calibrated)
+    if (pc >= tc) != (p_raw >= threshold):  # a decreasing (broken) calibration: never show a flipped call
+        return Headline(raw, False, "The release's calibration disagrees with its own call here, so the raw "
+                        "stacker output is shown.", p_raw, threshold)
+    a, b = format_probability(p_raw, threshold)
+    note = (f"Calibrated probability (Platt scaling fitted on internal data). Raw stacker output {a} "
+            f"against its threshold {b}: the same call.")
+    return Headline(probability_sentence(pc, tc, positive_class, negative_class), True, note, pc, tc)
+
+
+def prediction_headline(zoo: Any, pred: Any) -> Headline:
+    """:func:`headline` for a ``Zoo.predict`` result (calibrated when the zoo has a calibration)."""
+    cal_thr = zoo.threshold_calibrated if getattr(zoo, "calibration", None) is not None else None
+    return headline(pred.p_ensemble, pred.threshold, getattr(pred, "p_calibrated", None), cal_thr,
+                    zoo.positive_class, zoo.negative_class)
+
+
+def _fmt_ci(value: Any, ci: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f"{value:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]"
+    return f"{value:.2f}"
+
+
+def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
+    """One line under the probability: how the release did at a hospital it never saw.
+
+    From the first external block of ``manifest["evaluation"]``; a sentence saying it was not
+    validated outside its training hospital when there is none; None for releases that
+    predate external evaluation (no ``evaluation`` entry).
+    """
+    evaluation = manifest.get("evaluation")
+    if not isinstance(evaluation, Mapping):
+        return None
+    external = [(k, b) for k, b in evaluation.items() if isinstance(b, Mapping) and b.get("kind") == "external"]
+    if not external:
+        return ("This release was not validated outside its training hospital: its performance at a new "
+                "hospital is unknown and likely lower than its internal test numbers.")
+    name, b = external[0]
+    auc = ((b.get("models") or {}).get("ensemble") or {})
+    ens = b.get("ensemble") or {}
+    sens, spec = ens.get("sensitivity"), ens.get("specificity")
+    ss = ("n/a" if not isinstance(sens, (int, float)) or not isinstance(spec, (int, float))
+          else f"{sens:.2f}/{spec:.2f}")
+    return (f"Measured on {b.get('n', '?')} cases from a hospital this model never saw ({name}): "
+            f"AUC {_fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
 
 
 def localiser_caution(metrics: Mapping[str, Any] | None) -> str:
@@ -335,6 +385,36 @@ def localiser_caution(metrics: Mapping[str, Any] | None) -> str:
                 f"{hit:.0%} of {n} lesions." if isinstance(hit, (int, float)) and n else "")
     return ("Check the proposed box before reading the result: it should enclose the whole lesion."
             + evidence + " Use \"Edit this box\" or draw one if it does not.")
+
+
+def whole_image_caution(manifest: Mapping[str, Any]) -> str:
+    """What to tell a clinician who chose the whole image instead of a box around the lesion.
+
+    Quotes the release's own measurement (``localiser.ensemble_auc_by_roi_source.test``: the
+    ensemble's AUC on the internal test split with annotator boxes, localiser boxes and whole
+    images) when it has one; a generic caution otherwise.
+    """
+    loc = manifest.get("localiser") if isinstance(manifest, Mapping) else None
+    by_source = (loc or {}).get("ensemble_auc_by_roi_source") if isinstance(loc, Mapping) else None
+    test = (by_source or {}).get("test") if isinstance(by_source, Mapping) else None
+    test = test if isinstance(test, Mapping) else {}
+
+    def auc(key: str) -> float | None:
+        v = test.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    whole, boxed, auto = auc("whole_image"), auc("annotator"), auc("localiser")
+    advice = " Draw a box around the lesion for the answer the models were validated for."
+    if whole is None or boxed is None:
+        return ("Whole image: the models were trained on boxes around the lesion; on the whole image the lesion "
+                "is small in what they see and the answer is less reliable. This release did not record how "
+                "much less." + advice)
+    n = test.get("n")
+    on = f"{int(n)} internal test cases" if isinstance(n, (int, float)) and not isinstance(n, bool) else \
+        "its internal test split"
+    also = f", {auto:.2f} with auto-crop boxes" if auto is not None else ""
+    return (f"Whole image: this release measured a lower AUC with whole images. On {on} the ensemble's AUC was "
+            f"{whole:.2f} on the whole image against {boxed:.2f} with the annotators' boxes{also}." + advice)
 
 
 def member_frame_rows(p_members: Mapping[str, float], threshold: float) -> list[dict[str, Any]]:
@@ -465,11 +545,15 @@ def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: st
         manifest_sha = (zoo.root / "manifest.sha256").read_text(encoding="ascii").strip()
     except OSError:
         manifest_sha = None
+    head = prediction_headline(zoo, pred)
     rep = report_pdf.CaseReport(
         zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
         positive_class=zoo.positive_class, negative_class=zoo.negative_class, threshold=pred.threshold,
         threshold_rule=str((zoo.manifest.get("threshold") or {}).get("rule", "")),
         p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, label=pred.label,
+        p_calibrated=head.p if head.calibrated else None,
+        threshold_calibrated=head.threshold if head.calibrated else None,
+        external_validation=external_validation_line(zoo.manifest) or "",
         disagreement=pred.disagreement, radiograph=case.get("display_view", case["image"].pixels),
         image_size_wh=tuple(case["size"]), roi_box=tuple(box), roi_source=source, image_sha256=case["sha256"],
         age=inputs.get("age"), sex=inputs.get("sex"), site=inputs.get("site"),

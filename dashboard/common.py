@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,15 @@ def show_error(err: BaseException) -> None:
     LOG.error("dashboard error [ref %s]", ref, exc_info=(type(err), err, err.__traceback__))
     st.error(f"Something went wrong ({type(err).__name__}). Reference {ref}: the details are in "
              "the server log. Please try again or report the reference.")
+
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>#|~$])")
+
+
+def plain_text(text: str) -> str:
+    """``text`` escaped so Streamlit's markdown shows it as typed (file names such as
+    ``__cases__.csv`` would otherwise turn bold; ``$`` would start LaTeX)."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
 
 
 def guarded(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -69,8 +69,11 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
     cases: list[dict[str, Any]] = []
     skipped: list[str] = []
     with batch_logic.uploaded_case_table(csv_bytes, zip_bytes) as up:
-        frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode="given",
-                              progress=progress)
+        try:
+            frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode="given",
+                                  progress=progress)
+        except InputError as err:  # no temp-folder path or internal file name in the message
+            raise InputError(up.public_message(str(err))) from None
         frame = up.fix_errors(frame)
         if "label" not in frame.columns:
             raise InputError("a reader study needs a 'label' column (the truth) in the case table")
@@ -99,6 +102,13 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
     width = max(2, len(str(len(cases))))
     out = [TeachingCase(case_id=f"C{i + 1:0{width}d}", **cases[j]) for i, j in enumerate(order)]
     return out, skipped
+
+
+def format_age(age: float | None) -> str:
+    """An age as a reader expects it: "28 y", "2.5 y", "0.4 y"; "not given" when missing."""
+    if age is None or not np.isfinite(age):
+        return "not given"
+    return f"{age:.0f} y" if float(age).is_integer() or age >= 10 else f"{age:.1f} y"
 
 
 def reader_key(name: str) -> str:

@@ -13,6 +13,22 @@ from typing import Any
 
 import pandas as pd
 
+# The words and rows of the external-validation table live in model_zoo (the model card uses
+# them too); the pages import them from here.
+from model_zoo.validation_text import (
+    _num,
+    best_member,
+    ece_text,
+    evaluation_blocks,
+    evaluation_rows,
+    external_blocks,
+    fmt_ci,
+    unseen_hospital_sentence,
+)
+
+__all__ = ["best_member", "ece_text", "evaluation_blocks", "evaluation_rows", "external_blocks", "fmt_ci",
+           "unseen_hospital_sentence"]
+
 PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 
 
@@ -49,12 +65,37 @@ def members_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
             "mean": _first(spec.get("mean")),
             "std": _first(spec.get("std")),
             "CAM layer": spec.get("cam_layer"),
-            "init": entry.get("init"),
+            "start": start_text(entry),
             "best epoch": entry.get("best_epoch"),
             "val AUC (training)": entry.get("best_val_auc"),
             "weights sha256": (files.get(entry.get("weights", ""), "") or "")[:16] + "...",
         })
+        if "trainable" in entry:
+            rows[-1]["trained"] = trained_text(entry.get("trainable"))
     return pd.DataFrame(rows)
+
+
+def start_text(entry: Mapping[str, Any]) -> str:
+    """Where a member's weights started: the converted start's name, package and licence, or scratch."""
+    prov = entry.get("init_provenance")
+    if isinstance(prov, Mapping) and prov:
+        package = " ".join(str(v) for v in (prov.get("package"), prov.get("package_version")) if v)
+        text = str(prov.get("name") or "pretrained")
+        details = [d for d in (package, f"licence {prov.get('licence') or 'not stated'}") if d]
+        return f"{text} ({'; '.join(details)})"
+    init = entry.get("init")
+    if not init or str(init) == "scratch":
+        return "scratch"
+    return Path(str(init)).name
+
+
+def trained_text(trainable: Any) -> str:
+    """``members[i]["trainable"]`` in words."""
+    if trainable == "head":
+        return "frozen backbone + linear head"
+    if trainable == "all":
+        return "all layers"
+    return "-" if trainable is None else str(trainable)
 
 
 def _first(v: Any) -> Any:
@@ -100,6 +141,15 @@ def report_splits(root: Path, manifest: Mapping[str, Any]) -> list[str]:
     return sorted({p.split("/")[1] for p in files if p.startswith("report/") and p.endswith("/metrics.json")})
 
 
+def default_split(splits: list[str]) -> int:
+    """Index of the split the Zoo page opens on: the held-out test split when the release has
+    one (the numbers a user should quote), else validation, else the first."""
+    for name in ("test", "val"):
+        if name in splits:
+            return splits.index(name)
+    return 0
+
+
 def read_metrics(root: Path, split: str) -> dict[str, Any] | None:
     path = Path(root) / "report" / split / "metrics.json"
     try:
@@ -126,4 +176,61 @@ def auc_figure(metrics: Mapping[str, Any], title: str) -> Any:
     fig.add_vline(x=0.5, line_dash="dot", line_color="grey")
     fig.update_layout(title=title, xaxis=dict(range=[0, 1.02], title="ROC AUC (DeLong 95% CI)"),
                       height=60 + 40 * max(len(names), 1), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def reliability_traces(block: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Reliability bins of one block as plot traces: ``name`` ("raw"/"calibrated"), ``x``
+    (mean predicted probability), ``y`` (observed fraction positive), ``n`` per non-empty bin.
+
+    The block's ``reliability`` is of the calibrated probability when ``ece_calibrated`` is
+    set, else of the raw one (then only the raw trace is returned).
+    """
+    ens = block.get("ensemble") or {}
+    calibrated = _num(ens.get("ece_calibrated")) is not None
+    raw = ens.get("reliability_raw") or (None if calibrated else ens.get("reliability"))
+    sources = [("raw", raw)]
+    if calibrated:
+        sources.append(("calibrated", ens.get("reliability")))
+    traces = []
+    for name, bins in sources:
+        x, y, n = [], [], []
+        for b in bins or []:
+            if not isinstance(b, Mapping):
+                continue
+            p, f, k = _num(b.get("mean_p")), _num(b.get("frac_positive")), b.get("n") or 0
+            if p is None or f is None or not k:
+                continue
+            x.append(p)
+            y.append(f)
+            n.append(int(k))
+        if x:
+            traces.append({"name": name, "x": x, "y": y, "n": n})
+    return traces
+
+
+def reliability_figure(name: str, block: Mapping[str, Any]) -> Any | None:
+    """Plotly reliability plot (predicted vs observed per bin, marker area ~ n, the diagonal);
+    None when the block has no reliability bins."""
+    traces = reliability_traces(block)
+    if not traces:
+        return None
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line=dict(color="grey", dash="dot")))
+    colours = {"raw": "#c0392b", "calibrated": "#2e8b57"}
+    biggest = max(max(t["n"]) for t in traces)
+    for t in traces:
+        fig.add_trace(go.Scatter(
+            x=t["x"], y=t["y"], mode="lines+markers", name=f"{t['name']} ensemble probability",
+            marker=dict(size=[6 + 24 * (k / biggest) ** 0.5 for k in t["n"]], color=colours.get(t["name"])),
+            line=dict(color=colours.get(t["name"])), customdata=t["n"],
+            hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n = %{customdata}<extra></extra>"))
+    kind = "internal test" if block.get("kind") != "external" else "external"
+    fig.update_layout(title=f"Reliability on {name} ({kind}, n = {block.get('n', '?')})",
+                      xaxis=dict(range=[0, 1], title="predicted probability (bin mean)"),
+                      yaxis=dict(range=[0, 1.02], title="observed fraction positive", scaleanchor="x"),
+                      height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
     return fig

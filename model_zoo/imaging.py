@@ -96,8 +96,11 @@ class ImageMeta:
     photometric : DICOM PhotometricInterpretation or the Pillow mode of the stored image.
     bits_stored : DICOM BitsStored; 1, 8 or 16 for PNG/JPEG.
     age : years, from DICOM PatientAge ("045Y", "006M", "010W", "003D").
+    age_raw : the PatientAge value as stored (for ``model_zoo.gate``, which refuses to
+        pre-fill placeholders such as "000Y" and unreadable values); None for PNG/JPEG.
     sex : "M" or "F" from PatientSex, else None.
     body_part : DICOM BodyPartExamined.
+    modality : DICOM Modality (CR, DX, CT, MR, ...); None for PNG/JPEG or when absent.
     window : (center, width) applied, if a header window was applied.
     transfer_syntax : DICOM transfer syntax name.
     warnings : human-readable notes about lossy or surprising conversions.
@@ -113,6 +116,8 @@ class ImageMeta:
     sex: str | None = None
     body_part: str | None = None
     window: tuple[float, float] | None = None
+    modality: str | None = None
+    age_raw: str | None = None
     transfer_syntax: str | None = None
     warnings: tuple[str, ...] = ()
     display_tags: dict[str, str] = field(default_factory=dict)
@@ -633,6 +638,8 @@ def _load_dicom(
         "age": parse_dicom_age(ds.get("PatientAge")),
         "sex": sex if sex in ("M", "F") else None,
         "body_part": _text(ds, "BodyPartExamined"),
+        "modality": (_text(ds, "Modality") or "").upper() or None,
+        "age_raw": _text(ds, "PatientAge"),
         "window": window,
         "transfer_syntax": tsyntax.name,
         "display_tags": display,

@@ -126,6 +126,11 @@ class CaseReport:
     image_tags: Mapping[str, str] = field(default_factory=dict)
     created: _dt.datetime | None = None
     identifiers: Mapping[str, str] | None = None
+    # The release's calibrated probability and threshold (both or neither): when set, the
+    # headline is calibrated and the raw stacker output is listed below it.
+    p_calibrated: float | None = None
+    threshold_calibrated: float | None = None
+    external_validation: str = ""  # one line: how the release did at a hospital it never saw
 
 
 # ----------------------------------------------------------------------------- images
@@ -282,9 +287,20 @@ def build_case_report(report: CaseReport, *, include_identifiers: bool = False) 
         doc.rows([(k, str(v)) for k, v in report.identifiers.items()])
 
     doc.heading("Result")
-    doc.para(probability_sentence(report.p_ensemble, report.threshold, report.positive_class,
-                                  report.negative_class), size=11, style="B")
-    rows = [(f"Member {mid}", f"{p:.3f}") for mid, p in report.p_members.items()]
+    calibrated = report.p_calibrated is not None and report.threshold_calibrated is not None
+    if calibrated:
+        doc.para(probability_sentence(report.p_calibrated, report.threshold_calibrated, report.positive_class,
+                                      report.negative_class) + " (calibrated)", size=11, style="B")
+    else:
+        doc.para(probability_sentence(report.p_ensemble, report.threshold, report.positive_class,
+                                      report.negative_class), size=11, style="B")
+    if report.external_validation:
+        doc.para(report.external_validation, size=9)
+    rows = []
+    if calibrated:
+        rows.append(("Raw stacker output", f"{report.p_ensemble:.3f} (threshold {report.threshold:.3f}; "
+                                           "uncalibrated, same call)"))
+    rows += [(f"Member {mid}", f"{p:.3f}") for mid, p in report.p_members.items()]
     if report.disagreement is not None:
         rows.append(("Member disagreement", f"{report.disagreement:.3f} (max - min of member probabilities)"))
     if report.p_clinic is not None:

@@ -125,3 +125,23 @@ def test_upload_draw_predict_heatmaps_pdf(server):
         assert pdf.startswith(b"%PDF") and len(pdf) > 10_000
         browser.close()
     assert server["audit"].is_file() and server["audit"].read_text().strip()
+
+
+def test_case_url_opens_directly_and_no_developer_toolbar(server):
+    """A bookmarked /case opens the Case page (it was "Page not found"), "/" lands on /case,
+    and clinicians get the viewer toolbar only (no "Deploy", .streamlit/config.toml)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=120_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(120_000)
+        page.goto(f"{server['url']}/case", wait_until="networkidle")
+        expect(page.get_by_text("1. Radiograph")).to_be_visible()
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
+        page.goto(server["url"], wait_until="networkidle")
+        expect(page.get_by_text("1. Radiograph")).to_be_visible()
+        assert page.url.rstrip("/").endswith("/case"), page.url
+        browser.close()

@@ -137,6 +137,9 @@ def test_case_page_sample_prediction(dash_env, zoo):
     img = imaging.load_image(s["path"])
     ref = zoo.predict(img.pixels, s["roi_box"], age=None, sex="F", site="appendicular")
     expected = probability_sentence(ref.p_ensemble, ref.threshold, zoo.positive_class, zoo.negative_class)
+    if zoo.calibration is not None:  # the headline is the calibrated probability on the calibrated scale
+        expected = probability_sentence(ref.p_calibrated, zoo.threshold_calibrated, zoo.positive_class,
+                                        zoo.negative_class)
     shown = [m.value for m in at.markdown if m.value.startswith("#### Probability of")]
     assert shown == [f"#### {expected}"]
     # Member probabilities, disagreement, clinic model, jitter, heatmaps (GradCAM then ScoreCAM), PDF.
@@ -353,8 +356,10 @@ def test_zoo_page(dash_env, zoo):
     assert dict(zip(files["file"], files["sha256"])) == zoo.manifest["files"]
     metrics = _table(at, "AUC (DeLong 95% CI)")
     assert "ensemble" in set(metrics["model"])
-    val = json.loads((zoo.root / "report" / "val" / "metrics.json").read_text())
-    auc = val["models"]["ensemble"]["auc"]
+    split = at.radio(key="zoo_split").value  # opens on the held-out test split
+    assert split == "test"
+    shown = json.loads((zoo.root / "report" / split / "metrics.json").read_text())
+    auc = shown["models"]["ensemble"]["auc"]
     assert metrics.set_index("model").loc["ensemble", "AUC (DeLong 95% CI)"].startswith(f"{auc:.3f}")
     assert any("Intended use" in i.value for i in at.info)
     assert at.selectbox(key="zoo_pick").value == str(dash_env["release"])
@@ -380,14 +385,14 @@ def test_canvas_box_maps_display_to_stored_pixels():
 
 
 def test_suggest_site_and_prefill():
-    from dashboard.case_logic import suggest_site
+    from model_zoo.gate import check_body_part  # the site suggestion behind the page's pre-fill
 
-    assert suggest_site("PELVIS")[0] == "axial"
-    assert suggest_site("LSPINE")[0] == "axial"
-    assert suggest_site("EXTREMITY")[0] == "appendicular"
-    assert suggest_site("knee")[0] == "appendicular"
-    assert suggest_site("HIP")[0] == "axial" and "femur" in suggest_site("HIP")[1]
-    assert suggest_site(None)[0] is None and suggest_site("PHANTOM")[0] is None
+    assert check_body_part("PELVIS")[0] == "axial"
+    assert check_body_part("LSPINE")[0] == "axial"
+    assert check_body_part("EXTREMITY")[0] == "appendicular"
+    assert check_body_part("knee")[0] == "appendicular"
+    assert check_body_part("HIP")[0] == "axial" and "femur" in check_body_part("HIP")[1]
+    assert check_body_part(None)[0] is None and check_body_part("PHANTOM")[0] is None
 
 
 def test_overlay_keeps_image_where_heat_is_zero():
@@ -429,7 +434,8 @@ def test_jitter_summary_counts_call_changes():
 
 
 def test_image_quality_flags():
-    from dashboard.case_logic import image_quality, roi_quality
+    from dashboard.case_logic import image_quality
+    from model_zoo.gate import roi_quality
     from model_zoo.imaging import load_image
     from model_zoo.sample import sample_case
 

@@ -233,6 +233,7 @@ def page_run(tiny_release, tmp_path_factory, phi_bytes):
         temp_calls.clear()  # only what the upload and the prediction do counts
         since = time.time() - 1.0
         at.file_uploader(key="case_upload").set_value((UPLOAD_NAME, phi_bytes, "application/dicom")).run()
+        at.radio(key="case_roi_mode").set_value("Whole image").run()  # no probability until an ROI is chosen
         at.checkbox(key="case_confirm").check().run()
         page_temp_calls = list(temp_calls)
         time.sleep(0.05)

@@ -100,7 +100,7 @@ def test_resume_recomputes_rows_that_failed_moved_or_changed(tiny_release, cases
     stale.loc[9, "roi_x1"] = float(stale.loc[9, "roi_x1"]) - 3  # ... and another ROI
     stale.to_csv(out, index=False)
     real_predict_row, calls = P.predict_row, []
-    monkeypatch.setattr(P, "predict_row", lambda zoo_, row, mode: calls.append(1) or real_predict_row(zoo_, row, mode))
+    monkeypatch.setattr(P, "predict_row", lambda zoo_, row, mode, **kw: calls.append(1) or real_predict_row(zoo_, row, mode, **kw))
     resumed = P.predict_cases(zoo, cases_with_duplicates, out, resume=True)
     assert len(calls) == 4, "rows 3, 5, 7 and 9 only"
     _same(resumed, reference)

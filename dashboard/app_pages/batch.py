@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import batch_logic, common
 from model_zoo import audit
+from model_zoo.errors import InputError
 from model_zoo.predict import ROI_MODES
 
 ROI_HELP = {
@@ -36,8 +37,18 @@ def main() -> None:
         zip_up = st.file_uploader("Images (zip)", type=["zip"], key="batch_zip")
     mode = st.radio("ROI", ROI_MODES, key="batch_roi_mode", horizontal=True,
                     format_func=lambda m: f"{m}: {ROI_HELP[m]}")
+    allow_flagged = st.checkbox(
+        "Predict rows whose input looks wrong anyway", value=False, key="batch_allow_flagged",
+        help="Off: a row with a tiny or featureless ROI, or whose DICOM header names a region that is not "
+             "bone, limb or pelvis, fails with the reason (the Case page withholds these until you "
+             "acknowledge them). On: they are predicted and the reason is kept in the 'warning' column. "
+             "DICOMs that are not radiographs (CT, MR, ...) are always refused.")
     want_pdfs = st.checkbox("Also make a PDF case report per case (zip, for a tumour board)", value=False,
                             key="batch_pdfs", help="One PDF per successful row; adds about a second per case.")
+    pdf_names = want_pdfs and st.checkbox(
+        "Name each PDF after its image and print the image name in it", value=False, key="batch_pdf_names",
+        help="Off: each PDF is named and labelled by its case-table row only (image names often identify "
+             "the patient).")
     run = st.button("Run batch", key="batch_run", type="primary", disabled=csv_up is None)
     if run and csv_up is not None:
         bar = st.progress(0.0, text="Starting ...")
@@ -46,8 +57,16 @@ def main() -> None:
             bar.progress(i / max(n, 1), text=f"Case {i} of {n}")
 
         csv_bytes = csv_up.getvalue()
-        result = batch_logic.run_batch(zoo, csv_bytes, zip_up.getvalue() if zip_up is not None else None,
-                                       roi_mode=mode, progress=progress, with_reports=want_pdfs)
+        try:
+            result = batch_logic.run_batch(zoo, csv_bytes, zip_up.getvalue() if zip_up is not None else None,
+                                           roi_mode=mode, progress=progress, with_reports=want_pdfs,
+                                           csv_name=csv_up.name, block_flagged=not allow_flagged,
+                                           report_image_names=bool(pdf_names))
+        except InputError as err:  # the upload as a whole is unusable (no image column, unsafe zip, ...)
+            bar.empty()
+            st.session_state.pop("batch_result", None)
+            st.error(common.plain_text(str(err)))
+            return
         bar.progress(1.0, text=f"Done: {result.n_rows} cases")
         st.session_state["batch_result"] = result
         try:

@@ -13,8 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import case_logic as cl
-from dashboard import common
-from model_zoo import audit, imaging, roi
+from dashboard import common, pacs_ui
+from model_zoo import audit, gate, imaging, roi
 from model_zoo.errors import InputError
 
 ROI_MODES = ("Draw on the image", "Enter coordinates", "Auto-crop", "Whole image")
@@ -23,6 +23,8 @@ SITE_OPTIONS = ("not given", "appendicular", "axial")
 MAX_DISPLAY = 640
 VIEW_SIDE = 300
 JITTER_N = 8
+ROI_NEEDED = ("No probability yet: draw a box around the lesion, enter its coordinates, accept the auto-crop "
+              "box, or choose 'Whole image' (less accurate).")
 
 
 # ----------------------------------------------------------------------------- cached compute
@@ -55,7 +57,8 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
     image = imaging.load_image(data, name=name)
     h, w = image.pixels.shape
     dw, dh, scale = cl.display_size(w, h, MAX_DISPLAY, MAX_DISPLAY)
-    pre = cl.prefill(image.meta)
+    header = gate.check_header(image.meta)  # modality / body part / age (model_zoo.gate)
+    pre = cl.prefill(image.meta, header)
     if sample is not None:
         pre.update({k: sample[k] for k in ("age", "sex", "site")})
         pre["notes"] = pre["notes"] + ["sample case: clinical values from its description"]
@@ -77,6 +80,7 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
         "box": box,
         "initial_box": box if sample else None,
         "prefill": pre,
+        "gate": header,
         "quality": cl.image_quality(image.pixels, image.meta),
     }
     st.session_state["case"] = case
@@ -87,6 +91,7 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
     st.session_state["case_confirm"] = False
     st.session_state["case_override"] = False
     st.session_state["case_roi_mode"] = mode
+    st.session_state.pop("case_auto_accepted", None)
     st.session_state["case_wc"], st.session_state["case_ww"] = c, ww
     _set_box_widgets(box)
 
@@ -94,6 +99,14 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
 def _set_box_widgets(box: tuple) -> None:
     for k, v in zip(("case_x0", "case_y0", "case_x1", "case_y1"), box, strict=True):
         st.session_state[k] = float(round(v))
+
+
+def _accept_proposal(sha256: str, box: tuple) -> None:
+    st.session_state["case_auto_accepted"] = (sha256, _box_key(box))
+
+
+def _box_key(box: tuple) -> tuple:
+    return tuple(round(float(v), 1) for v in box)
 
 
 def _edit_proposal(box: tuple) -> None:
@@ -133,7 +146,9 @@ def _input_section() -> None:
 # ----------------------------------------------------------------------------- ROI
 
 
-def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
+def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str, bool]:
+    """(box, where it came from, ready): ``ready`` once the ROI was chosen explicitly (drawn,
+    entered, accepted from auto-crop, or 'Whole image'); box None when the box is invalid."""
     image = case["image"]
     w, h = case["size"]
     dw, dh, scale = case["display"]
@@ -161,11 +176,15 @@ def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
 
     box = tuple(case["box"])
     source = "drawn"
+    full = tuple(float(v) for v in roi.full_image_box((w, h)))
+    ready = False
     with col_img:
         if mode == "Draw on the image":
             drawn = _draw_roi(case, display, scale)
             if drawn is not None:
-                box = drawn
+                box, ready = drawn, True
+            elif case["initial_box"] is not None:  # the sample's ROI, shown on the canvas
+                box, ready = tuple(case["initial_box"]), True
             source = "drawn on the image"
         elif mode == "Enter coordinates":
             for k, v in zip(("case_x0", "case_y0", "case_x1", "case_y1"), box, strict=True):
@@ -179,6 +198,7 @@ def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
                     vals.append(st.number_input(label, min_value=0.0, max_value=float(lim), step=1.0,
                                                 format="%.0f", key=key))
             box = tuple(float(v) for v in vals)
+            ready = box != full  # the fields start at the whole image: that is not an entered ROI
             source = "entered coordinates" if case["initial_box"] is None else "entered coordinates / sample ROI"
         elif mode == "Auto-crop":
             from model_zoo.predict import propose_roi
@@ -189,21 +209,30 @@ def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str]:
                         "Draw or enter a box for a lesion-level answer.")
             else:
                 st.warning(cl.localiser_caution(zoo.localiser.metrics))
-            st.button("Edit this box", key="case_edit_auto", on_click=_edit_proposal, args=(box,),
-                      help="Copy the proposal into the coordinate fields to adjust it.")
+            ready = st.session_state.get("case_auto_accepted") == (case["sha256"], _box_key(box))
+            c_use, c_edit = st.columns(2)
+            with c_use:
+                st.button("Use this box", key="case_accept_auto", on_click=_accept_proposal,
+                          args=(case["sha256"], box), disabled=ready, type="primary",
+                          help="Accept the proposal as the ROI (check it on the image first).")
+            with c_edit:
+                st.button("Edit this box", key="case_edit_auto", on_click=_edit_proposal, args=(box,),
+                          help="Copy the proposal into the coordinate fields to adjust it.")
         else:
-            box, source = roi.full_image_box((w, h)), "whole image"
+            box, source, ready = full, "whole image", True
         try:
             box = roi.validate_box(box, (w, h))
         except InputError as err:
             st.error(f"{err}. Fix the box to continue.")
-            return None, source
+            return None, source, False
         if mode != "Draw on the image":
             st.image(cl.draw_box(display, box, scale), caption=f"ROI {source}", width=dw)
+        if ready and tuple(box) == full:
+            st.warning(cl.whole_image_caution(zoo.manifest))
     case["box"] = box
     st.caption(f"ROI in stored pixels: x {box[0]:.0f}-{box[2]:.0f}, y {box[1]:.0f}-{box[3]:.0f} "
                f"({box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px of a {w} x {h} image)")
-    return box, source
+    return box, source, ready
 
 
 def _draw_roi(case: dict, display: np.ndarray, scale: float) -> tuple | None:
@@ -225,7 +254,7 @@ def _draw_roi(case: dict, display: np.ndarray, scale: float) -> tuple | None:
     )
     box = cl.canvas_box(getattr(result, "json_data", None), scale, case["size"])
     if box is None:
-        st.caption("No rectangle yet: the current ROI is kept.")
+        st.caption("No rectangle yet: drag one around the lesion.")
         return None
     if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
         return None
@@ -260,10 +289,14 @@ def _clinical_section(case: dict) -> dict[str, Any]:
     return {"age": a, "sex": s, "site": t, "confirmed": confirmed}
 
 
-def _quality_gate(case: dict, box: tuple) -> tuple[bool, list[str]]:
-    """Warn (and withhold the prediction until acknowledged) when the input looks wrong."""
+def _quality_gate(case: dict, box: tuple | None) -> tuple[bool, list[str]]:
+    """Warn (and withhold the prediction until acknowledged) when the input looks wrong:
+    image-level problems, a header that names a region other than bone/limb/pelvis, and (once
+    an ROI is chosen, ``box``) a tiny or featureless ROI."""
     q = case["quality"]
-    problems = list(q.blocking) + cl.roi_quality(case["image"].pixels, box)
+    problems = list(q.blocking) + list(case["gate"].blocking)
+    if box is not None:
+        problems += gate.roi_quality(case["image"].pixels, box)
     for note in q.notes:
         st.info(f"Note: {note}")
     if not problems:
@@ -282,8 +315,13 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
     with st.spinner("Running the ensemble ..."):
         pred = _predict(zkey, case["pixels_hash"], box, inputs["age"], inputs["sex"], inputs["site"], zoo, pixels)
     st.subheader("3. Result")
-    sentence = cl_sentence(zoo, pred.p_ensemble)
-    st.markdown(f"#### {sentence}")
+    head = cl.prediction_headline(zoo, pred)
+    st.markdown(f"#### {head.sentence}")
+    if head.raw_note:
+        st.caption(head.raw_note)
+    external = cl.external_validation_line(zoo.manifest)
+    if external:
+        st.markdown(external)
     _audit_once(zoo, case, box, source, inputs, pred)
 
     col_chart, col_text = st.columns([3, 2])
@@ -296,7 +334,8 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
                                textposition="outside"))
         fig.add_hline(y=pred.threshold, line_dash="dash", line_color="#c0392b",
                       annotation_text=f"threshold {pred.threshold:.2f}")
-        fig.add_hline(y=pred.p_ensemble, line_color="#2e8b57", annotation_text=f"ensemble {pred.p_ensemble:.2f}",
+        ens_label = "ensemble (raw)" if head.calibrated else "ensemble"
+        fig.add_hline(y=pred.p_ensemble, line_color="#2e8b57", annotation_text=f"{ens_label} {pred.p_ensemble:.2f}",
                       annotation_position="bottom right")
         fig.update_layout(yaxis=dict(range=[0, 1.08], title=f"P({zoo.positive_class})"), height=320,
                           margin=dict(l=10, r=10, t=30, b=10), title="Member probabilities")
@@ -320,12 +359,6 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
             st.image(imaging.to_uint8(crop), caption=f"{mid} ({crop.shape[1]} px; crop x {cbox[0]:.0f}-{cbox[2]:.0f},"
                      f" y {cbox[1]:.0f}-{cbox[3]:.0f})", width="stretch")
     return pred
-
-
-def cl_sentence(zoo: Any, p: float) -> str:
-    from model_zoo.report_pdf import probability_sentence
-
-    return probability_sentence(p, zoo.threshold, zoo.positive_class, zoo.negative_class)
 
 
 def _audit_once(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pred: Any) -> None:
@@ -480,17 +513,28 @@ def main() -> None:
         _input_section()
     except InputError as err:
         st.error(str(err))
+    pacs_ui.open_from_pacs_panel(_load_case)  # only when a PACS is configured ([pacs] / MODEL_ZOO_PACS_URL)
     case = st.session_state.get("case")
     if case is None:
         st.info("Upload a radiograph or load the sample case to begin.")
         return
     st.caption(f"Loaded: {case['label']} - {case['size'][0]} x {case['size'][1]} px "
                f"{case['image'].meta.source_format.upper()}" + (f". {case['description']}" if case["description"] else ""))
-    box, source = _roi_section(case, zoo)
+    header = case["gate"]
+    if header.refusal:
+        st.error(f"Refused: {header.refusal}.")
+        return
+    for note in header.warnings:
+        st.warning(f"**Check the input:** {note}.")
+    box, source, ready = _roi_section(case, zoo)
     if box is None:
         return
     inputs = _clinical_section(case)
-    ok_quality, warnings = _quality_gate(case, box)
+    ok_quality, warnings = _quality_gate(case, box if ready else None)
+    warnings += list(header.warnings)
+    if not ready:
+        st.info(ROI_NEEDED)
+        return
     if not inputs["confirmed"]:
         st.info("Check the clinical inputs and tick the box to see the prediction.")
         return
@@ -501,6 +545,7 @@ def main() -> None:
     jitter_slot = st.container()  # filled after GradCAM, so the heatmaps are not kept waiting
     jitter = _heatmaps(zoo, case, box, jitter_slot, (zoo, case, box, inputs, pred))
     _pdf_section(zoo, case, box, source, inputs, pred, jitter, warnings)
+    pacs_ui.write_back_panel(zoo, case, box, source, inputs, pred, jitter, warnings)  # cases opened from the PACS
 
 
 common.guarded(main)()

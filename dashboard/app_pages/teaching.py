@@ -55,7 +55,7 @@ def _read_section(zoo, cases) -> None:
     with c1:
         st.image(case.png, caption=f"Case {case.case_id} (ROI in red)", width="stretch")
     with c2:
-        st.markdown(f"**Case {case.case_id}** - age: {case.age if case.age is not None else 'not given'}, "
+        st.markdown(f"**Case {case.case_id}** - age: {tl.format_age(case.age)}, "
                     f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}")
         with st.form("teach_form", clear_on_submit=True):
             call = st.radio("Your read", (zoo.positive_class, zoo.negative_class), index=None, key="teach_call")

@@ -39,6 +39,31 @@ def _releases() -> None:
         st.rerun()
 
 
+def _unseen_hospital(m: dict) -> None:
+    """Internal test beside every external hospital; nothing for releases without evaluation."""
+    rows = zoo_info.evaluation_rows(m)
+    if not rows:
+        return
+    st.subheader("At a hospital the model has not seen")
+    sentence = zoo_info.unseen_hospital_sentence(m)
+    if sentence:
+        st.markdown(f"**{sentence}**")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="zoo_unseen")
+    st.caption("AUC with DeLong 95 % CIs; sensitivity and specificity of the ensemble at the shipped "
+               "threshold with Wilson 95 % CIs; ECE (expected calibration error, 10 bins) of the raw "
+               "ensemble probability -> the calibrated one. External sets were never used for fitting, "
+               "calibrating or choosing the threshold.")
+    figures = [(name, zoo_info.reliability_figure(name, block)) for name, block in zoo_info.evaluation_blocks(m)]
+    figures = [(name, fig) for name, fig in figures if fig is not None]
+    if figures:
+        cols = st.columns(min(len(figures), 2))
+        for i, (name, fig) in enumerate(figures):
+            with cols[i % len(cols)]:
+                st.plotly_chart(fig, key=f"zoo_reliability_{name}")
+        st.caption("Reliability: mean predicted probability against the observed fraction of positives "
+                   "per bin (marker size ~ cases in the bin); points on the diagonal are calibrated.")
+
+
 def main() -> None:
     st.title("Model zoo")
     common.disclaimer()
@@ -52,6 +77,7 @@ def main() -> None:
                 f"**Operating threshold:** {zoo.threshold:.3f} ({m.get('threshold', {}).get('rule', '?')} rule on the "
                 f"{m.get('threshold', {}).get('chosen_on', '?')} split). **Created:** {m.get('created', '?')}.")
     st.info("**Intended use.** " + str(m.get("intended_use", "not stated")))
+    _unseen_hospital(m)
 
     tab_card, tab_metrics, tab_members, tab_files = st.tabs(["Model card", "Validation", "Members", "Files & hashes"])
     with tab_card:
@@ -65,8 +91,8 @@ def main() -> None:
         if not splits:
             st.caption("No stored evaluation report in this release.")
         else:
-            split = st.radio("Split", splits, index=splits.index("val") if "val" in splits else 0,
-                             horizontal=True, key="zoo_split")
+            split = st.radio("Split", splits, index=zoo_info.default_split(splits), horizontal=True,
+                             key="zoo_split")
             metrics = zoo_info.read_metrics(zoo.root, split)
             if metrics is None:
                 st.warning(f"report/{split}/metrics.json could not be read.")
@@ -84,10 +110,8 @@ def main() -> None:
                 if st.checkbox("Show the full report here (ROC, confusion, calibration plots)", key="zoo_embed"):
                     if len(data) > MAX_EMBED_BYTES:
                         st.caption("The report is too large to embed; download it instead.")
-                    else:
-                        import streamlit.components.v1 as components
-
-                        components.html(data.decode("utf-8", errors="replace"), height=900, scrolling=True)
+                    else:  # the release's own report (trusted, hash-checked): scripts must run for plotly
+                        st.iframe(data.decode("utf-8", errors="replace"), height=900)
         comp = zoo_info.stacker_table(m)
         if not comp.empty:
             st.markdown(f"**Stacker comparison** (cross-validated AUC on out-of-fold member scores; "
@@ -96,7 +120,8 @@ def main() -> None:
     with tab_members:
         st.dataframe(zoo_info.members_table(m), hide_index=True, key="zoo_members")
         st.caption("Each member sees the ROI plus its margin, squared about the centre, resized to its input "
-                   "size and normalised with its training-set mean/std (grey replicated to 3 channels).")
+                   "size and normalised with its mean/std (grey replicated to 3 channels). Start: the "
+                   "pretrained weights a member began from (name, package, licence) or scratch.")
         weights = ", ".join(f"{k} {v:.2f}" for k, v in zoo.cam_weights.items())
         st.caption(f"Ensemble heatmap weights: {weights}.")
     with tab_files:
