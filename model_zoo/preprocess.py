@@ -34,7 +34,10 @@ def member_crop(spec: MemberSpec, pixels: np.ndarray, box: roi.Box) -> tuple[np.
     crop_box = roi.roi_crop_box(box, (w, h), spec.roi_margin, square=True)
     patch = roi.crop(pixels, crop_box)
     resized = roi.resize(patch.astype(np.float32, copy=False), spec.input_size)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32, copy=False), crop_box
+    # Rounded to 1/255 steps: training caches every crop as uint8, so inference sees exactly the
+    # values the members were fitted on (measured: without it a frozen-feature member's logit
+    # moved by up to 2.3 between the cached and the freshly computed crop of the same case).
+    return (np.round(np.clip(resized, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32), crop_box
 
 
 def to_tensor(spec: MemberSpec, crop: np.ndarray) -> torch.Tensor:
