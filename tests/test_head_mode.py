@@ -123,3 +123,40 @@ def test_tail_mode_fine_tunes_only_the_last_blocks(tmp_path):
             start[k].float(), shipped[k].float(), rtol=1e-3, atol=1e-5)]  # fp16 storage rounds
         assert changed, "the tail trained"
         assert all(k.startswith((last, "classifier.", "head.", "conv_head.", "bn2.", "norm.")) for k in changed), changed
+
+
+def test_head_is_not_hostage_to_a_near_constant_feature():
+    """A dead channel (tiny variance) must not get a huge folded weight: a 1e-3 change in it,
+    the size of uint8 rounding, moves the logit by far less than a typical feature's does."""
+    from training.fit_heads import fit_head
+
+    rng = np.random.default_rng(0)
+    n, d = 200, 16
+    y = (rng.random(n) < 0.4).astype(int)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, 0] += 1.5 * y                                  # an informative, normally scaled feature
+    x[:, 1] = 1e-4 * rng.normal(size=n) + 1e-4 * y      # near-constant, also a little informative
+    spec = family_spec("vit", variant="tiny", input_size=32)
+    bank = {"id": x}
+    idx = np.arange(n)
+    import training.fit_heads as H
+
+    real_start = H.start_model
+    try:
+        H.start_model = lambda spec, init: _head_model(d)
+        _, weight, _ = fit_head(spec, "unused", bank, y, idx[:150], idx[150:], {}, seed=0)
+    finally:
+        H.start_model = real_start
+    assert abs(weight[1]) * 1e-3 < 0.1 * abs(weight[0])
+
+
+def _head_model(d: int):
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(d, 1)
+
+        def get_classifier(self):
+            return self.head
+
+    return Tiny()

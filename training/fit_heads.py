@@ -166,7 +166,12 @@ def fit_head(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], y: n
         raise RuntimeError(f"internal error: {spec.member_id}'s feature bank lacks training rows")
     x_val = bank[IDENTITY][val_idx]
     mu = x_train.mean(0)
-    sd = x_train.std(0) + 1e-6
+    # Floor each feature's scale at a tenth of the typical one: a near-constant feature (a dead
+    # channel) standardised by its own tiny std gets a huge folded weight, and the member then
+    # swings by logits on input changes as small as uint8 rounding (measured: up to 2.3 logits
+    # between cached and freshly computed crops without the floor).
+    sd = x_train.std(0)
+    sd = np.maximum(sd, 0.1 * float(np.median(sd)) + 1e-6)
     grid = [float(c) for c in train_cfg.get("head_c_grid") or (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)]
     history, best = [], None
     for i, c in enumerate(grid):
