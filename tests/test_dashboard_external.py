@@ -20,7 +20,32 @@ from dashboard import case_logic as cl
 from dashboard import zoo_info
 
 REPO = Path(__file__).resolve().parents[1]
-OLD_RELEASE = REPO / "assets" / "zoo" / "demo-btxrd-1.2.0"
+# Keys a release written before external validation (demo 1.2.0 and older) does not have.
+NEW_KEYS = ("evaluation", "calibration")
+NEW_MEMBER_KEYS = ("init_provenance", "trainable")
+
+
+def _as_old_manifest(manifest: dict) -> dict:
+    old = {k: v for k, v in manifest.items() if k not in NEW_KEYS}
+    old["members"] = [{k: v for k, v in m.items() if k not in NEW_MEMBER_KEYS} for m in manifest["members"]]
+    old["threshold"] = {k: v for k, v in manifest["threshold"].items() if k != "value_calibrated"}
+    return old
+
+
+@pytest.fixture()
+def old_release(tiny_release, tmp_path) -> Path:
+    """The tiny release as a pre-external-validation release would look (re-sealed copy)."""
+    import shutil
+
+    from model_zoo.zoo import sha256_bytes
+
+    dest = tmp_path / "old-release"
+    shutil.copytree(tiny_release["release"], dest)
+    manifest = _as_old_manifest(json.loads((dest / "manifest.json").read_text()))
+    blob = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    (dest / "manifest.json").write_bytes(blob)
+    (dest / "manifest.sha256").write_text(sha256_bytes(blob) + "\n", encoding="ascii")
+    return dest
 
 
 def _bins(pairs):
@@ -77,8 +102,8 @@ def manifest():
 
 
 @pytest.fixture()
-def old_manifest():
-    return json.loads((OLD_RELEASE / "manifest.json").read_text(encoding="utf-8"))
+def old_manifest(old_release):
+    return json.loads((old_release / "manifest.json").read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------- zoo_info (pure)
@@ -335,11 +360,11 @@ def test_case_page_calibrated_headline_and_external_line(env):
     assert not math.isnan(ref.p_calibrated)
 
 
-def test_zoo_page_old_release_unchanged(monkeypatch):
-    """The bundled 1.2.0 release predates evaluation/calibration: no new section, no error."""
+def test_zoo_page_old_release_unchanged(monkeypatch, old_release):
+    """A release from before evaluation/calibration (like demo 1.2.0): no new section, no error."""
     from test_dashboard_apptest import _app, _page
 
-    monkeypatch.setenv("MODEL_ZOO_DIR", str(OLD_RELEASE))
+    monkeypatch.setenv("MODEL_ZOO_DIR", str(old_release))
     at = _page(_app(), "zoo")
     assert not at.error
     assert "At a hospital the model has not seen" not in [s.value for s in at.subheader]

@@ -221,9 +221,9 @@ def test_cli_end_to_end(tiny_release, tmp_path, capsys):
     n_test = int((pd.read_csv(out / "internal-test" / "cases.csv")["split"] == "test").sum())
     assert json.loads((out / "internal-test" / "evaluation.json").read_text())["n"] == n_test
     table = captured.out
-    assert "| internal-test (internal) |" in table and "| site2 (external) |" in table
-    assert "has not seen, read the external row: site2" in table
-    assert (out / "evaluation.md").read_text().count("| site2 (external) |") == 1
+    assert "| internal-test | internal test |" in table and "| site2 | external (unseen hospital) |" in table
+    assert "never seen, expect numbers like the external row (site2: AUC" in table
+    assert (out / "evaluation.md").read_text().count("| site2 | external (unseen hospital) |") == 1
     # The per-model thresholds of the release reach the report.
     metrics = json.loads((out / "site2" / "report" / "metrics.json").read_text())
     per_model = json.loads((release / "manifest.json").read_text())["threshold"].get("per_model") or {}

@@ -206,7 +206,9 @@ def test_whole_image_caution_quotes_the_release_measurement():
     assert "123 internal test cases" in text and "0.61 on the whole image" in text
     assert "0.87 with the annotators' boxes" in text and "0.79 with auto-crop boxes" in text
     assert "0.90" not in text, "the test split is quoted, not validation"
-    bundled = json.loads((REPO / "assets/zoo/demo-btxrd-1.2.0/manifest.json").read_text())
+    from model_zoo.zoo import default_zoo_dir
+
+    bundled = json.loads((default_zoo_dir() / "manifest.json").read_text())
     test = bundled["localiser"]["ensemble_auc_by_roi_source"]["test"]
     assert f"{test['whole_image']:.2f} on the whole image" in whole_image_caution(bundled)
     for absent in ({}, {"localiser": None}, {"localiser": {"ensemble_auc_by_roi_source": {"val": {}}}},
