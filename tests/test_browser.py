@@ -8,6 +8,7 @@ test's tmp folder. Skips with a printed reason where Chromium or Playwright is m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -47,27 +48,37 @@ def server(tiny_release, tmp_path_factory):
     except ImportError:
         _skip("playwright is not installed")
     tmp = tmp_path_factory.mktemp("browser")
-    port = _free_port()
     env = dict(os.environ, MODEL_ZOO_DIR=str(tiny_release["release"]),
                MODEL_ZOO_AUDIT_LOG=str(tmp / "audit.jsonl"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
+    with streamlit_server(env, tmp) as url:
+        yield {"url": url, "tmp": tmp, "audit": tmp / "audit.jsonl"}
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict, tmp: Path):
+    """The dashboard on a free loopback port with ``env``; yields its URL, log in tmp/server.log."""
+    port = _free_port()
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            proc.kill()
+            pytest.fail("streamlit did not start: " + (tmp / "server.log").read_text()[-2000:])
         try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (tmp / "server.log").read_text()[-2000:])
-    yield {"url": url, "tmp": tmp, "audit": tmp / "audit.jsonl"}
-    proc.terminate()
-    proc.wait(timeout=20)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 def _roi_caption(page) -> str:

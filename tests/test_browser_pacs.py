@@ -14,17 +14,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import requests
 
 import orthanc as orthanc_helper
-from test_browser import CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _skip
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _skip, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -69,32 +65,12 @@ def app(pacs, request, tmp_path_factory):
     """``streamlit run dashboard/app.py`` with the PACS and the tiny zoo set by environment."""
     tiny_release = request.getfixturevalue("tiny_release")  # after the skips: ~40 s to build
     tmp = tmp_path_factory.mktemp("browser_pacs")
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_ZOO_PACS_")}
     env.update(MODEL_ZOO_DIR=str(tiny_release["release"]), MODEL_ZOO_AUDIT_LOG=str(tmp / "audit.jsonl"),
                MODEL_ZOO_PACS_URL=pacs.dicomweb_url, MODEL_ZOO_PACS_USERNAME=orthanc_helper.USER,
                MODEL_ZOO_PACS_PASSWORD=orthanc_helper.PASSWORD, MODEL_ZOO_PACS_TIMEOUT="30")
-    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        log.close()
-        pytest.fail("streamlit did not start: " + (tmp / "server.log").read_text()[-2000:])
-    yield {"url": url, "tmp": tmp, "audit": tmp / "audit.jsonl", "log": tmp / "server.log"}
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    with streamlit_server(env, tmp) as url:
+        yield {"url": url, "tmp": tmp, "audit": tmp / "audit.jsonl", "log": tmp / "server.log"}
 
 
 # -- checks through Orthanc itself (independent of model_zoo.pacs) ------------------------
