@@ -98,3 +98,29 @@ def test_platt_matches_an_independent_fit():
     ref = sm.Logit(y, sm.add_constant(logit(p))).fit(disp=0).params
     assert cal.intercept == pytest.approx(ref[0], abs=1e-3) and cal.slope == pytest.approx(ref[1], abs=1e-3)
     assert cal.apply(0.5) == pytest.approx(1 / (1 + np.exp(-ref[0])), abs=1e-3)
+
+
+def test_float16_release_reports_the_numbers_of_its_stored_weights(tmp_path):
+    """With output.fp16 the release's test metrics equal what the product path computes from
+    the stored float16 weights (not the float32 ones the fit held in memory)."""
+    from sklearn.metrics import roc_auc_score
+    from synthetic import write_case_table
+
+    from model_zoo.predict import predict_cases
+    from model_zoo.ensemble import load_zoo
+    from training.fit import main as fit_main
+
+    cases = write_case_table(tmp_path / "data", n=40, size=64, seed=9)
+    assert fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+                     "--run-dir", str(tmp_path / "run"), "members.families=[vit]", "output.fp16=true"]) == 0
+    release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
+    manifest = verify_release(release)
+    fit_pred = pd.read_csv(tmp_path / "run" / "predictions_test.csv")
+    test_cases = pd.read_csv(cases)
+    test_cases = test_cases[test_cases["image"].isin(fit_pred["image"])]
+    test_cases.to_csv(tmp_path / "data" / "test.csv", index=False)
+    out = predict_cases(load_zoo(release), tmp_path / "data" / "test.csv", tmp_path / "out.csv")
+    merged = fit_pred.merge(out[["image", "p_vit", "p_ensemble"]], on="image", suffixes=("_fit", "_product"))
+    np.testing.assert_allclose(merged["p_vit_fit"], merged["p_vit_product"], atol=1e-5)
+    product_auc = roc_auc_score(merged["label"], merged["p_ensemble_product"])
+    assert manifest["metrics"]["test"]["auc"]["ensemble"] == pytest.approx(product_auc, abs=1e-9)

@@ -348,7 +348,7 @@ def test_remote_pack_then_resume_at_home(synthetic_zoo, tmp_path):
     assert fold["state_dict"] is None and len(fold["scores"]) == len(fold["score_idx"])
     assert all(v.dtype in (torch.float16, torch.int64) for v in final["state_dict"].values())
     assert main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-                 "--run-dir", str(home / "run"), "--resume", "version=0.0.9", "output.fp16=true"]) == 0
+                 "--run-dir", str(home / "run"), "--resume", "version=0.0.9"]) == 0
     manifest = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.9")
     original = verify_release(release)["metrics"]  # also holds the fixture's external set, not re-scored here
     assert manifest["metrics"] == {k: original[k] for k in ("val", "test")}, "same member scores, same stacker"
