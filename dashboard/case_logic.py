@@ -9,7 +9,6 @@ display scaling, overlays, the input quality gate, DICOM -> form pre-fills, word
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -345,14 +344,6 @@ def prediction_headline(zoo: Any, pred: Any) -> Headline:
                     zoo.positive_class, zoo.negative_class)
 
 
-def _fmt_ci(value: Any, ci: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "n/a"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
-        return f"{value:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]"
-    return f"{value:.2f}"
-
-
 def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     """One line under the probability: how the release did at a hospital it never saw.
 
@@ -360,21 +351,21 @@ def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     validated outside its training hospital when there is none; None for releases that
     predate external evaluation (no ``evaluation`` entry).
     """
-    evaluation = manifest.get("evaluation")
-    if not isinstance(evaluation, Mapping):
+    from model_zoo.validation_text import _num, external_blocks, fmt_ci
+
+    if not isinstance(manifest.get("evaluation"), Mapping):
         return None
-    external = [(k, b) for k, b in evaluation.items() if isinstance(b, Mapping) and b.get("kind") == "external"]
+    external = external_blocks(manifest)
     if not external:
         return ("This release was not validated outside its training hospital: its performance at a new "
                 "hospital is unknown and likely lower than its internal test numbers.")
     name, b = external[0]
     auc = ((b.get("models") or {}).get("ensemble") or {})
     ens = b.get("ensemble") or {}
-    sens, spec = ens.get("sensitivity"), ens.get("specificity")
-    ss = ("n/a" if not isinstance(sens, (int, float)) or not isinstance(spec, (int, float))
-          else f"{sens:.2f}/{spec:.2f}")
+    sens, spec = _num(ens.get("sensitivity")), _num(ens.get("specificity"))
+    ss = "n/a" if sens is None or spec is None else f"{sens:.2f}/{spec:.2f}"
     return (f"Measured on {b.get('n', '?')} cases from a hospital this model never saw ({name}): "
-            f"AUC {_fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
+            f"AUC {fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
 
 
 def localiser_caution(metrics: Mapping[str, Any] | None) -> str:
@@ -399,11 +390,9 @@ def whole_image_caution(manifest: Mapping[str, Any]) -> str:
     test = (by_source or {}).get("test") if isinstance(by_source, Mapping) else None
     test = test if isinstance(test, Mapping) else {}
 
-    def auc(key: str) -> float | None:
-        v = test.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    from model_zoo.validation_text import _num
 
-    whole, boxed, auto = auc("whole_image"), auc("annotator"), auc("localiser")
+    whole, boxed, auto = _num(test.get("whole_image")), _num(test.get("annotator")), _num(test.get("localiser"))
     advice = " Draw a box around the lesion for the answer the models were validated for."
     if whole is None or boxed is None:
         return ("Whole image: the models were trained on boxes around the lesion; on the whole image the lesion "

@@ -12,6 +12,7 @@ absent rather than trust the fill.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -177,8 +178,8 @@ class Zoo:
             return {mid: 1.0 / len(self.members) for mid in self.member_ids}
         return {mid: float(weights.get(mid, 0.0)) for mid in self.member_ids}
 
-    @property
-    def calibration(self) -> Calibration | None:
+    @functools.cached_property
+    def calibration(self) -> Calibration | None:  # parsed once: read on every predict and page rerun
         entry = self.manifest.get("calibration")
         return Calibration.from_dict(entry) if entry else None
 

@@ -14,6 +14,9 @@ from typing import Any
 
 
 def _num(x: Any) -> float | None:
+    """A finite float, or None (missing, text, bool, NaN or infinite)."""
+    if isinstance(x, bool):
+        return None
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -109,7 +112,7 @@ def unseen_hospital_sentence(manifest: Mapping[str, Any]) -> str | None:
     blocks = evaluation_blocks(manifest)
     if not blocks:
         return None
-    external = [(k, b) for k, b in blocks if b.get("kind") == "external"]
+    external = external_blocks(manifest)
     internal = [(k, b) for k, b in blocks if b.get("kind") != "external"]
     internal_auc = [(k, _num(_auc(b, "ensemble").get("auc"))) for k, b in internal]
     internal_auc = [(k, a) for k, a in internal_auc if a is not None]

@@ -34,6 +34,25 @@ def _fake_start(folder: Path, family: str) -> Path:
     return path
 
 
+def _fit_with_starts(tmp_path: Path, seed: int, *overrides: str) -> tuple[Path, dict, dict[str, Path]]:
+    """Fit a tiny zoo (EfficientNet + ViT) from fake converted starts with their own
+    normalisation; returns (release, verified manifest, family -> start file)."""
+    from synthetic import write_case_table
+
+    from model_zoo.zoo import verify_release
+    from training.fit import main as fit_main
+
+    cases = write_case_table(tmp_path / "data", n=40, size=96, seed=seed)
+    starts = {f: _fake_start(tmp_path / "starts", f) for f in ("efficientnet_b3", "vit")}
+    argv = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
+            "--run-dir", str(tmp_path / "run"), "members.families=[efficientnet_b3, vit]",
+            "members.normalisation=init", *overrides]
+    argv += [f"--init={f}={p}" for f, p in starts.items()]
+    assert fit_main(argv) == 0
+    release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
+    return release, verify_release(release), starts
+
+
 def test_views_are_pure_and_named():
     from training.fit_heads import apply_view, view_names
 
@@ -52,21 +71,11 @@ def test_views_are_pure_and_named():
 
 def test_head_mode_fit_keeps_the_backbone_and_uses_the_start_normalisation(tmp_path):
     from safetensors.torch import load_file
-    from synthetic import write_case_table
 
     from model_zoo.ensemble import load_zoo
-    from model_zoo.zoo import verify_release
-    from training.fit import main as fit_main
 
-    cases = write_case_table(tmp_path / "data", n=40, size=96, seed=2)
-    starts = {f: _fake_start(tmp_path / "starts", f) for f in ("efficientnet_b3", "vit")}
-    argv = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-            "--run-dir", str(tmp_path / "run"), "members.families=[efficientnet_b3, vit]",
-            "train.trainable=head", "members.normalisation=init", "train.resolution_jitter=[0.5]"]
-    argv += [f"--init={f}={p}" for f, p in starts.items()]
-    assert fit_main(argv) == 0
-    release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
-    manifest = verify_release(release)
+    release, manifest, starts = _fit_with_starts(tmp_path, 2, "train.trainable=head",
+                                                 "train.resolution_jitter=[0.5]")
     for entry in manifest["members"]:
         assert entry["trainable"] == "head"
         assert tuple(entry["spec"]["mean"]) == START_MEAN and tuple(entry["spec"]["std"]) == START_STD
@@ -96,21 +105,9 @@ def test_tail_mode_fine_tunes_only_the_last_blocks(tmp_path):
     """LP-FT: the cached-prefix tail is the network inference runs (fit checks the forward pass),
     and only the last block(s) and the head differ from the start."""
     from safetensors.torch import load_file
-    from synthetic import write_case_table
 
-    from model_zoo.zoo import verify_release
-    from training.fit import main as fit_main
-
-    cases = write_case_table(tmp_path / "data", n=40, size=96, seed=4)
-    starts = {f: _fake_start(tmp_path / "starts", f) for f in ("efficientnet_b3", "vit")}
-    argv = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-            "--run-dir", str(tmp_path / "run"), "members.families=[efficientnet_b3, vit]",
-            "train.trainable=tail", "train.tail_blocks=1", "train.tail_epochs=2", "train.tail_lr=0.01",
-            "members.normalisation=init"]
-    argv += [f"--init={f}={p}" for f, p in starts.items()]
-    assert fit_main(argv) == 0
-    release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
-    manifest = verify_release(release)
+    release, manifest, starts = _fit_with_starts(tmp_path, 4, "train.trainable=tail", "train.tail_blocks=1",
+                                                 "train.tail_epochs=2", "train.tail_lr=0.01")
     import timm
 
     for entry in manifest["members"]:

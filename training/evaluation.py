@@ -420,18 +420,6 @@ def _parse_sets(items: list[str], reserved: set[str]) -> list[tuple[str, Path]]:
     return sets
 
 
-def _calibration(manifest: dict[str, Any]) -> Any:
-    entry = manifest.get("calibration")
-    if not entry:
-        return None
-    from model_zoo.calibration import Calibration
-
-    try:
-        return Calibration.from_dict(entry)
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"the release's calibration entry cannot be read: {err}") from None
-
-
 def _write_json(path: Path, obj: Any) -> None:
     from model_zoo.zoo import atomic_write_text
 
@@ -456,7 +444,6 @@ def _evaluate_set(zoo: Any, name: str, kind: str, cases: Path, out: Path, args: 
                   calibration: Any) -> tuple[dict[str, Any], int]:
     """Predict one set, write its predictions, report and block; return (block, failed rows)."""
     from model_zoo.predict import predict_cases
-    from model_zoo.zoo import atomic_write_bytes
     from training.report import write_report
 
     set_dir = out / name
@@ -465,13 +452,6 @@ def _evaluate_set(zoo: Any, name: str, kind: str, cases: Path, out: Path, args: 
     pred = predict_cases(zoo, cases, set_dir / "predictions.csv", roi_mode=args.roi, progress=progress)
     if bar is not None:
         bar.close()
-    if calibration is not None and CALIBRATED_COLUMN not in pred.columns:
-        p = pd.to_numeric(pred[ENSEMBLE_COLUMN], errors="coerce").to_numpy(dtype=float)
-        cal = np.full(p.shape, np.nan)
-        have = ~np.isnan(p)
-        cal[have] = calibration.apply(p[have])
-        pred.insert(pred.columns.get_loc(ENSEMBLE_COLUMN) + 1, CALIBRATED_COLUMN, cal)
-        atomic_write_bytes(set_dir / "predictions.csv", pred.to_csv(index=False).encode("utf-8"))
     failed = int((pred["error"].astype(str) != "").sum())
 
     source = f"{cases} (roi {args.roi})"
@@ -515,7 +495,10 @@ def _run(args: argparse.Namespace) -> int:
     if not args.zoo.is_dir():
         raise InputError(f"zoo release folder not found: {args.zoo}")
     zoo = load_zoo(args.zoo)
-    calibration = _calibration(zoo.manifest)
+    try:
+        calibration = zoo.calibration  # predict_cases writes calibrated_p_ensemble from the same entry
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"the release's calibration entry cannot be read: {err}") from None
     label_map = zoo.task.get("label_map")
 
     # Every table is checked (labels, leakage) before any prediction starts.

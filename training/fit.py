@@ -37,7 +37,7 @@ from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.errors import InputError, ZooError
 from model_zoo.members import MemberSpec, family_spec
-from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
+from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text, sha256_file
 from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
 from training.config import dump_config, load_config
 from training.data import group_kfold, infer_groups, split_cases
@@ -98,7 +98,7 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
 def image_hashes(frame: pd.DataFrame) -> list[str]:
     """sha256 of each row's image file: how a release's rows are traced (and external sets are
     proven disjoint from training) without copying any image."""
-    return [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in frame["image_path"]]
+    return [sha256_file(Path(path)) for path in frame["image_path"]]
 
 
 def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = print) -> dict[str, pd.DataFrame]:
@@ -631,12 +631,10 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     for split_name, idx in (("val", val_idx), ("test", test_idx)):
         if len(idx) > 0:
             predictions[split_name] = prediction_frame(frame, idx, final_scores)
-    external_rows: dict[str, pd.DataFrame] = {}
     for name, ext_frame in externals.items():
         log(f"      external set {name}: scoring {len(ext_frame)} cases with the final members")
         scores = score_with_finals(ext_frame, finals, run_dir / "cache", progress)
         predictions[f"external-{name}"] = prediction_frame(ext_frame, np.arange(len(ext_frame)), scores)
-        external_rows[name] = ext_frame
     metrics = {}
     for split_name, pred in predictions.items():
         y = pred["label"].to_numpy()
@@ -711,7 +709,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         # Every row by content hash (paths relative to their table): which images trained,
         # chose and tested this release, and proof that no external image was among them.
         rw.write_text("data/cases.csv", frame[["image", "sha256", "split", "fold", "label"]].to_csv(index=False))
-        for name, ext_frame in external_rows.items():
+        for name, ext_frame in externals.items():
             rw.write_text(f"data/external-{name}.csv", ext_frame[["image", "sha256", "label"]].to_csv(index=False))
         localiser_entry = None
         if localiser_files:
@@ -753,7 +751,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                      "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()},
                      "rows": "data/cases.csv",
                      "external": {name: {"source": str(_external_source(cfg, name)), "n": int(len(f)),
-                                         "rows": f"data/external-{name}.csv"} for name, f in external_rows.items()}},
+                                         "rows": f"data/external-{name}.csv"} for name, f in externals.items()}},
             "library_versions": library_versions(),
             "localiser": localiser_entry,
         }
