@@ -7,7 +7,7 @@ own upload path (``load_case(bytes, name)``), so DICOM tags pre-fill age/sex/sit
 upload. Any PACS failure is shown as one line and leaves the page usable for uploads.
 
 Session state used here (all ``pacs_`` prefixed): ``pacs_studies`` (last search),
-``pacs_series`` (study UID -> series), ``pacs_pick`` (chosen study/series), ``pacs_source``
+``pacs_series`` (study UID -> series), ``pacs_instance_cache``/``pacs_thumb_cache`` (per series / image), ``pacs_pick`` (chosen study/series), ``pacs_source``
 (the opened image's header - it holds the patient's identifiers, kept in memory only, for
 the write-back into the same study - and the sha256 of its bytes), ``pacs_written``.
 """
@@ -119,7 +119,7 @@ def _search(settings: PacsSettings) -> None:
         return
     query = StudyQuery(patient_id=pid, patient_name=name, accession=acc, date_from=lo, date_to=hi,
                        modality=MODALITY_CHOICES[modality])
-    for k in ("pacs_studies", "pacs_series", "pacs_pick", "pacs_study_idx"):
+    for k in ("pacs_studies", "pacs_series", "pacs_pick", "pacs_study_idx", "pacs_instance_cache", "pacs_thumb_cache"):
         st.session_state.pop(k, None)
     with st.spinner("Searching the PACS ..."):
         st.session_state["pacs_studies"] = _client(settings).search_studies(query)
@@ -174,7 +174,13 @@ def _short(uid: str) -> str:
 
 def _images(settings: PacsSettings, series: SeriesResult, load_case: Callable[[bytes, str], None]) -> None:
     client = _client(settings)
-    instances: list[InstanceResult] = client.list_instances(series.study_uid, series.series_uid)
+    # The panel reruns with every widget on the Case page: ask the PACS once per series and once
+    # per preview, not on every rerun (kept in this session only, like the series list).
+    cache = st.session_state.setdefault("pacs_instance_cache", {})
+    key = _short(series.series_uid)
+    if key not in cache:
+        cache[key] = client.list_instances(series.study_uid, series.series_uid)
+    instances: list[InstanceResult] = cache[key]
     if not instances:
         st.info("This series has no images.")
         return
@@ -190,7 +196,11 @@ def _images(settings: PacsSettings, series: SeriesResult, load_case: Callable[[b
                          key=f"pacs_instance_{_short(series.series_uid)}") if len(instances) > 1 else 0
         clicked = st.button("Open this image as the case", key="pacs_open", type="primary")
     with c_thumb:
-        thumb = client.thumbnail(instances[int(i)])
+        thumbs = st.session_state.setdefault("pacs_thumb_cache", {})
+        sop_key = _short(instances[int(i)].sop_uid)
+        if sop_key not in thumbs:
+            thumbs[sop_key] = client.thumbnail(instances[int(i)])
+        thumb = thumbs[sop_key]
         if thumb:
             st.image(thumb, width=120, caption="preview")
     if clicked:
