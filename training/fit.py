@@ -436,6 +436,15 @@ def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], fra
 
 
 # ----------------------------------------------------------------------------- thresholds ----
+def selection_rule(stacker_cfg: dict[str, Any]) -> str:
+    """The stacker-selection rule in words, for the manifest and model card."""
+    prefer, within = stacker_cfg.get("prefer"), float(stacker_cfg.get("prefer_within") or 0.0)
+    rule = "best grouped-CV ROC AUC"
+    if prefer and within > 0:
+        rule += f", except {prefer} when its CV AUC is within {within:g} of the best"
+    return rule
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str, target_sensitivity: float = 0.9) -> float:
     from training import stats
 
@@ -594,7 +603,8 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     groups_fit = frame["group"].to_numpy()[fit_idx]
     chosen, stacker, comparison = fit_stacker.select_stacker(
         X_fit, y_fit, groups_fit, candidates=list(cfg["stacker"]["candidates"]),
-        folds=int(cfg["stacker"]["cv_folds"]), seed=seed)
+        folds=int(cfg["stacker"]["cv_folds"]), seed=seed, prefer=cfg["stacker"].get("prefer"),
+        prefer_within=float(cfg["stacker"].get("prefer_within") or 0.0))
     log("      " + ", ".join(f"{r['name']} {r['cv_auc']:.3f}" for r in comparison if r["cv_auc"] is not None)
         + f" -> {chosen}")
     n_members = len(member_ids)
@@ -736,6 +746,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             },
             "members": member_entries,
             "stacker": {"file": "stacker.joblib", "chosen": chosen, "comparison": comparison,
+                        "selection": selection_rule(cfg["stacker"]),
                         "features": [f"p_{m}" for m in member_ids] + list(CLINICAL_FEATURES),
                         "score_source": source, "folds": folds, "age_fill": age_fill,
                         "imputation": "age -> training median, sex/site -> 0.5, each with a *_missing indicator",
@@ -852,7 +863,8 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         f"- Profile: `{m['profile']}`; seed {m['seed']}; data: `{m['data']['source']}` "
         f"({m['data']['n_cases']} cases; fingerprint `{m['data']['fingerprint'][:16]}`)",
         "- Splits: " + ", ".join(f"{k} {v['n']} ({v['positive']} positive)" for k, v in m["data"]["splits"].items()),
-        f"- Stacker: {m['stacker']['chosen']} chosen by grouped CV AUC on {m['stacker']['score_source']} member scores",
+        f"- Stacker: {m['stacker']['chosen']} chosen by {m['stacker'].get('selection', 'best grouped-CV ROC AUC')} "
+        f"on {m['stacker']['score_source']} member scores",
         f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)",
         "- Recipe: " + training_recipe(cfg["train"]), "",
         "## Members", "",

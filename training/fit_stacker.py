@@ -95,9 +95,24 @@ def cross_val_probabilities(name: str, X: np.ndarray, y: np.ndarray, groups: np.
     return out
 
 
+def choose_candidate(ranked: list[dict[str, Any]], prefer: str | None, prefer_within: float) -> str:
+    """The best candidate by CV AUC, unless ``prefer`` scored within ``prefer_within`` of it
+    (pure; ``ranked`` is sorted best first). Why a preference: candidates a few thousandths
+    apart in CV AUC are tied at this sample size, and a monotone stacker (LR) moves smoothly
+    with its inputs where a tree ensemble can jump on small shifts of the member scores."""
+    best = ranked[0]
+    if prefer and prefer_within > 0:
+        for row in ranked:
+            if row["name"] == prefer and best["cv_auc"] - row["cv_auc"] <= prefer_within + 1e-12:
+                return str(row["name"])
+    return str(best["name"])
+
+
 def select_stacker(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, candidates: list[str],
-                   folds: int, seed: int) -> tuple[str, Any, list[dict[str, Any]]]:
-    """Compare candidates by CV AUC; refit the best on all rows.
+                   folds: int, seed: int, prefer: str | None = None,
+                   prefer_within: float = 0.0) -> tuple[str, Any, list[dict[str, Any]]]:
+    """Compare candidates by CV AUC; refit the chosen one (the best, or ``prefer`` when it is
+    within ``prefer_within`` of the best) on all rows.
 
     Returns (name, fitted estimator, comparison table rows sorted best first). Requested
     candidates that are not installed are listed with ``available: False``.
@@ -116,7 +131,7 @@ def select_stacker(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, candidat
     if not ranked:
         raise InputError("no stacker candidate could be scored (check the class balance of the training cases)")
     ranked.sort(key=lambda row: -row["cv_auc"])
-    best_name = ranked[0]["name"]
+    best_name = choose_candidate(ranked, prefer, prefer_within)
     best = factories[best_name]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
