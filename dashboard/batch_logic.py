@@ -111,6 +111,11 @@ class BatchResult:
     pdf_zip: bytes | None = None  # one PDF case report per successful row (tumour-board pack)
 
     @property
+    def n_ood(self) -> int:
+        """Rows the release's out-of-distribution check flagged (0 for releases without one)."""
+        return int(self.frame["ood"].eq(True).sum()) if "ood" in self.frame.columns else 0
+
+    @property
     def failed(self) -> pd.DataFrame:
         cols = [c for c in ("image", "error") if c in self.frame.columns]
         bad = self.frame[self.frame["error"].astype(str) != ""]
@@ -220,7 +225,7 @@ class UploadedTable:
 def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
               progress: Callable[[int, int], None] | None = None, with_reports: bool = False,
               csv_name: str | None = None, block_flagged: bool = True,
-              report_image_names: bool = False) -> BatchResult:
+              report_image_names: bool = False, allow_ood: bool = False) -> BatchResult:
     """Predict every row of an uploaded case table with images from an uploaded zip; with
     ``with_reports`` also a zip of PDF case reports (progress reported as a second pass).
 
@@ -228,7 +233,10 @@ def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: 
     input gate flags (a tiny or featureless ROI, a region that is not bone/limb/pelvis) are
     errors, as the Case page withholds them until acknowledged. ``report_image_names``: name
     each PDF after its image and print the image name in it (image names often identify the
-    patient, so off by default; every PDF names its case-table row).
+    patient, so off by default; every PDF names its case-table row). ``allow_ood``: rows the
+    release's out-of-distribution check flags get their prediction word (and a PDF) too; without
+    it they keep ``ood`` True, an empty ``prediction`` and the reason in ``warning``, as
+    ``python -m model_zoo predict`` without ``--allow-ood``.
     """
     from model_zoo.predict import ROI_MODES, predict_cases
 
@@ -237,7 +245,7 @@ def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: 
     with uploaded_case_table(csv_bytes, zip_bytes) as up:
         try:
             frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode=roi_mode,
-                                  progress=progress, block_flagged=block_flagged)
+                                  progress=progress, block_flagged=block_flagged, allow_ood=allow_ood)
         except InputError as err:  # the table itself is unusable: say so in the user's terms
             raise InputError(up.public_message(str(err), csv_name)) from None
         frame = up.fix_errors(frame)
@@ -264,7 +272,8 @@ def report_name(row_number: int, image: Any, *, with_image: bool) -> str:
 
 def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
                 progress: Callable[[int, int], None] | None = None, image_names: bool = False) -> bytes:
-    """A zip of PDF case reports, one per successful row, named by row number.
+    """A zip of PDF case reports, one per successful row with a prediction word (an
+    out-of-distribution row without one gets none), named by row number.
 
     Every report names its case-table row; with ``image_names`` the file name carries the
     image's name too and the report prints it (as an identifier the user opted into). Uses
@@ -285,6 +294,8 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
                 progress(i, len(frame))
             if str(row.get("error", "")) != "" or not row.get("image_path"):
                 continue
+            if not isinstance(row.get("prediction"), str) or not row["prediction"]:
+                continue  # withheld: out of distribution (see the 'ood' and 'warning' columns)
             data = Path(row["image_path"]).read_bytes()
             pixels = imaging.load_image(data).pixels
             h, w = pixels.shape

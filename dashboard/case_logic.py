@@ -406,6 +406,29 @@ def whole_image_caution(manifest: Mapping[str, Any]) -> str:
             f"{whole:.2f} on the whole image against {boxed:.2f} with the annotators' boxes{also}." + advice)
 
 
+def ood_message(score: float, threshold: float) -> str:
+    """What the Case page says when the release's out-of-distribution check flags the crop."""
+    return (f"This image does not look like the radiographs the model was trained on (out-of-distribution score "
+            f"{score:.2f}, above this release's threshold {threshold:.2f}). The models were fitted on crops of "
+            "bone radiographs; on other images their probability means nothing, so no probability or call is "
+            "shown.")
+
+
+def ood_override_note(score: float, threshold: float) -> str:
+    """The warning that goes with a result shown after the user overrode the check (page and PDF)."""
+    return (f"Out of distribution: this image does not look like the radiographs the model was trained on "
+            f"(score {score:.2f} > threshold {threshold:.2f}); the result is shown only because the user "
+            "overrode the check (logged), and its probability may mean nothing.")
+
+
+def ood_passed_note(score: float | None, threshold: float | None) -> str | None:
+    """A one-line caption for a crop that passed the check (None when the release has none)."""
+    if score is None or threshold is None:
+        return None
+    return (f"Out-of-distribution check passed: score {score:.2f} is within this release's threshold "
+            f"{threshold:.2f} (the crop looks like the training radiographs).")
+
+
 def member_frame_rows(p_members: Mapping[str, float], threshold: float) -> list[dict[str, Any]]:
     return [{"member": mid, "probability": float(p), "call": "above" if p >= threshold else "below"}
             for mid, p in p_members.items()]
@@ -483,7 +506,9 @@ def member_cam(zoo: Any, member_index: int, pixels: np.ndarray, box: Sequence[fl
                                 cache=cache, pixels_hash=pixels_hash)
     roi_view = downscale(paste(ex.roi_map, ex.crop_box, view_box), view_wh)
     full_small = downscale(ex.image_map, display_wh)
-    note = "no positive evidence at this layer (the map is zero)" if ex.heatmap.details.get("empty") else ""
+    note = str(ex.heatmap.details.get("blank_reason") or "")
+    if not note and ex.heatmap.details.get("empty"):
+        note = explain.BLANK_ZERO
     # float16 halves the cache footprint; display needs far less than its 3 significant digits.
     return CamView(title=f"{m.spec.member_id}: {ex.heatmap.method}", roi_map=roi_view.astype(np.float16),
                    full_map=full_small.astype(np.float16), seconds=float(ex.heatmap.seconds), note=note)
@@ -496,8 +521,54 @@ def ensemble_cam(views: Mapping[str, CamView], weights: Mapping[str, float], met
     w = {k: weights[k] for k in views}
     full = explain.ensemble_heatmap({k: v.full_map for k, v in views.items()}, w, base_method=method_label)
     roi_e = explain.ensemble_heatmap({k: v.roi_map for k, v in views.items()}, w, base_method=method_label)
+    blank = bool(views) and all(v.note for v in views.values())
     return CamView(title=full.method, roi_map=np.asarray(roi_e.values), full_map=np.asarray(full.values),
-                   seconds=sum(v.seconds for v in views.values()))
+                   seconds=sum(v.seconds for v in views.values()),
+                   note="every member's map is blank at its layer" if blank else "")
+
+
+HEATMAP_HOW_TO = (
+    "**How to read a heatmap.** Colour shows where a network found evidence *for* "
+    "the positive class (its logit), scaled so each map's strongest spot is red: colours compare "
+    "places within one map, not maps with each other or cases with each other. A hot spot on the "
+    "lesion does not prove the call is right, and one beside it does not prove it wrong; a map "
+    "that is blank or flat says the layer held no usable evidence. GradCAM follows gradients "
+    "(fast, coarse: one cell per 14-32 pixels of the model input); ScoreCAM scores masked inputs "
+    "(slower; on these members often close to where activations are strong). Where the release "
+    "quotes measured numbers, compare them with the random map's: if the maps fall in the lesion box "
+    "no more often than a random map, read them as a picture of the network, not of the lesion.")
+
+
+def explain_sentence(report: Any, view: str) -> str | None:
+    """One sentence with the release's measured pointing-game numbers for the Case page.
+
+    ``report`` is ``Zoo.explain_report`` (None -> None); ``view`` is ``"roi"`` when the ROI is a
+    box around the lesion, ``"image"`` when it is the whole radiograph. Quotes the headline set
+    (external first): the ensemble GradCAM's hit rate with its CI, ScoreCAM's where measured,
+    and a random map's.
+    """
+    from model_zoo.explain_eval import ExplainReport
+
+    if not isinstance(report, ExplainReport):
+        return None
+    s = report.headline_set()
+    if s is None or view not in s.views:
+        return None
+
+    def pct(m: Any) -> str | None:
+        return None if m is None or m.mean is None else f"{100 * m.mean:.0f} %"
+
+    grad = s.metric(view, "ensemble", "gradcam", "pointing_box")
+    rand = s.metric(view, "ensemble", "random", "pointing_box")
+    if pct(grad) is None or pct(rand) is None:
+        return None
+    ci = f" [{100 * grad.ci[0]:.0f}-{100 * grad.ci[1]:.0f} %]" if grad.ci else ""
+    score = pct(s.metric(view, "ensemble", "scorecam", "pointing_box"))
+    where = "external" if s.kind == "external" else "internal test" if s.kind == "internal" else ""
+    how = "with the ROI drawn around the lesion" if view == "roi" else "with the whole radiograph as input"
+    return (f"Measured on {grad.n} {where + ' ' if where else ''}lesions ({s.name}), {how}: the ensemble GradCAM "
+            f"peak fell inside the annotator's lesion box in {pct(grad)}{ci} of cases"
+            + (f" (ScoreCAM: {score})" if score else "") + f"; a random map: {pct(rand)}.")
 
 
 # ----------------------------------------------------------------------------- PDF

@@ -26,6 +26,7 @@ from model_zoo import imaging
 from model_zoo.errors import InputError, ZooError
 
 DISPLAY_SIDE = 720
+CAM_SIDE = 360
 CONFIDENCE_LEVELS = (1, 2, 3, 4, 5)
 
 
@@ -38,6 +39,11 @@ class TeachingCase:
     age: float | None
     sex: str | None
     site: str | None
+    # Ensemble-weighted GradCAM on the ROI the model used (PNG), with the annotator's box drawn
+    # on it when the table gave one (``annotator_box``); None when not prepared.
+    cam_png: bytes | None = None
+    annotator_box: bool = False
+    cam_note: str = ""
 
 
 def _missing(v: Any) -> bool:
@@ -55,9 +61,39 @@ def _display_png(pixels: np.ndarray, box: tuple[float, float, float, float]) -> 
     return buf.getvalue()
 
 
+def cam_with_box_png(zoo: Any, pixels: np.ndarray, box: tuple[float, float, float, float],
+                     annotator: bool) -> tuple[bytes, str]:
+    """The Case page's ensemble-weighted GradCAM on the ROI view (``case_logic.member_cam`` /
+    ``ensemble_cam``), with the ROI drawn in white when it is the annotator's box. Returns the
+    PNG and the blank-map note ("" when the map shows something)."""
+    from PIL import Image
+
+    h, w = pixels.shape
+    crops = cl.member_crops(zoo, pixels, box)
+    view_box = cl.union_box([cb for _, cb in crops.values()])
+    vx0, vy0, vx1, vy1 = (int(v) for v in view_box)
+    vw, vh, vscale = cl.display_size(vx1 - vx0, vy1 - vy0, CAM_SIDE, CAM_SIDE)
+    dw, dh, _ = cl.display_size(w, h, CAM_SIDE, CAM_SIDE)
+    views = {m.spec.member_id: cl.member_cam(zoo, i, pixels, box, "gradcam", view_box, (vw, vh), (dw, dh))
+             for i, m in enumerate(zoo.members)}
+    ens = cl.ensemble_cam(views, zoo.cam_weights, "GradCAM")
+    gray = cl.downscale(np.ascontiguousarray(pixels[vy0:vy1, vx0:vx1]), (vw, vh))
+    rgb = cl.overlay(gray, ens.roi_map, 0.5)
+    if annotator:
+        x0, y0, x1, y1 = box
+        rgb = cl.draw_box(rgb, (x0 - vx0, y0 - vy0, x1 - vx0, y1 - vy0), vscale, colour=(255, 255, 255))
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue(), ens.note
+
+
 def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[list[TeachingCase], list[str]]:
+                  progress: Callable[[int, int], None] | None = None,
+                  with_cams: bool = False) -> tuple[list[TeachingCase], list[str]]:
     """Predict a labelled case table and keep display images in memory.
+
+    ``with_cams`` also prepares each case's ensemble GradCAM with the annotator's box (rows
+    whose ROI came from the table) for the reveal (:func:`cam_with_box_png`).
 
     Returns
     -------
@@ -91,7 +127,10 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
                 skipped.append(f"{where}: {err}")
                 continue
             box = tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1"))
+            annotator = str(row.get("roi_source", "")) == "given"
+            cam_png, cam_note = cam_with_box_png(zoo, image.pixels, box, annotator) if with_cams else (None, "")
             cases.append({
+                "cam_png": cam_png, "annotator_box": annotator and cam_png is not None, "cam_note": cam_note,
                 "png": _display_png(image.pixels, box), "label": int(row["label"]),
                 "p_ensemble": float(row["p_ensemble"]),
                 "age": None if _missing(row.get("age")) else float(row["age"]),

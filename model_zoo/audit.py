@@ -29,6 +29,7 @@ __all__ = [
     "FORBIDDEN_KEYS",
     "append_event",
     "default_audit_path",
+    "ood_override_event",
     "prediction_event",
     "read_events",
 ]
@@ -178,3 +179,27 @@ def prediction_event(
     if extra:
         event.update(dict(extra))
     return event
+
+
+def ood_override_event(
+    *,
+    image_sha256: str,
+    zoo_name: str,
+    zoo_version: str,
+    roi_box: Sequence[float] | None,
+    roi_source: str,
+    ood_score: float,
+    ood_threshold: float,
+    source: str = "dashboard",
+) -> dict[str, Any]:
+    """The ``ood_override`` event: a user chose to see the result for an image the release's
+    out-of-distribution check flagged (no identifiers by construction)."""
+    return {
+        "event": "ood_override",
+        "source": source,
+        "image_sha256": image_sha256,
+        "zoo": {"name": zoo_name, "version": zoo_version},
+        "roi": _box(roi_box),
+        "roi_source": roi_source,
+        "ood": {"score": float(ood_score), "threshold": float(ood_threshold), "flagged": True},
+    }

@@ -32,6 +32,8 @@ from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from model_zoo.explain_eval import ExplainReport
+
 CLINICAL_FEATURES = ("age", "age_missing", "sex_male", "sex_missing", "site_axial", "site_missing")
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -123,6 +125,10 @@ class Prediction:
     # The release's calibration applied to p_ensemble (None when the release has none); the
     # call is the same either way (calibration is monotonic; see Zoo.threshold_calibrated).
     p_calibrated: float | None = None
+    # The release's out-of-distribution score of this crop and whether it is above the release's
+    # threshold (``model_zoo.ood``); both None when the release has no OOD model.
+    ood_score: float | None = None
+    ood: bool | None = None
 
 
 class Zoo:
@@ -136,6 +142,11 @@ class Zoo:
         self.stacker = stacker
         self.clinic_model = clinic_model
         self.localiser = None
+        self.ood = None
+        if manifest.get("ood"):
+            from model_zoo.ood import load_ood
+
+            self.ood = load_ood(root, manifest)
         if manifest.get("localiser"):
             from model_zoo.localize import load_localiser
 
@@ -183,6 +194,14 @@ class Zoo:
         entry = self.manifest.get("calibration")
         return Calibration.from_dict(entry) if entry else None
 
+    @functools.cached_property
+    def explain_report(self) -> ExplainReport | None:
+        """The release's measured heatmap metrics (``report/explain.json``, written by
+        ``python -m training add-explain``); None for a release without them."""
+        from model_zoo.explain_eval import read_explain_report
+
+        return read_explain_report(self.root, self.manifest)
+
     @property
     def threshold_calibrated(self) -> float | None:
         """The operating threshold on the calibrated scale (same call as ``threshold`` on the raw one)."""
@@ -194,15 +213,34 @@ class Zoo:
 
     # -- inference ---------------------------------------------------------------------------
     def member_logits(self, pixels: np.ndarray, box: roi.Box) -> tuple[dict[str, float], dict[str, roi.Box]]:
+        logits, crop_boxes, _ = self.member_outputs(pixels, box)
+        return logits, crop_boxes
+
+    def member_outputs(self, pixels: np.ndarray, box: roi.Box) -> tuple[dict[str, float], dict[str, roi.Box],
+                                                                         dict[str, np.ndarray]]:
+        """Each member's logit, crop box and pooled pre-logit features (one forward pass each:
+        the features are what the classifier reads, see ``ood.logits_and_features``)."""
         import torch
 
-        logits, crop_boxes = {}, {}
+        from model_zoo.ood import logits_and_features
+
+        logits, crop_boxes, features = {}, {}, {}
         for member in self.members:
             x, _, crop_box = preprocess.member_input(member.spec, pixels, box)
             with model_lock(member.model), torch.inference_mode():
-                logits[member.spec.member_id] = float(member.model(x).reshape(-1)[0])
+                logit, feats = logits_and_features(member.model, x)
+            logits[member.spec.member_id] = float(logit[0])
+            features[member.spec.member_id] = feats[0].float().numpy()
             crop_boxes[member.spec.member_id] = crop_box
-        return logits, crop_boxes
+        return logits, crop_boxes, features
+
+    def ood_score(self, features: dict[str, np.ndarray]) -> tuple[float | None, bool | None]:
+        """(score, out of distribution?) for one crop's member features; (None, None) when the
+        release has no OOD model."""
+        if self.ood is None:
+            return None, None
+        score = float(self.ood.score({mid: f[None] for mid, f in features.items()})[0])
+        return score, bool(self.ood.is_ood(score))
 
     def combine(self, p_members: dict[str, float], age: Any, sex: Any, site: Any) -> tuple[float, float | None]:
         """Stacker (and clinic-only model) on member probabilities + clinical values."""
@@ -220,7 +258,8 @@ class Zoo:
         start = time.perf_counter()
         h, w = pixels.shape[:2]
         box = roi.full_image_box((w, h)) if box is None else roi.validate_box(box, (w, h))
-        logits, crop_boxes = self.member_logits(pixels, box)
+        logits, crop_boxes, features = self.member_outputs(pixels, box)
+        ood_score, ood = self.ood_score(features)
         p_members = {mid: float(sigmoid(v)) for mid, v in logits.items()}
         p_ens, p_clinic = self.combine(p_members, age, sex, site)
         probs = list(p_members.values())
@@ -231,6 +270,7 @@ class Zoo:
             crop_boxes=crop_boxes, seconds=time.perf_counter() - start,
             disagreement=float(max(probs) - min(probs)) if probs else 0.0,
             p_calibrated=float(cal.apply(p_ens)) if cal else None,
+            ood_score=ood_score, ood=ood,
         )
 
 
@@ -269,6 +309,8 @@ def load_zoo(path: Path | str | None = None) -> Zoo:
     verified_path(root, manifest, manifest["stacker"].get("file"), "the stacker")
     if manifest.get("localiser"):
         verified_path(root, manifest, manifest["localiser"].get("weights"), "the localiser")
+    if manifest.get("ood"):
+        verified_path(root, manifest, manifest["ood"].get("file"), "the OOD model")
     members = load_members(root, manifest)
     bundle = joblib.load(verified_path(root, manifest, manifest["stacker"]["file"], "the stacker"))
     return Zoo(root, manifest, members, bundle["stacker"], bundle.get("clinic"))

@@ -70,6 +70,7 @@ __all__ = [
     "Heatmap",
     "MemberExplanation",
     "agreement",
+    "blank_reason",
     "cam_cache_key",
     "ensemble_heatmap",
     "explain_member",
@@ -121,7 +122,8 @@ class Heatmap:
     details : mapping
         ``target``, ``logit``, ``layer``, ``grid`` (h, w), ``channels`` and method-specific
         facts (``top_k``, ``scored_channels``, ``forwards``); ``empty`` is True when the CAM
-        is zero everywhere (no positive evidence at that layer).
+        is zero everywhere (no positive evidence at that layer); ``blank_reason`` says why
+        the displayed map is blank (zero, or flat - constant maps scale to zero), "" if not.
     """
 
     member_id: str
@@ -272,6 +274,25 @@ def _scale_to_input(cam: np.ndarray, size: int) -> np.ndarray:
     return np.clip(minmax(up), 0.0, 1.0)
 
 
+BLANK_ZERO = "no positive evidence at this layer (the map is zero)"
+BLANK_FLAT = "no spatial contrast at this layer (the map is the same everywhere)"
+
+
+def blank_reason(cam: np.ndarray) -> str:
+    """Why a CAM (on its grid, before scaling) shows nothing; "" when it does show something.
+
+    Min-max scaling turns a constant positive map into zeros, so "flat" is as blank on the
+    page as "zero" and needs its own reason.
+    """
+    a = np.asarray(cam, dtype=np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if top <= 0:
+        return BLANK_ZERO
+    if top - float(a.min()) <= 1e-6 * top:
+        return BLANK_FLAT
+    return ""
+
+
 def _fast_input(x: torch.Tensor, spec: MemberSpec) -> torch.Tensor:
     import torch
 
@@ -333,6 +354,7 @@ def gradcam(spec: MemberSpec, model: torch.nn.Module, x: torch.Tensor) -> Heatma
             "grid": tuple(int(v) for v in acts.shape[2:]),
             "channels": int(acts.shape[1]),
             "empty": bool(cam.max() <= 0),
+            "blank_reason": blank_reason(cam),
         }),
     )
 
@@ -477,6 +499,7 @@ def scorecam(
             "forwards": forwards,
             "batch_size": int(batch_size),
             "empty": bool(cam.max() <= 0),
+            "blank_reason": blank_reason(cam),
         }),
     )
 

@@ -8,7 +8,11 @@ input gate flagged: a region that is not bone/limb/pelvis, a tiny or featureless
 modality) and ``error`` (empty on success, a one-line message otherwise). A DICOM whose
 Modality is not a projection radiograph (``model_zoo.gate``) is a row error. With
 ``block_flagged`` (the Batch page's default) flagged rows are errors too, as the Case page
-withholds them until acknowledged. A bad row never stops the batch. The output is rewritten
+withholds them until acknowledged. When the release has an out-of-distribution model
+(``model_zoo.ood``) two more columns follow ``prediction``: ``ood_score`` and ``ood`` (True when the
+crop does not look like the training radiographs); an ``ood`` row keeps its probabilities but
+gets no ``prediction`` word unless ``allow_ood`` (``--allow-ood``), and its ``warning`` says why.
+Releases without one write exactly the columns they always did. A bad row never stops the batch. The output is rewritten
 atomically every ``flush_every`` rows, so a crashed run leaves a valid partial CSV and
 ``resume=True`` fills only the rows still missing.
 """
@@ -62,9 +66,23 @@ def choose_box(zoo: Zoo, pixels: np.ndarray, row: pd.Series, mode: str) -> tuple
     return roi.full_image_box((w, h)), "full"
 
 
-def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = False) -> dict[str, Any]:
+def has_ood(zoo: Any) -> bool:
+    """Does this release carry an out-of-distribution model?"""
+    return getattr(zoo, "ood", None) is not None
+
+
+def ood_warning(score: float, threshold: float, allowed: bool) -> str:
+    from model_zoo.ood import OOD_MESSAGE
+
+    return (f"out of distribution: {OOD_MESSAGE} (OOD score {score:.2f} > threshold {threshold:.2f}); "
+            + ("predicted anyway (allow-ood)" if allowed else "no prediction word given"))
+
+
+def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = False,
+                allow_ood: bool = False) -> dict[str, Any]:
     """One row's results; raises InputError for a refused modality (and, with ``block_flagged``,
-    for input the gate flags)."""
+    for input the gate flags). An out-of-distribution crop gets ``ood`` True and an empty
+    ``prediction`` unless ``allow_ood``."""
     image = imaging.load_image(row["image_path"])
     header = gate.check_header(image.meta)
     if header.refusal:
@@ -80,9 +98,16 @@ def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = Fa
     out.update({f"p_{mid}": p for mid, p in pred.p_members.items()})
     out["p_clinic"] = pred.p_clinic
     out["prediction"] = pred.label
+    notes = [*flagged, *header.warnings]
+    if has_ood(zoo) and pred.ood_score is not None:
+        out["ood_score"], out["ood"] = pred.ood_score, bool(pred.ood)
+        if pred.ood:
+            notes.append(ood_warning(pred.ood_score, zoo.ood.threshold, allow_ood))
+            if not allow_ood:
+                out["prediction"] = ""
     out.update(dict(zip(ROI_COLUMNS, pred.roi_box)))
     out["roi_source"] = source
-    out["warning"] = "; ".join([*flagged, *header.warnings])
+    out["warning"] = "; ".join(notes)
     return out
 
 
@@ -116,16 +141,19 @@ def _same_inputs(prev: dict[str, Any], row: pd.Series, mode: str) -> bool:
 def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str = "given",
                   resume: bool = False, flush_every: int = 25,
                   progress: Callable[[int, int], None] | None = None,
-                  block_flagged: bool = False) -> pd.DataFrame:
+                  block_flagged: bool = False, allow_ood: bool = False) -> pd.DataFrame:
     """Predict every row of a case table into ``out_path``; returns the output frame.
 
     ``block_flagged``: rows the input gate flags get an ``error`` instead of a prediction.
+    ``allow_ood``: out-of-distribution rows get their ``prediction`` word too (releases with an
+    OOD model; they are still marked in ``ood``).
     """
     table = read_case_table(cases_path, label_map=zoo.task.get("label_map"), check_files=True)
     frame = table.frame.copy()
     result_cols = (["p_ensemble"] + (["calibrated_p_ensemble"] if zoo.calibration else [])
                    + [f"p_{m}" for m in zoo.member_ids]
-                   + ["p_clinic", "prediction", *ROI_COLUMNS, "roi_source", "warning", "error"])
+                   + ["p_clinic", "prediction"] + (["ood_score", "ood"] if has_ood(zoo) else [])
+                   + [*ROI_COLUMNS, "roi_source", "warning", "error"])
     # Resume: a finished row is reused only at the same position with the same inputs (image,
     # age, sex, site, and the ROI this mode would use), so duplicated paths, an edited table
     # or another --roi mode are recomputed, not mixed up.
@@ -134,7 +162,9 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
         previous = pd.read_csv(out_path, keep_default_na=False)
         if "image_path" in previous and "p_ensemble" in previous:
             for pos, prev in enumerate(previous.to_dict("records")):
-                if str(prev.get("error", "")) == "" and str(prev["p_ensemble"]) != "":
+                # Out-of-distribution rows are recomputed: whether they get a word depends on allow_ood.
+                if (str(prev.get("error", "")) == "" and str(prev["p_ensemble"]) != ""
+                        and str(prev.get("ood", "")).strip().lower() != "true"):
                     done[pos] = prev
     rows = []
     for i, (_, row) in enumerate(frame.iterrows()):
@@ -146,7 +176,7 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
             result["error"] = str(row["row_error"])
         else:
             try:
-                result.update(predict_row(zoo, row, roi_mode, block_flagged=block_flagged))
+                result.update(predict_row(zoo, row, roi_mode, block_flagged=block_flagged, allow_ood=allow_ood))
                 result["error"] = ""
             except ZooError as err:
                 result["error"] = str(err)

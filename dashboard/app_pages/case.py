@@ -90,6 +90,7 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
     st.session_state["case_site"] = pre["site"] if pre["site"] in SITE_OPTIONS else "not given"
     st.session_state["case_confirm"] = False
     st.session_state["case_override"] = False
+    st.session_state["case_ood_override"] = False
     st.session_state["case_roi_mode"] = mode
     st.session_state.pop("case_auto_accepted", None)
     st.session_state["case_wc"], st.session_state["case_ww"] = c, ww
@@ -315,6 +316,8 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
     with st.spinner("Running the ensemble ..."):
         pred = _predict(zkey, case["pixels_hash"], box, inputs["age"], inputs["sex"], inputs["site"], zoo, pixels)
     st.subheader("3. Result")
+    if not _ood_gate(zoo, case, box, source, pred):
+        return None
     head = cl.prediction_headline(zoo, pred)
     st.markdown(f"#### {head.sentence}")
     if head.raw_note:
@@ -361,6 +364,34 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
     return pred
 
 
+def _ood_gate(zoo: Any, case: dict, box: tuple, source: str, pred: Any) -> bool:
+    """Releases with an out-of-distribution model: a flagged crop shows the reason and no probability
+    or call until the user overrides (the override is logged in the audit, once per image and box)."""
+    threshold = getattr(getattr(zoo, "ood", None), "threshold", None)
+    if not getattr(pred, "ood", None):
+        note = cl.ood_passed_note(getattr(pred, "ood_score", None), threshold)
+        if note:
+            st.caption(note)
+        return True
+    st.error(cl.ood_message(pred.ood_score, threshold))
+    _restore("case_ood_override", False)
+    if not st.checkbox("Show the result anyway (I have checked that this is a radiograph of a bone lesion; "
+                       "the override is logged)", key="case_ood_override"):
+        return False
+    key = ("ood", str(zoo.root), case["sha256"], tuple(round(v, 1) for v in box))
+    logged = st.session_state.setdefault("case_audited", set())
+    if key not in logged:
+        try:
+            audit.append_event(None, audit.ood_override_event(
+                image_sha256=case["sha256"], zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+                roi_box=box, roi_source=source, ood_score=pred.ood_score, ood_threshold=threshold))
+        except OSError as err:
+            st.warning(f"The audit log could not be written ({err.strerror or err}); the result is shown anyway.")
+        logged.add(key)
+    st.warning(cl.ood_override_note(pred.ood_score, threshold))
+    return True
+
+
 def _audit_once(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pred: Any) -> None:
     key = (str(zoo.root), case["sha256"], tuple(round(v, 1) for v in box), inputs["age"], inputs["sex"], inputs["site"])
     logged = st.session_state.setdefault("case_audited", set())
@@ -370,7 +401,10 @@ def _audit_once(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pre
         image_sha256=case["sha256"], zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
         roi_box=box, roi_source=source, age=inputs["age"], sex=inputs["sex"], site=inputs["site"],
         p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic,
-        threshold=pred.threshold, label=pred.label)
+        threshold=pred.threshold, label=pred.label,
+        extra=None if getattr(pred, "ood_score", None) is None else {"ood": {
+            "score": pred.ood_score, "threshold": zoo.ood.threshold, "flagged": bool(pred.ood),
+            "overridden": bool(pred.ood)}})
     try:
         audit.append_event(None, event)
     except OSError as err:
@@ -400,6 +434,12 @@ def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: t
     st.subheader("4. Heatmaps")
     st.caption("Where each network found evidence for the positive class (target: the member's logit). "
                "Heatmaps show what drove a model, not where the lesion is.")
+    whole = tuple(float(v) for v in box) == (0.0, 0.0, float(case["size"][0]), float(case["size"][1]))
+    measured = cl.explain_sentence(zoo.explain_report, "image" if whole else "roi")
+    if measured:
+        st.markdown(measured)
+    if st.toggle("Teaching mode: how to read a heatmap", key="case_teaching"):
+        st.info(cl.HEATMAP_HOW_TO)
     c1, c2 = st.columns(2)
     with c1:
         opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="case_opacity")
@@ -469,7 +509,7 @@ def _show_cams(label: str, views: dict[str, cl.CamView], zoo: Any, roi_gray: np.
         for i, (mid, v) in enumerate(items):
             with cols[i % 3]:
                 st.image(cl.overlay(full_gray, v.full_map, opacity), width="stretch",
-                         caption="ensemble-weighted" if mid == "ensemble" else v.title)
+                         caption=("ensemble-weighted" if mid == "ensemble" else v.title) + (f" - {v.note}" if v.note else ""))
     weights = ", ".join(f"{k} {w:.2f}" for k, w in zoo.cam_weights.items())
     st.caption(f"{label}: {sum(v.seconds for v in views.values()):.2f} s of compute. "
                f"Ensemble weights ({zoo.manifest['stacker'].get('cam_weights_rule', 'equal')}): {weights}.")
@@ -542,6 +582,10 @@ def main() -> None:
         st.info("Prediction withheld until you fix the input or tick 'Predict anyway'.")
         return
     pred = _result_section(zoo, case, box, source, inputs)
+    if pred is None:  # out of distribution and not overridden: nothing more to show
+        return
+    if getattr(pred, "ood", None):
+        warnings.append(cl.ood_override_note(pred.ood_score, zoo.ood.threshold))
     jitter_slot = st.container()  # filled after GradCAM, so the heatmaps are not kept waiting
     jitter = _heatmaps(zoo, case, box, jitter_slot, (zoo, case, box, inputs, pred))
     _pdf_section(zoo, case, box, source, inputs, pred, jitter, warnings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard import case_logic as cl
 from dashboard import common
 from dashboard import teaching_logic as tl
 
@@ -17,11 +18,13 @@ def _load_section(zoo) -> None:
             csv_up = st.file_uploader("Case table (CSV)", type=["csv"], key="teach_csv")
         with c2:
             zip_up = st.file_uploader("Images (zip)", type=["zip"], key="teach_zip")
+        with_cams = st.checkbox("Prepare GradCAM heatmaps with the annotator's box for the reveal (about 1 s per case)",
+                                value=True, key="teach_cams")
         if st.button("Load case set", key="teach_load", disabled=csv_up is None) and csv_up is not None:
             bar = st.progress(0.0, text="Preparing cases ...")
             cases, skipped = tl.load_case_set(
                 zoo, csv_up.getvalue(), zip_up.getvalue() if zip_up is not None else None,
-                progress=lambda i, n: bar.progress(i / max(n, 1), text=f"Case {i} of {n}"))
+                progress=lambda i, n: bar.progress(i / max(n, 1), text=f"Case {i} of {n}"), with_cams=with_cams)
             bar.empty()
             if not cases:
                 st.error("No usable case: every row failed or had no label. " + "; ".join(skipped[:5]))
@@ -104,6 +107,29 @@ def _reveal_section(zoo, cases) -> None:
     st.dataframe(shown, hide_index=True, key="teach_cases_table")
     st.download_button("Download the study table (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
                        file_name="reader-study.csv", mime="text/csv", key="teach_study_download", on_click="ignore")
+    _heatmap_section(zoo, cases)
+
+
+def _heatmap_section(zoo, cases) -> None:
+    """After the reveal: each case's ensemble GradCAM beside the radiograph, with the annotator's box."""
+    with_cam = [c for c in cases if c.cam_png]
+    if not with_cam:
+        return
+    st.markdown("**Heatmaps and the annotator's box**")
+    measured = cl.explain_sentence(zoo.explain_report, "roi")
+    if measured:
+        st.caption(measured)
+    with st.expander("How to read a heatmap"):
+        st.markdown(cl.HEATMAP_HOW_TO)
+    pick = st.selectbox("Case", [c.case_id for c in with_cam], key="teach_cam_case")
+    case = next(c for c in with_cam if c.case_id == pick)
+    c1, c2 = st.columns(2)
+    with c1:
+        st.image(case.png, caption=f"Case {case.case_id} (ROI in red)", width="stretch")
+    with c2:
+        box = "with the annotator's box in white" if case.annotator_box else "(no annotator box in the table)"
+        note = f" - {case.cam_note}" if case.cam_note else ""
+        st.image(case.cam_png, caption=f"Ensemble-weighted GradCAM on the ROI {box}{note}", width="stretch")
 
 
 def main() -> None:
