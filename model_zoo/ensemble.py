@@ -30,8 +30,6 @@ from model_zoo.members import MemberSpec
 from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from model_zoo.explain_eval import ExplainReport
 
 CLINICAL_FEATURES = ("age", "age_missing", "sex_male", "sex_missing", "site_axial", "site_missing")

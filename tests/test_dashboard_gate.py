@@ -14,7 +14,6 @@ import io
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from test_dashboard_apptest import _app, _no_crash, _page, _pdf_strings, _upload_pair, dash_env, zoo  # noqa: F401

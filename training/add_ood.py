@@ -77,7 +77,7 @@ def release_rows(source: Path, manifest: dict[str, Any], cfg: dict[str, Any], ca
         theirs = sorted(zip(recorded["sha256"], recorded["split"], strict=True))
         if ours != theirs:
             raise InputError(f"the reproduced splits differ from the release's {rows_rel}")
-    log(f"      rows reproduced: " + ", ".join(f"{k} {v}" for k, v in frame["split"].value_counts().items()))
+    log("      rows reproduced: " + ", ".join(f"{k} {v}" for k, v in frame["split"].value_counts().items()))
     return frame
 
 

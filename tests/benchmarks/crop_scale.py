@@ -82,7 +82,7 @@ def main() -> None:
                 cells.append(auc_text(truth[s], score))
             print(f"| {margin:g} | {member} | " + " | ".join(cells) + " |", flush=True)
     cells = [auc_text(truth[s], np.mean(all_logits[s], axis=0)) for s in sets]
-    print(f"| all | multi-scale mean | " + " | ".join(cells) + " |", flush=True)
+    print("| all | multi-scale mean | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
