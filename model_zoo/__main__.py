@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from model_zoo.errors import ZooError
@@ -107,6 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _case_progress(desc: str, quiet: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """(progress(done, total), close()) for a per-case tqdm bar on stderr; both no-ops when quiet."""
+    if quiet:
+        return (lambda done, total: None), (lambda: None)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="case", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return progress, bar.close
+
+
 def _predict(args: argparse.Namespace) -> int:
     from model_zoo.ensemble import load_zoo
     from model_zoo.predict import predict_cases
@@ -115,21 +131,10 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"error: case table not found: {args.cases}", file=sys.stderr)
         return 2
     zoo = load_zoo(args.zoo)
-    bar = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="predict", unit="case", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    progress, close_bar = _case_progress("predict", args.quiet)
     out = predict_cases(zoo, args.cases, args.out, roi_mode=args.roi, resume=args.resume, progress=progress,
                         allow_ood=args.allow_ood)
-    if bar is not None:
-        bar.close()
+    close_bar()
     failed = int((out["error"] != "").sum())
     flagged = int(((out["warning"] != "") & (out["error"] == "")).sum())
     n_ood = int(out["ood"].eq(True).sum()) if "ood" in out else 0  # object column: None on failed rows
@@ -158,21 +163,10 @@ def _explain_eval(args: argparse.Namespace) -> int:
         print(f"error: case table not found: {args.cases}", file=sys.stderr)
         return 2
     zoo = load_zoo(args.zoo)
-    bar = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="explain-eval", unit="case", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    progress, close_bar = _case_progress("explain-eval", args.quiet)
     summary = run_explain_eval(zoo, args.cases, args.out, split=args.split, name=args.name, options=options,
                                resume=args.resume, progress=progress)
-    if bar is not None:
-        bar.close()
+    close_bar()
     failed = len(summary["failed"])
     print(f"{summary['n_cases']} cases of {summary['set']} ({summary['kind']}) evaluated with {zoo.name} -> "
           f"{args.out / 'summary.json'}" + (f"; {failed} failed (listed in the summary)" if failed else ""),
