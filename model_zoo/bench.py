@@ -180,7 +180,8 @@ if __name__ == "__main__":  # pragma: no cover - manual benchmark
 
     args = [int(a) for a in sys.argv[1:5]]
     names = ("input_size", "repeats", "naive_repeats", "exact_repeats")
-    print(json.dumps(bench_full_variants(**dict(zip(names, args))), indent=2))
+    kwargs: dict[str, Any] = dict(zip(names, args))  # the int options named above
+    print(json.dumps(bench_full_variants(**kwargs), indent=2))
 
 
 def _paste(values: np.ndarray, box: Sequence[float], view_box: Sequence[float]) -> np.ndarray:

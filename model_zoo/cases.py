@@ -610,7 +610,7 @@ def read_case_table(
 
     has_label = "label" in frame.columns
     image_paths: list[Any] = []
-    ages: list[float] = []
+    ages: list[Any] = []  # floats (NaN when missing); Any like sexes/sites, filled by one loop below
     sexes: list[Any] = []
     sites: list[Any] = []
     labels: list[Any] = []

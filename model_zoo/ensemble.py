@@ -264,7 +264,7 @@ class Zoo:
         cal = self.calibration
         return Prediction(
             p_ensemble=p_ens, p_members=p_members, p_clinic=p_clinic, threshold=self.threshold,
-            label=self.label_for(p_ens), roi_box=tuple(float(v) for v in box),
+            label=self.label_for(p_ens), roi_box=box,  # roi.Box: already four floats
             crop_boxes=crop_boxes, seconds=time.perf_counter() - start,
             disagreement=float(max(probs) - min(probs)) if probs else 0.0,
             p_calibrated=float(cal.apply(p_ens)) if cal else None,

@@ -794,7 +794,7 @@ class CamCache:
                 return self._data[key]
             pending = self._pending.get(key)
             owner = pending is None
-            if owner:
+            if pending is None:
                 pending = Future()
                 self._pending[key] = pending
                 self.misses += 1
@@ -859,5 +859,5 @@ def explain_member(
         key = cam_cache_key(pixels_hash or imaging.image_hash(pixels), box, spec, model, method, top_k)
         heat = cache.get_or_compute(key, compute)
     roi_map, image_map = to_roi_and_image(heat, crop_box, (w, h))
-    return MemberExplanation(heatmap=heat, crop_box=tuple(float(v) for v in crop_box),
+    return MemberExplanation(heatmap=heat, crop_box=crop_box,  # roi.Box: already four floats
                              roi_map=roi_map, image_map=image_map)

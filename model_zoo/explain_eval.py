@@ -85,6 +85,9 @@ __all__ = [
     "top_iou",
 ]
 
+# Scores perturbed images: one probability per image, as a sequence or a 1-D array.
+ScoreFn = Callable[[list[np.ndarray]], Sequence[float] | np.ndarray]
+
 METHODS = ("gradcam", "scorecam")
 METHOD_LABELS = {"gradcam": "GradCAM", "scorecam": "ScoreCAM", "random": "random map", "centre": "centre prior"}
 BASELINES = ("random", "centre")
@@ -248,7 +251,7 @@ class PerturbationCurve:
     auc: float
 
 
-def curve_auc(fractions: Sequence[float], scores: Sequence[float]) -> float:
+def curve_auc(fractions: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Trapezoidal area under ``scores`` over ``fractions`` (fractions run 0 -> 1)."""
     x = np.asarray(fractions, dtype=np.float64)
     y = np.asarray(scores, dtype=np.float64)
@@ -267,7 +270,7 @@ def perturbation_order(heat: np.ndarray, rng: np.random.Generator | None = None)
 def perturbation_curve(
     image: np.ndarray,
     heat: np.ndarray,
-    score_fn: Callable[[list[np.ndarray]], Sequence[float]],
+    score_fn: ScoreFn,
     *,
     mode: str,
     reference: np.ndarray | None = None,
@@ -329,13 +332,13 @@ def perturbation_curve(
     return PerturbationCurve(mode=mode, fractions=fractions, scores=scores, auc=curve_auc(fractions, scores))
 
 
-def deletion_curve(image: np.ndarray, heat: np.ndarray, score_fn: Callable[[list[np.ndarray]], Sequence[float]],
+def deletion_curve(image: np.ndarray, heat: np.ndarray, score_fn: ScoreFn,
                    **kwargs: Any) -> PerturbationCurve:
     """:func:`perturbation_curve` with ``mode="deletion"`` (lower area = the map found what the score needs)."""
     return perturbation_curve(image, heat, score_fn, mode="deletion", **kwargs)
 
 
-def insertion_curve(image: np.ndarray, heat: np.ndarray, score_fn: Callable[[list[np.ndarray]], Sequence[float]],
+def insertion_curve(image: np.ndarray, heat: np.ndarray, score_fn: ScoreFn,
                     **kwargs: Any) -> PerturbationCurve:
     """:func:`perturbation_curve` with ``mode="insertion"`` (higher area = more faithful)."""
     return perturbation_curve(image, heat, score_fn, mode="insertion", **kwargs)
@@ -394,9 +397,11 @@ class MetricSummary:
             return None
         mean = d.get("mean")
         ci = d.get("ci")
-        ok_ci = isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)
+        ci_pair = None
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+            ci_pair = (float(ci[0]), float(ci[1]))
         return cls(mean=float(mean) if isinstance(mean, (int, float)) else None,
-                   ci=(float(ci[0]), float(ci[1])) if ok_ci else None, n=int(d.get("n") or 0))
+                   ci=ci_pair, n=int(d.get("n") or 0))
 
 
 @dataclass(frozen=True)
@@ -516,8 +521,10 @@ class _Scorer:
     """
 
     def __init__(self, zoo: Zoo, box: Sequence[float], clinical: tuple[Any, Any, Any], batch: int = 16) -> None:
+        from model_zoo import roi
+
         self.zoo = zoo
-        self.box = tuple(float(v) for v in box)
+        self.box = roi.as_box(box)  # four floats, as tuple(float(v) for v in box) gave
         self.clinical = clinical
         self.batch = batch
         self._cache: dict[tuple[str, bytes], float] = {}

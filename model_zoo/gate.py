@@ -153,9 +153,10 @@ def check_age(raw: str | None, parsed: float | None = None) -> tuple[float | Non
         shown = f"{years:g} years"
     else:
         shown = f"'{str(raw).strip()}'"
-        years = parse_dicom_age(raw)
-        if years is None:
+        parsed_age = parse_dicom_age(raw)
+        if parsed_age is None:
             return None, f"PatientAge {shown} is not a DICOM age (e.g. 045Y): not pre-filled"
+        years = parsed_age
     if not math.isfinite(years) or years <= 0.0:
         return None, f"PatientAge {shown} is a placeholder (zero age): not pre-filled"
     if years > MAX_PLAUSIBLE_AGE:

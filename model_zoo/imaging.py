@@ -43,7 +43,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -210,7 +210,7 @@ def image_hash(pixels: np.ndarray) -> str:
     arr = np.ascontiguousarray(pixels, dtype=np.float32)
     h = hashlib.sha256()
     h.update(f"float32{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(arr.data.cast("B"))  # arr.data is memoryview(arr)
     return h.hexdigest()
 
 
@@ -302,7 +302,7 @@ def _read_source(
         return bytes(source), name
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        label = name if name is not None else path.name
+        label: str | None = name if name is not None else path.name
         if not path.exists():
             raise InputError(f"{label}: file not found: {path}")
         if path.is_dir():
@@ -360,6 +360,14 @@ def _finish(
     return LoadedImage(pixels=np.ascontiguousarray(pixels), meta=ImageMeta(**meta_kwargs))
 
 
+class _Limits(TypedDict):
+    """The keyword arguments ``load_image`` passes on to each format's loader."""
+
+    max_pixels: int
+    min_side: int
+    name: str | None
+
+
 def load_image(
     source: str | os.PathLike[str] | bytes | BinaryIO,
     *,
@@ -396,7 +404,7 @@ def load_image(
     if len(data) == 0:
         raise _fail(name, "empty file (0 bytes)")
     kind = _sniff(data)
-    limits = {"max_pixels": max_pixels, "min_side": min_side, "name": name}
+    limits: _Limits = {"max_pixels": max_pixels, "min_side": min_side, "name": name}
     if kind == "dicom":
         return _guard_dicom(data, None, **limits)
     if kind in ("png", "jpeg"):
@@ -471,7 +479,7 @@ def _spacing(ds: Dataset) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
         try:
-            row, col = (float(v) for v in value)  # type: ignore[union-attr]
+            row, col = (float(v) for v in value)
         except (TypeError, ValueError):
             continue
         if row > 0 and col > 0 and np.isfinite(row) and np.isfinite(col):
@@ -713,7 +721,7 @@ def _load_pillow(
             # Our own max_pixels check below replaces Pillow's warning; its hard error
             # (DecompressionBombError, > ~179 M pixels) still applies.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             _check_size(*img.size, max_pixels=max_pixels, min_side=min_side, name=name)
             stored_size = img.size
             stored_mode = img.mode
@@ -745,8 +753,9 @@ def _load_pillow(
             raise _fail(name, f"truncated {label} file ({msg})") from None
         raise _fail(name, f"corrupt or truncated {label} file ({msg})") from None
 
-    if getattr(img, "n_frames", 1) > 1:
-        warn.append(f"multi-frame: first of {img.n_frames} frames used")
+    n_frames = getattr(img, "n_frames", 1)
+    if n_frames > 1:
+        warn.append(f"multi-frame: first of {n_frames} frames used")
     values, bits = _pil_to_gray(img, warn)
     meta = {
         "source_format": kind,

@@ -267,6 +267,7 @@ def load_init_weights(model: torch.nn.Module, path: str | Path) -> dict[str, lis
     path = Path(path)
     if not path.is_file():
         raise InputError(f"initial weights file not found: {path}")
+    state: Any  # safetensors: dict[str, Tensor]; torch.load: whatever the file holds (checked below)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -62,9 +62,12 @@ def logits_and_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.
     ``forward_head(pre_logits=True)`` stops right before the classifier, so the classifier on
     those features is exactly ``model(x)`` in eval mode (dropout is a no-op there).
     """
-    feats = model.forward_head(model.forward_features(x), pre_logits=True)
+    # timm's forward_features/forward_head/get_classifier are not declared on nn.Module, whose
+    # __getattr__ types any other attribute as Tensor | Module.
+    timm_model: Any = model
+    feats = timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
     feats = feats.reshape(feats.shape[0], -1)
-    logits = model.get_classifier()(feats).reshape(-1)
+    logits = timm_model.get_classifier()(feats).reshape(-1)
     return logits, feats
 
 
@@ -78,7 +81,7 @@ def crop_features(zoo: Any, items: Iterable[tuple[np.ndarray, Sequence[float]]],
     """
     import torch
 
-    from model_zoo import preprocess
+    from model_zoo import preprocess, roi
     from model_zoo.ensemble import model_lock
 
     ids = [m.spec.member_id for m in zoo.members]
@@ -105,7 +108,7 @@ def crop_features(zoo: Any, items: Iterable[tuple[np.ndarray, Sequence[float]]],
 
     for pixels, box in items:
         for member in zoo.members:
-            x, _, _ = preprocess.member_input(member.spec, pixels, tuple(float(v) for v in box))
+            x, _, _ = preprocess.member_input(member.spec, pixels, roi.as_box(tuple(float(v) for v in box)))
             pending[member.spec.member_id].append(x)
         if len(pending[ids[0]]) >= batch_size:
             flush()

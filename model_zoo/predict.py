@@ -102,6 +102,7 @@ def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = Fa
     if has_ood(zoo) and pred.ood_score is not None:
         out["ood_score"], out["ood"] = pred.ood_score, bool(pred.ood)
         if pred.ood:
+            assert zoo.ood is not None  # has_ood(zoo) above
             notes.append(ood_warning(pred.ood_score, zoo.ood.threshold, allow_ood))
             if not allow_ood:
                 out["prediction"] = ""

@@ -287,9 +287,10 @@ def build_case_report(report: CaseReport, *, include_identifiers: bool = False) 
         doc.rows([(k, str(v)) for k, v in report.identifiers.items()])
 
     doc.heading("Result")
-    calibrated = report.p_calibrated is not None and report.threshold_calibrated is not None
-    if calibrated:
-        doc.para(probability_sentence(report.p_calibrated, report.threshold_calibrated, report.positive_class,
+    p_cal, t_cal = report.p_calibrated, report.threshold_calibrated
+    calibrated = p_cal is not None and t_cal is not None
+    if p_cal is not None and t_cal is not None:  # == calibrated (spelt out so the types narrow)
+        doc.para(probability_sentence(p_cal, t_cal, report.positive_class,
                                       report.negative_class) + " (calibrated)", size=11, style="B")
     else:
         doc.para(probability_sentence(report.p_ensemble, report.threshold, report.positive_class,

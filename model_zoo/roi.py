@@ -31,6 +31,7 @@ Box = tuple[float, float, float, float]
 
 __all__ = [
     "Box",
+    "as_box",
     "box_crop_to_image",
     "box_crop_to_input",
     "box_image_to_crop",
@@ -72,7 +73,12 @@ def _as_box(box: Sequence[float]) -> Box:
         raise InputError(f"ROI {box!r} has {len(values)} values; expected x0, y0, x1, y1")
     if not all(math.isfinite(v) for v in values):
         raise InputError(f"ROI {_fmt_box(values)} has a NaN or infinite coordinate")
-    return values  # type: ignore[return-value]
+    return values
+
+
+def as_box(box: Sequence[float]) -> Box:
+    """Coerce to a 4-tuple of finite floats (:data:`Box`), or raise InputError."""
+    return _as_box(box)
 
 
 def _size_wh(size: Sequence[int] | int, what: str = "image size") -> tuple[int, int]:
@@ -81,7 +87,7 @@ def _size_wh(size: Sequence[int] | int, what: str = "image size") -> tuple[int, 
         pair = (int(size), int(size))
     else:
         try:
-            w, h = size  # type: ignore[misc]
+            w, h = size
             if float(w) != int(w) or float(h) != int(h):
                 raise ValueError
             pair = (int(w), int(h))

@@ -64,9 +64,9 @@ def _auc(block: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 def best_member(block: Mapping[str, Any]) -> tuple[str, float] | None:
     """The member (not ``ensemble``/``clinic``) with the highest AUC on this set."""
-    found = [(name, _num(m.get("auc"))) for name, m in (block.get("models") or {}).items()
-             if name not in ("ensemble", "clinic") and isinstance(m, Mapping)]
-    found = [(n, a) for n, a in found if a is not None]
+    scored = [(name, _num(m.get("auc"))) for name, m in (block.get("models") or {}).items()
+              if name not in ("ensemble", "clinic") and isinstance(m, Mapping)]
+    found = [(n, a) for n, a in scored if a is not None]
     return max(found, key=lambda na: na[1]) if found else None
 
 

@@ -315,7 +315,7 @@ def _make_dicomweb_client(settings: PacsSettings, session: Any = None) -> Any:
     from dicomweb_client.api import DICOMwebClient
 
     class _Client(DICOMwebClient):  # only the query encoding differs (see the module docstring)
-        def _http_get(self, url, params=None, headers=None, stream=False):  # type: ignore[override]
+        def _http_get(self, url, params=None, headers=None, stream=False):
             if params:
                 url = f"{url}?{_query_string(params)}"
             return super()._http_get(url, None, headers, stream)

@@ -91,7 +91,7 @@ def _code(value: str, meaning: str) -> Any:
 
 def _source_copy(source: Any) -> Any:
     """The source header without pixel data (highdicom copies patient and study from it)."""
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
 
     ds = Dataset()
     for elem in source:
@@ -100,7 +100,9 @@ def _source_copy(source: Any) -> Any:
     for keyword in _TYPE2:  # highdicom copies these; a source may lack some (Type 2: empty is valid)
         if keyword not in ds:
             setattr(ds, keyword, None)
-    ds.file_meta = getattr(source, "file_meta", None) or Dataset()
+    meta = getattr(source, "file_meta", None) or Dataset()
+    # What pydicom's file_meta setter does with a plain Dataset, spelt out for the type checker.
+    ds.file_meta = meta if isinstance(meta, FileMetaDataset) else FileMetaDataset(meta)
     return ds
 
 
