@@ -368,6 +368,155 @@ def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
             f"AUC {fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
 
 
+# ----------------------------------------------------------------------------- framing the call
+
+# Half-width of the "indeterminate" band around the threshold, on the scale the headline shows
+# (calibrated when the release has a calibrator). Why: the demo release's external calibration
+# error (ECE about 0.10 at an unseen hospital) is larger than this, so a probability this close
+# to the threshold cannot be placed reliably on either side of it.
+INDETERMINATE_BAND = 0.05
+# The call is indeterminate when at least this many ROI-jitter boxes give the other call. Why:
+# the shifted/resized boxes are boxes a reader could equally have drawn; if any of them changes
+# the answer, the answer belongs to the box, not to the lesion.
+JITTER_FLIP_MIN = 1
+
+REASON_BAND = "lies at the threshold"
+REASON_BOX = "depends on the exact box"
+
+
+def in_threshold_band(p: float, threshold: float, band: float | None = None) -> bool:
+    """``|p - threshold| <= band`` (default :data:`INDETERMINATE_BAND`; rounded to 9 decimals,
+    so the band is symmetric in floats)."""
+    band = INDETERMINATE_BAND if band is None else float(band)
+    return round(abs(float(p) - float(threshold)), 9) <= band
+
+
+def jitter_flips(jitter: Mapping[str, Any] | None, min_flips: int = JITTER_FLIP_MIN) -> bool:
+    """Whether the ROI-jitter check (:func:`jitter_summary`) changed the call for enough boxes.
+
+    False when the check was not run (None) or had no boxes.
+    """
+    if not jitter or not jitter.get("n"):
+        return False
+    return int(jitter["n"]) - int(jitter.get("same_call", jitter["n"])) >= min_flips
+
+
+def indeterminate_reasons(p: float, threshold: float, jitter: Mapping[str, Any] | None) -> list[str]:
+    """Why the call is indeterminate ([] when it is not): the box, the threshold band, or both."""
+    reasons = []
+    if jitter_flips(jitter):
+        reasons.append(REASON_BOX)
+    if in_threshold_band(p, threshold):
+        reasons.append(REASON_BAND)
+    return reasons
+
+
+def indeterminate_phrase(reasons: Sequence[str]) -> str:
+    """E.g. ``"indeterminate - the call depends on the exact box / lies at the threshold"``."""
+    return "indeterminate - the call " + " / ".join(reasons)
+
+
+def framed_headline(head: Headline, positive_class: str, jitter: Mapping[str, Any] | None = None) -> Headline:
+    """``head`` with the class word replaced by "indeterminate - ..." when the probability lies
+    within :data:`INDETERMINATE_BAND` of the threshold or the jitter check flipped the call.
+
+    Pass ``jitter=None`` when the jitter result is not available yet: the band alone decides,
+    and :func:`jitter_indeterminate_note` adds the box reason once the check has run.
+    """
+    if head.p is None or head.threshold is None:
+        return head
+    reasons = indeterminate_reasons(head.p, head.threshold, jitter)
+    if not reasons:
+        return head
+    from model_zoo.report_pdf import format_probability
+
+    a, b = format_probability(head.p, head.threshold)
+    sentence = f"Probability of {positive_class}: {a} (threshold {b}) -> {indeterminate_phrase(reasons)}"
+    return Headline(sentence, head.calibrated, head.raw_note, head.p, head.threshold)
+
+
+def jitter_indeterminate_note(jitter: Mapping[str, Any] | None, negative_class: str, positive_class: str,
+                              p_ref: float, threshold: float) -> str | None:
+    """The note the jitter box adds when it flips the call (None when it does not)."""
+    if not jitter_flips(jitter):
+        return None
+    flipped = int(jitter["n"]) - int(jitter["same_call"])
+    other = negative_class if p_ref >= threshold else positive_class
+    return (f"Indeterminate - the call depends on the exact box: {flipped} of {jitter['n']} slightly "
+            f"shifted/resized boxes gave '{other}'. Read the result as neither benign nor malignant.")
+
+
+def times_in(x: float) -> str:
+    """A proportion in words: 0.28 -> "about 1 time in 4", 0.93 -> "about 9 times in 10".
+
+    Below one half: "about 1 time in N" (N = round(1/x)); from one half: "about K times in 10"
+    (K = round(10 x)), or in 100 when that would round to 10 in 10; exactly 0 or 1: never /
+    every time.
+    """
+    x = float(x)
+    if x <= 0.0:
+        return "never"
+    if x >= 1.0:
+        return "every time"
+    if x < 0.5:
+        return f"about 1 time in {round(1.0 / x)}"
+    k = round(10.0 * x)
+    if k >= 10:
+        return f"about {min(99, round(100.0 * x))} times in 100"
+    return f"about {k} times in 10"
+
+
+def ppv_npv_sentence(manifest: Mapping[str, Any], positive_class: str, negative_class: str) -> str | None:
+    """PPV and NPV at the threshold in plain words, from the release's first external evaluation.
+
+    None when the release has no external block or the block has no PPV/NPV.
+    """
+    from model_zoo.validation_text import _num, external_blocks
+
+    if not isinstance(manifest.get("evaluation"), Mapping):
+        return None
+    external = external_blocks(manifest)
+    if not external:
+        return None
+    name, b = external[0]
+    ens = b.get("ensemble") or {}
+    ppv, npv = _num(ens.get("ppv")), _num(ens.get("npv"))
+    if ppv is None or npv is None:
+        return None
+    n, n_pos = b.get("n"), b.get("n_positive")
+    mix = (f" (there {n_pos} of {n} tumours were {positive_class}; with a different mix these rates change)"
+           if isinstance(n, int) and isinstance(n_pos, int) and n > 0 else "")
+    return (f"At a hospital the model had not seen ({name}), a '{positive_class}' call was right {times_in(ppv)} "
+            f"and a '{negative_class}' call {times_in(npv)}{mix}.")
+
+
+def outside_members(p_ensemble: float, p_members: Mapping[str, float]) -> str | None:
+    """"above" / "below" when the ensemble lies strictly above / below every member, else None."""
+    values = [float(v) for v in p_members.values()]
+    if not values:
+        return None
+    if p_ensemble > max(values):
+        return "above"
+    if p_ensemble < min(values):
+        return "below"
+    return None
+
+
+def outside_members_caption(p_ensemble: float, p_members: Mapping[str, float], p_clinic: float | None,
+                            positive_class: str) -> str | None:
+    """Why the ensemble can lie outside its members (None when it lies within their range)."""
+    side = outside_members(p_ensemble, p_members)
+    if side is None:
+        return None
+    edge = max(p_members.values()) if side == "above" else min(p_members.values())
+    which = "highest" if side == "above" else "lowest"
+    clinic = (f" (the clinic-only model, from age, sex and site alone, gives P({positive_class}) = {p_clinic:.2f})"
+              if p_clinic is not None else "")
+    return (f"The ensemble ({p_ensemble:.2f}) lies {side} every image member ({which} {edge:.2f}): the stacker "
+            f"also weighs age, sex and site{clinic} and is a learned combination fitted on out-of-fold scores, "
+            "not an average, so it can lie outside the members' range.")
+
+
 def localiser_caution(metrics: Mapping[str, Any] | None) -> str:
     """What to tell a clinician about an auto-crop box, from the localiser's recorded test metrics."""
     test = (metrics or {}).get("test") or {}

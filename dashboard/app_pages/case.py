@@ -318,10 +318,16 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
     st.subheader("3. Result")
     if not _ood_gate(zoo, case, box, source, pred):
         return None
-    head = cl.prediction_headline(zoo, pred)
+    # The jitter check runs later in the page; on reruns its (cached) result is already known.
+    last = st.session_state.get("case_jitter_last")
+    jitter = last[1] if last and last[0] == _jitter_key(zoo, case, box, inputs) else None
+    head = cl.framed_headline(cl.prediction_headline(zoo, pred), zoo.positive_class, jitter)
     st.markdown(f"#### {head.sentence}")
     if head.raw_note:
         st.caption(head.raw_note)
+    ppv_npv = cl.ppv_npv_sentence(zoo.manifest, zoo.positive_class, zoo.negative_class)
+    if ppv_npv:
+        st.markdown(ppv_npv)
     external = cl.external_validation_line(zoo.manifest)
     if external:
         st.markdown(external)
@@ -348,6 +354,9 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
         if pred.p_clinic is not None:
             st.markdown(f"Clinic-only model (age, sex, site; no image): P({zoo.positive_class}) = "
                         f"**{pred.p_clinic:.2f}**.")
+        outside = cl.outside_members_caption(pred.p_ensemble, pred.p_members, pred.p_clinic, zoo.positive_class)
+        if outside:
+            st.caption(outside)
         st.dataframe(pd.DataFrame(cl.member_frame_rows(pred.p_members, pred.threshold)), hide_index=True,
                      key="case_member_table")
         with st.expander("Calibration note"):
@@ -412,15 +421,24 @@ def _audit_once(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pre
     logged.add(key)
 
 
+def _jitter_key(zoo: Any, case: dict, box: tuple, inputs: dict) -> tuple:
+    return (str(zoo.root), case["pixels_hash"], _box_key(box), inputs["age"], inputs["sex"], inputs["site"])
+
+
 def _jitter_section(zoo: Any, case: dict, box: tuple, inputs: dict, pred: Any) -> dict | None:
     st.markdown("**ROI-jitter check**")
     if not st.checkbox(f"Re-run with {JITTER_N} slightly shifted/resized boxes", value=True, key="case_jitter"):
+        st.session_state.pop("case_jitter_last", None)
         return None
     with st.spinner("ROI-jitter check ..."):
         probs = _jitter(str(zoo.root), case["pixels_hash"], box, inputs["age"], inputs["sex"], inputs["site"],
                         JITTER_N, zoo, case["image"].pixels)
     j = cl.jitter_summary(pred.p_ensemble, probs, pred.threshold)
     (st.success if j["same_call"] == j["n"] else st.warning)(cl.jitter_sentence(j))
+    note = cl.jitter_indeterminate_note(j, zoo.negative_class, zoo.positive_class, pred.p_ensemble, pred.threshold)
+    if note:
+        st.warning(note)
+    st.session_state["case_jitter_last"] = (_jitter_key(zoo, case, box, inputs), j)
     return j
 
 
