@@ -83,6 +83,12 @@ def parse_version(version: str) -> tuple[int, int, int]:
     return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
 
 
+def next_patch(version: str) -> str:
+    """The next patch version (2.1.2 -> 2.1.3): the default of the ``add-*`` release commands."""
+    major, minor, patch = parse_version(version)
+    return f"{major}.{minor}.{patch + 1}"
+
+
 def _listed_files(root: Path) -> set[str]:
     """Every non-directory entry (regular files, symlinks, FIFOs, sockets, devices)."""
     out = set()

@@ -23,17 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from model_zoo.errors import InputError, ZooError
-from model_zoo.zoo import ReleaseWriter, parse_version, sha256_file, verify_release
+from model_zoo.zoo import ReleaseWriter, next_patch, sha256_file, verify_release
+from training.fit import card_with_section
 
 # Files the new release writes itself rather than copying.
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md", "config.yaml"}
 CARD_SECTION = "## Heatmaps: where they point and how faithful they are"
 CARD_BEFORE = "## What it is not"
-
-
-def bump_patch(version: str) -> str:
-    major, minor, patch = parse_version(version)
-    return f"{major}.{minor}.{patch + 1}"
 
 
 def parse_summary_args(items: list[str]) -> dict[str, Path]:
@@ -98,23 +94,6 @@ def card_section(report: Any, sets: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def model_card(source_card: str, old_title: str, new_title: str, section: str) -> str:
-    """The source card with the new version in its title and the heatmap section inserted before
-    "What it is not" (replacing an older heatmap section)."""
-    text = source_card
-    first, _, rest = text.partition("\n")
-    if old_title in first:
-        text = first.replace(old_title, new_title) + "\n" + rest
-    if CARD_SECTION in text:  # a release that already carries one: replace it
-        start = text.index(CARD_SECTION)
-        nxt = text.find("\n## ", start + len(CARD_SECTION))
-        text = text[:start] + (text[nxt + 1:] if nxt >= 0 else "")
-    if CARD_BEFORE in text:
-        i = text.index(CARD_BEFORE)
-        return text[:i] + section.rstrip() + "\n\n" + text[i:]
-    return text.rstrip() + "\n\n" + section.rstrip() + "\n"
-
-
 def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, version: str | None = None,
                 log: Any = print) -> Path:
     import yaml
@@ -123,7 +102,7 @@ def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, v
     from training.config import dump_config
 
     manifest = verify_release(source)
-    version = str(version or bump_patch(manifest["version"]))
+    version = str(version or next_patch(manifest["version"]))
     if version == str(manifest["version"]):
         raise InputError(f"--version {version} is the source release's version; choose a new one")
     fingerprint = release_fingerprint(manifest)
@@ -160,7 +139,8 @@ def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, v
                                          "stacker, threshold, localiser and reports unchanged"}
         card_path = source / "MODEL_CARD.md"
         source_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
-        rw.write_text("MODEL_CARD.md", model_card(source_card, old_title, new_title, card_section(report, sets)))
+        rw.write_text("MODEL_CARD.md", card_with_section(source_card, old_title, new_title, CARD_SECTION,
+                                                         card_section(report, sets), before=CARD_BEFORE))
         final = rw.publish(new)
     log(f"release written: {final}")
     return final

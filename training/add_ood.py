@@ -38,7 +38,8 @@ import pandas as pd
 
 from model_zoo import ood as ood_lib
 from model_zoo.errors import InputError, ZooError
-from model_zoo.zoo import ReleaseWriter, parse_version, sha256_file, verify_release
+from training import evaluation
+from model_zoo.zoo import ReleaseWriter, next_patch, parse_version, sha256_file, verify_release
 
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md", "config.yaml"}
 FIT_VIEWS = ("annotator", "whole_image")  # the ROIs of a real radiograph the reference covers
@@ -86,9 +87,9 @@ def _box(row: pd.Series, size_wh: tuple[int, int], roi_source: str) -> tuple[flo
     from training.fit import row_box
 
     if roi_source == "annotator":
-        return tuple(float(v) for v in row_box(row, size_wh))  # type: ignore[return-value]
+        return roi.as_box(row_box(row, size_wh))
     if roi_source == "whole_image":
-        return tuple(float(v) for v in roi.full_image_box(size_wh))  # type: ignore[return-value]
+        return roi.as_box(roi.full_image_box(size_wh))
     raise ValueError(roi_source)
 
 
@@ -240,9 +241,12 @@ def _pct(block: dict[str, Any] | None) -> str:
     return f"{100 * block['rate']:.1f} % ({block['flagged']}/{block['n']})"
 
 
+OOD_HEADING = "## Out-of-distribution check"
+
+
 def model_card_section(info: ood_lib.OodInfo) -> str:
     m = info.measured
-    lines = ["", "## Out-of-distribution check", "",
+    lines = ["", OOD_HEADING, "",
              f"Each crop's pooled member features ({'signed square root, ' if info.transform == 'sqrt' else ''}"
              f"{', '.join(info.member_ids)}) are scored by "
              + (f"their cosine distance to the {info.k}-th nearest training crop" if info.method == "knn"
@@ -298,31 +302,24 @@ def model_card_section(info: ood_lib.OodInfo) -> str:
 
 def card_with_ood(source: Path, cfg: dict[str, Any], manifest: dict[str, Any], info: ood_lib.OodInfo) -> str:
     """The source release's model card (every section it has, including ones other ``add-*``
-    commands appended) under the new version's title, plus the OOD section. A source without a
-    card gets one from ``training.fit.model_card``."""
+    commands added) under the new version's title, with the OOD section inserted. A source
+    without a card gets one from ``training.fit.model_card``."""
+    from training.fit import card_with_section, model_card
+
     path = source / "MODEL_CARD.md"
     if path.is_file():
-        lines = path.read_text(encoding="utf-8").rstrip("\n").splitlines()
-        if lines and lines[0].startswith("# Model card:"):
-            lines[0] = f"# Model card: {cfg['name']} {cfg['version']}"
-        card = "\n".join(lines) + "\n"
+        card = path.read_text(encoding="utf-8")
     else:
-        from training.fit import model_card
-
         reports = {}
         for split in ("val", "test"):
             metrics = source / "report" / split / "metrics.json"
             if metrics.is_file():
                 reports[split] = json.loads(metrics.read_text(encoding="utf-8"))
         card = model_card(cfg, manifest, reports)
-    derived = manifest.get("derived_from") or {}
-    note = f"\nDerived from {derived['release']}: {derived['change']}.\n" if derived else ""
-    return card + note + model_card_section(info)
-
-
-def next_patch(version: str) -> str:
-    major, minor, patch = parse_version(version)
-    return f"{major}.{minor}.{patch + 1}"
+    derived = manifest["derived_from"]  # add_ood always records the source release
+    note = f"\n\nDerived from {derived['release']}: {derived['change']}."
+    return card_with_section(card, derived["release"], f"{cfg['name']} {cfg['version']}", OOD_HEADING,
+                             model_card_section(info).strip() + note)
 
 
 def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases: str | None = None,
@@ -488,18 +485,6 @@ def _score_seconds(model: ood_lib.OodModel, feats: dict[str, np.ndarray], n: int
     return float(np.median(times)) if times else 0.0
 
 
-def _parse_external(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"--external {item!r}: use NAME=CSV")
-        if not Path(path).is_file():
-            raise InputError(f"--external {name}: {path} not found")
-        out[name] = path
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training add-ood", description=__doc__.splitlines()[0])
     p.add_argument("--zoo", required=True, type=Path, help="source release folder")
@@ -522,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         add_ood(args.zoo, args.out or args.zoo.parent, version=args.version, cases=args.cases,
-                external=_parse_external(args.external), method=args.method, combine=args.combine, k=args.k,
+                external={name: str(path) for name, path in evaluation.parse_external_sets(args.external, set(), required=False)}, method=args.method, combine=args.combine, k=args.k,
                 transform=args.transform,
                 val_quantile=args.val_quantile, features_cache=args.features_cache, quiet=args.quiet)
     except ZooError as err:

@@ -399,8 +399,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_sets(items: list[str], reserved: set[str]) -> list[tuple[str, Path]]:
-    if not items:
+def parse_external_sets(items: list[str], reserved: set[str], *, required: bool = True) -> list[tuple[str, Path]]:
+    """``--external NAME=CSV`` arguments -> [(name, path)], each name valid, unique and not reserved,
+    each path an existing file."""
+    if not items and required:
         raise InputError("give at least one --external NAME=CSV")
     sets: list[tuple[str, Path]] = []
     for item in items:
@@ -491,7 +493,7 @@ def _run(args: argparse.Namespace) -> int:
     from model_zoo.cases import read_case_table
     from model_zoo.ensemble import load_zoo
 
-    sets = _parse_sets(args.external, {INTERNAL_TEST})
+    sets = parse_external_sets(args.external, {INTERNAL_TEST})
     if not args.zoo.is_dir():
         raise InputError(f"zoo release folder not found: {args.zoo}")
     zoo = load_zoo(args.zoo)

@@ -851,6 +851,25 @@ def proposal_time(loc: dict[str, Any]) -> str:
     return f"median {seconds:.3f} s per image where it was trained" if seconds is not None else "time not measured"
 
 
+def card_with_section(source_card: str, old_title: str, new_title: str, heading: str, section: str,
+                      before: str | None = None) -> str:
+    """An ``add-*`` command's model card: the source release's card (every section it has) with the
+    new version in its title and ``section`` (starting with ``heading``) inserted before the
+    heading ``before`` (appended when None or absent), replacing an older section under ``heading``."""
+    text = source_card
+    first, _, rest = text.partition("\n")
+    if old_title in first:
+        text = first.replace(old_title, new_title) + "\n" + rest
+    if heading in text:
+        start = text.index(heading)
+        nxt = text.find("\n## ", start + len(heading))
+        text = text[:start] + (text[nxt + 1:] if nxt >= 0 else "")
+    if before and before in text:
+        i = text.index(before)
+        return text[:i] + section.strip() + "\n\n" + text[i:]
+    return text.rstrip() + "\n\n" + section.strip() + "\n"
+
+
 def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str, Any] | None = None) -> str:
     m = manifest
     lines = [

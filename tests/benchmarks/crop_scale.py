@@ -22,13 +22,10 @@ import numpy as np
 
 from training import fit as F
 from training import fit_heads as H
-from training import stats
 from training.config import load_config
 
-
-def auc_text(y: np.ndarray, s: np.ndarray) -> str:
-    r = stats.delong_auc(y, s)
-    return f"{r.auc:.3f} ({r.ci[0]:.2f}-{r.ci[1]:.2f})"
+# The sibling benchmark's AUC cell (run as a script, this folder is on sys.path).
+from head_recipes import auc_text
 
 
 def main() -> None:
