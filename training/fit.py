@@ -167,6 +167,15 @@ def score_with_finals(source: pd.DataFrame, finals: list[dict[str, Any]], cache_
     return np.column_stack(columns)
 
 
+def member_logit_columns(cfg: dict[str, Any], X_fit: np.ndarray) -> int:
+    """How many leading stacker columns the candidates turn into log-odds: the member scores
+    with ``stacker.member_scores: logit``, none with ``probability`` (the paper's stacker)."""
+    kind = str(cfg["stacker"].get("member_scores", "probability"))
+    if kind not in ("probability", "logit"):
+        raise InputError(f"stacker.member_scores must be probability or logit, not {kind!r}")
+    return X_fit.shape[1] - len(CLINICAL_FEATURES) if kind == "logit" else 0
+
+
 def fit_calibration(cfg: dict[str, Any], chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
                     groups_fit: np.ndarray, y_val: np.ndarray, p_val: np.ndarray, seed: int,
                     log: Any = print) -> Calibration | None:
@@ -182,7 +191,8 @@ def fit_calibration(cfg: dict[str, Any], chosen: str, X_fit: np.ndarray, y_fit: 
     fit_on = cal_cfg.get("fit_on", "oof")
     if fit_on == "oof":
         p_cv = fit_stacker.cross_val_probabilities(chosen, X_fit, y_fit, groups_fit,
-                                                   folds=int(cfg["stacker"]["cv_folds"]), seed=seed)
+                                                   folds=int(cfg["stacker"]["cv_folds"]), seed=seed,
+                                                   member_logits=member_logit_columns(cfg, X_fit))
         ok = ~np.isnan(p_cv)
         calibration = fit_platt(y_fit[ok], p_cv[ok], fit_on="oof")
     elif fit_on == "val":
@@ -545,7 +555,8 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             banks[s.member_id] = fit_heads.feature_bank(
                 s, init_cfg.get(s.family), caches[s.member_id], views, run_dir / "cache",
                 paths[s.member_id].stem, train_rows=train_idx, log=log)
-            if trainable == "tail":  # and the frozen prefix's maps, for the tail's epochs
+            pending = [j for j in jobs if j.spec.member_id == s.member_id and not (j.job_dir / "result.pt").is_file()]
+            if trainable == "tail" and pending:  # and the frozen prefix's maps, for unfinished tail jobs
                 prefix_maps[s.member_id] = fit_tails.prefix_maps(
                     s, init_cfg.get(s.family), caches[s.member_id], views, int(cfg["train"].get("tail_blocks", 2)),
                     train_idx, log=log)
@@ -604,7 +615,8 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     chosen, stacker, comparison = fit_stacker.select_stacker(
         X_fit, y_fit, groups_fit, candidates=list(cfg["stacker"]["candidates"]),
         folds=int(cfg["stacker"]["cv_folds"]), seed=seed, prefer=cfg["stacker"].get("prefer"),
-        prefer_within=float(cfg["stacker"].get("prefer_within") or 0.0))
+        prefer_within=float(cfg["stacker"].get("prefer_within") or 0.0),
+        member_logits=member_logit_columns(cfg, X_fit))
     log("      " + ", ".join(f"{r['name']} {r['cv_auc']:.3f}" for r in comparison if r["cv_auc"] is not None)
         + f" -> {chosen}")
     n_members = len(member_ids)
@@ -749,6 +761,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                         "selection": selection_rule(cfg["stacker"]),
                         "features": [f"p_{m}" for m in member_ids] + list(CLINICAL_FEATURES),
                         "score_source": source, "folds": folds, "age_fill": age_fill,
+                        "member_scores": str(cfg["stacker"].get("member_scores", "probability")),
                         "imputation": "age -> training median, sex/site -> 0.5, each with a *_missing indicator",
                         "cam_weights": cam_weights, "cam_weights_rule": "permutation importance (AUC) of each member score in the stacker"},
             "clinic_model": {"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
@@ -883,7 +896,8 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         f"({m['data']['n_cases']} cases; fingerprint `{m['data']['fingerprint'][:16]}`)",
         "- Splits: " + ", ".join(f"{k} {v['n']} ({v['positive']} positive)" for k, v in m["data"]["splits"].items()),
         f"- Stacker: {m['stacker']['chosen']} chosen by {m['stacker'].get('selection', 'best grouped-CV ROC AUC')} "
-        f"on {m['stacker']['score_source']} member scores",
+        f"on {m['stacker']['score_source']} member scores"
+        + (" (as log-odds)" if m["stacker"].get("member_scores") == "logit" else ""),
         f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)",
         "- Recipe: " + training_recipe(cfg["train"]), "",
         "## Members", "",

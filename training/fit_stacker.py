@@ -17,8 +17,10 @@ import numpy as np
 from model_zoo.errors import InputError
 
 
-def candidate_factories(seed: int) -> dict[str, Callable[[], Any]]:
-    """Name -> estimator factory. LightGBM/XGBoost only when installed."""
+def candidate_factories(seed: int, member_logits: int = 0) -> dict[str, Callable[[], Any]]:
+    """Name -> estimator factory. LightGBM/XGBoost only when installed. ``member_logits > 0``:
+    each candidate first turns the first ``member_logits`` columns (member probabilities) into
+    log-odds (``stacker.member_scores: logit``; see ``model_zoo.stacker_inputs``)."""
     from sklearn.ensemble import (AdaBoostClassifier, GradientBoostingClassifier,
                                   HistGradientBoostingClassifier, RandomForestClassifier)
     from sklearn.linear_model import LogisticRegression
@@ -49,6 +51,10 @@ def candidate_factories(seed: int) -> dict[str, Callable[[], Any]]:
         out["xgboost"] = lambda: XGBClassifier(n_estimators=100, max_depth=2, random_state=seed, n_jobs=1)
     except ImportError:
         pass
+    if member_logits > 0:
+        from model_zoo.stacker_inputs import MemberLogits
+
+        return {name: (lambda f=f: make_pipeline(MemberLogits(member_logits), f())) for name, f in out.items()}
     return out
 
 
@@ -84,11 +90,11 @@ def cross_val_auc(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray, grou
 
 
 def cross_val_probabilities(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int,
-                            seed: int) -> np.ndarray:
+                            seed: int, member_logits: int = 0) -> np.ndarray:
     """Out-of-fold probabilities of one stacker candidate on its own training rows (the same
     grouped folds as its CV AUC): what calibration is fitted on, since the refitted stacker's
     in-sample probabilities are over-confident. Rows left out by every split stay NaN."""
-    factory = candidate_factories(seed)[name]
+    factory = candidate_factories(seed, member_logits)[name]
     out = np.full(len(y), np.nan)
     for tr, te in _grouped_splits(X, y, groups, folds=folds, seed=seed):
         out[te] = _fit_quietly(factory, X[tr], y[tr]).predict_proba(X[te])[:, 1]
@@ -110,14 +116,14 @@ def choose_candidate(ranked: list[dict[str, Any]], prefer: str | None, prefer_wi
 
 def select_stacker(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, candidates: list[str],
                    folds: int, seed: int, prefer: str | None = None,
-                   prefer_within: float = 0.0) -> tuple[str, Any, list[dict[str, Any]]]:
+                   prefer_within: float = 0.0, member_logits: int = 0) -> tuple[str, Any, list[dict[str, Any]]]:
     """Compare candidates by CV AUC; refit the chosen one (the best, or ``prefer`` when it is
     within ``prefer_within`` of the best) on all rows.
 
     Returns (name, fitted estimator, comparison table rows sorted best first). Requested
     candidates that are not installed are listed with ``available: False``.
     """
-    factories = candidate_factories(seed)
+    factories = candidate_factories(seed, member_logits)
     table = []
     for name in candidates:
         if name not in factories:
