@@ -24,7 +24,7 @@ ENSEMBLE = "ensemble"
 DEFAULT_THRESHOLD = 0.5
 
 
-@dataclass
+@dataclass(frozen=True)
 class AnalysisSet:
     """The analysis set: aligned arrays for every model and reader."""
 

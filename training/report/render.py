@@ -19,7 +19,8 @@ from training.report.extras import ReportExtras, SubtypeTable, Table1Row, label_
 from training.report.inputs import AnalysisSet
 from training.report.metrics import PAIR_SEPARATOR, PROPORTIONS, Agreement, finite_or_none
 
-INLINE_PLOTLY = "inline"
+INLINE_PLOTLY = "inline"  # plotly_js value: the bundle goes into the page itself
+
 
 def _f(x: Any, nd: int = 3) -> str:
     v = finite_or_none(x) if not isinstance(x, str) else None
