@@ -52,8 +52,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so readers see the old or the new content, never a partial one."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write a file so readers see the old or the new content, never a partial one.
+
+    ``mode``: permission bits set before the rename (the temporary file is 0600), e.g.
+    0o644 for a report meant to be shared; None keeps 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -62,14 +66,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def release_dir_name(name: str, version: str) -> str:
@@ -260,7 +266,7 @@ SPLIT_REPORT_PLOTLY_SRC = "../plotly.min.js"  # how report/<split>/report.html l
 
 
 def plotly_script_tag(src: str) -> str:
-    """The one form of the tag that loads plotly.js from ``src`` (written by training/report.py,
+    """The one form of the tag that loads plotly.js from ``src`` (written by training/report/render.py,
     found again here to inline the bundle)."""
     import html
 
