@@ -1,8 +1,9 @@
 """Reader study logic: load a labelled case set, collect blind reads, score them (no Streamlit).
 
 Statistics are not computed here: the study table (``label``, ``p_ensemble``,
-``reader_<name>``) goes to ``training.report.compute_metrics`` (GUIDE contract 2.3), the
-sanctioned exception to "the dashboard imports model_zoo only".
+``reader_<name>``) goes to ``training.report.compute_metrics`` (GUIDE contract 2.3), and the
+reader ROC (read + confidence as a 1-10 rating) to ``training.stats`` (DeLong AUC, CI and the
+paired test), the sanctioned exception to "the dashboard imports model_zoo only".
 
 Blinding: readers see the image with its ROI and the clinical values, never the file name
 (names often give the answer away), the label or the model's output; the case order is
