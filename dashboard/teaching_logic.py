@@ -1,8 +1,9 @@
 """Reader study logic: load a labelled case set, collect blind reads, score them (no Streamlit).
 
 Statistics are not computed here: the study table (``label``, ``p_ensemble``,
-``reader_<name>``) goes to ``training.report.compute_metrics`` (GUIDE contract 2.3), the
-sanctioned exception to "the dashboard imports model_zoo only".
+``reader_<name>``) goes to ``training.report.compute_metrics`` (GUIDE contract 2.3), and the
+reader ROC (read + confidence as a 1-10 rating) to ``training.stats`` (DeLong AUC, CI and the
+paired test), the sanctioned exception to "the dashboard imports model_zoo only".
 
 Blinding: readers see the image with its ROI and the clinical values, never the file name
 (names often give the answer away), the label or the model's output; the case order is
@@ -22,12 +23,19 @@ import pandas as pd
 
 from dashboard import batch_logic
 from dashboard import case_logic as cl
+
+# The Case page's framing of the model's call (issue 17), reached through this one import so it
+# can be pointed at model_zoo/framing.py when the framing moves there.
+from dashboard.case_logic import Headline, framed_headline, indeterminate_reasons, prediction_headline
 from model_zoo import imaging
 from model_zoo.errors import InputError, ZooError
 
 DISPLAY_SIDE = 720
 CAM_SIDE = 360
 CONFIDENCE_LEVELS = (1, 2, 3, 4, 5)
+# A read plus its confidence on one ordinal scale for the reader ROC: 1 = certain benign ...
+# 5 = benign guess, 6 = malignant guess ... 10 = certain malignant.
+RATING_LEVELS = tuple(range(1, 2 * len(CONFIDENCE_LEVELS) + 1))
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class TeachingCase:
     cam_png: bytes | None = None
     annotator_box: bool = False
     cam_note: str = ""
+    subtype: str | None = None  # from the table's subtype column, shown only in the reveal
+    p_calibrated: float | None = None  # the release's calibrated probability, when it has a calibration
 
 
 def _missing(v: Any) -> bool:
@@ -101,6 +111,7 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
     skipped : one message per unusable row ("row 3: ...").
     """
     from model_zoo.predict import predict_cases
+    from training.evaluation import CALIBRATED_COLUMN, SUBTYPE_COLUMNS
 
     cases: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -113,6 +124,7 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
         frame = up.fix_errors(frame)
         if "label" not in frame.columns:
             raise InputError("a reader study needs a 'label' column (the truth) in the case table")
+        subtype_column = next((c for c in SUBTYPE_COLUMNS if c in frame.columns), None)
         for pos, (_, row) in enumerate(frame.iterrows()):
             where = f"row {pos + 1}"
             if str(row.get("error", "")):
@@ -136,6 +148,9 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
                 "age": None if _missing(row.get("age")) else float(row["age"]),
                 "sex": None if _missing(row.get("sex")) else str(row["sex"]),
                 "site": None if _missing(row.get("site")) else str(row["site"]),
+                "subtype": None if subtype_column is None or _missing(row.get(subtype_column))
+                else str(row[subtype_column]),
+                "p_calibrated": None if _missing(row.get(CALIBRATED_COLUMN)) else float(row[CALIBRATED_COLUMN]),
             })
     order = np.random.default_rng(seed).permutation(len(cases))
     width = max(2, len(str(len(cases))))
@@ -143,11 +158,17 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
     return out, skipped
 
 
+def age_text(age: float | None) -> str:
+    """An age in years as a reader writes it: "28" (never "28.0"), "2.5", "0.4"; "" when missing."""
+    if age is None or not np.isfinite(age):
+        return ""
+    return f"{age:.0f}" if float(age).is_integer() or age >= 10 else f"{age:.1f}"
+
+
 def format_age(age: float | None) -> str:
     """An age as a reader expects it: "28 y", "2.5 y", "0.4 y"; "not given" when missing."""
-    if age is None or not np.isfinite(age):
-        return "not given"
-    return f"{age:.0f} y" if float(age).is_integer() or age >= 10 else f"{age:.1f} y"
+    text = age_text(age)
+    return f"{text} y" if text else "not given"
 
 
 def reader_key(name: str) -> str:
@@ -156,14 +177,6 @@ def reader_key(name: str) -> str:
     if not key:
         raise InputError("enter a reader name (letters or digits)")
     return key[:40]
-
-
-def answers_frame(answers: Mapping[str, Mapping[str, tuple[int, int]]], positive: str, negative: str) -> pd.DataFrame:
-    """All reads as a long table: reader, case, read (class name), read_positive (0/1), confidence."""
-    rows = [{"reader": r, "case": c, "read": positive if call else negative, "read_positive": int(call),
-             "confidence": int(conf)}
-            for r, per in answers.items() for c, (call, conf) in sorted(per.items())]
-    return pd.DataFrame(rows, columns=["reader", "case", "read", "read_positive", "confidence"])
 
 
 def complete_readers(answers: Mapping[str, Mapping[str, Any]], cases: list[TeachingCase]) -> list[str]:
@@ -236,3 +249,227 @@ def agreement_lines(metrics: Mapping[str, Any]) -> list[str]:
         if not pair.startswith("ensemble|"):
             lines.append(f"Cohen kappa {pair.replace('|', ' vs ')}: " + ("not defined" if k is None else f"{k:.2f}"))
     return lines
+
+
+# ----------------------------------------------------------------------------- reader ROC
+
+
+def confidence_rating(read_positive: int, confidence: int) -> int:
+    """A read and its confidence as one rating on :data:`RATING_LEVELS` (1-10).
+
+    Certain benign is 1, a benign guess 5, a malignant guess 6, certain malignant 10: higher
+    means "more likely positive", as a probability does, so the ratings give the reader an ROC
+    curve and an AUC comparable with the model's.
+    """
+    levels = len(CONFIDENCE_LEVELS)
+    if confidence not in CONFIDENCE_LEVELS:
+        raise InputError(f"confidence must be one of {CONFIDENCE_LEVELS}, got {confidence!r}")
+    if read_positive not in (0, 1):
+        raise InputError(f"a read must be 0 (negative) or 1 (positive), got {read_positive!r}")
+    return levels + int(confidence) if read_positive else levels + 1 - int(confidence)
+
+
+def reader_ratings(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]],
+                   readers: list[str]) -> dict[str, list[int]]:
+    """Each (complete) reader's 1-10 ratings in the order of ``cases``."""
+    return {r: [confidence_rating(*answers[r][c.case_id]) for c in cases] for r in readers}
+
+
+@dataclass(frozen=True)
+class RaterROC:
+    """One rater's ROC on the case set: the model (``p_ensemble``) or a reader (1-10 ratings).
+
+    ``ci`` is the DeLong 95 % interval ((nan, nan) with fewer than two cases in a class);
+    ``p_vs_model`` the two-sided paired DeLong test of this reader's AUC against the model's
+    on the same cases (None for the model itself; nan where the test is undefined).
+    """
+
+    rater: str
+    auc: float
+    ci: tuple[float, float]
+    fpr: tuple[float, ...]
+    tpr: tuple[float, ...]
+    p_vs_model: float | None = None
+
+
+MODEL_RATER = "model (ensemble)"
+
+
+def rater_rocs(labels: list[int], model_scores: list[float], ratings: Mapping[str, list[int]]) -> list[RaterROC]:
+    """The model's ROC first, then each reader's, with DeLong CIs and paired DeLong tests.
+
+    Raises InputError (from ``training.stats``) when the cases hold one class only.
+    """
+    from training import stats
+
+    def roc(name: str, scores: list[float] | list[int], p: float | None) -> RaterROC:
+        result = stats.delong_auc(labels, scores)
+        fpr, tpr, _ = stats.roc_curve(labels, scores)
+        return RaterROC(name, result.auc, result.ci, tuple(map(float, fpr)), tuple(map(float, tpr)), p)
+
+    out = [roc(MODEL_RATER, model_scores, None)]
+    for name, r in ratings.items():
+        out.append(roc(name, r, stats.delong_test(labels, model_scores, r).p_value))
+    return out
+
+
+def _p_text(p: float | None) -> str:
+    if p is None:
+        return "-"
+    if not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def roc_table(rocs: list[RaterROC]) -> pd.DataFrame:
+    """AUC with its DeLong 95 % CI per rater, and the paired DeLong p against the model."""
+    rows = []
+    for r in rocs:
+        ci = f" ({r.ci[0]:.2f}-{r.ci[1]:.2f})" if all(np.isfinite(r.ci)) else ""
+        rows.append({"rater": r.rater, "AUC (DeLong 95% CI)": f"{r.auc:.2f}{ci}",
+                     "DeLong p vs model": _p_text(r.p_vs_model)})
+    return pd.DataFrame(rows)
+
+
+def roc_figure(rocs: list[RaterROC], title: str) -> Any:
+    """Plotly ROC curves: the model and every reader (a reader's curve has one step per rating)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="grey", dash="dot")))
+    for r in rocs:
+        model = r.rater == MODEL_RATER
+        fig.add_trace(go.Scatter(x=list(r.fpr), y=list(r.tpr), mode="lines" if model else "lines+markers",
+                                 name=f"{r.rater} (AUC {r.auc:.2f})", line=dict(width=3 if model else 2)))
+    fig.update_layout(title=title, xaxis=dict(range=[0, 1], title="1 - specificity"),
+                      yaxis=dict(range=[0, 1.02], title="sensitivity", scaleanchor="x"),
+                      height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+# ----------------------------------------------------------------------------- case-by-case reveal
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """The model's answer on one case, framed as on the Case page.
+
+    ``head`` is the Case page's headline (calibrated when the release has a calibration,
+    "indeterminate - ..." near the threshold); ``call`` is 1/0 for a class word and None when
+    the framing says indeterminate (then it is neither right nor wrong).
+    """
+
+    head: Headline
+    call: int | None
+
+
+@dataclass(frozen=True)
+class _CaseScores:
+    """The fields of a ``Zoo.predict`` result that the Case page's headline reads."""
+
+    p_ensemble: float
+    threshold: float
+    p_calibrated: float | None
+
+
+def model_call(case: TeachingCase, zoo: Any) -> ModelCall:
+    """The Case page's framing (``prediction_headline`` then ``framed_headline``) of this case.
+
+    ``zoo`` needs ``threshold``, ``threshold_calibrated``, ``calibration`` and the class names.
+    No ROI-jitter check runs in a reader study, so only the threshold band can make the call
+    indeterminate.
+    """
+    plain = prediction_headline(zoo, _CaseScores(case.p_ensemble, float(zoo.threshold), case.p_calibrated))
+    head = framed_headline(plain, zoo.positive_class)
+    if plain.p is not None and plain.threshold is not None and indeterminate_reasons(plain.p, plain.threshold, None):
+        return ModelCall(head, None)
+    return ModelCall(head, int(case.p_ensemble >= float(zoo.threshold)))
+
+
+RIGHT, WRONG, NO_CALL = "right", "wrong", "no call (indeterminate)"
+
+
+def verdict(call: int | None, label: int) -> str:
+    return NO_CALL if call is None else (RIGHT if int(call) == int(label) else WRONG)
+
+
+@dataclass(frozen=True)
+class RaterAnswer:
+    rater: str
+    answer: str  # a class word, or the model's framed sentence
+    confidence: int | None  # readers only
+    verdict: str  # RIGHT, WRONG or NO_CALL
+
+
+@dataclass(frozen=True)
+class CaseReveal:
+    """What the reveal shows for one case: the truth, the subtype and every rater's answer."""
+
+    case_id: str
+    truth: str
+    subtype: str
+    age: str
+    model: ModelCall
+    answers: tuple[RaterAnswer, ...]  # the model first, then the readers
+
+
+def case_reveal(case: TeachingCase, answers: Mapping[str, Mapping[str, tuple[int, int]]], readers: list[str],
+                zoo: Any) -> CaseReveal:
+    """The reveal of one case for the readers given (those who read it)."""
+    positive_class, negative_class = zoo.positive_class, zoo.negative_class
+    model = model_call(case, zoo)
+    rows = [RaterAnswer(MODEL_RATER, model.head.sentence, None, verdict(model.call, case.label))]
+    for r in readers:
+        read = answers.get(r, {}).get(case.case_id)
+        if read is None:
+            continue
+        call, conf = read
+        rows.append(RaterAnswer(r, positive_class if call else negative_class, int(conf), verdict(call, case.label)))
+    return CaseReveal(case.case_id, positive_class if case.label else negative_class,
+                      case.subtype or "not given", format_age(case.age), model, tuple(rows))
+
+
+def reveal_table(reveal: CaseReveal) -> pd.DataFrame:
+    """The reveal's answers as a table, each marked right or wrong."""
+    mark = {RIGHT: "right", WRONG: "WRONG", NO_CALL: NO_CALL}
+    return pd.DataFrame([{"rater": a.rater, "answer": a.answer,
+                          "confidence": "-" if a.confidence is None else str(a.confidence),
+                          "": mark[a.verdict]} for a in reveal.answers])
+
+
+# ----------------------------------------------------------------------------- export
+
+
+READS_COLUMNS = ["reader", "case", "age", "sex", "site", "read", "read_positive", "confidence", "rating"]
+REVEALED_COLUMNS = ["truth", "subtype", "read_correct", "p_ensemble", "model_answer", "model_correct"]
+
+
+def reads_frame(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]], zoo: Any,
+                *, revealed: bool = False) -> pd.DataFrame:
+    """The session's reads, one row per reader and case, for the CSV download.
+
+    Blind (``revealed=False``) it holds only what the readers saw and answered; once revealed
+    it adds the truth, the subtype, whether the read was right, and the model's probability and
+    its answer framed as on the Case page. Age is written as on the page ("28", not "28.0").
+    """
+    positive_class, negative_class = zoo.positive_class, zoo.negative_class
+    by_id = {c.case_id: c for c in cases}
+    rows = []
+    for reader, per in answers.items():
+        for cid, (call, conf) in sorted(per.items()):
+            case = by_id.get(cid)
+            if case is None:
+                continue
+            row: dict[str, Any] = {
+                "reader": reader, "case": cid, "age": age_text(case.age), "sex": case.sex or "",
+                "site": case.site or "", "read": positive_class if call else negative_class,
+                "read_positive": int(call), "confidence": int(conf), "rating": confidence_rating(call, conf)}
+            if revealed:
+                model = model_call(case, zoo)
+                row.update({
+                    "truth": positive_class if case.label else negative_class, "subtype": case.subtype or "",
+                    "read_correct": int(int(call) == case.label), "p_ensemble": round(case.p_ensemble, 4),
+                    "model_answer": model.head.sentence,
+                    "model_correct": "" if model.call is None else int(model.call == case.label)})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=READS_COLUMNS + (REVEALED_COLUMNS if revealed else []))

@@ -23,11 +23,12 @@ from model_zoo.validation_text import (
     evaluation_rows,
     external_blocks,
     fmt_ci,
+    plain_summary,
     unseen_hospital_sentence,
 )
 
 __all__ = ["best_member", "ece_text", "evaluation_blocks", "evaluation_rows", "external_blocks", "fmt_ci",
-           "unseen_hospital_sentence"]
+           "plain_summary", "unseen_hospital_sentence"]
 
 PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 

@@ -10,6 +10,7 @@ function here then returns an empty list / None.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -133,3 +134,129 @@ def unseen_hospital_sentence(manifest: Mapping[str, Any]) -> str | None:
     if small:
         text += (f" Few positive cases in {', '.join(small)}: the confidence intervals are wide.")
     return text
+
+
+# ----------------------------------------------------------------------------- plain words
+
+
+def share_words(k: int, n: int) -> str:
+    """``k`` of ``n`` as a clinician would say it: "about 7 in 10", "about 1 in 17", "none", "all".
+
+    From one in five up: tenths ("about 7 in 10"; "more than 9 in 10" rather than rounding to
+    all); below it: "about 1 in N" with N = round(n / k). "none"/"all" only when exact.
+    """
+    if n <= 0:
+        raise ValueError("share_words needs n > 0")
+    if k <= 0:
+        return "none"
+    if k >= n:
+        return "all"
+    x = k / n
+    if x < 0.2:
+        return f"about 1 in {round(1.0 / x)}"
+    tenths = round(10.0 * x)
+    if tenths >= 10:
+        return "more than 9 in 10"
+    return f"about {tenths} in 10"
+
+
+@dataclass(frozen=True)
+class CallCounts:
+    """One evaluation block's confusion at the shipped threshold, in the counts the words use."""
+
+    n: int
+    n_positive: int
+    flagged: int  # positives called positive (true positives)
+    negative_calls: int
+    wrong_negative_calls: int  # positives called negative (false negatives)
+    positive_calls: int
+    wrong_positive_calls: int  # negatives called positive (false positives)
+
+    @classmethod
+    def from_block(cls, block: Mapping[str, Any]) -> CallCounts | None:
+        """From ``block["ensemble"]["confusion"]`` ([[tn, fp], [fn, tp]], scikit-learn's layout);
+        None when it is missing or malformed."""
+        ens = block.get("ensemble")
+        conf: Any = ens.get("confusion") if isinstance(ens, Mapping) else None
+        try:
+            (tn, fp), (fn, tp) = conf
+            tn, fp, fn, tp = (int(v) for v in (tn, fp, fn, tp))
+        except (TypeError, ValueError):
+            return None
+        if min(tn, fp, fn, tp) < 0 or tn + fp + fn + tp == 0:
+            return None
+        return cls(n=tn + fp + fn + tp, n_positive=fn + tp, flagged=tp, negative_calls=tn + fn,
+                   wrong_negative_calls=fn, positive_calls=tp + fp, wrong_positive_calls=fp)
+
+
+def _calls_sentence(where: str, set_name: str, c: CallCounts, positive: str, negative: str) -> str:
+    """E.g. "In its own hospital (internal test set: 269 tumours, 47 malignant) it flagged 35 of
+    the 47 malignant tumours (about 7 in 10); 12 of its 206 'benign' calls were wrong (about 1
+    in 17), and 28 of its 63 'malignant' calls (about 4 in 10)."""
+    text = f"{where} ({set_name}: {c.n} tumours, {c.n_positive} {positive})"
+    if c.n_positive:
+        text += (f" it flagged {c.flagged} of the {c.n_positive} {positive} tumours "
+                 f"({share_words(c.flagged, c.n_positive)})")
+    else:
+        text += f" there was no {positive} tumour to flag"
+    wrong = []
+    if c.negative_calls:
+        wrong.append(_wrong_calls(c.wrong_negative_calls, c.negative_calls, negative, with_verb=True))
+    if c.positive_calls:  # the verb is shared with the clause before it, when there is one
+        wrong.append(_wrong_calls(c.wrong_positive_calls, c.positive_calls, positive, with_verb=not wrong))
+    return text + ("; " + ", and ".join(wrong) if wrong else "") + "."
+
+
+def _wrong_calls(k: int, n: int, word: str, with_verb: bool) -> str:
+    """"12 of its 206 'benign' calls were wrong (about 1 in 17)", or without "were wrong"."""
+    verb = ("was wrong " if k == 1 else "were wrong ") if with_verb else ""
+    return f"{k} of its {n} '{word}' calls {verb}({share_words(k, n)})"
+
+
+def plain_summary(manifest: Mapping[str, Any]) -> str | None:
+    """Plain sentences for a clinician, before any statistic (five with one external hospital,
+    one more per further hospital): what the model does,
+    how often it is wrong at its threshold in its own hospital (the internal test block) and at
+    each hospital it has not seen (the external blocks), and where it was tested.
+
+    The counts are the evaluation blocks' confusion matrices at the shipped threshold. One
+    source for the Zoo page and the model card. None for a release without evaluation blocks
+    (or whose blocks carry no confusion matrix).
+    """
+    task = manifest.get("task") or {}
+    positive = str(task.get("positive_class") or "positive")
+    negative = str(task.get("negative_class") or "negative")
+
+    def counted(blocks: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, CallCounts]]:
+        pairs = [(k, CallCounts.from_block(b)) for k, b in blocks]
+        return [(k, c) for k, c in pairs if c is not None]
+
+    internal = counted([(k, b) for k, b in evaluation_blocks(manifest) if b.get("kind") != "external"])
+    external = counted(external_blocks(manifest))
+    if not internal and not external:
+        return None
+    sentences = [f"This model looks at a box drawn around a bone tumour on a radiograph, together with the "
+                 f"patient's age, sex and the tumour's site, and says, by a fixed cut-off on its probability, "
+                 f"whether the tumour looks {positive} or {negative}; it is for research and teaching, not for "
+                 "diagnosis."]
+    # The internal test split ("test") is the one the card quotes; other internal blocks add nothing plain.
+    if internal:
+        name, counts = next(((k, c) for k, c in internal if k == "test"), internal[0])
+        sentences.append(_calls_sentence("In its own hospital", f"internal {name} set", counts, positive, negative))
+    for name, counts in external:
+        sentences.append(_calls_sentence("At a hospital whose images it had never seen", name, counts,
+                                         positive, negative))
+    tested = []
+    if internal:
+        tested.append("on held-out cases from the hospital it was trained on")
+    if external:
+        names = ", ".join(k for k, _ in external)
+        count = "one hospital" if len(external) == 1 else f"{len(external)} hospitals"
+        tested.append(f"at {count} never used to build it ({names})")
+    where = "It was tested " + " and ".join(tested) + "."
+    if external:
+        where += " Expect numbers like the unseen hospital's at yours, not the home hospital's."
+    else:
+        where += " It was not tested at any other hospital: expect it to be wrong more often at yours."
+    sentences.append(where)
+    return " ".join(sentences)

@@ -884,9 +884,14 @@ def card_with_section(source_card: str, old_title: str, new_title: str, heading:
 
 
 def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str, Any] | None = None) -> str:
+    from model_zoo.validation_text import plain_summary
+
     m = manifest
+    # Words before statistics (issue 17): the Zoo page opens with the same sentences.
+    plain = plain_summary(m)
     lines = [
         f"# Model card: {cfg['name']} {cfg['version']}", "",
+        *(["## In plain words", plain, ""] if plain else []),
         "## Intended use", m["intended_use"], "",
         "## Task",
         f"{m['task']['positive_class']} (positive) vs {m['task']['negative_class']} (negative), "

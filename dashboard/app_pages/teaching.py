@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import case_logic as cl
 from dashboard import common
 from dashboard import teaching_logic as tl
+from model_zoo.errors import InputError
 
 
 def _load_section(zoo) -> None:
@@ -32,6 +33,7 @@ def _load_section(zoo) -> None:
             st.session_state["teach_cases"] = cases
             st.session_state["teach_skipped"] = skipped
             st.session_state["teach_answers"] = {}
+            st.session_state["teach_pending"] = {}
             st.session_state["teach_revealed"] = False
             st.session_state["teach_zoo"] = zoo.name
     if st.session_state.get("teach_skipped"):
@@ -42,12 +44,20 @@ def _load_section(zoo) -> None:
 def _read_section(zoo, cases) -> None:
     answers: dict = st.session_state.setdefault("teach_answers", {})
     st.subheader("2. Read the cases (blind)")
+    teaching = st.toggle("Teaching mode: show the truth and the model's answer after each read", key="teach_mode",
+                         help="For learning, not for a reader study: your later reads are no longer blind to "
+                              "how the model behaves.")
     name = st.text_input("Reader name", key="teach_reader", placeholder="e.g. reader1")
     if not name.strip():
         st.info("Enter your reader name to start. Each reader's answers are kept separately in this session.")
         return
     reader = tl.reader_key(name)
     mine = answers.setdefault(reader, {})
+    pending: dict = st.session_state.setdefault("teach_pending", {})
+    just_read = pending.pop(reader, None) if not teaching else pending.get(reader)
+    if teaching and just_read in mine:
+        _answer_after_read(zoo, cases, answers, reader, just_read)
+        return
     todo = [c for c in cases if c.case_id not in mine]
     st.progress(len(mine) / len(cases), text=f"{reader}: {len(mine)} of {len(cases)} cases read")
     if not todo:
@@ -70,16 +80,32 @@ def _read_section(zoo, cases) -> None:
                 st.warning("Choose a read before submitting.")
             else:
                 mine[case.case_id] = (int(call == zoo.positive_class), int(conf))
+                pending[reader] = case.case_id
                 st.rerun()
 
 
-def _answers_download(zoo) -> None:
+def _answer_after_read(zoo, cases, answers, reader: str, case_id: str) -> None:
+    """Teaching mode: the case just read, revealed for this reader only, before the next one."""
+    case = next(c for c in cases if c.case_id == case_id)
+    _case_reveal(zoo, case, tl.case_reveal(case, answers, [reader], zoo))
+    left = sum(1 for c in cases if c.case_id not in answers[reader])
+    if st.button("Next case" if left else "Done", key="teach_next", type="primary"):
+        st.session_state["teach_pending"].pop(reader, None)
+        st.rerun()
+
+
+def _answers_download(zoo, cases) -> None:
+    """Every read of this session as CSV; the truth and the model join it only after the reveal
+    (a download while others still read must not give the answers away)."""
     answers = st.session_state.get("teach_answers") or {}
     if not any(answers.values()):
         return
-    frame = tl.answers_frame(answers, zoo.positive_class, zoo.negative_class)
+    revealed = bool(st.session_state.get("teach_revealed"))
+    frame = tl.reads_frame(cases, answers, zoo, revealed=revealed)
     st.download_button("Download all answers (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
-                       file_name="reader-answers.csv", mime="text/csv", key="teach_download", on_click="ignore")
+                       file_name="reader-answers.csv", mime="text/csv", key="teach_download", on_click="ignore",
+                       help="With the truth, subtype and the model's answers once revealed." if revealed
+                       else "Reads and confidence only, until the reveal.")
 
 
 def _reveal_section(zoo, cases) -> None:
@@ -101,35 +127,66 @@ def _reveal_section(zoo, cases) -> None:
                 "Proportions with Wilson 95 % CIs.")
     st.dataframe(tl.rater_table(metrics), hide_index=True, key="teach_metrics")
     st.markdown("\n".join(f"- {line}" for line in tl.agreement_lines(metrics)))
+    calls = [tl.model_call(c, zoo).call for c in cases]  # framed as on the Case page
     shown = frame.assign(truth=[zoo.positive_class if y else zoo.negative_class for y in frame["label"]],
-                         model=[zoo.positive_class if p >= zoo.threshold else zoo.negative_class
-                                for p in frame["p_ensemble"]])
+                         subtype=[c.subtype or "" for c in cases],
+                         model=["indeterminate" if k is None else zoo.positive_class if k else zoo.negative_class
+                                for k in calls])
     st.dataframe(shown, hide_index=True, key="teach_cases_table")
     st.download_button("Download the study table (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
                        file_name="reader-study.csv", mime="text/csv", key="teach_study_download", on_click="ignore")
-    _heatmap_section(zoo, cases)
+    _roc_section(zoo, cases, answers, done)
+    _case_by_case(zoo, cases, answers, done)
 
 
-def _heatmap_section(zoo, cases) -> None:
-    """After the reveal: each case's ensemble GradCAM beside the radiograph, with the annotator's box."""
-    with_cam = [c for c in cases if c.cam_png]
-    if not with_cam:
+def _roc_section(zoo, cases, answers, readers: list[str]) -> None:
+    """Each reader's ROC from the read + confidence ratings beside the model's."""
+    st.markdown("**ROC: the model and each reader**")
+    try:
+        rocs = tl.rater_rocs([c.label for c in cases], [c.p_ensemble for c in cases],
+                             tl.reader_ratings(cases, answers, readers))
+    except InputError as err:
+        st.info(f"No ROC for this case set: {err}.")
         return
-    st.markdown("**Heatmaps and the annotator's box**")
+    st.dataframe(tl.roc_table(rocs), hide_index=True, key="teach_roc_table")
+    st.plotly_chart(tl.roc_figure(rocs, f"ROC on {len(cases)} cases"), key="teach_roc_chart")
+    st.caption("A reader's read and confidence make one rating from 1 (certain "
+               f"{zoo.negative_class}) to 10 (certain {zoo.positive_class}); the reader's ROC runs over those "
+               "ratings, the model's over its probability. AUC with DeLong 95 % CIs; p from the paired DeLong "
+               "test of each reader's AUC against the model's on the same cases.")
+
+
+def _case_reveal(zoo, case, reveal) -> None:
+    """One case revealed: the image, the heatmap with the annotator's box, truth, subtype, answers."""
+    c1, c2 = st.columns(2)
+    with c1:
+        st.image(case.png, caption=f"Case {case.case_id} (ROI in red)", width="stretch")
+    with c2:
+        if case.cam_png:
+            box = "with the annotator's box in white" if case.annotator_box else "(no annotator box in the table)"
+            note = f" - {case.cam_note}" if case.cam_note else ""
+            st.image(case.cam_png, caption=f"Ensemble-weighted GradCAM on the ROI {box}{note}", width="stretch")
+        else:
+            st.caption("No heatmap prepared for this case set (tick the heatmap option when loading it).")
+    st.markdown(f"**Truth: {reveal.truth}** - subtype: {reveal.subtype}; age: {reveal.age}, "
+                f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}.")
+    st.markdown(f"Model: {reveal.model.head.sentence}")
+    if reveal.model.head.raw_note:
+        st.caption(reveal.model.head.raw_note)
+    st.dataframe(tl.reveal_table(reveal), hide_index=True, key=f"teach_reveal_{case.case_id}")
+
+
+def _case_by_case(zoo, cases, answers, readers: list[str]) -> None:
+    """After the reveal: step through the cases, every rater's answer marked right or wrong."""
+    st.markdown("**Case by case**")
     measured = cl.explain_sentence(zoo.explain_report, "roi")
     if measured:
         st.caption(measured)
     with st.expander("How to read a heatmap"):
         st.markdown(cl.HEATMAP_HOW_TO)
-    pick = st.selectbox("Case", [c.case_id for c in with_cam], key="teach_cam_case")
-    case = next(c for c in with_cam if c.case_id == pick)
-    c1, c2 = st.columns(2)
-    with c1:
-        st.image(case.png, caption=f"Case {case.case_id} (ROI in red)", width="stretch")
-    with c2:
-        box = "with the annotator's box in white" if case.annotator_box else "(no annotator box in the table)"
-        note = f" - {case.cam_note}" if case.cam_note else ""
-        st.image(case.cam_png, caption=f"Ensemble-weighted GradCAM on the ROI {box}{note}", width="stretch")
+    pick = st.selectbox("Case", [c.case_id for c in cases], key="teach_case_pick")
+    case = next(c for c in cases if c.case_id == pick)
+    _case_reveal(zoo, case, tl.case_reveal(case, answers, readers, zoo))
 
 
 def main() -> None:
@@ -149,7 +206,7 @@ def main() -> None:
         _read_section(zoo, cases)
     else:
         st.info("Results revealed: reading is closed for this case set (load it again for a new round).")
-    _answers_download(zoo)
+    _answers_download(zoo, cases)
     _reveal_section(zoo, cases)
 
 

@@ -64,14 +64,25 @@ def _unseen_hospital(m: dict) -> None:
                    "per bin (marker size ~ cases in the bin); points on the diagonal are calibrated.")
 
 
+def _plain_words(manifest: dict) -> None:
+    """What the model does and how often it is wrong, in words, before any statistic (issue 17)."""
+    summary = zoo_info.plain_summary(manifest)
+    if summary:
+        st.subheader("In plain words")
+        st.markdown(summary)
+
+
 def main() -> None:
     st.title("Model zoo")
     common.disclaimer()
+    plain = st.container()  # filled once the release has loaded, but shown first: words before statistics
     _releases()
     zoo = common.get_zoo(show_missing=False)
     if zoo is None:
         return
     m = zoo.manifest
+    with plain:
+        _plain_words(m)
     st.success(f"**{zoo.name}** loaded; every file's sha256 matched the manifest.")
     st.markdown(f"**Task:** {zoo.positive_class} (positive) vs {zoo.negative_class}. "
                 f"**Operating threshold:** {zoo.threshold:.3f} ({m.get('threshold', {}).get('rule', '?')} rule on the "
