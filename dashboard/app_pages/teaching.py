@@ -102,8 +102,7 @@ def _reveal_section(zoo, cases) -> None:
     st.dataframe(tl.rater_table(metrics), hide_index=True, key="teach_metrics")
     st.markdown("\n".join(f"- {line}" for line in tl.agreement_lines(metrics)))
     shown = frame.assign(truth=[zoo.positive_class if y else zoo.negative_class for y in frame["label"]],
-                         model=[zoo.positive_class if p >= zoo.threshold else zoo.negative_class
-                                for p in frame["p_ensemble"]])
+                         model=[zoo.call(p).word for p in frame["p_ensemble"]])
     st.dataframe(shown, hide_index=True, key="teach_cases_table")
     st.download_button("Download the study table (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
                        file_name="reader-study.csv", mime="text/csv", key="teach_study_download", on_click="ignore")
