@@ -9,6 +9,7 @@ release (``tiny_release``) and a copy of it that states a wider band (no new fit
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -323,3 +324,27 @@ def test_pdf_and_sr_of_a_case_in_the_band(zoo):
     objects, _ = prepare_writeback(header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None,
                                    jitter=_flips(2))
     assert _sr_call(objects["SR"]) == ("IND", INDETERMINATE)
+
+
+def test_batch_pdf_uses_the_release_framing(wide, tmp_path):
+    """The Batch page's PDF pack frames each row's call with ``Zoo.call`` (the release's band)."""
+    import zipfile
+
+    import pandas as pd
+    from PIL import Image
+
+    from dashboard.batch_logic import reports_zip
+
+    path = tmp_path / "case.png"
+    Image.fromarray((np.random.default_rng(1).random((96, 96)) * 255).astype(np.uint8)).save(path)
+    p = wide.threshold
+    row = {"image": "case.png", "image_path": str(path), "error": "", "prediction": wide.label_for(p),
+           "p_ensemble": p, "p_clinic": 0.5, "roi_x0": 10.0, "roi_y0": 10.0, "roi_x1": 60.0, "roi_y1": 60.0,
+           "roi_source": "given", "age": 30.0, "sex": "F", "site": "appendicular",
+           **{f"p_{mid}": 0.5 for mid in wide.member_ids}}
+    with zipfile.ZipFile(io.BytesIO(reports_zip(wide, pd.DataFrame([row])))) as zf:
+        (name,) = zf.namelist()
+        text = _pdf_strings(zf.read(name))
+    assert "-> indeterminate - the call lies at the threshold" in text
+    if wide.calibration is not None and wide.calibration.slope > 0:
+        assert "(calibrated)" in text, "the calibrated scale, as on the Case page"
