@@ -311,6 +311,7 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
                 zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
                 positive_class=zoo.positive_class, negative_class=zoo.negative_class,
                 threshold=zoo.threshold, p_ensemble=float(row["p_ensemble"]), p_members=members,
+                call=zoo.call(float(row["p_ensemble"])),  # the Case page's framing (no jitter run in batch)
                 label=str(row["prediction"]), radiograph=shown, image_size_wh=(w, h),
                 roi_box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
                 image_sha256=hashlib.sha256(data).hexdigest(), roi_source=str(row.get("roi_source", "")),

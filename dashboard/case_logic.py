@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from model_zoo import gate, imaging, roi
+from model_zoo.framing import JitterSummary
 from model_zoo.imaging import ImageMeta
 
 Box = tuple[float, float, float, float]
@@ -228,35 +229,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def jitter_summary(p_ref: float, probs: Sequence[float], threshold: float) -> dict[str, Any]:
-    """How much the ensemble probability moves when the ROI is jittered.
-
-    ``same_call``: jittered boxes whose class call (p >= threshold) equals the reference's.
-    """
-    p = np.asarray(list(probs), dtype=np.float64)
-    if p.size == 0:
-        return {"n": 0, "p_min": None, "p_max": None, "p_sd": None, "same_call": 0, "probs": []}
-    ref_call = p_ref >= threshold
-    return {
-        "n": int(p.size),
-        "p_min": float(p.min()),
-        "p_max": float(p.max()),
-        "p_sd": float(p.std(ddof=1)) if p.size > 1 else 0.0,
-        "same_call": int(np.sum((p >= threshold) == ref_call)),
-        "probs": [float(v) for v in p],
-    }
-
-
-def jitter_sentence(j: Mapping[str, Any]) -> str:
-    if not j.get("n"):
-        return "ROI-jitter check not run."
-    stable = j["same_call"] == j["n"]
-    return (f"With {j['n']} slightly shifted/resized boxes the probability ranged "
-            f"{j['p_min']:.2f}-{j['p_max']:.2f} (SD {j['p_sd']:.3f}); the class call "
-            + ("never changed." if stable else f"changed for {j['n'] - j['same_call']} of {j['n']} boxes: "
-               "the answer depends on where the box is drawn."))
-
-
 def disagreement_sentence(disagreement: float) -> str:
     level = "low" if disagreement < 0.15 else ("moderate" if disagreement < 0.35 else "high")
     return f"Member disagreement {disagreement:.2f} (max - min of the member probabilities): {level}."
@@ -303,47 +275,6 @@ def _calibration(manifest: Mapping[str, Any]) -> Any:
         return None
 
 
-@dataclass(frozen=True)
-class Headline:
-    """The probability shown large on the case page (and in the PDF), and what stands beside it.
-
-    ``calibrated``: the headline is the calibrated probability against the calibrated
-    threshold; ``raw_note`` then gives the raw stacker output (shown in smaller text).
-    """
-
-    sentence: str
-    calibrated: bool
-    raw_note: str | None = None
-    p: float | None = None
-    threshold: float | None = None
-
-
-def headline(p_raw: float, threshold: float, p_calibrated: float | None, threshold_calibrated: float | None,
-             positive_class: str, negative_class: str) -> Headline:
-    """The calibrated probability against the calibrated threshold when both exist and give the
-    zoo's call (``p_raw >= threshold``); otherwise the raw output against the raw threshold."""
-    from model_zoo.report_pdf import format_probability, probability_sentence
-
-    raw = probability_sentence(p_raw, threshold, positive_class, negative_class)
-    if p_calibrated is None or threshold_calibrated is None:
-        return Headline(raw, False, None, p_raw, threshold)
-    pc, tc = float(p_calibrated), float(threshold_calibrated)
-    if (pc >= tc) != (p_raw >= threshold):  # a decreasing (broken) calibration: never show a flipped call
-        return Headline(raw, False, "The release's calibration disagrees with its own call here, so the raw "
-                        "stacker output is shown.", p_raw, threshold)
-    a, b = format_probability(p_raw, threshold)
-    note = (f"Calibrated probability (Platt scaling fitted on internal data). Raw stacker output {a} "
-            f"against its threshold {b}: the same call.")
-    return Headline(probability_sentence(pc, tc, positive_class, negative_class), True, note, pc, tc)
-
-
-def prediction_headline(zoo: Any, pred: Any) -> Headline:
-    """:func:`headline` for a ``Zoo.predict`` result (calibrated when the zoo has a calibration)."""
-    cal_thr = zoo.threshold_calibrated if getattr(zoo, "calibration", None) is not None else None
-    return headline(pred.p_ensemble, pred.threshold, getattr(pred, "p_calibrated", None), cal_thr,
-                    zoo.positive_class, zoo.negative_class)
-
-
 def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     """One line under the probability: how the release did at a hospital it never saw.
 
@@ -366,84 +297,6 @@ def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     ss = "n/a" if sens is None or spec is None else f"{sens:.2f}/{spec:.2f}"
     return (f"Measured on {b.get('n', '?')} cases from a hospital this model never saw ({name}): "
             f"AUC {fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
-
-
-# ----------------------------------------------------------------------------- framing the call
-
-# Half-width of the "indeterminate" band around the threshold, on the scale the headline shows
-# (calibrated when the release has a calibrator). Why: the demo release's external calibration
-# error (ECE about 0.10 at an unseen hospital) is larger than this, so a probability this close
-# to the threshold cannot be placed reliably on either side of it.
-INDETERMINATE_BAND = 0.05
-# The call is indeterminate when at least this many ROI-jitter boxes give the other call. Why:
-# the shifted/resized boxes are boxes a reader could equally have drawn; if any of them changes
-# the answer, the answer belongs to the box, not to the lesion.
-JITTER_FLIP_MIN = 1
-
-REASON_BAND = "lies at the threshold"
-REASON_BOX = "depends on the exact box"
-
-
-def in_threshold_band(p: float, threshold: float, band: float | None = None) -> bool:
-    """``|p - threshold| <= band`` (default :data:`INDETERMINATE_BAND`; rounded to 9 decimals,
-    so the band is symmetric in floats)."""
-    band = INDETERMINATE_BAND if band is None else float(band)
-    return round(abs(float(p) - float(threshold)), 9) <= band
-
-
-def jitter_flips(jitter: Mapping[str, Any] | None, min_flips: int = JITTER_FLIP_MIN) -> bool:
-    """Whether the ROI-jitter check (:func:`jitter_summary`) changed the call for enough boxes.
-
-    False when the check was not run (None) or had no boxes.
-    """
-    if not jitter or not jitter.get("n"):
-        return False
-    return int(jitter["n"]) - int(jitter.get("same_call", jitter["n"])) >= min_flips
-
-
-def indeterminate_reasons(p: float, threshold: float, jitter: Mapping[str, Any] | None) -> list[str]:
-    """Why the call is indeterminate ([] when it is not): the box, the threshold band, or both."""
-    reasons = []
-    if jitter_flips(jitter):
-        reasons.append(REASON_BOX)
-    if in_threshold_band(p, threshold):
-        reasons.append(REASON_BAND)
-    return reasons
-
-
-def indeterminate_phrase(reasons: Sequence[str]) -> str:
-    """E.g. ``"indeterminate - the call depends on the exact box / lies at the threshold"``."""
-    return "indeterminate - the call " + " / ".join(reasons)
-
-
-def framed_headline(head: Headline, positive_class: str, jitter: Mapping[str, Any] | None = None) -> Headline:
-    """``head`` with the class word replaced by "indeterminate - ..." when the probability lies
-    within :data:`INDETERMINATE_BAND` of the threshold or the jitter check flipped the call.
-
-    Pass ``jitter=None`` when the jitter result is not available yet: the band alone decides,
-    and :func:`jitter_indeterminate_note` adds the box reason once the check has run.
-    """
-    if head.p is None or head.threshold is None:
-        return head
-    reasons = indeterminate_reasons(head.p, head.threshold, jitter)
-    if not reasons:
-        return head
-    from model_zoo.report_pdf import format_probability
-
-    a, b = format_probability(head.p, head.threshold)
-    sentence = f"Probability of {positive_class}: {a} (threshold {b}) -> {indeterminate_phrase(reasons)}"
-    return Headline(sentence, head.calibrated, head.raw_note, head.p, head.threshold)
-
-
-def jitter_indeterminate_note(jitter: Mapping[str, Any] | None, negative_class: str, positive_class: str,
-                              p_ref: float, threshold: float) -> str | None:
-    """The note the jitter box adds when it flips the call (None when it does not)."""
-    if not jitter_flips(jitter):
-        return None
-    flipped = int(jitter["n"]) - int(jitter["same_call"])
-    other = negative_class if p_ref >= threshold else positive_class
-    return (f"Indeterminate - the call depends on the exact box: {flipped} of {jitter['n']} slightly "
-            f"shifted/resized boxes gave '{other}'. Read the result as neither benign nor malignant.")
 
 
 def times_in(x: float) -> str:
@@ -591,14 +444,6 @@ def predict(zoo: Any, pixels: np.ndarray, box: Sequence[float], age: Any, sex: A
     return zoo.predict(pixels, tuple(float(v) for v in box), age=age, sex=sex, site=site)
 
 
-def jitter_probs(zoo: Any, pixels: np.ndarray, box: Sequence[float], age: Any, sex: Any, site: Any,
-                 n: int = 8, seed: int = 0) -> list[float]:
-    """Ensemble probabilities for ``n`` jittered copies of the ROI (``roi.jitter_boxes``)."""
-    h, w = pixels.shape[:2]
-    boxes = roi.jitter_boxes(tuple(float(v) for v in box), (w, h), n, seed=seed)
-    return [float(zoo.predict(pixels, b, age=age, sex=sex, site=site).p_ensemble) for b in boxes]
-
-
 def member_crops(zoo: Any, pixels: np.ndarray, box: Sequence[float]) -> dict[str, tuple[np.ndarray, Box]]:
     """Each member's model-input crop (S x S, [0, 1]) and the box it was cut from."""
     from model_zoo import preprocess
@@ -724,7 +569,7 @@ def explain_sentence(report: Any, view: str) -> str | None:
 
 
 def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: str, inputs: Mapping[str, Any],
-             pred: Any, jitter: Mapping[str, Any] | None, warnings: Sequence[str], *, reference: str = "",
+             pred: Any, jitter: JitterSummary | None, warnings: Sequence[str], *, reference: str = "",
              include_identifiers: bool = False) -> bytes:
     """The PDF case report (``model_zoo.report_pdf``) from what the case page computed.
 
@@ -754,14 +599,14 @@ def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: st
         manifest_sha = (zoo.root / "manifest.sha256").read_text(encoding="ascii").strip()
     except OSError:
         manifest_sha = None
-    head = prediction_headline(zoo, pred)
+    call = zoo.call(pred.p_ensemble, jitter)
     rep = report_pdf.CaseReport(
         zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
         positive_class=zoo.positive_class, negative_class=zoo.negative_class, threshold=pred.threshold,
         threshold_rule=str((zoo.manifest.get("threshold") or {}).get("rule", "")),
         p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, label=pred.label,
-        p_calibrated=head.p if head.calibrated else None,
-        threshold_calibrated=head.threshold if head.calibrated else None,
+        p_calibrated=call.p if call.calibrated else None,
+        threshold_calibrated=call.threshold if call.calibrated else None, call=call,
         external_validation=external_validation_line(zoo.manifest) or "",
         disagreement=pred.disagreement, radiograph=case.get("display_view", case["image"].pixels),
         image_size_wh=tuple(case["size"]), roi_box=tuple(box), roi_source=source, image_sha256=case["sha256"],

@@ -24,6 +24,7 @@ import streamlit as st
 from dashboard import common
 from model_zoo import audit
 from model_zoo.errors import InputError
+from model_zoo.framing import JitterSummary
 from model_zoo.pacs import (InstanceResult, PacsClient, PacsError, PacsSettings, SeriesResult, StudyQuery,
                             StudyResult, load_settings, open_instance, prepare_writeback, write_back)
 from model_zoo.pacs.writeback import manifest_sha256, result_key
@@ -231,7 +232,7 @@ def _open(client: PacsClient, instance: InstanceResult, load_case: Callable[[byt
 
 
 def write_back_panel(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pred: Any,
-                     jitter: dict | None, warnings: list[str]) -> None:
+                     jitter: JitterSummary | None, warnings: list[str]) -> None:
     """Button: SR + PDF into the case's own study. Shown only for a case opened from the PACS."""
     settings = pacs_settings(quiet=True)
     src = st.session_state.get("pacs_source")
@@ -254,7 +255,7 @@ def write_back_panel(zoo: Any, case: dict, box: tuple, source: str, inputs: dict
         try:
             pdf = cl.case_pdf(zoo, case, box, source, inputs, pred, jitter, warnings)
             objects, key = prepare_writeback(src["header"], zoo, pred, box=box, roi_source=source,
-                                             inputs=inputs, pdf=pdf)
+                                             inputs=inputs, pdf=pdf, jitter=jitter)
             result = write_back(_client(settings), objects, key=key)
         except PacsError as err:
             st.error(f"PACS write-back: {err}.")

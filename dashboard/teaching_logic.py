@@ -26,7 +26,7 @@ from dashboard import case_logic as cl
 
 # The Case page's framing of the model's call (issue 17), reached through this one import so it
 # can be pointed at model_zoo/framing.py when the framing moves there.
-from dashboard.case_logic import Headline, framed_headline, indeterminate_reasons, prediction_headline
+from model_zoo.framing import Call
 from model_zoo import imaging
 from model_zoo.errors import InputError, ZooError
 
@@ -354,36 +354,20 @@ def roc_figure(rocs: list[RaterROC], title: str) -> Any:
 class ModelCall:
     """The model's answer on one case, framed as on the Case page.
 
-    ``head`` is the Case page's headline (calibrated when the release has a calibration,
-    "indeterminate - ..." near the threshold); ``call`` is 1/0 for a class word and None when
+    ``head`` is the release's call (``Zoo.call``: calibrated when the release has a calibration,
+    "indeterminate" within the release's band); ``call`` is 1/0 for a class word and None when
     the framing says indeterminate (then it is neither right nor wrong).
     """
 
-    head: Headline
+    head: Call
     call: int | None
 
 
-@dataclass(frozen=True)
-class _CaseScores:
-    """The fields of a ``Zoo.predict`` result that the Case page's headline reads."""
-
-    p_ensemble: float
-    threshold: float
-    p_calibrated: float | None
-
-
 def model_call(case: TeachingCase, zoo: Any) -> ModelCall:
-    """The Case page's framing (``prediction_headline`` then ``framed_headline``) of this case.
-
-    ``zoo`` needs ``threshold``, ``threshold_calibrated``, ``calibration`` and the class names.
-    No ROI-jitter check runs in a reader study, so only the threshold band can make the call
-    indeterminate.
-    """
-    plain = prediction_headline(zoo, _CaseScores(case.p_ensemble, float(zoo.threshold), case.p_calibrated))
-    head = framed_headline(plain, zoo.positive_class)
-    if plain.p is not None and plain.threshold is not None and indeterminate_reasons(plain.p, plain.threshold, None):
-        return ModelCall(head, None)
-    return ModelCall(head, int(case.p_ensemble >= float(zoo.threshold)))
+    """The Case page's framing (``Zoo.call``) of this case. No ROI-jitter check runs in a
+    reader study, so only the threshold band can make the call indeterminate."""
+    head = zoo.call(case.p_ensemble)
+    return ModelCall(head, None if head.indeterminate else int(head.word == zoo.positive_class))
 
 
 RIGHT, WRONG, NO_CALL = "right", "wrong", "no call (indeterminate)"

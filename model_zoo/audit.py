@@ -29,6 +29,7 @@ __all__ = [
     "FORBIDDEN_KEYS",
     "append_event",
     "default_audit_path",
+    "gate_refusal_event",
     "ood_override_event",
     "prediction_event",
     "read_events",
@@ -202,4 +203,24 @@ def ood_override_event(
         "roi": _box(roi_box),
         "roi_source": roi_source,
         "ood": {"score": float(ood_score), "threshold": float(ood_threshold), "flagged": True},
+    }
+
+
+def gate_refusal_event(
+    *,
+    image_sha256: str,
+    zoo_name: str,
+    zoo_version: str,
+    reason: str,
+    source: str = "dashboard",
+) -> dict[str, Any]:
+    """The ``gate_refusal`` event: the input gate (``model_zoo.gate``) refused an image, so no
+    prediction was made. ``reason`` is the gate's own sentence (it names the modality, never
+    a person)."""
+    return {
+        "event": "gate_refusal",
+        "source": source,
+        "image_sha256": image_sha256,
+        "zoo": {"name": zoo_name, "version": zoo_version},
+        "reason": reason,
     }

@@ -26,6 +26,7 @@ from model_zoo import preprocess, roi
 from model_zoo.cases import is_missing
 from model_zoo.calibration import Calibration
 from model_zoo.errors import InputError, IntegrityError
+from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, Call, JitterSummary, check_band, frame_call
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
 
@@ -208,6 +209,36 @@ class Zoo:
 
     def label_for(self, p: float) -> str:
         return self.positive_class if p >= self.threshold else self.negative_class
+
+    @functools.cached_property
+    def indeterminate_band(self) -> float:
+        """Half-width of the release's "indeterminate" band on the shown scale
+        (``threshold.indeterminate_band``, written by ``training fit``); releases without the
+        field use the library default."""
+        band = (self.manifest.get("threshold") or {}).get("indeterminate_band")
+        if band is None:
+            return DEFAULT_INDETERMINATE_BAND
+        try:
+            return check_band(band, f"{self.name}: manifest threshold.indeterminate_band")
+        except ValueError as err:
+            raise IntegrityError(str(err)) from None
+
+    def call(self, p_raw: float, jitter: JitterSummary | None = None) -> Call:
+        """The call every output shows for the raw ensemble probability ``p_raw``
+        (``model_zoo.framing``): calibrated scale when the release has a calibration, the
+        release's band, and the ROI-jitter result when it has been run."""
+        cal = self.calibration
+        return frame_call(p_raw, self.threshold, self.positive_class, self.negative_class,
+                          p_calibrated=float(cal.apply(p_raw)) if cal else None,
+                          threshold_calibrated=self.threshold_calibrated, band=self.indeterminate_band,
+                          jitter=jitter)
+
+    def jitter_probs(self, pixels: np.ndarray, box: roi.Box, *, age: Any = None, sex: Any = None,
+                     site: Any = None, n: int = 8, seed: int = 0) -> list[float]:
+        """Ensemble probabilities for ``n`` jittered copies of the ROI (``roi.jitter_boxes``)."""
+        h, w = pixels.shape[:2]
+        boxes = roi.jitter_boxes(tuple(float(v) for v in box), (w, h), n, seed=seed)
+        return [float(self.predict(pixels, b, age=age, sex=sex, site=site).p_ensemble) for b in boxes]
 
     # -- inference ---------------------------------------------------------------------------
     def member_logits(self, pixels: np.ndarray, box: roi.Box) -> tuple[dict[str, float], dict[str, roi.Box]]:

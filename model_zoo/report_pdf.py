@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from model_zoo.framing import Call, JitterSummary, frame_call
+
 __all__ = [
     "DISCLAIMER",
     "CaseReport",
@@ -117,7 +119,7 @@ class CaseReport:
     site: str | None = None
     crops: Mapping[str, np.ndarray] = field(default_factory=dict)
     heatmaps: Sequence[HeatmapFigure] = ()
-    jitter: Mapping[str, Any] | None = None
+    jitter: JitterSummary | None = None
     warnings: Sequence[str] = ()
     calibration_note: str = ""
     zoo_files: Mapping[str, str] = field(default_factory=dict)
@@ -131,6 +133,16 @@ class CaseReport:
     p_calibrated: float | None = None
     threshold_calibrated: float | None = None
     external_validation: str = ""  # one line: how the release did at a hospital it never saw
+    # The framed call (``Zoo.call``: the release's band, the jitter result). When None it is
+    # framed here by the same rule (``model_zoo.framing``) with the library's default band.
+    call: Call | None = None
+
+    def framed_call(self) -> Call:
+        if self.call is not None:
+            return self.call
+        return frame_call(self.p_ensemble, self.threshold, self.positive_class, self.negative_class,
+                          p_calibrated=self.p_calibrated, threshold_calibrated=self.threshold_calibrated,
+                          jitter=self.jitter)
 
 
 # ----------------------------------------------------------------------------- images
@@ -287,31 +299,29 @@ def build_case_report(report: CaseReport, *, include_identifiers: bool = False) 
         doc.rows([(k, str(v)) for k, v in report.identifiers.items()])
 
     doc.heading("Result")
-    p_cal, t_cal = report.p_calibrated, report.threshold_calibrated
-    calibrated = p_cal is not None and t_cal is not None
-    if p_cal is not None and t_cal is not None:  # == calibrated (spelt out so the types narrow)
-        doc.para(probability_sentence(p_cal, t_cal, report.positive_class,
-                                      report.negative_class) + " (calibrated)", size=11, style="B")
-    else:
-        doc.para(probability_sentence(report.p_ensemble, report.threshold, report.positive_class,
-                                      report.negative_class), size=11, style="B")
+    call = report.framed_call()
+    doc.para(call.sentence + (" (calibrated)" if call.calibrated else ""), size=11, style="B")
+    if call.indeterminate:
+        doc.para(f"Indeterminate: read the result as neither {call.negative_class} nor {call.positive_class}. "
+                 f"The call {' and '.join(call.reasons)} (band +/- {call.band:.2f} around the threshold on the "
+                 f"{call.scale} scale; any ROI-jitter box that changes the call).", size=9)
     if report.external_validation:
         doc.para(report.external_validation, size=9)
     rows = []
-    if calibrated:
-        rows.append(("Raw stacker output", f"{report.p_ensemble:.3f} (threshold {report.threshold:.3f}; "
-                                           "uncalibrated, same call)"))
+    if call.calibrated:
+        rows.append(("Raw stacker output", f"{call.p_raw:.3f} (threshold {call.threshold_raw:.3f}; "
+                                           "uncalibrated, same side)"))
     rows += [(f"Member {mid}", f"{p:.3f}") for mid, p in report.p_members.items()]
     if report.disagreement is not None:
         rows.append(("Member disagreement", f"{report.disagreement:.3f} (max - min of member probabilities)"))
     if report.p_clinic is not None:
         rows.append(("Clinic-only model", f"{report.p_clinic:.3f} (age, sex, site only)"))
     rows.append(("Operating threshold", f"{report.threshold:.3f}" + (f" ({report.threshold_rule})" if report.threshold_rule else "")))
-    if report.jitter:
+    if report.jitter is not None and report.jitter.n:
         j = report.jitter
         rows.append(("ROI-jitter check", (
-            f"{j.get('n', '?')} jittered boxes: p from {_fmt(j.get('p_min'))} to {_fmt(j.get('p_max'))} "
-            f"(SD {_fmt(j.get('p_sd'))}); same class call in {j.get('same_call', '?')} of {j.get('n', '?')}"
+            f"{j.n} jittered boxes: p from {_fmt(j.p_min)} to {_fmt(j.p_max)} "
+            f"(SD {_fmt(j.p_sd)}); same class call in {j.same_call} of {j.n}"
         )))
     doc.rows(rows)
     if report.calibration_note:

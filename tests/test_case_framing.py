@@ -1,8 +1,8 @@
-"""Honest framing of the Case page's call (issue 17, "Deliver" 3): the indeterminate band, the
-ROI-jitter flip rule, PPV/NPV in plain words and why the ensemble can lie outside its members.
+"""Honest framing of the Case page's call (issue 17, "Deliver" 3): PPV/NPV in plain words, why the
+ensemble can lie outside its members, and the page showing the call of ``Zoo.call``.
 
-The pure functions live in ``dashboard.case_logic``; one AppTest checks that the sample case
-still renders with them.
+The call's rule (band, ROI-jitter flips, scale) lives in ``model_zoo.framing`` and is tested in
+``test_framing.py``; the AppTests here check that the page shows exactly that call.
 """
 
 from __future__ import annotations
@@ -14,104 +14,10 @@ from pathlib import Path
 import pytest
 
 from dashboard import case_logic as cl
+from model_zoo import framing
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MANIFEST = REPO / "assets" / "zoo" / "demo-btxrd-2.1.3" / "manifest.json"
-
-
-def _jitter(n: int, same: int) -> dict:
-    return {"n": n, "same_call": same, "p_min": 0.1, "p_max": 0.9, "p_sd": 0.1, "probs": [0.5] * n}
-
-
-def _head(p: float, t: float) -> cl.Headline:
-    return cl.headline(p, t, None, None, "malignant", "benign")
-
-
-# ----------------------------------------------------------------------------- band
-
-
-@pytest.mark.parametrize("p, t, inside", [
-    (0.45, 0.50, True), (0.55, 0.50, True),  # both edges count, despite float rounding
-    (0.50, 0.50, True),
-    (0.449, 0.50, False), (0.551, 0.50, False),
-    (0.08, 0.13, True), (0.18, 0.13, True), (0.079, 0.13, False), (0.181, 0.13, False),
-])
-def test_threshold_band_edges(p, t, inside):
-    assert cl.INDETERMINATE_BAND == 0.05
-    assert cl.in_threshold_band(p, t) is inside
-
-
-def test_band_is_a_parameter():
-    assert not cl.in_threshold_band(0.42, 0.5)
-    assert cl.in_threshold_band(0.42, 0.5, band=0.1)
-
-
-# ----------------------------------------------------------------------------- flip rule
-
-
-def test_jitter_flip_rule():
-    assert cl.JITTER_FLIP_MIN == 1
-    assert not cl.jitter_flips(None)
-    assert not cl.jitter_flips({"n": 0, "same_call": 0})
-    assert not cl.jitter_flips(_jitter(8, 8))
-    assert cl.jitter_flips(_jitter(8, 7))  # one box of eight is enough
-    assert cl.jitter_flips(_jitter(8, 0))
-    assert not cl.jitter_flips(_jitter(8, 7), min_flips=2)
-    # The summary the page computes feeds the rule directly.
-    assert cl.jitter_flips(cl.jitter_summary(0.6, [0.7, 0.65, 0.45], 0.5))
-    assert not cl.jitter_flips(cl.jitter_summary(0.6, [0.7, 0.65, 0.55], 0.5))
-
-
-def test_indeterminate_reasons():
-    assert cl.indeterminate_reasons(0.9, 0.5, None) == []
-    assert cl.indeterminate_reasons(0.9, 0.5, _jitter(8, 8)) == []
-    assert cl.indeterminate_reasons(0.52, 0.5, None) == [cl.REASON_BAND]
-    assert cl.indeterminate_reasons(0.9, 0.5, _jitter(8, 5)) == [cl.REASON_BOX]
-    assert cl.indeterminate_reasons(0.52, 0.5, _jitter(8, 5)) == [cl.REASON_BOX, cl.REASON_BAND]
-
-
-# ----------------------------------------------------------------------------- headline
-
-
-def test_headline_outside_band_keeps_the_hard_word():
-    head = _head(0.80, 0.50)
-    framed = cl.framed_headline(head, "malignant", None)
-    assert framed.sentence == head.sentence
-    assert framed.sentence.endswith("-> above: malignant)")
-    assert cl.framed_headline(_head(0.20, 0.50), "malignant", _jitter(8, 8)).sentence.endswith("below: benign)")
-
-
-def test_headline_in_band_is_indeterminate_without_a_class_word():
-    framed = cl.framed_headline(_head(0.53, 0.50), "malignant", None)
-    assert framed.sentence == "Probability of malignant: 0.53 (threshold 0.50) -> indeterminate - the call lies at the threshold"
-    call = framed.sentence.split("->", 1)[1]
-    assert "malignant" not in call and "benign" not in call
-    assert framed.p == 0.53 and framed.threshold == 0.50
-
-
-def test_headline_jitter_flip_and_both_reasons():
-    box = cl.framed_headline(_head(0.90, 0.50), "malignant", _jitter(8, 2)).sentence
-    assert box.endswith("-> indeterminate - the call depends on the exact box")
-    both = cl.framed_headline(_head(0.47, 0.50), "malignant", _jitter(8, 6)).sentence
-    assert both.endswith("-> indeterminate - the call depends on the exact box / lies at the threshold")
-
-
-def test_headline_band_uses_the_calibrated_scale_when_shown():
-    # Raw 0.70 vs 0.50 is far from the threshold; calibrated 0.16 vs 0.13 is inside the band.
-    head = cl.headline(0.70, 0.50, 0.16, 0.13, "malignant", "benign")
-    assert head.calibrated
-    framed = cl.framed_headline(head, "malignant", None)
-    assert "indeterminate" in framed.sentence and "0.16 (threshold 0.13)" in framed.sentence
-    assert framed.calibrated and framed.raw_note == head.raw_note
-
-
-def test_jitter_note_names_the_other_call():
-    assert cl.jitter_indeterminate_note(_jitter(8, 8), "benign", "malignant", 0.9, 0.5) is None
-    assert cl.jitter_indeterminate_note(None, "benign", "malignant", 0.9, 0.5) is None
-    note = cl.jitter_indeterminate_note(_jitter(8, 5), "benign", "malignant", 0.9, 0.5)
-    assert note.startswith("Indeterminate - the call depends on the exact box") and "3 of 8" in note
-    assert "'benign'" in note
-    assert "'malignant'" in cl.jitter_indeterminate_note(_jitter(8, 7), "benign", "malignant", 0.2, 0.5)
 
 
 # ----------------------------------------------------------------------------- PPV / NPV
@@ -214,31 +120,31 @@ def test_case_page_sample_renders_the_framed_call(dash_env):
     s = sample_case()
     pixels = imaging.load_image(s["path"]).pixels
     ref = zoo.predict(pixels, s["roi_box"], age=None, sex="F", site="appendicular")
-    head = cl.prediction_headline(zoo, ref)
     shown = [m.value for m in at.markdown if m.value.startswith("#### Probability of")]
     # First run: the jitter check has not run when the headline is drawn -> the band alone decides.
-    assert shown == [f"#### {cl.framed_headline(head, zoo.positive_class, None).sentence}"]
+    assert shown == [f"#### {zoo.call(ref.p_ensemble).sentence}"]
     ppv = cl.ppv_npv_sentence(zoo.manifest, zoo.positive_class, zoo.negative_class)
     assert (ppv in [m.value for m in at.markdown]) if ppv else True
     outside = cl.outside_members_caption(ref.p_ensemble, ref.p_members, ref.p_clinic, zoo.positive_class)
     assert (outside in [c.value for c in at.caption]) is (outside is not None)
 
     # A rerun (opacity) reads the cached jitter result: the headline includes the flip rule.
-    j = cl.jitter_summary(ref.p_ensemble, cl.jitter_probs(zoo, pixels, s["roi_box"], None, "F", "appendicular",
-                                                          n=8), ref.threshold)
-    note = cl.jitter_indeterminate_note(j, zoo.negative_class, zoo.positive_class, ref.p_ensemble, ref.threshold)
+    probs = zoo.jitter_probs(pixels, s["roi_box"], age=None, sex="F", site="appendicular", n=framing.JITTER_BOXES)
+    j = framing.jitter_summary(ref.p_ensemble, probs, ref.threshold)
+    note = framing.jitter_note(zoo.call(ref.p_ensemble, j), j)
     assert (note in [w.value for w in at.warning]) if note else True
     at.slider(key="case_opacity").set_value(0.8).run()
     assert not at.exception, [e.value for e in at.exception]
     shown = [m.value for m in at.markdown if m.value.startswith("#### Probability of")]
-    assert shown == [f"#### {cl.framed_headline(head, zoo.positive_class, j).sentence}"]
+    assert shown == [f"#### {zoo.call(ref.p_ensemble, j).sentence}"]
 
 
-def test_case_page_renders_an_indeterminate_call(dash_env, monkeypatch):
-    """With a band wide enough to hold the sample, the page shows "indeterminate" and no class word."""
+def test_case_page_renders_an_indeterminate_call(dash_env, tmp_path, monkeypatch):
+    """A release whose band holds the sample: the page shows "indeterminate" and no class word."""
     from streamlit.testing.v1 import AppTest
+    from test_framing import release_with_band
 
-    monkeypatch.setattr(cl, "INDETERMINATE_BAND", 1.0)
+    monkeypatch.setenv("MODEL_ZOO_DIR", str(release_with_band(dash_env["release"], tmp_path, 0.49, "0.0.2")))
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180).run()
     at.button(key="case_load_sample").click().run()
     at.checkbox(key="case_confirm").check().run()

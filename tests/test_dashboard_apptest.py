@@ -425,12 +425,12 @@ def test_rewindow_default_is_identity_and_narrowing_adds_contrast():
 
 
 def test_jitter_summary_counts_call_changes():
-    from dashboard.case_logic import jitter_summary
+    from model_zoo.framing import jitter_summary
 
     j = jitter_summary(0.6, [0.55, 0.62, 0.38, 0.7], threshold=0.5)
-    assert j["n"] == 4 and j["same_call"] == 3
-    assert j["p_min"] == 0.38 and j["p_max"] == 0.7
-    assert j["p_sd"] == pytest.approx(np.std([0.55, 0.62, 0.38, 0.7], ddof=1))
+    assert j.n == 4 and j.same_call == 3 and j.n_flips == 1
+    assert j.p_min == 0.38 and j.p_max == 0.7
+    assert j.p_sd == pytest.approx(np.std([0.55, 0.62, 0.38, 0.7], ddof=1))
 
 
 def test_image_quality_flags():

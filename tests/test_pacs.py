@@ -38,8 +38,9 @@ def _testdata(name: str) -> Path:
     return Path(path)
 
 
-def _copy_of_rg3(patient_id: str, *, break_pixels: bool = False) -> bytes:
-    """RG3 under new UIDs and another patient ID (optionally with truncated pixel data)."""
+def _copy_of_rg3(patient_id: str, *, break_pixels: bool = False, **tags: str) -> bytes:
+    """RG3 under new UIDs and another patient ID (optionally with truncated pixel data, and
+    header values replaced by ``tags``, e.g. ``BodyPartExamined="CHEST"``)."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -48,6 +49,8 @@ def _copy_of_rg3(patient_id: str, *, break_pixels: bool = False) -> bytes:
     ds.AccessionNumber = patient_id[:16]
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
     if break_pixels:
         ds.PixelData = ds.PixelData[:4096]  # 1760 x 1760 x 2 bytes declared, 4 kB present
     buf = io.BytesIO()
@@ -450,6 +453,145 @@ def test_cli_predict_writes_once_and_prints_no_identifier(orthanc, pacs_env, cap
     assert [e["pacs"]["written"] for e in events] == [["SR", "PDF"], []]
     assert main(["pacs", "check"]) == 0
     assert "PACS OK" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- gate, OOD and framing (CLI)
+
+
+def _upload_rg3(orthanc, patient_id: str, **tags: str) -> str:
+    """A copy of RG3 in a new study on the server; its Study Instance UID."""
+    import pydicom
+
+    data = _copy_of_rg3(patient_id, **tags)
+    orthanc.upload(data)
+    return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID)
+
+
+def _cli_events(pacs_env) -> list[dict]:
+    from model_zoo import audit
+
+    path = pacs_env / "audit.jsonl"
+    return [e for e in audit.read_events(path) if e.get("source") == "pacs-cli"] if path.exists() else []
+
+
+def test_cli_gate_refuses_a_modality_the_pacs_lets_through(orthanc, pacs_env, monkeypatch, capsys):
+    """The PACS listing's modality filter is not the gate: a server (or a filter) that lists MR
+    as readable still gets no prediction, the same refusal as the Case page, and an audit line."""
+    from model_zoo.__main__ import main
+    from model_zoo.pacs import client as client_mod
+
+    monkeypatch.setattr(client_mod, "RADIOGRAPH_MODALITIES", (*client_mod.RADIOGRAPH_MODALITIES, "MR"))
+    study = orthanc.studies["mr"]
+    assert main(["pacs", "predict", "--study", study, "--write"]) == 1
+    err = capsys.readouterr().err
+    assert "study 1/1: error: DICOM Modality MR (magnetic resonance) is not a projection radiograph" in err
+    assert "0/1 studies done; 1 failed" in err
+    assert orthanc.count(study, "SR") == 0 and orthanc.count(study, "DOC") == 0
+    events = _cli_events(pacs_env)
+    assert [e["event"] for e in events] == ["gate_refusal"]
+    assert "Modality MR" in events[0]["reason"] and len(events[0]["image_sha256"]) == 64
+
+
+def test_cli_prefills_age_and_site_only_where_the_header_is_plausible(orthanc, pacs_env, capsys):
+    from model_zoo.__main__ import main
+
+    chest = _upload_rg3(orthanc, "GATE-CHEST", BodyPartExamined="CHEST", PatientAge="000Y")
+    knee = _upload_rg3(orthanc, "GATE-KNEE", BodyPartExamined="KNEE", PatientAge="045Y")
+    assert main(["pacs", "predict", "--study", chest, "--study", knee, "--roi", "full", "--jitter", "0"]) == 0
+    out = capsys.readouterr()
+    assert "study 1/2: warning: BodyPartExamined is CHEST" in out.err
+    assert "study 1/2: CR 1760 x 1760 px, ROI full, site not given;" in out.out
+    assert "study 2/2: CR 1760 x 1760 px, ROI full, site appendicular;" in out.out
+    assert "study 2/2: warning" not in out.err
+    inputs = [e["inputs"] for e in _cli_events(pacs_env)]
+    assert inputs == [{"age": None, "sex": "F", "site": None}, {"age": 45.0, "sex": "F", "site": "appendicular"}]
+    # An explicit --site still wins over the header.
+    assert main(["pacs", "predict", "--study", knee, "--roi", "full", "--jitter", "0", "--site", "axial"]) == 0
+    assert "site axial;" in capsys.readouterr().out
+
+
+class _FlagEverything:
+    """Stands in for a release's OOD model: every crop scores above the threshold."""
+
+    threshold = 1.0
+
+    def score(self, features):
+        return np.full(len(next(iter(features.values()))), 5.0)
+
+    def is_ood(self, score):
+        return np.asarray(score) > self.threshold
+
+
+def test_cli_withholds_the_call_of_an_ood_image_unless_allowed(orthanc, tiny_zoo, pacs_env, monkeypatch, capsys):
+    import copy
+
+    from model_zoo import ensemble
+    from model_zoo.__main__ import main
+
+    flagged = copy.copy(tiny_zoo)
+    flagged.ood = _FlagEverything()
+    monkeypatch.setattr(ensemble, "load_zoo", lambda path=None: flagged)
+    study = _upload_rg3(orthanc, "OOD-CASE")
+    args = ["pacs", "predict", "--study", study, "--write", "--roi", "full", "--jitter", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "out of distribution: this image does not look like the radiographs" in out.out
+    assert "no call, not written back" in out.out and "->" not in out.out
+    assert "1 out of distribution: no call, not written back (--allow-ood to override)" in out.err
+    assert orthanc.count(study, "SR") == 0 and orthanc.count(study, "DOC") == 0
+    (event,) = _cli_events(pacs_env)
+    assert event["event"] == "case_prediction" and event["outputs"]["label"] == "" and event["call"] is None
+    assert event["ood"] == {"score": 5.0, "threshold": 1.0, "flagged": True} and event["pacs"]["write"] is False
+
+    assert main([*args, "--allow-ood"]) == 0
+    out = capsys.readouterr()
+    assert "called anyway (--allow-ood)" in out.err and "saved SR + PDF" in out.out and "->" in out.out
+    assert orthanc.count(study, "SR") == 1
+    events = _cli_events(pacs_env)[1:]
+    assert [e["event"] for e in events] == ["ood_override", "case_prediction"]
+    assert events[1]["ood"]["flagged"] is True and events[1]["call"]["word"]
+
+
+def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, client, tiny_release, pacs_env,
+                                                                    tmp_path, capsys):
+    """A release whose band holds this case: the CLI prints the Case page's sentence, and the SR
+    and PDF read back from the PACS say indeterminate (coded IND), never a class word."""
+    import highdicom as hd
+    from test_dashboard_apptest import _pdf_strings
+    from test_framing import release_with_band
+
+    from model_zoo import framing, roi
+    from model_zoo.__main__ import main
+    from model_zoo.ensemble import load_zoo
+    from model_zoo.pacs import first_radiograph, open_instance
+
+    wide = release_with_band(tiny_release["release"], tmp_path / "zoo", 0.49, "0.0.2")
+    zoo = load_zoo(wide)
+    study = _upload_rg3(orthanc, "BAND-CASE")
+    opened = open_instance(client, first_radiograph(client, study)[0])
+    pixels = opened.image.pixels
+    box = roi.full_image_box((pixels.shape[1], pixels.shape[0]))
+    inputs = {"age": None, "sex": "F", "site": "appendicular"}  # RG3: no PatientAge, EXTREMITY
+    pred = zoo.predict(pixels, box, **inputs)
+    jitter = framing.jitter_summary(pred.p_ensemble, zoo.jitter_probs(pixels, box, **inputs), pred.threshold)
+    expected = zoo.call(pred.p_ensemble, jitter)
+    assert expected.indeterminate, f"the wide band must hold this case: {expected}"
+
+    assert main(["pacs", "predict", "--study", study, "--zoo", str(wide), "--write", "--roi", "full"]) == 0
+    out = capsys.readouterr().out
+    assert f"; {expected.sentence}" in out and "-> indeterminate - the call" in out
+    found = {i.modality: i for i in client.list_instances(study) if i.modality in ("SR", "DOC")}
+    sr = hd.sr.srread(io.BytesIO(client.retrieve_instance(found["SR"])))
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    (call,) = group.get_qualitative_evaluations()
+    assert (call.value.value, call.value.meaning) == ("IND", "indeterminate")
+    values = {m.name.meaning: m.value for m in group.get_measurements()}
+    assert values[f"Indeterminate band half-width ({expected.scale} probability)"] == pytest.approx(0.49)
+    import pydicom
+
+    doc = pydicom.dcmread(io.BytesIO(client.retrieve_instance(found["DOC"])))
+    text = _pdf_strings(doc.EncapsulatedDocument[: doc.EncapsulatedDocumentLength])
+    assert "-> indeterminate - the call" in text and "-> above" not in text and "-> below" not in text
 
 
 # ----------------------------------------------------------------------------- PHI

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from model_zoo import audit
+from model_zoo.framing import JitterSummary
 from model_zoo.report_pdf import (
     CaseReport,
     HeatmapFigure,
@@ -51,7 +52,7 @@ def _report(**over) -> CaseReport:
         threshold_rule="youden", p_clinic=0.35, disagreement=0.27, age=14.0, sex="F", site="appendicular",
         crops={"effnet_b3": rng.random((64, 64)), "vit": rng.random((64, 64))},
         heatmaps=[HeatmapFigure(f"GradCAM {i}", (rng.random((50, 60, 3)) * 255).astype(np.uint8)) for i in range(3)],
-        jitter={"n": 8, "p_min": 0.65, "p_max": 0.79, "p_sd": 0.05, "same_call": 8},
+        jitter=JitterSummary(n=8, n_flips=0, p_min=0.65, p_max=0.79, p_sd=0.05),
         warnings=["colour image converted to grayscale"], calibration_note="Not recalibrated.",
         zoo_files={"members/vit.safetensors": "b" * 64, "stacker.joblib": "c" * 64},
         manifest_sha256="d" * 64, intended_use="Research and teaching only; not a medical device.",

@@ -14,18 +14,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dashboard import case_logic as cl
 from dashboard import teaching_logic as tl
 from model_zoo.errors import InputError
+from model_zoo.framing import frame_call
 
 POS, NEG = "malignant", "benign"
 
 
-def _zoo(threshold: float = 0.4, calibrated_threshold: float | None = None):
-    """The few Zoo attributes the Case page's headline reads."""
-    return SimpleNamespace(threshold=threshold, threshold_calibrated=calibrated_threshold,
-                           calibration=object() if calibrated_threshold is not None else None,
-                           positive_class=POS, negative_class=NEG)
+def _zoo(threshold: float = 0.4, calibrated_threshold: float | None = None, calibrate=None):
+    """A stand-in release: its threshold, class names and ``call`` (the one framing rule,
+    model_zoo.framing, with the default band); ``calibrate`` maps a raw probability."""
+    def call(p_raw: float, jitter=None):
+        return frame_call(p_raw, threshold, POS, NEG, p_calibrated=calibrate(p_raw) if calibrate else None,
+                          threshold_calibrated=calibrated_threshold, jitter=jitter)
+    return SimpleNamespace(threshold=threshold, positive_class=POS, negative_class=NEG, call=call)
 
 
 def _case(cid: str, label: int, p: float, **kw) -> tl.TeachingCase:
@@ -122,11 +124,6 @@ def test_roc_table_words():
 # ----------------------------------------------------------------------------- the model's answer
 
 
-def _case_page_sentence(zoo, p: float, p_cal: float | None) -> str:
-    pred = SimpleNamespace(p_ensemble=p, threshold=zoo.threshold, p_calibrated=p_cal)
-    return cl.framed_headline(cl.prediction_headline(zoo, pred), zoo.positive_class).sentence
-
-
 @pytest.mark.parametrize("p, label, call, verdict", [
     (0.90, 1, 1, tl.RIGHT), (0.90, 0, 1, tl.WRONG), (0.10, 0, 0, tl.RIGHT), (0.10, 1, 0, tl.WRONG),
     (0.43, 1, None, tl.NO_CALL), (0.37, 0, None, tl.NO_CALL)])
@@ -135,17 +132,17 @@ def test_model_call_is_framed_as_on_the_case_page(p, label, call, verdict):
     case = _case("C1", label, p)
     model = tl.model_call(case, zoo)
     assert model.call == call
-    assert model.head.sentence == _case_page_sentence(zoo, p, None)
+    assert model.head == zoo.call(p)  # the Case page's call, word for word
     assert ("indeterminate" in model.head.sentence) == (call is None)
     assert tl.verdict(model.call, label) == verdict
 
 
 def test_model_call_uses_the_calibrated_probability_like_the_case_page():
-    zoo = _zoo(0.4, calibrated_threshold=0.5)
+    zoo = _zoo(0.4, calibrated_threshold=0.5, calibrate=lambda p: 0.81 if p == 0.7 else p)
     case = _case("C1", 1, 0.7, p_calibrated=0.81)
     model = tl.model_call(case, zoo)
-    assert model.head.calibrated and model.head.raw_note
-    assert "0.81" in model.head.sentence and model.head.sentence == _case_page_sentence(zoo, 0.7, 0.81)
+    assert model.head.calibrated and model.head.scale_note
+    assert "0.81" in model.head.sentence and model.head == zoo.call(0.7)
     assert model.call == 1
 
 

@@ -36,6 +36,7 @@ from model_zoo.calibration import Calibration, fit_platt
 from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.errors import InputError, ZooError
+from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, check_band
 from model_zoo.members import MemberSpec, family_spec
 from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text, sha256_file
 from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
@@ -174,6 +175,26 @@ def member_logit_columns(cfg: dict[str, Any], X_fit: np.ndarray) -> int:
     if kind not in ("probability", "logit"):
         raise InputError(f"stacker.member_scores must be probability or logit, not {kind!r}")
     return X_fit.shape[1] - len(CLINICAL_FEATURES) if kind == "logit" else 0
+
+
+def indeterminate_band(cfg: dict[str, Any]) -> float:
+    """``threshold.indeterminate_band``, validated (0 <= band < 0.5; the library default when absent):
+    a release fact written into the manifest's threshold block and read by ``Zoo.call``."""
+    band = (cfg.get("threshold") or {}).get("indeterminate_band", DEFAULT_INDETERMINATE_BAND)
+    try:
+        return check_band(band)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def _resume_view(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The training settings a resumed run must share; a run folder written before the band
+    existed holds no ``threshold.indeterminate_band`` and means the default (the band changes
+    no fitted number)."""
+    out = dict(cfg)
+    if isinstance(out.get("threshold"), dict):
+        out["threshold"] = {"indeterminate_band": DEFAULT_INDETERMINATE_BAND, **out["threshold"]}
+    return out
 
 
 def fit_calibration(cfg: dict[str, Any], chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
@@ -507,10 +528,12 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         import yaml
 
         previous = yaml.safe_load(marker.read_text(encoding="utf-8")) or {}
-        changed = sorted(k for k in TRAINING_KEYS if previous.get(k) != cfg.get(k))
+        old, new = _resume_view(previous), _resume_view(cfg)
+        changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))
         if changed:
             raise InputError(f"--resume: the config differs from the one saved in {marker} in "
                              f"{', '.join(changed)}; resume with the same training settings")
+    band = indeterminate_band(cfg)  # a bad band fails here, not after the member jobs
     atomic_write_text(marker, dump_config(cfg))
     # A bad localiser.path fails here, not after the member jobs.
     localiser_path = (cfg.get("localiser") or {}).get("path")
@@ -766,6 +789,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
                         "cam_weights": cam_weights, "cam_weights_rule": "permutation importance (AUC) of each member score in the stacker"},
             "clinic_model": {"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
             "threshold": {"value": threshold, "rule": cfg["threshold"]["rule"], "chosen_on": "val",
+                          "indeterminate_band": band,
                           "per_model": model_thresholds,
                           "value_calibrated": float(calibration.apply(threshold)) if calibration else None},
             "calibration": calibration.to_dict() if calibration else None,
@@ -903,7 +927,9 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         f"- Stacker: {m['stacker']['chosen']} chosen by {m['stacker'].get('selection', 'best grouped-CV ROC AUC')} "
         f"on {m['stacker']['score_source']} member scores"
         + (" (as log-odds)" if m["stacker"].get("member_scores") == "logit" else ""),
-        f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split)",
+        f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split); a probability "
+        f"within {m['threshold'].get('indeterminate_band', DEFAULT_INDETERMINATE_BAND):.2f} of it (on the shown "
+        "scale), or one that an ROI-jitter box flips, is reported as indeterminate",
         "- Recipe: " + training_recipe(cfg["train"]), "",
         "## Members", "",
         "| member (family role) | architecture | input | start | trained | best epoch | val AUC |",

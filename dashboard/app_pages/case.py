@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import case_logic as cl
 from dashboard import common, pacs_ui
-from model_zoo import audit, gate, imaging, roi
+from model_zoo import audit, framing, gate, imaging, roi
 from model_zoo.errors import InputError
 
 ROI_MODES = ("Draw on the image", "Enter coordinates", "Auto-crop", "Whole image")
@@ -22,7 +22,7 @@ SEX_OPTIONS = ("not given", "F", "M")
 SITE_OPTIONS = ("not given", "appendicular", "axial")
 MAX_DISPLAY = 640
 VIEW_SIDE = 300
-JITTER_N = 8
+JITTER_N = framing.JITTER_BOXES  # the PACS command line checks the same boxes
 ROI_NEEDED = ("No probability yet: draw a box around the lesion, enter its coordinates, accept the auto-crop "
               "box, or choose 'Whole image' (less accurate).")
 
@@ -39,7 +39,7 @@ def _predict(zoo_key: str, pixels_hash: str, box: tuple, age: Any, sex: Any, sit
 @st.cache_data(show_spinner=False, max_entries=32)
 def _jitter(zoo_key: str, pixels_hash: str, box: tuple, age: Any, sex: Any, site: Any, n: int,
             _zoo: Any, _pixels: np.ndarray) -> list[float]:
-    return cl.jitter_probs(_zoo, _pixels, box, age, sex, site, n=n)
+    return _zoo.jitter_probs(_pixels, box, age=age, sex=sex, site=site, n=n)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)  # ~1 MB per entry at display resolution
@@ -321,10 +321,10 @@ def _result_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict)
     # The jitter check runs later in the page; on reruns its (cached) result is already known.
     last = st.session_state.get("case_jitter_last")
     jitter = last[1] if last and last[0] == _jitter_key(zoo, case, box, inputs) else None
-    head = cl.framed_headline(cl.prediction_headline(zoo, pred), zoo.positive_class, jitter)
+    head = zoo.call(pred.p_ensemble, jitter)
     st.markdown(f"#### {head.sentence}")
-    if head.raw_note:
-        st.caption(head.raw_note)
+    if head.scale_note:
+        st.caption(head.scale_note)
     ppv_npv = cl.ppv_npv_sentence(zoo.manifest, zoo.positive_class, zoo.negative_class)
     if ppv_npv:
         st.markdown(ppv_npv)
@@ -425,7 +425,7 @@ def _jitter_key(zoo: Any, case: dict, box: tuple, inputs: dict) -> tuple:
     return (str(zoo.root), case["pixels_hash"], _box_key(box), inputs["age"], inputs["sex"], inputs["site"])
 
 
-def _jitter_section(zoo: Any, case: dict, box: tuple, inputs: dict, pred: Any) -> dict | None:
+def _jitter_section(zoo: Any, case: dict, box: tuple, inputs: dict, pred: Any) -> framing.JitterSummary | None:
     st.markdown("**ROI-jitter check**")
     if not st.checkbox(f"Re-run with {JITTER_N} slightly shifted/resized boxes", value=True, key="case_jitter"):
         st.session_state.pop("case_jitter_last", None)
@@ -433,16 +433,16 @@ def _jitter_section(zoo: Any, case: dict, box: tuple, inputs: dict, pred: Any) -
     with st.spinner("ROI-jitter check ..."):
         probs = _jitter(str(zoo.root), case["pixels_hash"], box, inputs["age"], inputs["sex"], inputs["site"],
                         JITTER_N, zoo, case["image"].pixels)
-    j = cl.jitter_summary(pred.p_ensemble, probs, pred.threshold)
-    (st.success if j["same_call"] == j["n"] else st.warning)(cl.jitter_sentence(j))
-    note = cl.jitter_indeterminate_note(j, zoo.negative_class, zoo.positive_class, pred.p_ensemble, pred.threshold)
+    j = framing.jitter_summary(pred.p_ensemble, probs, pred.threshold)
+    (st.warning if j.n_flips else st.success)(framing.jitter_sentence(j))
+    note = framing.jitter_note(zoo.call(pred.p_ensemble, j), j)
     if note:
         st.warning(note)
     st.session_state["case_jitter_last"] = (_jitter_key(zoo, case, box, inputs), j)
     return j
 
 
-def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: tuple) -> dict | None:
+def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: tuple) -> framing.JitterSummary | None:
     """GradCAM first (fast); then the ROI-jitter check is filled into its slot above; then
     ScoreCAM with a progress indicator. Returns the jitter summary.
 
@@ -537,7 +537,7 @@ def _show_cams(label: str, views: dict[str, cl.CamView], zoo: Any, roi_gray: np.
 
 
 def _pdf_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pred: Any,
-                 jitter: dict | None, warnings: list[str]) -> None:
+                 jitter: framing.JitterSummary | None, warnings: list[str]) -> None:
     st.subheader("5. Case report (PDF)")
     c1, c2 = st.columns([2, 1])
     with c1:

@@ -127,11 +127,9 @@ def _reveal_section(zoo, cases) -> None:
                 "Proportions with Wilson 95 % CIs.")
     st.dataframe(tl.rater_table(metrics), hide_index=True, key="teach_metrics")
     st.markdown("\n".join(f"- {line}" for line in tl.agreement_lines(metrics)))
-    calls = [tl.model_call(c, zoo).call for c in cases]  # framed as on the Case page
     shown = frame.assign(truth=[zoo.positive_class if y else zoo.negative_class for y in frame["label"]],
                          subtype=[c.subtype or "" for c in cases],
-                         model=["indeterminate" if k is None else zoo.positive_class if k else zoo.negative_class
-                                for k in calls])
+                         model=[tl.model_call(c, zoo).head.word for c in cases])
     st.dataframe(shown, hide_index=True, key="teach_cases_table")
     st.download_button("Download the study table (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
                        file_name="reader-study.csv", mime="text/csv", key="teach_study_download", on_click="ignore")
@@ -171,8 +169,8 @@ def _case_reveal(zoo, case, reveal) -> None:
     st.markdown(f"**Truth: {reveal.truth}** - subtype: {reveal.subtype}; age: {reveal.age}, "
                 f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}.")
     st.markdown(f"Model: {reveal.model.head.sentence}")
-    if reveal.model.head.raw_note:
-        st.caption(reveal.model.head.raw_note)
+    if reveal.model.head.scale_note:
+        st.caption(reveal.model.head.scale_note)
     st.dataframe(tl.reveal_table(reveal), hide_index=True, key=f"teach_reveal_{case.case_id}")
 
 

@@ -4,7 +4,9 @@ The SR is a TID 1500 Measurement Report (highdicom): one Planar ROI measurement 
 region is the ROI as a closed POLYLINE SCOORD on the source image (referenced SOP Instance
 UID), holding the ensemble probability, the calibrated probability (when the release has a
 calibration), each member's probability, the clinic-only probability, the operating
-threshold(s) as NUM items, the call as a qualitative evaluation, and the zoo
+threshold(s) and the indeterminate band as NUM items, the call as a qualitative evaluation
+(``POS``/``NEG``, or ``IND`` "indeterminate" where ``model_zoo.framing`` says so - never a
+class word there), and the zoo
 (name/version/manifest sha256) as TID 4019 algorithm identification. A "Comment" TEXT item
 under the root carries the research-use disclaimer. The PDF goes in as an Encapsulated PDF
 instance. Both go into the SAME study, each in a new series (an SR and a DOC series).
@@ -26,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from model_zoo.framing import INDETERMINATE, Call
 from model_zoo.pacs.client import PacsClient
 from model_zoo.pacs.errors import PacsError, PacsRefused
 
@@ -35,6 +38,7 @@ __all__ = [
     "WriteBackResult",
     "build_encapsulated_pdf",
     "build_sr",
+    "call_code",
     "derived_uid",
     "manifest_sha256",
     "result_key",
@@ -111,9 +115,17 @@ def _now() -> tuple[_dt.date, _dt.time]:
     return now.date(), now.time()
 
 
+def call_code(call: Call) -> tuple[str, str]:
+    """(code value, meaning) of the SR's call: IND/indeterminate where the framing rule says so."""
+    if call.indeterminate:
+        return "IND", INDETERMINATE
+    return ("POS" if call.word == call.positive_class else "NEG"), call.word
+
+
 def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_source: str,
-             inputs: Mapping[str, Any], key: str) -> Any:
-    """The Comprehensive SR (TID 1500) for one prediction on ``source`` (a pydicom Dataset)."""
+             inputs: Mapping[str, Any], key: str, call: Call) -> Any:
+    """The Comprehensive SR (TID 1500) for one prediction on ``source`` (a pydicom Dataset);
+    ``call`` is ``zoo.call(pred.p_ensemble, jitter)``, the call every other output shows."""
     import highdicom as hd
     import numpy as np
     from pydicom.sr.codedict import codes
@@ -157,14 +169,15 @@ def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_sour
     if thr_cal is not None and getattr(pred, "p_calibrated", None) is not None:
         measurements.append(hd.sr.Measurement(name=_code("THRCAL", "Operating threshold (calibrated probability)"),
                                               value=float(thr_cal), unit=unit, algorithm_id=algorithm))
-    is_pos = pred.label == pos
-    call = hd.sr.QualitativeEvaluation(
-        name=_code("CALL", "Model call at the operating threshold"),
-        value=_code("POS" if is_pos else "NEG", str(pred.label)))
+    measurements.append(hd.sr.Measurement(
+        name=_code("BAND", f"Indeterminate band half-width ({call.scale} probability)"),
+        value=float(call.band), unit=unit, algorithm_id=algorithm))
+    evaluation = hd.sr.QualitativeEvaluation(
+        name=_code("CALL", "Model call at the operating threshold"), value=_code(*call_code(call)))
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(key, "tracking"), identifier="Model ROI"),
         referenced_region=region, algorithm_id=algorithm, measurements=measurements,
-        qualitative_evaluations=[call])
+        qualitative_evaluations=[evaluation])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=derived_uid(zoo_sha, "device"), name=f"{zoo.manifest['name']} {zoo.manifest['version']}"[:64],
         manufacturer_name=MANUFACTURER, model_name=str(zoo.manifest["name"])[:64])
