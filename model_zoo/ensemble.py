@@ -13,9 +13,7 @@ absent rather than trust the fill.
 from __future__ import annotations
 
 import functools
-import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -26,6 +24,7 @@ from model_zoo import preprocess, roi
 from model_zoo.cases import is_missing
 from model_zoo.calibration import Calibration
 from model_zoo.errors import InputError, IntegrityError
+from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
 
@@ -33,26 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from model_zoo.explain_eval import ExplainReport
 
 CLINICAL_FEATURES = ("age", "age_missing", "sex_male", "sex_missing", "site_axial", "site_missing")
-
-_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: Any) -> threading.RLock:
-    """The one lock that every user of a shared model takes around a forward pass.
-
-    CAM code registers forward/backward hooks on the model; a hook registered by one
-    request would fire on another request's forward on the same module. Serialising all
-    uses of one model behind one re-entrant lock (prediction and CAMs alike) prevents that
-    without copying models per session.
-    """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = threading.RLock()
-            _LOCKS[model] = lock
-        return lock
-
 
 def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[float]:
     """Encode (age, sex, site) as ``CLINICAL_FEATURES`` with explicit missing indicators.

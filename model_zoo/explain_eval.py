@@ -540,7 +540,8 @@ class _Scorer:
         import torch
 
         from model_zoo import preprocess
-        from model_zoo.ensemble import model_lock, sigmoid
+        from model_zoo.ensemble import sigmoid
+        from model_zoo.locks import model_lock
 
         start = time.perf_counter()
         keys = [self._key(im) for im in images]
