@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from model_zoo import preprocess, roi
-from model_zoo.cases import is_missing
 from model_zoo.calibration import Calibration
-from model_zoo.errors import InputError, IntegrityError
+from model_zoo.clinical import validate_clinical
+from model_zoo.errors import IntegrityError
 from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
@@ -33,32 +33,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CLINICAL_FEATURES = ("age", "age_missing", "sex_male", "sex_missing", "site_axial", "site_missing")
 
+
 def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[float]:
     """Encode (age, sex, site) as ``CLINICAL_FEATURES`` with explicit missing indicators.
 
-    ``sex`` is "M"/"F", ``site`` is "appendicular"/"axial"; anything else must have been
-    rejected by validation before reaching here.
+    Values are read by :func:`model_zoo.clinical.validate_clinical`, the case tables' rules
+    (sex M/F or male/female, site appendicular/axial, age 0-120 years); a value those rules
+    reject raises :class:`InputError` here too.
     """
-    out: list[float] = []
-    if is_missing(age):
-        out += [float(age_fill), 1.0]
-    else:
-        out += [float(age), 0.0]
-    if is_missing(sex):
-        out += [0.5, 1.0]
-    else:
-        sex = str(sex).strip().upper()
-        if sex not in ("M", "F"):
-            raise InputError(f"sex must be M or F, got {sex!r}")
-        out += [1.0 if sex == "M" else 0.0, 0.0]
-    if is_missing(site):
-        out += [0.5, 1.0]
-    else:
-        site = str(site).strip().lower()
-        if site not in ("appendicular", "axial"):
-            raise InputError(f"site must be appendicular or axial, got {site!r}")
-        out += [1.0 if site == "axial" else 0.0, 0.0]
-    return out
+    age, sex, site = validate_clinical(age, sex, site)
+    return [
+        float(age_fill) if age is None else age, float(age is None),
+        0.5 if sex is None else float(sex == "M"), float(sex is None),
+        0.5 if site is None else float(site == "axial"), float(site is None),
+    ]
 
 
 def stacker_matrix(member_probs: np.ndarray, ages: Sequence[Any], sexes: Sequence[Any],

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import gate, imaging, roi
-from model_zoo.cases import is_missing, read_case_table
+from model_zoo.cases import read_case_table
+from model_zoo.clinical import is_missing
 from model_zoo.ensemble import Zoo
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import atomic_write_bytes
