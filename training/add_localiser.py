@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import ReleaseWriter, sha256_file, verify_release
 
@@ -34,8 +35,6 @@ def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
     """On labelled rows with annotator boxes: the ensemble ROC AUC with the ROI from the
     annotator's box, the localiser's proposal and the whole image, and the proposals' IoU with
     the annotator boxes (mean, shares > 0.3 / > 0.5). Appends each proposal's seconds."""
-    from sklearn.metrics import roc_auc_score
-
     from model_zoo import imaging
     from training.fit import row_box
     from training.fit_localiser import box_metrics
@@ -57,7 +56,7 @@ def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
     y = rows["label"].to_numpy()
     out: dict[str, Any] = {"n": int(len(rows))}
     if len(np.unique(y)) == 2:
-        out.update({k: float(roc_auc_score(y, np.array(v))) for k, v in scores.items()})
+        out.update({k: roc_auc(y, np.array(v)) for k, v in scores.items()})
     out["iou"] = box_metrics(proposals, truths)
     return out
 

@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import hashlib
 import io
+import math
 import platform
 import sys
 import time
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import imaging, preprocess, roi
+from model_zoo.auc import roc_auc
 from model_zoo.calibration import Calibration, fit_platt
 from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
@@ -466,9 +468,8 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str, target_sensitivity
 
 
 def _auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+    auc = roc_auc(y, p)
+    return None if math.isnan(auc) else auc
 
 
 def library_versions() -> dict[str, str]:

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec, load_init_weights
 from model_zoo.zoo import atomic_write_bytes
-from training.fit_members import MemberResult, _auc, predict_logits
+from training.fit_members import MemberResult, predict_logits
 
 IDENTITY = "id"
 
@@ -178,7 +179,7 @@ def fit_head(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], y: n
         clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
         clf.fit((x_train - mu) / sd, y_train)
         val_logit = clf.decision_function((x_val - mu) / sd)
-        auc = _auc(y[val_idx], val_logit)
+        auc = roc_auc(y[val_idx], val_logit)
         p = 1 / (1 + np.exp(-val_logit))
         loss = float(-np.mean(y[val_idx] * np.log(p + 1e-7) + (1 - y[val_idx]) * np.log(1 - p + 1e-7)))
         history.append({"epoch": i + 1, "lr": c, "train_loss": float("nan"), "val_loss": loss,

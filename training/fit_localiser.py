@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import imaging, roi
+from model_zoo.auc import roc_auc
 from model_zoo.cases import read_case_table
 from model_zoo.errors import InputError, ZooError
 from model_zoo.localize import Localiser, LocaliserSpec, build_unet, load_localiser, mask_to_box, prepare
@@ -145,9 +146,7 @@ def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, s
     conf = maps.reshape(len(maps), -1).max(axis=1)
     has = np.array([b is not None for b in boxes])
     if has.any() and (~has).any():
-        from sklearn.metrics import roc_auc_score
-
-        metrics["lesion_presence_auc"] = float(roc_auc_score(has, conf))
+        metrics["lesion_presence_auc"] = roc_auc(has, conf)
     return metrics
 
 

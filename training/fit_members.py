@@ -33,16 +33,9 @@ from typing import Any, Callable
 import numpy as np
 from scipy.special import expit
 
+from model_zoo.auc import roc_auc
 from model_zoo.members import MemberSpec, load_init_weights
 from model_zoo.zoo import atomic_write_bytes
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, p))
 
 
 @dataclass
@@ -344,7 +337,7 @@ def train_member(
         val_logits = predict_logits(model, val_x, mean, std, device=device,
                                     channels_last=channels_last, amp=amp)
         val_p = expit(val_logits.astype(np.float64))
-        val_auc = _auc(val_y, val_p)
+        val_auc = roc_auc(val_y, val_p)
         eps = 1e-7
         val_loss = float(-np.mean(val_y * np.log(val_p + eps) + (1 - val_y) * np.log(1 - val_p + eps))) if len(val_y) else float("nan")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],

@@ -20,10 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec
 from training.fit_heads import IDENTITY, apply_view, fit_head, start_model
-from training.fit_members import MemberResult, _auc, _to_batch
+from training.fit_members import MemberResult, _to_batch
 
 
 def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any], list[Any]]:
@@ -129,7 +130,7 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
     def snapshot() -> dict[str, Any]:
         return {k2: v.detach().cpu().clone() for k2, v in model.state_dict().items()}
 
-    auc0 = _auc(y_val, _tail_logits(tail, val_maps))
+    auc0 = roc_auc(y_val, _tail_logits(tail, val_maps))
     best = (auc0, 0, snapshot())
     history = [{"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "val_loss": float("nan"), "val_auc": auc0,
                 "seconds": 0.0}]
@@ -154,7 +155,7 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
             total += float(loss.detach()) * len(rows)
             count += len(rows)
         seen += count
-        auc = _auc(y_val, _tail_logits(tail, val_maps))
+        auc = roc_auc(y_val, _tail_logits(tail, val_maps))
         history.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(count, 1),
                         "val_loss": float("nan"), "val_auc": auc, "seconds": time.perf_counter() - t0})
         if auc > best[0]:
