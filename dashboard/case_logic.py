@@ -8,7 +8,6 @@ display scaling, overlays, the input quality gate, DICOM -> form pre-fills, word
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,8 @@ import numpy as np
 
 from model_zoo import gate, imaging, roi
 from model_zoo.imaging import ImageMeta
+# Re-exported for the Case page, which hashes uploads with it (one definition, in model_zoo).
+from model_zoo.zoo import sha256_bytes as sha256_bytes
 
 Box = tuple[float, float, float, float]
 
@@ -224,10 +225,6 @@ def canvas_drawing(box: Sequence[float] | None, scale: float, stroke: str = "#ff
 # ----------------------------------------------------------------------------- results
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def jitter_summary(p_ref: float, probs: Sequence[float], threshold: float) -> dict[str, Any]:
     """How much the ensemble probability moves when the ROI is jittered.
 
@@ -351,7 +348,7 @@ def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     validated outside its training hospital when there is none; None for releases that
     predate external evaluation (no ``evaluation`` entry).
     """
-    from model_zoo.validation_text import _num, external_blocks, fmt_ci
+    from model_zoo.validation_text import external_blocks, finite_or_none, fmt_ci
 
     if not isinstance(manifest.get("evaluation"), Mapping):
         return None
@@ -362,7 +359,7 @@ def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     name, b = external[0]
     auc = ((b.get("models") or {}).get("ensemble") or {})
     ens = b.get("ensemble") or {}
-    sens, spec = _num(ens.get("sensitivity")), _num(ens.get("specificity"))
+    sens, spec = finite_or_none(ens.get("sensitivity")), finite_or_none(ens.get("specificity"))
     ss = "n/a" if sens is None or spec is None else f"{sens:.2f}/{spec:.2f}"
     return (f"Measured on {b.get('n', '?')} cases from a hospital this model never saw ({name}): "
             f"AUC {fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
@@ -471,7 +468,7 @@ def ppv_npv_sentence(manifest: Mapping[str, Any], positive_class: str, negative_
 
     None when the release has no external block or the block has no PPV/NPV.
     """
-    from model_zoo.validation_text import _num, external_blocks
+    from model_zoo.validation_text import external_blocks, finite_or_none
 
     if not isinstance(manifest.get("evaluation"), Mapping):
         return None
@@ -480,7 +477,7 @@ def ppv_npv_sentence(manifest: Mapping[str, Any], positive_class: str, negative_
         return None
     name, b = external[0]
     ens = b.get("ensemble") or {}
-    ppv, npv = _num(ens.get("ppv")), _num(ens.get("npv"))
+    ppv, npv = finite_or_none(ens.get("ppv")), finite_or_none(ens.get("npv"))
     if ppv is None or npv is None:
         return None
     n, n_pos = b.get("n"), b.get("n_positive")
@@ -539,9 +536,9 @@ def whole_image_caution(manifest: Mapping[str, Any]) -> str:
     test = (by_source or {}).get("test") if isinstance(by_source, Mapping) else None
     test = test if isinstance(test, Mapping) else {}
 
-    from model_zoo.validation_text import _num
+    from model_zoo.validation_text import finite_or_none
 
-    whole, boxed, auto = _num(test.get("whole_image")), _num(test.get("annotator")), _num(test.get("localiser"))
+    whole, boxed, auto = (finite_or_none(test.get(k)) for k in ("whole_image", "annotator", "localiser"))
     advice = " Draw a box around the lesion for the answer the models were validated for."
     if whole is None or boxed is None:
         return ("Whole image: the models were trained on boxes around the lesion; on the whole image the lesion "

@@ -152,7 +152,7 @@ ACCESS_KEY = "_access_granted"
 FAILED_KEY = "_access_failures"
 
 
-def _secrets_dict() -> dict[str, Any]:
+def secrets_dict() -> dict[str, Any]:
     """Streamlit secrets as a plain dict; {} only when no secrets file exists.
 
     Streamlit raises the same error for a missing and a malformed file; a malformed one
@@ -176,7 +176,7 @@ def require_access() -> bool:
     from dashboard import auth
 
     try:
-        policy = auth.access_policy(_secrets_dict())
+        policy = auth.access_policy(secrets_dict())
     except InputError as err:  # fail closed: a broken setting never means "open"
         st.error(f"Access control is misconfigured: {err}")
         return False

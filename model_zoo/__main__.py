@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model_zoo.errors import ZooError
+from model_zoo.roi import ROI_MODES
 
 
 def _add_zoo(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=Path, required=True, help="case CSV (contract 2.1) or BTXRD metadata.csv")
     p.add_argument("--out", type=Path, required=True, help="output CSV")
     _add_zoo(p)
-    p.add_argument("--roi", choices=("given", "auto", "full"), default="given",
+    p.add_argument("--roi", choices=ROI_MODES, default="given",
                    help="given: the ROI columns (auto where a row has none); auto: the localiser; full: whole image")
     p.add_argument("--resume", action="store_true", help="keep finished rows of an existing --out and fill the rest")
     p.add_argument("--allow-ood", action="store_true",

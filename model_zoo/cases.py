@@ -467,7 +467,7 @@ def _row_roi(
         box = roi_mod.scale_box(box, BTXRD_GRID_WH, size_wh)
     x0, y0, x1, y1 = box
     if x1 <= x0 or y1 <= y0:
-        return None, [f"ROI {roi_mod._fmt_box(box)} has zero or negative area (needs x1 > x0 and y1 > y0)"]
+        return None, [f"ROI {roi_mod.fmt_box(box)} has zero or negative area (needs x1 > x0 and y1 > y0)"]
     if size_wh is None:
         return box, []  # type: ignore[return-value]
     try:

@@ -306,7 +306,7 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
         res = fit_tails.fit_tail(spec, init_path, bank, maps, np.flatnonzero(frame["split"] == "train"), y,
                                  train_idx, val_idx, cfg["train"], seed)
         job_dir.mkdir(parents=True, exist_ok=True)
-        fit_members._write_log(job_dir / "log.csv", res.history)
+        fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_tails.tail_scores(res, maps, score_idx, k)
         drift = fit_heads.forward_check(res, cache[score_idx[:8]], logits[:8])
         if drift > 5e-2:  # the cached prefix is float16
@@ -316,7 +316,7 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
         assert init_path is not None
         res, weight, bias = fit_heads.fit_head(spec, init_path, bank, y, train_idx, val_idx, cfg["train"], seed)
         job_dir.mkdir(parents=True, exist_ok=True)
-        fit_members._write_log(job_dir / "log.csv", res.history)
+        fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_heads.head_scores(weight, bias, bank, score_idx)
         probe = score_idx[:8]
         drift = fit_heads.forward_check(res, cache[probe], logits[:8])

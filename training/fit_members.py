@@ -71,7 +71,7 @@ def channel_stats(images_u8: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(max(x.std(), 1e-3))
 
 
-def _to_batch(images_u8: Any, mean: float | tuple[float, ...], std: float | tuple[float, ...], device: Any,
+def to_batch(images_u8: Any, mean: float | tuple[float, ...], std: float | tuple[float, ...], device: Any,
               channels_last: bool) -> Any:
     """Normalised (N, 3, S, S) float batch from uint8 crops (a numpy array or a uint8 tensor,
     e.g. the training set already held on the GPU)."""
@@ -203,7 +203,7 @@ def predict_logits(model: Any, images_u8: np.ndarray, mean: float | tuple[float,
     out = []
     with torch.inference_mode():
         for start in range(0, len(images_u8), batch_size):
-            x = _to_batch(images_u8[start:start + batch_size], mean, std, device, channels_last)
+            x = to_batch(images_u8[start:start + batch_size], mean, std, device, channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 out.append(model(x).float().reshape(-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -315,7 +315,7 @@ def train_member(
             idx = order[b * batch_size:(b + 1) * batch_size].numpy()
             if len(idx) < 2 and n_batches > 1:
                 continue  # a batch of 1 breaks BatchNorm; drop the remainder
-            x = _to_batch(train_source[torch.from_numpy(idx).to(device)] if cuda else train_source[idx],
+            x = to_batch(train_source[torch.from_numpy(idx).to(device)] if cuda else train_source[idx],
                           mean, std, device, channels_last)
             x = augment_batch(x, generator, train_cfg)
             y = y_all[idx].to(device)
@@ -355,7 +355,7 @@ def train_member(
                   f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}", flush=True)
         out_of_time = stop_at is not None and time.time() >= stop_at
         if rank == 0:
-            _write_log(work_dir / "log.csv", history)
+            write_log(work_dir / "log.csv", history)
         if rank == 0 and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or out_of_time):
             save_checkpoint(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -378,7 +378,7 @@ def train_member(
                         images_per_second=seen / seconds if seconds > 0 else float("nan"))
 
 
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+def write_log(path: Path, history: list[dict[str, float]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()

@@ -24,7 +24,7 @@ from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec
 from training.fit_heads import IDENTITY, apply_view, fit_head, start_model
-from training.fit_members import MemberResult, _to_batch
+from training.fit_members import MemberResult, to_batch
 
 
 def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any], list[Any]]:
@@ -69,7 +69,7 @@ def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, v
         parts = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
-                x = _to_batch(crops[start:start + batch_size], spec.mean, spec.std, "cpu", True)
+                x = to_batch(crops[start:start + batch_size], spec.mean, spec.std, "cpu", True)
                 parts.append(prefix(x).to(torch.float16).contiguous().numpy())
         out[view] = np.concatenate(parts)
     return out

@@ -83,7 +83,7 @@ def measure(cfg: dict[str, Any], *, n_images: int = 64, steps: int = 3) -> list[
             yd = y.to(device)
 
             def step() -> None:
-                x = fit_members._to_batch(cache, mean, std, device, True)
+                x = fit_members.to_batch(cache, mean, std, device, True)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
                     out = run(x).float().reshape(-1)
                 loss = F.binary_cross_entropy_with_logits(out, yd)
