@@ -747,15 +747,11 @@ def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: st
         for mid, v in views.items():
             heatmaps.append(report_pdf.HeatmapFigure(f"{label} {mid}, ROI", overlay(roi_gray, v.roi_map, opacity)))
     meta = case["image"].meta
-    try:
-        manifest_sha = (zoo.root / "manifest.sha256").read_text(encoding="ascii").strip()
-    except OSError:
-        manifest_sha = None
     head = prediction_headline(zoo, pred)
     rep = report_pdf.CaseReport(
-        zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+        zoo_name=zoo.release_name, zoo_version=zoo.version,
         positive_class=zoo.positive_class, negative_class=zoo.negative_class, threshold=pred.threshold,
-        threshold_rule=str((zoo.manifest.get("threshold") or {}).get("rule", "")),
+        threshold_rule=zoo.threshold_rule,
         p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, label=pred.label,
         p_calibrated=head.p if head.calibrated else None,
         threshold_calibrated=head.threshold if head.calibrated else None,
@@ -765,8 +761,8 @@ def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: st
         age=inputs.get("age"), sex=inputs.get("sex"), site=inputs.get("site"),
         crops={k: c for k, (c, _) in (case.get("crops") or {}).items()},
         heatmaps=heatmaps, jitter=jitter, warnings=list(warnings), calibration_note=calibration_note(zoo.manifest),
-        zoo_files=zoo.manifest.get("files", {}), manifest_sha256=manifest_sha,
-        intended_use=zoo.manifest.get("intended_use", ""),
+        zoo_files=zoo.files, manifest_sha256=zoo.manifest_sha256,
+        intended_use=zoo.intended_use,
         image_tags={k: v for k, v in meta.display_tags.items() if k in ("Modality", "BodyPartExamined", "ViewPosition")},
         created=_dt.datetime.now(_dt.timezone.utc),
         identifiers={"Case reference": reference} if reference.strip() else None,

@@ -19,11 +19,10 @@ from typing import Any
 import streamlit as st
 
 from model_zoo.errors import InputError, ZooError
-from model_zoo.zoo import BUNDLED_ZOO_PARENT, list_releases
+from model_zoo.zoo import BUNDLED_ZOO_PARENT, ZOO_ENV, default_zoo_dir, list_releases
 
 LOG = logging.getLogger("dashboard")
 
-ZOO_ENV = "MODEL_ZOO_DIR"
 SESSION_ZOO_KEY = "zoo_dir"  # a release the user picked on the Zoo page (this session only)
 
 
@@ -40,12 +39,12 @@ def available_releases() -> list[Path]:
 
 
 def default_release() -> Path | None:
-    """``$MODEL_ZOO_DIR`` if set, else the newest bundled release, else None."""
-    env = os.environ.get(ZOO_ENV, "").strip()
-    if env:
-        return Path(env)
-    releases = list_releases(BUNDLED_ZOO_PARENT)
-    return releases[-1] if releases else None
+    """``$MODEL_ZOO_DIR`` if set, else the newest bundled release (``model_zoo``'s
+    :func:`~model_zoo.zoo.default_zoo_dir`), else None: the pages explain a missing zoo."""
+    try:
+        return default_zoo_dir(BUNDLED_ZOO_PARENT)
+    except InputError:
+        return None
 
 
 def chosen_release() -> Path | None:

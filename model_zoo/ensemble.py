@@ -26,7 +26,7 @@ from model_zoo.clinical import validate_clinical
 from model_zoo.errors import IntegrityError
 from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
-from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
+from model_zoo.zoo import MANIFEST_HASH, default_zoo_dir, verified_path, verify_release
 
 if TYPE_CHECKING:  # pragma: no cover
     from model_zoo.explain_eval import ExplainReport
@@ -123,6 +123,40 @@ class Zoo:
         return f"{self.manifest['name']} {self.manifest['version']}"
 
     @property
+    def release_name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def intended_use(self) -> str:
+        return str(self.manifest.get("intended_use", ""))
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every hashed file of the release: relative path -> sha256."""
+        return dict(self.manifest.get("files", {}))
+
+    @property
+    def manifest_sha256(self) -> str | None:
+        """The hash in manifest.sha256 (pins the manifest, which pins every file); None if unreadable."""
+        try:
+            return (self.root / MANIFEST_HASH).read_text(encoding="ascii").strip()
+        except OSError:
+            return None
+
+    @property
+    def stacker_name(self) -> str:
+        """The chosen stacker (e.g. "logistic"), as the release records it."""
+        return str(self.manifest["stacker"].get("chosen", "stacker"))
+
+    @property
+    def cam_weights_rule(self) -> str:
+        return str(self.manifest["stacker"].get("cam_weights_rule", "equal"))
+
+    @property
     def task(self) -> dict[str, Any]:
         return self.manifest["task"]
 
@@ -137,6 +171,11 @@ class Zoo:
     @property
     def threshold(self) -> float:
         return float(self.manifest["threshold"]["value"])
+
+    @property
+    def threshold_rule(self) -> str:
+        """How the threshold was chosen (e.g. "youden"); "" when the release does not say."""
+        return str((self.manifest.get("threshold") or {}).get("rule", ""))
 
     @property
     def member_ids(self) -> list[str]:
