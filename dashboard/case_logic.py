@@ -693,7 +693,7 @@ def explain_sentence(report: Any, view: str) -> str | None:
     (external first): the ensemble GradCAM's hit rate with its CI, ScoreCAM's where measured,
     and a random map's.
     """
-    from model_zoo.explain_eval import ExplainReport
+    from model_zoo.explain_report import ExplainReport
 
     if not isinstance(report, ExplainReport):
         return None

@@ -16,7 +16,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -24,12 +24,10 @@ from model_zoo import preprocess, roi
 from model_zoo.calibration import Calibration
 from model_zoo.clinical import validate_clinical
 from model_zoo.errors import IntegrityError
+from model_zoo.explain_report import ExplainReport, read_explain_report
 from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import MANIFEST_HASH, default_zoo_dir, verified_path, verify_release
-
-if TYPE_CHECKING:  # pragma: no cover
-    from model_zoo.explain_eval import ExplainReport
 
 CLINICAL_FEATURES = ("age", "age_missing", "sex_male", "sex_missing", "site_axial", "site_missing")
 
@@ -202,8 +200,6 @@ class Zoo:
     def explain_report(self) -> ExplainReport | None:
         """The release's measured heatmap metrics (``report/explain.json``, written by
         ``python -m training add-explain``); None for a release without them."""
-        from model_zoo.explain_eval import read_explain_report
-
         return read_explain_report(self.root, self.manifest)
 
     @property

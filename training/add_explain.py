@@ -98,7 +98,7 @@ def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, v
                 log: Any = print) -> Path:
     import yaml
 
-    from model_zoo.explain_eval import REPORT_FILE, ExplainReport, release_fingerprint
+    from model_zoo.explain_report import REPORT_FILE, ExplainReport, release_fingerprint
     from training.config import dump_config
 
     manifest = verify_release(source)

@@ -66,7 +66,7 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
     """Ensemble ROC AUC per split (val, test) for three ROI sources: annotator box, localiser
     proposal, whole image; and the median seconds of one proposal on this machine. Rows,
     labels and splits come from the release's own config."""
-    from training.fit import data_fingerprint, load_cases
+    from training.data import data_fingerprint, load_cases
 
     frame = load_cases(cfg, log=lambda *_: None)
     if data_fingerprint(frame) != fingerprint:

@@ -60,7 +60,7 @@ def release_rows(source: Path, manifest: dict[str, Any], cfg: dict[str, Any], ca
     """The release's own case rows with their splits, reproduced from its config (``--cases``
     overrides where the table lives) and checked against its data fingerprint and, when the
     release records them, its ``data/cases.csv`` rows (image sha256 -> split)."""
-    from training.fit import data_fingerprint, image_hashes, load_cases
+    from training.data import data_fingerprint, image_hashes, load_cases
 
     cfg_cases = dict(cfg, data=dict(cfg["data"], cases=str(cases))) if cases else cfg
     table = Path(cfg_cases["data"]["cases"])
@@ -378,7 +378,7 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
     for name, path in external.items():
         rows = external_rows(path, label_map)
         train_sha = set(frame["sha256"])
-        from training.fit import image_hashes
+        from training.data import image_hashes
 
         overlap = int(pd.Series(image_hashes(rows)).isin(train_sha).sum())
         if overlap:

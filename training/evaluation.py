@@ -343,7 +343,7 @@ def _release_frame(root: Path, manifest: dict[str, Any]) -> tuple[pd.DataFrame |
     import yaml
 
     from model_zoo.zoo import verified_path
-    from training.fit import data_fingerprint, load_cases
+    from training.data import data_fingerprint, load_cases
 
     try:
         cfg_path = verified_path(root, manifest, "config.yaml", "the release config")

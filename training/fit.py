@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import io
 import math
 import platform
@@ -39,10 +38,10 @@ from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.errors import InputError, ZooError
 from model_zoo.members import MemberSpec, family_spec
-from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text, sha256_file
+from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
 from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
 from training.config import dump_config, load_config
-from training.data import group_kfold, infer_groups, split_cases
+from training.data import data_fingerprint, image_hashes, load_cases
 
 # Config sections that decide what the member and stacker jobs compute. A resumed run must
 # keep them; the others (name, version, profile, output, localiser) may change, so a finished
@@ -57,52 +56,6 @@ INTENDED_USE = (
 
 
 # ----------------------------------------------------------------------------- data ----------
-def load_cases(cfg: dict[str, Any], log: Any = print) -> pd.DataFrame:
-    """Validated case rows with labels, splits, groups and folds."""
-    data_cfg, task = cfg["data"], cfg["task"]
-    table = read_case_table(data_cfg["cases"], label_map=task.get("label_map"), require_label=True)
-    frame = table.frame
-    bad = frame[frame["row_error"] != ""]
-    for message in table.errors[:20]:
-        log(f"  skipped {message}")
-    if len(bad) > 20:
-        log(f"  ... and {len(bad) - 20} more rows skipped")
-    frame = frame[frame["row_error"] == ""].reset_index(drop=True)
-    frame["label"] = frame["label"].astype(int)
-    max_cases = data_cfg.get("max_cases")
-    if max_cases and len(frame) > int(max_cases):
-        from sklearn.model_selection import train_test_split
-
-        frame, _ = train_test_split(frame, train_size=int(max_cases), stratify=frame["label"],
-                                    random_state=int(cfg["seed"]))
-        frame = frame.reset_index(drop=True)
-    if frame["label"].nunique() < 2:
-        raise InputError("the case table needs both classes (label 0 and 1) to train")
-    frame["group"] = infer_groups(frame).astype(str).to_numpy()
-    frame["split"] = split_cases(frame, ratios=tuple(data_cfg["split_ratios"]), seed=int(cfg["seed"])).to_numpy()
-    frame["fold"] = -1
-    train_mask = frame["split"] == "train"
-    if cfg["stacker"]["score_source"] == "oof":
-        folds = group_kfold(frame[train_mask], k=int(cfg["stacker"]["folds"]), seed=int(cfg["seed"]))
-        frame.loc[train_mask, "fold"] = np.asarray(folds)
-    return frame
-
-
-def data_fingerprint(frame: pd.DataFrame) -> str:
-    """sha256 over every image's bytes and the labels/clinical values used."""
-    digest = hashlib.sha256()
-    for row in frame.sort_values("image_path").itertuples():
-        digest.update(Path(row.image_path).read_bytes())
-        digest.update(f"|{row.label}|{getattr(row, 'age', '')}|{getattr(row, 'sex', '')}|{getattr(row, 'site', '')}".encode())
-    return digest.hexdigest()
-
-
-def image_hashes(frame: pd.DataFrame) -> list[str]:
-    """sha256 of each row's image file: how a release's rows are traced (and external sets are
-    proven disjoint from training) without copying any image."""
-    return [sha256_file(Path(path)) for path in frame["image_path"]]
-
-
 def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = print) -> dict[str, pd.DataFrame]:
     """``external: [{name, cases}]``: hospitals the release never trains on, only measures on.
 

@@ -45,7 +45,8 @@ def measure(cfg: dict[str, Any], *, n_images: int = 64, steps: int = 3) -> list[
     import torch
     import torch.nn.functional as F
 
-    from training.fit import build_input_cache, data_fingerprint, load_cases, member_specs
+    from training.data import data_fingerprint, load_cases
+    from training.fit import build_input_cache, member_specs
 
     cfg = dict(cfg)
     cfg["data"] = dict(cfg["data"], max_cases=max(n_images, 8))
