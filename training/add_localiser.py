@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ import numpy as np
 import pandas as pd
 
 from model_zoo.auc import roc_auc
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import ReleaseWriter, sha256_file, verify_release
+
+LOG = logging.getLogger(__name__)
 
 # Files the new release writes itself rather than copying.
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md"}
@@ -62,7 +65,7 @@ def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
 
 
 def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: str,
-                   log: Any = print) -> tuple[dict[str, dict[str, Any]], float | None]:
+                   log: Any = LOG.info) -> tuple[dict[str, dict[str, Any]], float | None]:
     """Ensemble ROC AUC per split (val, test) for three ROI sources: annotator box, localiser
     proposal, whole image; and the median seconds of one proposal on this machine. Rows,
     labels and splits come from the release's own config."""
@@ -85,7 +88,7 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
 
 
 def external_measures(zoo: Any, localiser: Any, manifest: dict[str, Any], label_map: Any,
-                      log: Any = print) -> dict[str, dict[str, Any]]:
+                      log: Any = LOG.info) -> dict[str, dict[str, Any]]:
     """The same measures on every external set the release was validated on (its
     ``data.external`` entries): what auto-crop does at a hospital the localiser never saw."""
     from model_zoo.cases import read_case_table
@@ -107,7 +110,7 @@ def external_measures(zoo: Any, localiser: Any, manifest: dict[str, Any], label_
 
 
 def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: Path,
-                  cases: str | None = None, log: Any = print) -> Path:
+                  cases: str | None = None, log: Any = LOG.info) -> Path:
     import yaml
 
     from model_zoo.ensemble import load_zoo
@@ -171,6 +174,7 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     p = argparse.ArgumentParser(prog="python -m training add-localiser", description=__doc__.splitlines()[0])
     p.add_argument("--zoo", required=True, type=Path, help="source release folder")
     p.add_argument("--localiser", required=True, type=Path, help="folder from `python -m training localiser`")
@@ -182,6 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         add_localiser(args.zoo, args.localiser, args.version, args.out or args.zoo.parent, args.cases)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

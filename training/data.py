@@ -14,6 +14,7 @@ reproduces a release's rows (evaluate, add-ood, add-localiser, throughput).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ import pandas as pd
 from model_zoo.cases import read_case_table
 from model_zoo.errors import InputError
 from model_zoo.zoo import sha256_file
+
+LOG = logging.getLogger(__name__)
 
 __all__ = ["SPLIT_NAMES", "data_fingerprint", "group_kfold", "image_hashes", "infer_groups", "load_cases", "split_cases"]
 
@@ -211,7 +214,7 @@ def group_kfold(cases: pd.DataFrame, k: int = 5, seed: int = 0, label_col: str =
 # ----------------------------------------------------------------------------- a training table
 
 
-def load_cases(cfg: dict[str, Any], log: Any = print) -> pd.DataFrame:
+def load_cases(cfg: dict[str, Any], log: Any = LOG.info) -> pd.DataFrame:
     """Validated case rows with labels, splits, groups and folds."""
     data_cfg, task = cfg["data"], cfg["task"]
     table = read_case_table(data_cfg["cases"], label_map=task.get("label_map"), require_label=True)

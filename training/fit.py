@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import logging
 import math
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +36,15 @@ from model_zoo.auc import roc_auc
 from model_zoo.calibration import Calibration, fit_platt
 from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.members import MemberSpec, family_spec
 from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
 from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
 from training.config import dump_config, load_config
 from training.data import data_fingerprint, image_hashes, load_cases
+
+LOG = logging.getLogger(__name__)
 
 # Config sections that decide what the member and stacker jobs compute. A resumed run must
 # keep them; the others (name, version, profile, output, localiser) may change, so a finished
@@ -56,7 +59,7 @@ INTENDED_USE = (
 
 
 # ----------------------------------------------------------------------------- data ----------
-def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = print) -> dict[str, pd.DataFrame]:
+def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = LOG.info) -> dict[str, pd.DataFrame]:
     """``external: [{name, cases}]``: hospitals the release never trains on, only measures on.
 
     Refused when any external image is byte-identical to a row of the training table: a
@@ -133,7 +136,7 @@ def member_logit_columns(cfg: dict[str, Any], X_fit: np.ndarray) -> int:
 
 def fit_calibration(cfg: dict[str, Any], chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
                     groups_fit: np.ndarray, y_val: np.ndarray, p_val: np.ndarray, seed: int,
-                    log: Any = print) -> Calibration | None:
+                    log: Any = LOG.info) -> Calibration | None:
     """Platt calibration of the ensemble on internal data only (``calibration.fit_on``):
     ``oof`` = the chosen stacker's cross-validated probabilities on its own training rows,
     ``val`` = the val split (which also chose the checkpoints, heads and threshold)."""
@@ -358,7 +361,7 @@ def _parallel_job(job: MemberJob, cache_path: str, frame: pd.DataFrame, cfg: dic
 
 
 def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], frame: pd.DataFrame,
-                         cfg: dict[str, Any], workers: int, stop_at: float | None, log: Any = print) -> None:
+                         cfg: dict[str, Any], workers: int, stop_at: float | None, log: Any = LOG.info) -> None:
     """Run member jobs in ``workers`` processes, longest first, worker k on GPU k mod the
     number of GPUs; each job leaves its cached result, so the serial pass that follows only
     loads them. A failed job stops the run with one line naming it.
@@ -439,7 +442,7 @@ def library_versions() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- main ----------
 def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
-        log: Any = print, workers: int = 1, members_only: bool = False,
+        log: Any = LOG.info, workers: int = 1, members_only: bool = False,
         time_limit_min: float | None = None) -> Path:
     """Run (or resume) the whole pipeline; returns the published release folder.
 
@@ -981,6 +984,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     args = build_parser().parse_args(argv)
     try:
         overrides = list(args.overrides)
@@ -1005,6 +1009,6 @@ def main(argv: list[str] | None = None) -> int:
         fit(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet, workers=args.workers,
             members_only=args.members_only, time_limit_min=args.time_limit)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

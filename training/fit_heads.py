@@ -18,6 +18,7 @@ single-logit timm model: inference, GradCAM and ScoreCAM need nothing new.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec, load_init_weights
 from model_zoo.zoo import atomic_write_bytes
 from training.fit_members import MemberResult, predict_logits
+
+LOG = logging.getLogger(__name__)
 
 IDENTITY = "id"
 
@@ -123,7 +126,7 @@ def bank_path(cache_dir: Path, spec: MemberSpec, init_path: str, views: list[str
 
 
 def feature_bank(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], cache_dir: Path,
-                 crops_key: str, *, train_rows: np.ndarray, log: Any = print) -> dict[str, np.ndarray]:
+                 crops_key: str, *, train_rows: np.ndarray, log: Any = LOG.info) -> dict[str, np.ndarray]:
     """View -> (N, D) features; non-identity views only for ``train_rows`` (others NaN).
     Cached on disk for --resume and for every fold job of the run."""
     init_path = require_start(spec, init_path)

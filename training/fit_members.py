@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 import time
@@ -36,6 +37,8 @@ from scipy.special import expit
 from model_zoo.auc import roc_auc
 from model_zoo.members import MemberSpec, load_init_weights
 from model_zoo.zoo import atomic_write_bytes
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -351,8 +354,8 @@ def train_member(
             best = {"auc": score, "loss": val_loss, "epoch": epoch + 1,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         if progress and rank == 0:
-            print(f"  {spec.member_id} epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
-                  f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}", flush=True)
+            LOG.info(f"  {spec.member_id} epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
+                     f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}")
         out_of_time = stop_at is not None and time.time() >= stop_at
         if rank == 0:
             write_log(work_dir / "log.csv", history)
@@ -367,7 +370,7 @@ def train_member(
             on_epoch(row)
         if out_of_time and epoch + 1 < epochs:
             if progress and rank == 0:
-                print(f"  {spec.member_id}: time limit reached after epoch {epoch + 1}/{epochs}", flush=True)
+                LOG.info(f"  {spec.member_id}: time limit reached after epoch {epoch + 1}/{epochs}")
             break
 
     if best["state"] is None:  # zero epochs requested: keep the initial weights

@@ -14,6 +14,7 @@ network that inference runs. The best epoch by val AUC is kept (epoch 0 = the pr
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Callable
@@ -25,6 +26,8 @@ from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec
 from training.fit_heads import IDENTITY, apply_view, fit_head, start_model
 from training.fit_members import MemberResult, to_batch
+
+LOG = logging.getLogger(__name__)
 
 
 def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any], list[Any]]:
@@ -54,7 +57,7 @@ def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any
 
 
 def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], k: int,
-                train_rows: np.ndarray, log: Any = print, batch_size: int = 32) -> dict[str, np.ndarray]:
+                train_rows: np.ndarray, log: Any = LOG.info, batch_size: int = 32) -> dict[str, np.ndarray]:
     """View -> float16 prefix outputs: every row for ``id``, training rows for the other views
     (row order of ``train_rows``). float16 halves the memory; the tail computes in float32."""
     import torch
