@@ -118,7 +118,7 @@ class Zoo:
     # -- facts from the manifest --------------------------------------------------------------
     @property
     def name(self) -> str:
-        return f"{self.manifest['name']} {self.manifest['version']}"
+        return f"{self.release_name} {self.version}"
 
     @property
     def release_name(self) -> str:
