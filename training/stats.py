@@ -55,9 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as _sps
 
-# The one AUC computation (model_zoo.auc); midrank is re-exported for the DeLong code and callers.
-from model_zoo.auc import midrank
-from model_zoo.auc import roc_auc as mann_whitney_auc
+from model_zoo.auc import roc_auc as library_roc_auc  # the one AUC of the code base
 from model_zoo.errors import InputError
 
 __all__ = [
@@ -174,6 +172,31 @@ def _both_classes(y: np.ndarray, what: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------- ROC / AUC
 
 
+def midrank(x: Any) -> np.ndarray:
+    """Ranks 1..n with ties given the mean of the ranks they span ("midranks").
+
+    Parameters
+    ----------
+    x : array_like, shape (n,)
+
+    Returns
+    -------
+    ndarray of float, shape (n,)
+        Equal to ``scipy.stats.rankdata(x, method="average")``.
+    """
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], n]  # exclusive
+    # A tie block at sorted positions s..e-1 holds ranks s+1..e; their mean is (s+1+e)/2.
+    mids = (starts + 1 + ends) / 2.0
+    out = np.empty(n, dtype=float)
+    out[order] = np.repeat(mids, ends - starts)
+    return out
+
+
 def roc_auc(y_true: Any, y_score: Any) -> float:
     """Area under the ROC curve, i.e. the Mann-Whitney probability.
 
@@ -181,9 +204,9 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
               \\psi(X_i, Y_j),\\quad \\psi(x, y) = [x > y] + \\tfrac12 [x = y]
 
     with :math:`X` the scores of the ``m`` positives and :math:`Y` of the ``n``
-    negatives, computed in O(N log N) from midranks:
-    ``AUC = (sum of positive midranks - m(m+1)/2) / (m n)`` (by :func:`model_zoo.auc.roc_auc`,
-    the one AUC of the code base; this adds the report's strict input checks).
+    negatives (by :func:`model_zoo.auc.roc_auc`, the one AUC of the code base; this adds
+    the report's strict input checks). The DeLong functions below compute the same quantity
+    from midranks: ``AUC = (sum of positive midranks - m(m+1)/2) / (m n)``.
 
     Raises
     ------
@@ -193,7 +216,7 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
     y = _labels(y_true)
     s = _scores(y_score, y.size)
     _both_classes(y, "AUC")
-    return mann_whitney_auc(y, s)
+    return library_roc_auc(y, s)
 
 
 @dataclass(frozen=True)
