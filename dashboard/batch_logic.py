@@ -308,18 +308,18 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
                 return None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else v
 
             report = CaseReport(
-                zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+                zoo_name=zoo.release_name, zoo_version=zoo.version,
                 positive_class=zoo.positive_class, negative_class=zoo.negative_class,
                 threshold=zoo.threshold, p_ensemble=float(row["p_ensemble"]), p_members=members,
                 call=zoo.call(float(row["p_ensemble"])),  # the Case page's framing (no jitter run in batch)
                 label=str(row["prediction"]), radiograph=shown, image_size_wh=(w, h),
                 roi_box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
                 image_sha256=hashlib.sha256(data).hexdigest(), roi_source=str(row.get("roi_source", "")),
-                threshold_rule=str(zoo.manifest["threshold"].get("rule", "")),
+                threshold_rule=zoo.threshold_rule,
                 p_clinic=None if value("p_clinic") is None else float(row["p_clinic"]),
                 disagreement=float(max(members.values()) - min(members.values())) if members else None,
                 age=None if value("age") is None else float(row["age"]), sex=value("sex"), site=value("site"),
-                zoo_files=zoo.manifest.get("files", {}), intended_use=zoo.manifest.get("intended_use", ""),
+                zoo_files=zoo.files, intended_use=zoo.intended_use,
                 image_tags={"Case table row": str(i + 1)},
                 identifiers={"Image": str(row["image"])} if image_names and value("image") is not None else None,
             )

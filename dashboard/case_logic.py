@@ -8,7 +8,6 @@ display scaling, overlays, the input quality gate, DICOM -> form pre-fills, word
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,8 @@ import numpy as np
 from model_zoo import gate, imaging, roi
 from model_zoo.framing import JitterSummary
 from model_zoo.imaging import ImageMeta
+# Re-exported for the Case page, which hashes uploads with it (one definition, in model_zoo).
+from model_zoo.zoo import sha256_bytes as sha256_bytes
 
 Box = tuple[float, float, float, float]
 
@@ -225,8 +226,6 @@ def canvas_drawing(box: Sequence[float] | None, scale: float, stroke: str = "#ff
 # ----------------------------------------------------------------------------- results
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def disagreement_sentence(disagreement: float) -> str:
@@ -282,7 +281,7 @@ def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     validated outside its training hospital when there is none; None for releases that
     predate external evaluation (no ``evaluation`` entry).
     """
-    from model_zoo.validation_text import _num, external_blocks, fmt_ci
+    from model_zoo.validation_text import external_blocks, finite_or_none, fmt_ci
 
     if not isinstance(manifest.get("evaluation"), Mapping):
         return None
@@ -293,7 +292,7 @@ def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
     name, b = external[0]
     auc = ((b.get("models") or {}).get("ensemble") or {})
     ens = b.get("ensemble") or {}
-    sens, spec = _num(ens.get("sensitivity")), _num(ens.get("specificity"))
+    sens, spec = finite_or_none(ens.get("sensitivity")), finite_or_none(ens.get("specificity"))
     ss = "n/a" if sens is None or spec is None else f"{sens:.2f}/{spec:.2f}"
     return (f"Measured on {b.get('n', '?')} cases from a hospital this model never saw ({name}): "
             f"AUC {fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
@@ -324,7 +323,7 @@ def ppv_npv_sentence(manifest: Mapping[str, Any], positive_class: str, negative_
 
     None when the release has no external block or the block has no PPV/NPV.
     """
-    from model_zoo.validation_text import _num, external_blocks
+    from model_zoo.validation_text import external_blocks, finite_or_none
 
     if not isinstance(manifest.get("evaluation"), Mapping):
         return None
@@ -333,7 +332,7 @@ def ppv_npv_sentence(manifest: Mapping[str, Any], positive_class: str, negative_
         return None
     name, b = external[0]
     ens = b.get("ensemble") or {}
-    ppv, npv = _num(ens.get("ppv")), _num(ens.get("npv"))
+    ppv, npv = finite_or_none(ens.get("ppv")), finite_or_none(ens.get("npv"))
     if ppv is None or npv is None:
         return None
     n, n_pos = b.get("n"), b.get("n_positive")
@@ -392,9 +391,9 @@ def whole_image_caution(manifest: Mapping[str, Any]) -> str:
     test = (by_source or {}).get("test") if isinstance(by_source, Mapping) else None
     test = test if isinstance(test, Mapping) else {}
 
-    from model_zoo.validation_text import _num
+    from model_zoo.validation_text import finite_or_none
 
-    whole, boxed, auto = _num(test.get("whole_image")), _num(test.get("annotator")), _num(test.get("localiser"))
+    whole, boxed, auto = (finite_or_none(test.get(k)) for k in ("whole_image", "annotator", "localiser"))
     advice = " Draw a box around the lesion for the answer the models were validated for."
     if whole is None or boxed is None:
         return ("Whole image: the models were trained on boxes around the lesion; on the whole image the lesion "
@@ -541,7 +540,7 @@ def explain_sentence(report: Any, view: str) -> str | None:
     (external first): the ensemble GradCAM's hit rate with its CI, ScoreCAM's where measured,
     and a random map's.
     """
-    from model_zoo.explain_eval import ExplainReport
+    from model_zoo.explain_report import ExplainReport
 
     if not isinstance(report, ExplainReport):
         return None
@@ -595,15 +594,11 @@ def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: st
         for mid, v in views.items():
             heatmaps.append(report_pdf.HeatmapFigure(f"{label} {mid}, ROI", overlay(roi_gray, v.roi_map, opacity)))
     meta = case["image"].meta
-    try:
-        manifest_sha = (zoo.root / "manifest.sha256").read_text(encoding="ascii").strip()
-    except OSError:
-        manifest_sha = None
     call = zoo.call(pred.p_ensemble, jitter)
     rep = report_pdf.CaseReport(
-        zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+        zoo_name=zoo.release_name, zoo_version=zoo.version,
         positive_class=zoo.positive_class, negative_class=zoo.negative_class, threshold=pred.threshold,
-        threshold_rule=str((zoo.manifest.get("threshold") or {}).get("rule", "")),
+        threshold_rule=zoo.threshold_rule,
         p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, label=pred.label,
         p_calibrated=call.p if call.calibrated else None,
         threshold_calibrated=call.threshold if call.calibrated else None, call=call,
@@ -613,8 +608,8 @@ def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: st
         age=inputs.get("age"), sex=inputs.get("sex"), site=inputs.get("site"),
         crops={k: c for k, (c, _) in (case.get("crops") or {}).items()},
         heatmaps=heatmaps, jitter=jitter, warnings=list(warnings), calibration_note=calibration_note(zoo.manifest),
-        zoo_files=zoo.manifest.get("files", {}), manifest_sha256=manifest_sha,
-        intended_use=zoo.manifest.get("intended_use", ""),
+        zoo_files=zoo.files, manifest_sha256=zoo.manifest_sha256,
+        intended_use=zoo.intended_use,
         image_tags={k: v for k, v in meta.display_tags.items() if k in ("Modality", "BodyPartExamined", "ViewPosition")},
         created=_dt.datetime.now(_dt.timezone.utc),
         identifiers={"Case reference": reference} if reference.strip() else None,

@@ -19,11 +19,10 @@ from typing import Any
 import streamlit as st
 
 from model_zoo.errors import InputError, ZooError
-from model_zoo.zoo import BUNDLED_ZOO_PARENT, list_releases
+from model_zoo.zoo import BUNDLED_ZOO_PARENT, ZOO_ENV, default_zoo_dir, list_releases
 
 LOG = logging.getLogger("dashboard")
 
-ZOO_ENV = "MODEL_ZOO_DIR"
 SESSION_ZOO_KEY = "zoo_dir"  # a release the user picked on the Zoo page (this session only)
 
 
@@ -40,12 +39,12 @@ def available_releases() -> list[Path]:
 
 
 def default_release() -> Path | None:
-    """``$MODEL_ZOO_DIR`` if set, else the newest bundled release, else None."""
-    env = os.environ.get(ZOO_ENV, "").strip()
-    if env:
-        return Path(env)
-    releases = list_releases(BUNDLED_ZOO_PARENT)
-    return releases[-1] if releases else None
+    """``$MODEL_ZOO_DIR`` if set, else the newest bundled release (``model_zoo``'s
+    :func:`~model_zoo.zoo.default_zoo_dir`), else None: the pages explain a missing zoo."""
+    try:
+        return default_zoo_dir(BUNDLED_ZOO_PARENT)
+    except InputError:
+        return None
 
 
 def chosen_release() -> Path | None:
@@ -152,7 +151,7 @@ ACCESS_KEY = "_access_granted"
 FAILED_KEY = "_access_failures"
 
 
-def _secrets_dict() -> dict[str, Any]:
+def secrets_dict() -> dict[str, Any]:
     """Streamlit secrets as a plain dict; {} only when no secrets file exists.
 
     Streamlit raises the same error for a missing and a malformed file; a malformed one
@@ -176,7 +175,7 @@ def require_access() -> bool:
     from dashboard import auth
 
     try:
-        policy = auth.access_policy(_secrets_dict())
+        policy = auth.access_policy(secrets_dict())
     except InputError as err:  # fail closed: a broken setting never means "open"
         st.error(f"Access control is misconfigured: {err}")
         return False

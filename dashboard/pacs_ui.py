@@ -44,7 +44,7 @@ PACS_FILE_NAME = "pacs.dcm"  # the name handed to the loader: never a patient's 
 def pacs_settings(*, quiet: bool = False) -> PacsSettings | None:
     """The configured PACS, or None (not configured, or misconfigured: then an error is shown)."""
     try:
-        return load_settings(common._secrets_dict())
+        return load_settings(common.secrets_dict())
     except (PacsError, InputError) as err:
         if not quiet:
             st.error(f"PACS settings: {err}. Opening from the PACS is off; uploads still work.")

@@ -16,12 +16,12 @@ import pandas as pd
 # The words and rows of the external-validation table live in model_zoo (the model card uses
 # them too); the pages import them from here.
 from model_zoo.validation_text import (
-    _num,
     best_member,
     ece_text,
     evaluation_blocks,
     evaluation_rows,
     external_blocks,
+    finite_or_none,
     fmt_ci,
     plain_summary,
     unseen_hospital_sentence,
@@ -188,7 +188,7 @@ def reliability_traces(block: Mapping[str, Any]) -> list[dict[str, Any]]:
     set, else of the raw one (then only the raw trace is returned).
     """
     ens = block.get("ensemble") or {}
-    calibrated = _num(ens.get("ece_calibrated")) is not None
+    calibrated = finite_or_none(ens.get("ece_calibrated")) is not None
     raw = ens.get("reliability_raw") or (None if calibrated else ens.get("reliability"))
     sources = [("raw", raw)]
     if calibrated:
@@ -199,7 +199,7 @@ def reliability_traces(block: Mapping[str, Any]) -> list[dict[str, Any]]:
         for b in bins or []:
             if not isinstance(b, Mapping):
                 continue
-            p, f, k = _num(b.get("mean_p")), _num(b.get("frac_positive")), b.get("n") or 0
+            p, f, k = finite_or_none(b.get("mean_p")), finite_or_none(b.get("frac_positive")), b.get("n") or 0
             if p is None or f is None or not k:
                 continue
             x.append(p)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import ZooError
+from model_zoo.roi import ROI_MODES
+
+LOG = logging.getLogger(__name__)
 
 
 def _add_zoo(p: argparse.ArgumentParser) -> None:
@@ -29,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=Path, required=True, help="case CSV (contract 2.1) or BTXRD metadata.csv")
     p.add_argument("--out", type=Path, required=True, help="output CSV")
     _add_zoo(p)
-    p.add_argument("--roi", choices=("given", "auto", "full"), default="given",
+    p.add_argument("--roi", choices=ROI_MODES, default="given",
                    help="given: the ROI columns (auto where a row has none); auto: the localiser; full: whole image")
     p.add_argument("--resume", action="store_true", help="keep finished rows of an existing --out and fill the rest")
     p.add_argument("--allow-ood", action="store_true",
@@ -73,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_pacs(args)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 2
 
@@ -128,7 +134,7 @@ def _predict(args: argparse.Namespace) -> int:
     from model_zoo.predict import predict_cases
 
     if not args.cases.is_file():
-        print(f"error: case table not found: {args.cases}", file=sys.stderr)
+        LOG.error(f"error: case table not found: {args.cases}")
         return 2
     zoo = load_zoo(args.zoo)
     progress, close_bar = _case_progress("predict", args.quiet)
@@ -160,7 +166,7 @@ def _explain_eval(args: argparse.Namespace) -> int:
                           faithfulness=not args.no_faithfulness, seed=args.seed, n_boot=args.n_boot,
                           max_cases=args.max_cases)
     if not args.cases.is_file():
-        print(f"error: case table not found: {args.cases}", file=sys.stderr)
+        LOG.error(f"error: case table not found: {args.cases}")
         return 2
     zoo = load_zoo(args.zoo)
     progress, close_bar = _case_progress("explain-eval", args.quiet)

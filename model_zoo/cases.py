@@ -30,7 +30,6 @@ import math
 import os
 import stat
 from dataclasses import dataclass, field
-from numbers import Number
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,17 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import roi as roi_mod
+# validate_clinical and is_missing are re-exported: callers of the case tables use them too.
+from model_zoo.clinical import (
+    SITES,
+    cell_text,
+    is_missing,
+    parse_age,
+    parse_number,
+    parse_sex,
+    parse_site,
+    validate_clinical,
+)
 from model_zoo.errors import InputError
 
 __all__ = [
@@ -75,7 +85,6 @@ PAPER_COLUMNS = frozenset({"path", "ganran"})
 BTXRD_GRID_WH = (256, 256)
 
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
-_SITES = ("appendicular", "axial")
 
 
 @dataclass
@@ -111,90 +120,10 @@ class CaseTable:
 # ----------------------------------------------------------------------------- values
 
 
-def is_missing(value: Any) -> bool:
-    """None, pd.NA, NaN of any float type (incl. numpy float32), NaT, or a blank string."""
-    if value is None or value is pd.NA:
-        return True
-    if isinstance(value, str):
-        return value.strip() == ""
-    if np.ndim(value) > 0:  # arrays and other non-scalars are values, not "missing"
-        return False
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _text(value: Any) -> str:
-    """How a raw cell is quoted in messages ('48', not 48.0 for an int-typed column)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
-def _parse_number(value: Any, name: str) -> float | None:
-    if is_missing(value):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{name} '{value}' is not a number")
-    if isinstance(value, Number):
-        return float(value)  # type: ignore[arg-type]
-    try:
-        return float(str(value).strip())
-    except ValueError:
-        raise InputError(f"{name} '{_text(value)}' is not a number") from None
-
-
-def _parse_age(value: Any) -> float | None:
-    age = _parse_number(value, "age")
-    if age is None or math.isnan(age):
-        return None
-    if not 0.0 <= age <= 120.0:
-        raise InputError(f"age '{_text(value)}' is outside 0-120 years")
-    return age
-
-
-def _parse_sex(value: Any) -> str | None:
-    if is_missing(value):
-        return None
-    s = str(value).strip().lower()
-    if s in ("m", "male"):
-        return "M"
-    if s in ("f", "female"):
-        return "F"
-    raise InputError(f"sex '{_text(value)}' is not M or F")
-
-
-def _parse_site(value: Any) -> str | None:
-    if is_missing(value):
-        return None
-    s = str(value).strip().lower()
-    if s in _SITES:
-        return s
-    raise InputError(f"site '{_text(value)}' is not appendicular or axial")
-
-
-def validate_clinical(age: Any, sex: Any, site: Any) -> tuple[float | None, str | None, str | None]:
-    """Normalise one case's clinical values; missing values (None, NaN, '') become None.
-
-    Returns
-    -------
-    (age, sex, site)
-        age in years as float (0-120 inclusive), sex ``"M"``/``"F"`` (``male``/``female``
-        accepted, any case), site ``"appendicular"``/``"axial"`` (any case).
-
-    Raises
-    ------
-    InputError
-        For the first bad value, with a message naming it, e.g. ``age 'abc' is not a number``.
-    """
-    return _parse_age(age), _parse_sex(sex), _parse_site(site)
-
-
 def _parse_label(value: Any, label_map: dict[str, int] | None) -> int | None:
     if is_missing(value):
         return None
-    s = _text(value)
+    s = cell_text(value)
     if label_map:
         if s in label_map:
             return int(label_map[s])
@@ -331,7 +260,7 @@ def _parse_btxrd_bbox(value: Any) -> tuple[float, float, float, float] | None:
         box = json.loads(str(value))
         x0, y0, x1, y1 = (float(v) for v in box)
     except (ValueError, TypeError):
-        raise InputError(f"mask_bbox_256 '{_text(value)}' is not a list of four numbers") from None
+        raise InputError(f"mask_bbox_256 '{cell_text(value)}' is not a list of four numbers") from None
     # BTXRD's mask_bbox_256 is inclusive ([x_min, y_min, x_max, y_max] of mask pixels,
     # checked against the masks); our boxes are exclusive, so the far edges move by one.
     return (x0, y0, x1 + 1.0, y1 + 1.0)
@@ -378,7 +307,7 @@ def btxrd_to_cases(df: pd.DataFrame, root: Path, *, task: str = "malignant_vs_be
             labels.append(0)
         else:
             labels.append(pd.NA)
-            msgs.append(f"BTXRD label '{_text(raw_label)}' is not benign, malignant or normal")
+            msgs.append(f"BTXRD label '{cell_text(raw_label)}' is not benign, malignant or normal")
         try:
             rois.append(_parse_btxrd_bbox(bbox))
         except InputError as err:
@@ -451,14 +380,14 @@ def paper_to_cases(df: pd.DataFrame, root: Path) -> pd.DataFrame:
                 labels.append(pd.NA)
                 continue
             try:
-                number = float(_text(v))
+                number = float(cell_text(v))
             except ValueError:
                 number = math.nan
             if number in (0.0, 1.0):
                 labels.append(int(number))
             else:
                 labels.append(pd.NA)
-                errors[i].append(f"ganran '{_text(v)}' is not 1 (infection) or 0 (tumour)")
+                errors[i].append(f"ganran '{cell_text(v)}' is not 1 (infection) or 0 (tumour)")
         out["label"] = pd.array(labels, dtype="Int64")
 
     if "gender" in df.columns:
@@ -467,12 +396,12 @@ def paper_to_cases(df: pd.DataFrame, root: Path) -> pd.DataFrame:
             if is_missing(v):
                 sexes.append(np.nan)
                 continue
-            key = _text(v).lower()
+            key = cell_text(v).lower()
             if key in _GENDER_CODES:
                 sexes.append(_GENDER_CODES[key])
             else:
                 sexes.append(np.nan)
-                errors[i].append(f"gender '{_text(v)}' is not M/F, male/female, 1/0 or 男/女")
+                errors[i].append(f"gender '{cell_text(v)}' is not M/F, male/female, 1/0 or 男/女")
         out["sex"] = sexes
 
     site_col = "site" if "site" in df.columns else ("location" if "location" in df.columns else None)
@@ -482,14 +411,14 @@ def paper_to_cases(df: pd.DataFrame, root: Path) -> pd.DataFrame:
             if is_missing(v):
                 sites.append(np.nan)
                 continue
-            key = _text(v).lower()
-            if key in _SITES:
+            key = cell_text(v).lower()
+            if key in SITES:
                 sites.append(key)
             elif key in ("0", "1"):
-                sites.append(_SITES[int(key)])
+                sites.append(SITES[int(key)])
             else:
                 sites.append(np.nan)
-                errors[i].append(f"{site_col} '{_text(v)}' is not appendicular/axial or 0/1")
+                errors[i].append(f"{site_col} '{cell_text(v)}' is not appendicular/axial or 0/1")
         out["site"] = sites
 
     out["row_error"] = ["; ".join(m) for m in errors]
@@ -521,12 +450,12 @@ def _row_roi(
     msgs = []
     for c, v in zip(ROI_COLUMNS, raw):
         try:
-            x = _parse_number(v, c)
+            x = parse_number(v, c)
         except InputError as err:
             msgs.append(str(err))
             continue
         if x is None or not math.isfinite(x):
-            msgs.append(f"{c} '{_text(v)}' is not a finite number")
+            msgs.append(f"{c} '{cell_text(v)}' is not a finite number")
             continue
         values.append(x)
     if msgs:
@@ -538,7 +467,7 @@ def _row_roi(
         box = roi_mod.scale_box(box, BTXRD_GRID_WH, size_wh)
     x0, y0, x1, y1 = box
     if x1 <= x0 or y1 <= y0:
-        return None, [f"ROI {roi_mod._fmt_box(box)} has zero or negative area (needs x1 > x0 and y1 > y0)"]
+        return None, [f"ROI {roi_mod.fmt_box(box)} has zero or negative area (needs x1 > x0 and y1 > y0)"]
     if size_wh is None:
         return box, []  # type: ignore[return-value]
     try:
@@ -645,7 +574,7 @@ def read_case_table(
                     msgs.append("label is missing")
         labels.append(pd.NA if label is None else label)
         # clinical values: each checked separately so a row reports every problem at once
-        for col, parse, out in (("age", _parse_age, ages), ("sex", _parse_sex, sexes), ("site", _parse_site, sites)):
+        for col, parse, out in (("age", parse_age, ages), ("sex", parse_sex, sexes), ("site", parse_site, sites)):
             try:
                 value = parse(row[col])
             except InputError as err:

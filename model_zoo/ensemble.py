@@ -13,74 +13,39 @@ absent rather than trust the fill.
 from __future__ import annotations
 
 import functools
-import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from model_zoo import preprocess, roi
-from model_zoo.cases import is_missing
 from model_zoo.calibration import Calibration
-from model_zoo.errors import InputError, IntegrityError
+from model_zoo.clinical import validate_clinical
+from model_zoo.errors import IntegrityError
+from model_zoo.explain_report import ExplainReport, read_explain_report
 from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, Call, JitterSummary, check_band, frame_call
+from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
-from model_zoo.zoo import default_zoo_dir, verified_path, verify_release
-
-if TYPE_CHECKING:  # pragma: no cover
-    from model_zoo.explain_eval import ExplainReport
+from model_zoo.zoo import MANIFEST_HASH, default_zoo_dir, verified_path, verify_release
 
 CLINICAL_FEATURES = ("age", "age_missing", "sex_male", "sex_missing", "site_axial", "site_missing")
-
-_LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: Any) -> threading.RLock:
-    """The one lock that every user of a shared model takes around a forward pass.
-
-    CAM code registers forward/backward hooks on the model; a hook registered by one
-    request would fire on another request's forward on the same module. Serialising all
-    uses of one model behind one re-entrant lock (prediction and CAMs alike) prevents that
-    without copying models per session.
-    """
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = threading.RLock()
-            _LOCKS[model] = lock
-        return lock
 
 
 def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[float]:
     """Encode (age, sex, site) as ``CLINICAL_FEATURES`` with explicit missing indicators.
 
-    ``sex`` is "M"/"F", ``site`` is "appendicular"/"axial"; anything else must have been
-    rejected by validation before reaching here.
+    Values are read by :func:`model_zoo.clinical.validate_clinical`, the case tables' rules
+    (sex M/F or male/female, site appendicular/axial, age 0-120 years); a value those rules
+    reject raises :class:`InputError` here too.
     """
-    out: list[float] = []
-    if is_missing(age):
-        out += [float(age_fill), 1.0]
-    else:
-        out += [float(age), 0.0]
-    if is_missing(sex):
-        out += [0.5, 1.0]
-    else:
-        sex = str(sex).strip().upper()
-        if sex not in ("M", "F"):
-            raise InputError(f"sex must be M or F, got {sex!r}")
-        out += [1.0 if sex == "M" else 0.0, 0.0]
-    if is_missing(site):
-        out += [0.5, 1.0]
-    else:
-        site = str(site).strip().lower()
-        if site not in ("appendicular", "axial"):
-            raise InputError(f"site must be appendicular or axial, got {site!r}")
-        out += [1.0 if site == "axial" else 0.0, 0.0]
-    return out
+    age, sex, site = validate_clinical(age, sex, site)
+    return [
+        float(age_fill) if age is None else age, float(age is None),
+        0.5 if sex is None else float(sex == "M"), float(sex is None),
+        0.5 if site is None else float(site == "axial"), float(site is None),
+    ]
 
 
 def stacker_matrix(member_probs: np.ndarray, ages: Sequence[Any], sexes: Sequence[Any],
@@ -154,7 +119,41 @@ class Zoo:
     # -- facts from the manifest --------------------------------------------------------------
     @property
     def name(self) -> str:
-        return f"{self.manifest['name']} {self.manifest['version']}"
+        return f"{self.release_name} {self.version}"
+
+    @property
+    def release_name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def intended_use(self) -> str:
+        return str(self.manifest.get("intended_use", ""))
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every hashed file of the release: relative path -> sha256."""
+        return dict(self.manifest.get("files", {}))
+
+    @property
+    def manifest_sha256(self) -> str | None:
+        """The hash in manifest.sha256 (pins the manifest, which pins every file); None if unreadable."""
+        try:
+            return (self.root / MANIFEST_HASH).read_text(encoding="ascii").strip()
+        except OSError:
+            return None
+
+    @property
+    def stacker_name(self) -> str:
+        """The chosen stacker (e.g. "logistic"), as the release records it."""
+        return str(self.manifest["stacker"].get("chosen", "stacker"))
+
+    @property
+    def cam_weights_rule(self) -> str:
+        return str(self.manifest["stacker"].get("cam_weights_rule", "equal"))
 
     @property
     def task(self) -> dict[str, Any]:
@@ -171,6 +170,11 @@ class Zoo:
     @property
     def threshold(self) -> float:
         return float(self.manifest["threshold"]["value"])
+
+    @property
+    def threshold_rule(self) -> str:
+        """How the threshold was chosen (e.g. "youden"); "" when the release does not say."""
+        return str((self.manifest.get("threshold") or {}).get("rule", ""))
 
     @property
     def member_ids(self) -> list[str]:
@@ -197,8 +201,6 @@ class Zoo:
     def explain_report(self) -> ExplainReport | None:
         """The release's measured heatmap metrics (``report/explain.json``, written by
         ``python -m training add-explain``); None for a release without them."""
-        from model_zoo.explain_eval import read_explain_report
-
         return read_explain_report(self.root, self.manifest)
 
     @property

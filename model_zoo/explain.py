@@ -9,7 +9,7 @@ Thread safety (one cached model serves several dashboard sessions)
 ------------------------------------------------------------------
 Two mechanisms, because each covers a hole in the other:
 
-* ``model_lock(model)``: one re-entrant lock per model object, the same lock
+* ``model_lock(model)`` (``model_zoo.locks``): one re-entrant lock per model object, the same lock
   ``model_zoo.ensemble`` takes around every prediction forward. A CAM holds it for as long
   as its hooks are registered (the hooked forward and, for GradCAM, the backward), and
   ScoreCAM takes it around each batch of masked forwards, so a long ScoreCAM lets other
@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model_zoo.errors import InputError
+from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,18 +163,8 @@ class MemberExplanation:
 
 
 # ----------------------------------------------------------------------------- locking
-
-
-def model_lock(model: Any) -> threading.RLock:
-    """The per-model re-entrant lock shared by prediction and CAM code.
-
-    Delegates to :func:`model_zoo.ensemble.model_lock` so there is exactly one lock registry
-    (imported lazily: ``ensemble`` may come to import this module).
-    """
-    from model_zoo.ensemble import model_lock as _registry_lock
-
-    return _registry_lock(model)
-
+# ``model_lock`` (re-exported above from model_zoo.locks) is the lock registry; tokens below
+# name a model object in cache keys.
 
 _MODEL_TOKENS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 _MODEL_TOKENS_GUARD = threading.Lock()

@@ -41,13 +41,21 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model_zoo.errors import InputError, ZooError
+# The release's typed report lives in its own module (a loaded Zoo reads it); re-exported here.
+from model_zoo.explain_report import (
+    ExplainReport,
+    ExplainSet,
+    MetricSummary,
+    read_explain_report,
+    release_fingerprint,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -103,7 +111,6 @@ RANDOM_GRID = 7  # the random baseline's grid: the EfficientNet members' CAM gri
 CENTRE_SIGMA = 0.25  # centre prior: Gaussian with sigma = 0.25 x the region's width / height
 BLUR_SIGMA = 0.1  # deletion / insertion reference: Gaussian blur, sigma = 0.1 x the region's longer side
 SUMMARY_FORMAT = 1
-REPORT_FILE = "report/explain.json"
 
 CSV_COLUMNS = ["set", "case", "image", "label", "view", "target", "method", "blank", "box_share",
                "mask_share", *METRICS, "p_original", "cam_seconds"]
@@ -380,95 +387,6 @@ def _summary(values: Iterable[float], n_boot: int, seed: int) -> dict[str, Any]:
             "n": int(finite.size)}
 
 
-# ============================================================================= typed report
-
-
-@dataclass(frozen=True)
-class MetricSummary:
-    """A mean over cases with its bootstrap CI (None where not computable) and the count."""
-
-    mean: float | None
-    ci: tuple[float, float] | None
-    n: int
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> MetricSummary | None:
-        if not isinstance(d, Mapping):
-            return None
-        mean = d.get("mean")
-        ci = d.get("ci")
-        ci_pair = None
-        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
-            ci_pair = (float(ci[0]), float(ci[1]))
-        return cls(mean=float(mean) if isinstance(mean, (int, float)) else None,
-                   ci=ci_pair, n=int(d.get("n") or 0))
-
-
-@dataclass(frozen=True)
-class ExplainSet:
-    """One case set's measured explanation metrics (one summary.json)."""
-
-    name: str
-    kind: str  # "internal", "external" or "unknown"
-    n_cases: int
-    views: tuple[str, ...]
-    methods: tuple[str, ...]
-    results: Mapping[str, Any] = field(repr=False)
-
-    def metric(self, view: str, target: str, method: str, metric: str) -> MetricSummary | None:
-        """``view`` (roi/image), ``target`` (member id or "ensemble"), ``method`` (gradcam,
-        scorecam, random, centre), ``metric`` (see :data:`METRICS`, or ``blank``)."""
-        block = (((self.results.get(view) or {}).get(target) or {}).get(method) or {})
-        return MetricSummary.from_dict(block.get(metric))
-
-
-@dataclass(frozen=True)
-class ExplainReport:
-    """The release's ``report/explain.json``: one :class:`ExplainSet` per measured case set."""
-
-    sets: tuple[ExplainSet, ...]
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ExplainReport:
-        sets = []
-        for name, s in (d.get("sets") or {}).items():
-            if not isinstance(s, Mapping):
-                continue
-            sets.append(ExplainSet(name=str(name), kind=str(s.get("kind") or "unknown"),
-                                   n_cases=int(s.get("n_cases") or 0), views=tuple(s.get("views") or ()),
-                                   methods=tuple(s.get("methods") or ()), results=s.get("results") or {}))
-        return cls(sets=tuple(sets))
-
-    def headline_set(self) -> ExplainSet | None:
-        """The set to quote: the first external one (what a new hospital sees), else the first."""
-        for s in self.sets:
-            if s.kind == "external" and s.n_cases:
-                return s
-        return next((s for s in self.sets if s.n_cases), None)
-
-
-def release_fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """What the measured maps depend on: the members' and the stacker's file hashes and the
-    ensemble map's weights (as ``Zoo.cam_weights`` reads them). A summary carries it so a
-    measurement can be attached only to a release with the same networks."""
-    files = manifest.get("files") or {}
-    members = {str(e["spec"]["member_id"]): files.get(e.get("weights")) for e in manifest.get("members") or []}
-    stacker = manifest.get("stacker") or {}
-    weights = stacker.get("cam_weights") or {}
-    cam = {mid: (float(weights.get(mid, 0.0)) if weights else 1.0 / max(len(members), 1)) for mid in members}
-    return {"members": members, "stacker": files.get(stacker.get("file")), "cam_weights": cam}
-
-
-def read_explain_report(root: Path, manifest: Mapping[str, Any]) -> ExplainReport | None:
-    """The release's explain report (a verified file) or None when the release has none."""
-    from model_zoo.zoo import verified_path
-
-    if REPORT_FILE not in (manifest.get("files") or {}):
-        return None
-    path = verified_path(root, dict(manifest), REPORT_FILE, "the explanation report")
-    return ExplainReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
 # ============================================================================= runner
 
 
@@ -540,7 +458,8 @@ class _Scorer:
         import torch
 
         from model_zoo import preprocess
-        from model_zoo.ensemble import model_lock, sigmoid
+        from model_zoo.ensemble import sigmoid
+        from model_zoo.locks import model_lock
 
         start = time.perf_counter()
         keys = [self._key(im) for im in images]

@@ -132,7 +132,7 @@ class Localiser:
     def probability_map(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
-        from model_zoo.ensemble import model_lock
+        from model_zoo.locks import model_lock
 
         x = (prepare(self.spec, pixels) - self.spec.mean) / self.spec.std
         with model_lock(self.model), torch.inference_mode():

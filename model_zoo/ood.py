@@ -82,7 +82,7 @@ def crop_features(zoo: Any, items: Iterable[tuple[np.ndarray, Sequence[float]]],
     import torch
 
     from model_zoo import preprocess, roi
-    from model_zoo.ensemble import model_lock
+    from model_zoo.locks import model_lock
 
     ids = [m.spec.member_id for m in zoo.members]
     out: dict[str, list[np.ndarray]] = {mid: [] for mid in ids}

@@ -27,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import gate, imaging, roi
-from model_zoo.cases import is_missing, read_case_table
+from model_zoo.cases import read_case_table
+from model_zoo.clinical import is_missing
 from model_zoo.ensemble import Zoo
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import atomic_write_bytes
 
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
-ROI_MODES = ("given", "auto", "full")
+ROI_MODES = roi.ROI_MODES  # the batch page reads the choices from here
 
 
 def _given_box(row: pd.Series) -> roi.Box | None:

@@ -29,6 +29,10 @@ from model_zoo.errors import InputError
 
 Box = tuple[float, float, float, float]
 
+# Where a case's ROI comes from, in the batch CLI and pages: the table's ROI columns (the
+# localiser where a row has none), the localiser, or the whole image.
+ROI_MODES = ("given", "auto", "full")
+
 __all__ = [
     "Box",
     "as_box",
@@ -59,7 +63,7 @@ _SNAP_EPS = 1e-6
 # ----------------------------------------------------------------------------- helpers
 
 
-def _fmt_box(box: Sequence[float]) -> str:
+def fmt_box(box: Sequence[float]) -> str:
     return "(" + ", ".join(f"{float(v):g}" for v in box) + ")"
 
 
@@ -72,7 +76,7 @@ def _as_box(box: Sequence[float]) -> Box:
     if len(values) != 4:
         raise InputError(f"ROI {box!r} has {len(values)} values; expected x0, y0, x1, y1")
     if not all(math.isfinite(v) for v in values):
-        raise InputError(f"ROI {_fmt_box(values)} has a NaN or infinite coordinate")
+        raise InputError(f"ROI {fmt_box(values)} has a NaN or infinite coordinate")
     return values
 
 
@@ -108,10 +112,10 @@ def _int_box(box: Sequence[float], what: str = "crop box") -> tuple[int, int, in
     b = _as_box(box)
     snapped = tuple(_snap(v) for v in b)
     if any(v != int(v) for v in snapped):
-        raise InputError(f"{what} {_fmt_box(b)} must have integer coordinates")
+        raise InputError(f"{what} {fmt_box(b)} must have integer coordinates")
     x0, y0, x1, y1 = (int(v) for v in snapped)
     if x1 <= x0 or y1 <= y0:
-        raise InputError(f"{what} {_fmt_box(b)} has zero or negative area")
+        raise InputError(f"{what} {fmt_box(b)} has zero or negative area")
     return x0, y0, x1, y1
 
 
@@ -152,9 +156,9 @@ def validate_box(box: Sequence[float], image_size_wh: Sequence[int]) -> Box:
     x0, y0, x1, y1 = b = _as_box(box)
     w, h = _size_wh(image_size_wh)
     if x1 <= x0 or y1 <= y0:
-        raise InputError(f"ROI {_fmt_box(b)} has zero or negative area (needs x1 > x0 and y1 > y0)")
+        raise InputError(f"ROI {fmt_box(b)} has zero or negative area (needs x1 > x0 and y1 > y0)")
     if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
-        raise InputError(f"ROI {_fmt_box(b)} lies entirely outside the {w}x{h} image")
+        raise InputError(f"ROI {fmt_box(b)} lies entirely outside the {w}x{h} image")
     return clamp_box(b, (w, h))
 
 
@@ -330,7 +334,7 @@ def box_crop_to_image(box: Sequence[float], crop_box: Sequence[float]) -> Box:
 def _crop_scale(crop_box: Sequence[float], input_size: Sequence[int] | int) -> tuple[float, float]:
     cx0, cy0, cx1, cy1 = c = _as_box(crop_box)
     if cx1 <= cx0 or cy1 <= cy0:
-        raise InputError(f"crop box {_fmt_box(c)} has zero or negative area")
+        raise InputError(f"crop box {fmt_box(c)} has zero or negative area")
     iw, ih = _size_wh(input_size, "input size")
     return iw / (cx1 - cx0), ih / (cy1 - cy0)
 
@@ -373,7 +377,7 @@ def crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     x0, y0, x1, y1 = _int_box(box)
     h, w = image.shape[:2]
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-        raise InputError(f"crop box {_fmt_box(box)} extends outside the {w}x{h} image")
+        raise InputError(f"crop box {fmt_box(box)} extends outside the {w}x{h} image")
     return image[y0:y1, x0:x1]
 
 

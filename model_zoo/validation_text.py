@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def _num(x: Any) -> float | None:
+def finite_or_none(x: Any) -> float | None:
     """A finite float, or None (missing, text, bool, NaN or infinite)."""
     if isinstance(x, bool):
         return None
@@ -27,7 +27,7 @@ def _num(x: Any) -> float | None:
 
 def _pair(ci: Any) -> tuple[float, float] | None:
     if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        lo, hi = _num(ci[0]), _num(ci[1])
+        lo, hi = finite_or_none(ci[0]), finite_or_none(ci[1])
         if lo is not None and hi is not None:
             return lo, hi
     return None
@@ -35,7 +35,7 @@ def _pair(ci: Any) -> tuple[float, float] | None:
 
 def fmt_ci(value: Any, ci: Any, nd: int = 2) -> str:
     """``0.76 [0.66-0.86]``; the value alone without a CI; ``n/a`` without a value."""
-    v = _num(value)
+    v = finite_or_none(value)
     if v is None:
         return "n/a"
     pair = _pair(ci)
@@ -65,14 +65,14 @@ def _auc(block: Mapping[str, Any], name: str) -> Mapping[str, Any]:
 
 def best_member(block: Mapping[str, Any]) -> tuple[str, float] | None:
     """The member (not ``ensemble``/``clinic``) with the highest AUC on this set."""
-    scored = [(name, _num(m.get("auc"))) for name, m in (block.get("models") or {}).items()
+    scored = [(name, finite_or_none(m.get("auc"))) for name, m in (block.get("models") or {}).items()
               if name not in ("ensemble", "clinic") and isinstance(m, Mapping)]
     found = [(n, a) for n, a in scored if a is not None]
     return max(found, key=lambda na: na[1]) if found else None
 
 
 def ece_text(ens: Mapping[str, Any]) -> str:
-    raw, cal = _num(ens.get("ece")), _num(ens.get("ece_calibrated"))
+    raw, cal = finite_or_none(ens.get("ece")), finite_or_none(ens.get("ece_calibrated"))
     if raw is None:
         return "n/a"
     return f"{raw:.3f} (not calibrated)" if cal is None else f"{raw:.3f} -> {cal:.3f}"
@@ -93,7 +93,7 @@ def evaluation_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
             "best member AUC": "n/a" if best is None else f"{best[1]:.2f} ({best[0]})",
             "clinic-only AUC": fmt_ci(_auc(b, "clinic").get("auc"), None),
             "ECE raw -> calibrated": ece_text(ens),
-            "threshold": "n/a" if _num(ens.get("threshold")) is None else f"{_num(ens.get('threshold')):.3f}",
+            "threshold": "n/a" if finite_or_none(ens.get("threshold")) is None else f"{finite_or_none(ens.get('threshold')):.3f}",
             "sensitivity [95% CI]": fmt_ci(ens.get("sensitivity"), ens.get("sensitivity_ci")),
             "specificity [95% CI]": fmt_ci(ens.get("specificity"), ens.get("specificity_ci")),
         })
@@ -115,7 +115,7 @@ def unseen_hospital_sentence(manifest: Mapping[str, Any]) -> str | None:
         return None
     external = external_blocks(manifest)
     internal = [(k, b) for k, b in blocks if b.get("kind") != "external"]
-    internal_auc = [(k, _num(_auc(b, "ensemble").get("auc"))) for k, b in internal]
+    internal_auc = [(k, finite_or_none(_auc(b, "ensemble").get("auc"))) for k, b in internal]
     internal_auc = [(k, a) for k, a in internal_auc if a is not None]
     if internal_auc:
         named = ", ".join(f"{a:.2f}" if k == "test" else f"{a:.2f} ({k})" for k, a in internal_auc)

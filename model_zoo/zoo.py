@@ -38,6 +38,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_ZOO_PARENT = REPO_ROOT / "assets" / "zoo"
+ZOO_ENV = "MODEL_ZOO_DIR"  # names the release to use instead of the newest bundled one
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -250,14 +251,19 @@ def list_releases(parent: Path | str = BUNDLED_ZOO_PARENT) -> list[Path]:
     return [path for _, _, path in sorted(found)]
 
 
-def default_zoo_dir() -> Path:
-    """The zoo used when none is named: $MODEL_ZOO_DIR, else the newest bundled release."""
-    env = os.environ.get("MODEL_ZOO_DIR")
+def default_zoo_dir(parent: Path | str | None = None) -> Path:
+    """The zoo used when none is named: ``$MODEL_ZOO_DIR``, else the newest release under
+    ``parent`` (default: the bundled releases). The CLIs and the dashboard both ask here.
+
+    Raises InputError when neither exists.
+    """
+    env = os.environ.get(ZOO_ENV, "").strip()
     if env:
         return Path(env)
-    releases = list_releases(BUNDLED_ZOO_PARENT)
+    parent = BUNDLED_ZOO_PARENT if parent is None else Path(parent)
+    releases = list_releases(parent)
     if not releases:
-        raise InputError(f"no zoo release found under {BUNDLED_ZOO_PARENT}; pass --zoo DIR or set MODEL_ZOO_DIR")
+        raise InputError(f"no zoo release found under {parent}; pass --zoo DIR or set {ZOO_ENV}")
     return releases[-1]
 
 

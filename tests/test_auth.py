@@ -171,7 +171,7 @@ def test_unreadable_secrets_file_fails_closed_but_absent_file_is_open(monkeypatc
     broken = tmp_path / "secrets.toml"
     monkeypatch.setattr(common.st, "secrets", Unreadable())
     monkeypatch.setattr(common.st, "get_option", lambda name: [str(broken)])
-    assert common._secrets_dict() == {}
+    assert common.secrets_dict() == {}
     broken.write_text("[auth\\nredirect_uri = ")
     with pytest.raises(InputError, match="could not read .*secrets.toml"):
-        common._secrets_dict()
+        common.secrets_dict()

@@ -413,12 +413,39 @@ def test_btxrd_bbox_json_roundtrip_values():
 @pytest.mark.parametrize("value, missing", [
     (None, True), (pd.NA, True), (float("nan"), True), (np.float32("nan"), True), (np.float64("nan"), True),
     (pd.NaT, True), ("", True), ("  ", True), ("nan", False), (0, False), (0.0, False), ("M", False),
-    (np.float32(12.5), False), (np.array([np.nan]), False),
+    (np.float32(12.5), False), (np.array([np.nan]), False), (np.array(np.nan), True),
+    (np.datetime64("NaT"), True), (np.datetime64("2020-01-01"), False), (True, False), (pd.Timestamp("2020"), False),
 ])
 def test_is_missing_covers_every_missing_marker(value, missing):
-    from model_zoo.cases import is_missing
+    """The pandas-free is_missing agrees with pandas' own notion on every scalar marker."""
+    from model_zoo.clinical import is_missing
 
     assert is_missing(value) is missing
+    if np.ndim(value) == 0 and not isinstance(value, str):
+        assert missing is bool(pd.isna(value))
+
+
+def test_inference_reads_clinical_values_by_the_case_table_rules():
+    """One reading of age/sex/site: what a case table accepts, inference encodes the same way."""
+    from model_zoo.ensemble import clinical_vector
+
+    assert clinical_vector(48, "male", " AXIAL ", age_fill=30.0) == clinical_vector(48.0, "M", "axial", age_fill=30.0)
+    assert clinical_vector("48", "Female", "appendicular", age_fill=30.0) == [48.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    with pytest.raises(InputError, match="sex 'X' is not M or F"):
+        clinical_vector(48, "X", None, age_fill=30.0)
+    with pytest.raises(InputError, match="age '130' is outside 0-120 years"):
+        clinical_vector(130, None, None, age_fill=30.0)
+
+
+def test_inference_does_not_import_pandas():
+    """The prediction path reads clinical values without the CSV stack (pandas is slow to import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, model_zoo.ensemble; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
 
 
 def test_predict_treats_numpy_and_pandas_missing_like_none():

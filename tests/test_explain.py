@@ -319,7 +319,7 @@ def test_hooks_grads_and_lock_released(tiny, monkeypatch):
 
 
 def test_model_lock_is_the_prediction_lock(tiny):
-    from model_zoo.ensemble import model_lock as prediction_lock
+    from model_zoo.locks import model_lock as prediction_lock
 
     _, model, _ = tiny["swin"]
     assert explain.model_lock(model) is prediction_lock(model)

@@ -94,6 +94,28 @@ def test_auc_bad_input_raises_clear_error(y, s, msg):
         st.roc_auc(y, s)
 
 
+@pytest.mark.parametrize("seed,rounding", [(0, None), (2, 0)])
+def test_library_auc_is_the_report_auc(seed, rounding):
+    """model_zoo.auc.roc_auc is the one AUC: training's numbers (member/stacker selection) and the
+    report's agree to the last bit, and with the DeLong (midrank) estimate."""
+    from model_zoo.auc import roc_auc
+
+    y, s = _binormal(np.random.default_rng(seed), 23, 31, shift=0.8, rounding=rounding)
+    assert roc_auc(y, s) == st.roc_auc(y, s)
+    assert roc_auc(y.astype(bool), s) == pytest.approx(st.delong_auc(y, s).auc, abs=STAT_TOL)
+
+
+def test_library_auc_is_nan_for_a_single_class_and_refuses_bad_input():
+    """A training loop's small validation split may hold one class: NaN, not an error."""
+    from model_zoo.auc import roc_auc
+
+    assert math.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    for y, s, msg in [([0, 1, 1], [0.1, np.nan, 0.3], "NaN"), ([0, 1, 2], [0.1, 0.2, 0.3], "0/1"),
+                      ([0, 1], [0.1, 0.2, 0.3], "one length")]:
+        with pytest.raises(InputError, match=msg):
+            roc_auc(y, s)
+
+
 # ------------------------------------------------------------------ DeLong
 
 

@@ -356,3 +356,38 @@ def test_dashboard_shows_one_line_error_for_tampered_zoo(release, monkeypatch, t
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and "config.yaml was modified" in errors[0] and "\n" not in errors[0], errors
     assert not [m for m in at.markdown if m.value.startswith("#### Probability")]
+
+
+# ----------------------------------------------------------------------------- which zoo, and what it says
+
+
+def test_loaded_zoo_answers_what_the_pages_and_reports_need(tiny_release):
+    """The dashboard reads the release through Zoo, never through its files or manifest keys."""
+    from model_zoo.ensemble import load_zoo
+
+    root = Path(tiny_release["release"])
+    zoo = load_zoo(root)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    assert zoo.manifest_sha256 == hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
+    assert (zoo.release_name, zoo.version) == (manifest["name"], manifest["version"])
+    assert zoo.stacker_name == manifest["stacker"]["chosen"]
+    assert zoo.threshold_rule == manifest["threshold"]["rule"] and zoo.threshold_rule
+    assert zoo.files == manifest["files"] and zoo.intended_use == manifest.get("intended_use", "")
+    assert zoo.cam_weights_rule == manifest["stacker"].get("cam_weights_rule", "equal")
+
+
+def test_one_default_zoo_for_the_cli_and_the_dashboard(tmp_path, monkeypatch):
+    """$MODEL_ZOO_DIR (blank = unset), else the newest release under the parent; the dashboard
+    asks model_zoo and turns "none" into None instead of an error."""
+    import dashboard.common as common
+    from model_zoo.errors import InputError
+    from model_zoo.zoo import default_zoo_dir
+
+    empty = tmp_path / "empty"
+    monkeypatch.setenv("MODEL_ZOO_DIR", "  ")
+    monkeypatch.setattr(common, "BUNDLED_ZOO_PARENT", empty)
+    with pytest.raises(InputError, match="no zoo release found under"):
+        default_zoo_dir(empty)
+    assert common.default_release() is None
+    monkeypatch.setenv("MODEL_ZOO_DIR", str(tmp_path / "mine"))
+    assert default_zoo_dir(empty) == common.default_release() == tmp_path / "mine"

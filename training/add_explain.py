@@ -17,14 +17,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import ReleaseWriter, next_patch, sha256_file, verify_release
 from training.fit import card_with_section
+
+LOG = logging.getLogger(__name__)
 
 # Files the new release writes itself rather than copying.
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md", "config.yaml"}
@@ -95,10 +98,10 @@ def card_section(report: Any, sets: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, version: str | None = None,
-                log: Any = print) -> Path:
+                log: Any = LOG.info) -> Path:
     import yaml
 
-    from model_zoo.explain_eval import REPORT_FILE, ExplainReport, release_fingerprint
+    from model_zoo.explain_report import REPORT_FILE, ExplainReport, release_fingerprint
     from training.config import dump_config
 
     manifest = verify_release(source)
@@ -147,6 +150,7 @@ def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, v
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     p = argparse.ArgumentParser(prog="python -m training add-explain", description=__doc__.splitlines()[0])
     p.add_argument("--zoo", required=True, type=Path, help="source release folder")
     p.add_argument("--summary", action="append", default=[], metavar="NAME=PATH",
@@ -157,6 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         add_explain(args.zoo, parse_summary_args(args.summary), args.out or args.zoo.parent, args.version)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

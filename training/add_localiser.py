@@ -15,15 +15,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from model_zoo.auc import roc_auc
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import ReleaseWriter, sha256_file, verify_release
+
+LOG = logging.getLogger(__name__)
 
 # Files the new release writes itself rather than copying.
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md"}
@@ -34,8 +38,6 @@ def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
     """On labelled rows with annotator boxes: the ensemble ROC AUC with the ROI from the
     annotator's box, the localiser's proposal and the whole image, and the proposals' IoU with
     the annotator boxes (mean, shares > 0.3 / > 0.5). Appends each proposal's seconds."""
-    from sklearn.metrics import roc_auc_score
-
     from model_zoo import imaging
     from training.fit import row_box
     from training.fit_localiser import box_metrics
@@ -57,17 +59,17 @@ def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
     y = rows["label"].to_numpy()
     out: dict[str, Any] = {"n": int(len(rows))}
     if len(np.unique(y)) == 2:
-        out.update({k: float(roc_auc_score(y, np.array(v))) for k, v in scores.items()})
+        out.update({k: roc_auc(y, np.array(v)) for k, v in scores.items()})
     out["iou"] = box_metrics(proposals, truths)
     return out
 
 
 def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: str,
-                   log: Any = print) -> tuple[dict[str, dict[str, Any]], float | None]:
+                   log: Any = LOG.info) -> tuple[dict[str, dict[str, Any]], float | None]:
     """Ensemble ROC AUC per split (val, test) for three ROI sources: annotator box, localiser
     proposal, whole image; and the median seconds of one proposal on this machine. Rows,
     labels and splits come from the release's own config."""
-    from training.fit import data_fingerprint, load_cases
+    from training.data import data_fingerprint, load_cases
 
     frame = load_cases(cfg, log=lambda *_: None)
     if data_fingerprint(frame) != fingerprint:
@@ -86,7 +88,7 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
 
 
 def external_measures(zoo: Any, localiser: Any, manifest: dict[str, Any], label_map: Any,
-                      log: Any = print) -> dict[str, dict[str, Any]]:
+                      log: Any = LOG.info) -> dict[str, dict[str, Any]]:
     """The same measures on every external set the release was validated on (its
     ``data.external`` entries): what auto-crop does at a hospital the localiser never saw."""
     from model_zoo.cases import read_case_table
@@ -108,7 +110,7 @@ def external_measures(zoo: Any, localiser: Any, manifest: dict[str, Any], label_
 
 
 def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: Path,
-                  cases: str | None = None, log: Any = print) -> Path:
+                  cases: str | None = None, log: Any = LOG.info) -> Path:
     import yaml
 
     from model_zoo.ensemble import load_zoo
@@ -172,6 +174,7 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     p = argparse.ArgumentParser(prog="python -m training add-localiser", description=__doc__.splitlines()[0])
     p.add_argument("--zoo", required=True, type=Path, help="source release folder")
     p.add_argument("--localiser", required=True, type=Path, help="folder from `python -m training localiser`")
@@ -183,6 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         add_localiser(args.zoo, args.localiser, args.version, args.out or args.zoo.parent, args.cases)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

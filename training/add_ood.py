@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +38,12 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import ood as ood_lib
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from training import evaluation
 from model_zoo.zoo import ReleaseWriter, next_patch, parse_version, sha256_file, verify_release
+
+LOG = logging.getLogger(__name__)
 
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md", "config.yaml"}
 FIT_VIEWS = ("annotator", "whole_image")  # the ROIs of a real radiograph the reference covers
@@ -56,11 +60,11 @@ Item = tuple[np.ndarray, tuple[float, float, float, float]]
 
 
 def release_rows(source: Path, manifest: dict[str, Any], cfg: dict[str, Any], cases: str | None = None,
-                 log: Callable[[str], Any] = print) -> pd.DataFrame:
+                 log: Callable[[str], Any] = LOG.info) -> pd.DataFrame:
     """The release's own case rows with their splits, reproduced from its config (``--cases``
     overrides where the table lives) and checked against its data fingerprint and, when the
     release records them, its ``data/cases.csv`` rows (image sha256 -> split)."""
-    from training.fit import data_fingerprint, image_hashes, load_cases
+    from training.data import data_fingerprint, image_hashes, load_cases
 
     cfg_cases = dict(cfg, data=dict(cfg["data"], cases=str(cases))) if cases else cfg
     table = Path(cfg_cases["data"]["cases"])
@@ -327,7 +331,7 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
             k: int = 20, transform: str = "sqrt", val_quantile: float = 0.99, features_cache: Path | None = None,
             quiet: bool = False,
             non_bone: tuple[list[tuple[Any, Any]], list[str]] | None = None,
-            log: Callable[[str], Any] = print) -> Path:
+            log: Callable[[str], Any] = LOG.info) -> Path:
     """Write ``<out_parent>/<name>-<version>``: the source release + a fitted, measured OOD model.
 
     ``non_bone``: the detection set as ``training.ood_sets.non_bone_images()`` returns it
@@ -378,7 +382,7 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
     for name, path in external.items():
         rows = external_rows(path, label_map)
         train_sha = set(frame["sha256"])
-        from training.fit import image_hashes
+        from training.data import image_hashes
 
         overlap = int(pd.Series(image_hashes(rows)).isin(train_sha).sum())
         if overlap:
@@ -486,6 +490,7 @@ def _score_seconds(model: ood_lib.OodModel, feats: dict[str, np.ndarray], n: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     p = argparse.ArgumentParser(prog="python -m training add-ood", description=__doc__.splitlines()[0])
     p.add_argument("--zoo", required=True, type=Path, help="source release folder")
     p.add_argument("--out", type=Path, default=None, help="parent folder of the new release (default: beside --zoo)")
@@ -511,6 +516,6 @@ def main(argv: list[str] | None = None) -> int:
                 transform=args.transform,
                 val_quantile=args.val_quantile, features_cache=args.features_cache, quiet=args.quiet)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

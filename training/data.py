@@ -6,20 +6,30 @@ the source has one; BTXRD does not, so :func:`infer_groups` builds conservative 
 groups from the clinical columns.
 
 Reading and adapting tables lives in :mod:`model_zoo.cases` (the dashboard's batch page
-needs it too); this module only decides which rows go where.
+needs it too); this module decides which rows go where, and loads a training config's table
+with its splits (:func:`load_cases`) and fingerprint, for fitting and for every command that
+reproduces a release's rows (evaluate, add-ood, add-localiser, throughput).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from model_zoo.cases import read_case_table
 from model_zoo.errors import InputError
+from model_zoo.zoo import sha256_file
 
-__all__ = ["SPLIT_NAMES", "group_kfold", "infer_groups", "split_cases"]
+LOG = logging.getLogger(__name__)
+
+__all__ = ["SPLIT_NAMES", "data_fingerprint", "group_kfold", "image_hashes", "infer_groups", "load_cases", "split_cases"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -199,3 +209,52 @@ def group_kfold(cases: pd.DataFrame, k: int = 5, seed: int = 0, label_col: str =
     for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(cases)), y, g)):
         folds[held_out] = fold
     return pd.Series(folds, index=cases.index, name="fold")
+
+
+# ----------------------------------------------------------------------------- a training table
+
+
+def load_cases(cfg: dict[str, Any], log: Any = LOG.info) -> pd.DataFrame:
+    """Validated case rows with labels, splits, groups and folds."""
+    data_cfg, task = cfg["data"], cfg["task"]
+    table = read_case_table(data_cfg["cases"], label_map=task.get("label_map"), require_label=True)
+    frame = table.frame
+    bad = frame[frame["row_error"] != ""]
+    for message in table.errors[:20]:
+        log(f"  skipped {message}")
+    if len(bad) > 20:
+        log(f"  ... and {len(bad) - 20} more rows skipped")
+    frame = frame[frame["row_error"] == ""].reset_index(drop=True)
+    frame["label"] = frame["label"].astype(int)
+    max_cases = data_cfg.get("max_cases")
+    if max_cases and len(frame) > int(max_cases):
+        from sklearn.model_selection import train_test_split
+
+        frame, _ = train_test_split(frame, train_size=int(max_cases), stratify=frame["label"],
+                                    random_state=int(cfg["seed"]))
+        frame = frame.reset_index(drop=True)
+    if frame["label"].nunique() < 2:
+        raise InputError("the case table needs both classes (label 0 and 1) to train")
+    frame["group"] = infer_groups(frame).astype(str).to_numpy()
+    frame["split"] = split_cases(frame, ratios=tuple(data_cfg["split_ratios"]), seed=int(cfg["seed"])).to_numpy()
+    frame["fold"] = -1
+    train_mask = frame["split"] == "train"
+    if cfg["stacker"]["score_source"] == "oof":
+        folds = group_kfold(frame[train_mask], k=int(cfg["stacker"]["folds"]), seed=int(cfg["seed"]))
+        frame.loc[train_mask, "fold"] = np.asarray(folds)
+    return frame
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 over every image's bytes and the labels/clinical values used."""
+    digest = hashlib.sha256()
+    for row in frame.sort_values("image_path").itertuples():
+        digest.update(Path(row.image_path).read_bytes())
+        digest.update(f"|{row.label}|{getattr(row, 'age', '')}|{getattr(row, 'sex', '')}|{getattr(row, 'site', '')}".encode())
+    return digest.hexdigest()
+
+
+def image_hashes(frame: pd.DataFrame) -> list[str]:
+    """sha256 of each row's image file: how a release's rows are traced (and external sets are
+    proven disjoint from training) without copying any image."""
+    return [sha256_file(Path(path)) for path in frame["image_path"]]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import re
 import sys
@@ -38,8 +39,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from training import stats as st
+
+LOG = logging.getLogger(__name__)
 
 __all__ = [
     "CALIBRATED_COLUMN",
@@ -343,7 +347,7 @@ def _release_frame(root: Path, manifest: dict[str, Any]) -> tuple[pd.DataFrame |
     import yaml
 
     from model_zoo.zoo import verified_path
-    from training.fit import data_fingerprint, load_cases
+    from training.data import data_fingerprint, load_cases
 
     try:
         cfg_path = verified_path(root, manifest, "config.yaml", "the release config")
@@ -521,7 +525,7 @@ def _run(args: argparse.Namespace) -> int:
             hashes = {h for h in map(_file_sha256, frame["image_path"]) if h}
             where = f"the {len(hashes)} images of {why}"
         elif hashes is None:
-            print(f"note: leakage check skipped: {where} and {why}", file=sys.stderr)
+            LOG.warning(f"note: leakage check skipped: {where} and {why}")
     if hashes is not None:
         for name, path in sets:
             paths = [p for p in tables[name].frame["image_path"].dropna().unique()]
@@ -529,7 +533,8 @@ def _run(args: argparse.Namespace) -> int:
             if shared:
                 raise InputError(f"--external {name}: {len(shared)} image(s) are also in the release's own data "
                                  f"(same sha256, e.g. {Path(shared[0]).name}); refusing to call it external")
-        print(f"leakage check: no image of {', '.join(n for n, _ in sets)} is among {where}", file=sys.stderr)
+        # a warning-level note (stderr): the reader should see what the check covered
+        LOG.warning(f"leakage check: no image of {', '.join(n for n, _ in sets)} is among {where}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     blocks: dict[str, dict[str, Any]] = {}
@@ -542,8 +547,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         report_test = zoo.root / "report" / "test" / "metrics.json"
         if args.roi != "given":
-            print(f"note: no internal row (the release's test report used the given ROIs, this run --roi "
-                  f"{args.roi}); add --internal-test to re-score it", file=sys.stderr)
+            LOG.warning(f"note: no internal row (the release's test report used the given ROIs, this run --roi "
+                        f"{args.roi}); add --internal-test to re-score it")
         elif report_test.is_file():
             blocks[INTERNAL_TEST] = block_from_release_metrics(
                 json.loads(report_test.read_text(encoding="utf-8")),
@@ -559,14 +564,15 @@ def _run(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / "evaluation.md", "\n".join(header + lines) + "\n")
     print("\n".join(lines))
     if failed_total:
-        print(f"note: {failed_total} row(s) failed and are left out (see the 'error' column of "
-              "predictions.csv)", file=sys.stderr)
+        LOG.warning(f"note: {failed_total} row(s) failed and are left out (see the 'error' column of "
+                    "predictions.csv)")
         return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (see the module docstring)."""
+    setup_cli_logging()
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -575,10 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except ZooError as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        LOG.error(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         return 2
     except OSError as err:
-        print(f"error: {err.strerror or err}: {getattr(err, 'filename', '') or ''}", file=sys.stderr)
+        LOG.error(f"error: {err.strerror or err}: {getattr(err, 'filename', '') or ''}")
         return 1
 
 

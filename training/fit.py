@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import io
+import logging
+import math
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +32,20 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import imaging, preprocess, roi
+from model_zoo.auc import roc_auc
 from model_zoo.calibration import Calibration, fit_platt
 from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, check_band
 from model_zoo.members import MemberSpec, family_spec
-from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text, sha256_file
+from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
 from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
 from training.config import dump_config, load_config
-from training.data import group_kfold, infer_groups, split_cases
+from training.data import data_fingerprint, image_hashes, load_cases
+
+LOG = logging.getLogger(__name__)
 
 # Config sections that decide what the member and stacker jobs compute. A resumed run must
 # keep them; the others (name, version, profile, output, localiser) may change, so a finished
@@ -56,53 +60,7 @@ INTENDED_USE = (
 
 
 # ----------------------------------------------------------------------------- data ----------
-def load_cases(cfg: dict[str, Any], log: Any = print) -> pd.DataFrame:
-    """Validated case rows with labels, splits, groups and folds."""
-    data_cfg, task = cfg["data"], cfg["task"]
-    table = read_case_table(data_cfg["cases"], label_map=task.get("label_map"), require_label=True)
-    frame = table.frame
-    bad = frame[frame["row_error"] != ""]
-    for message in table.errors[:20]:
-        log(f"  skipped {message}")
-    if len(bad) > 20:
-        log(f"  ... and {len(bad) - 20} more rows skipped")
-    frame = frame[frame["row_error"] == ""].reset_index(drop=True)
-    frame["label"] = frame["label"].astype(int)
-    max_cases = data_cfg.get("max_cases")
-    if max_cases and len(frame) > int(max_cases):
-        from sklearn.model_selection import train_test_split
-
-        frame, _ = train_test_split(frame, train_size=int(max_cases), stratify=frame["label"],
-                                    random_state=int(cfg["seed"]))
-        frame = frame.reset_index(drop=True)
-    if frame["label"].nunique() < 2:
-        raise InputError("the case table needs both classes (label 0 and 1) to train")
-    frame["group"] = infer_groups(frame).astype(str).to_numpy()
-    frame["split"] = split_cases(frame, ratios=tuple(data_cfg["split_ratios"]), seed=int(cfg["seed"])).to_numpy()
-    frame["fold"] = -1
-    train_mask = frame["split"] == "train"
-    if cfg["stacker"]["score_source"] == "oof":
-        folds = group_kfold(frame[train_mask], k=int(cfg["stacker"]["folds"]), seed=int(cfg["seed"]))
-        frame.loc[train_mask, "fold"] = np.asarray(folds)
-    return frame
-
-
-def data_fingerprint(frame: pd.DataFrame) -> str:
-    """sha256 over every image's bytes and the labels/clinical values used."""
-    digest = hashlib.sha256()
-    for row in frame.sort_values("image_path").itertuples():
-        digest.update(Path(row.image_path).read_bytes())
-        digest.update(f"|{row.label}|{getattr(row, 'age', '')}|{getattr(row, 'sex', '')}|{getattr(row, 'site', '')}".encode())
-    return digest.hexdigest()
-
-
-def image_hashes(frame: pd.DataFrame) -> list[str]:
-    """sha256 of each row's image file: how a release's rows are traced (and external sets are
-    proven disjoint from training) without copying any image."""
-    return [sha256_file(Path(path)) for path in frame["image_path"]]
-
-
-def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = print) -> dict[str, pd.DataFrame]:
+def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = LOG.info) -> dict[str, pd.DataFrame]:
     """``external: [{name, cases}]``: hospitals the release never trains on, only measures on.
 
     Refused when any external image is byte-identical to a row of the training table: a
@@ -199,7 +157,7 @@ def _resume_view(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def fit_calibration(cfg: dict[str, Any], chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
                     groups_fit: np.ndarray, y_val: np.ndarray, p_val: np.ndarray, seed: int,
-                    log: Any = print) -> Calibration | None:
+                    log: Any = LOG.info) -> Calibration | None:
     """Platt calibration of the ensemble on internal data only (``calibration.fit_on``):
     ``oof`` = the chosen stacker's cross-validated probabilities on its own training rows,
     ``val`` = the val split (which also chose the checkpoints, heads and threshold)."""
@@ -325,7 +283,7 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
         res = fit_tails.fit_tail(spec, init_path, bank, maps, np.flatnonzero(frame["split"] == "train"), y,
                                  train_idx, val_idx, cfg["train"], seed)
         job_dir.mkdir(parents=True, exist_ok=True)
-        fit_members._write_log(job_dir / "log.csv", res.history)
+        fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_tails.tail_scores(res, maps, score_idx, k)
         drift = fit_heads.forward_check(res, cache[score_idx[:8]], logits[:8])
         if drift > 5e-2:  # the cached prefix is float16
@@ -335,7 +293,7 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
         assert init_path is not None
         res, weight, bias = fit_heads.fit_head(spec, init_path, bank, y, train_idx, val_idx, cfg["train"], seed)
         job_dir.mkdir(parents=True, exist_ok=True)
-        fit_members._write_log(job_dir / "log.csv", res.history)
+        fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_heads.head_scores(weight, bias, bank, score_idx)
         probe = score_idx[:8]
         drift = fit_heads.forward_check(res, cache[probe], logits[:8])
@@ -424,7 +382,7 @@ def _parallel_job(job: MemberJob, cache_path: str, frame: pd.DataFrame, cfg: dic
 
 
 def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], frame: pd.DataFrame,
-                         cfg: dict[str, Any], workers: int, stop_at: float | None, log: Any = print) -> None:
+                         cfg: dict[str, Any], workers: int, stop_at: float | None, log: Any = LOG.info) -> None:
     """Run member jobs in ``workers`` processes, longest first, worker k on GPU k mod the
     number of GPUs; each job leaves its cached result, so the serial pass that follows only
     loads them. A failed job stops the run with one line naming it.
@@ -487,9 +445,8 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str, target_sensitivity
 
 
 def _auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+    auc = roc_auc(y, p)
+    return None if math.isnan(auc) else auc
 
 
 def library_versions() -> dict[str, str]:
@@ -506,7 +463,7 @@ def library_versions() -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- main ----------
 def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
-        log: Any = print, workers: int = 1, members_only: bool = False,
+        log: Any = LOG.info, workers: int = 1, members_only: bool = False,
         time_limit_min: float | None = None) -> Path:
     """Run (or resume) the whole pipeline; returns the published release folder.
 
@@ -1058,6 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     args = build_parser().parse_args(argv)
     try:
         overrides = list(args.overrides)
@@ -1082,6 +1040,6 @@ def main(argv: list[str] | None = None) -> int:
         fit(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet, workers=args.workers,
             members_only=args.members_only, time_limit_min=args.time_limit)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

@@ -18,15 +18,19 @@ single-logit timm model: inference, GradCAM and ScoreCAM need nothing new.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec, load_init_weights
 from model_zoo.zoo import atomic_write_bytes
-from training.fit_members import MemberResult, _auc, predict_logits
+from training.fit_members import MemberResult, predict_logits
+
+LOG = logging.getLogger(__name__)
 
 IDENTITY = "id"
 
@@ -102,14 +106,14 @@ def pooled_features(model: Any, crops_u8: np.ndarray, mean: tuple[float, ...], s
     """(N, D) float32 pre-logit features of a frozen model."""
     import torch
 
-    from training.fit_members import _to_batch
+    from training.fit_members import to_batch
 
     # channels_last: depthwise convolutions (EfficientNet) run ~8x faster on the CPU (measured).
     model = model.to(memory_format=torch.channels_last)
     out = []
     with torch.inference_mode():
         for start in range(0, len(crops_u8), batch_size):
-            x = _to_batch(crops_u8[start:start + batch_size], mean, std, "cpu", True)
+            x = to_batch(crops_u8[start:start + batch_size], mean, std, "cpu", True)
             feats = model.forward_head(model.forward_features(x), pre_logits=True)
             out.append(feats.float().reshape(len(x), -1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
@@ -122,7 +126,7 @@ def bank_path(cache_dir: Path, spec: MemberSpec, init_path: str, views: list[str
 
 
 def feature_bank(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], cache_dir: Path,
-                 crops_key: str, *, train_rows: np.ndarray, log: Any = print) -> dict[str, np.ndarray]:
+                 crops_key: str, *, train_rows: np.ndarray, log: Any = LOG.info) -> dict[str, np.ndarray]:
     """View -> (N, D) features; non-identity views only for ``train_rows`` (others NaN).
     Cached on disk for --resume and for every fold job of the run."""
     init_path = require_start(spec, init_path)
@@ -178,7 +182,7 @@ def fit_head(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], y: n
         clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
         clf.fit((x_train - mu) / sd, y_train)
         val_logit = clf.decision_function((x_val - mu) / sd)
-        auc = _auc(y[val_idx], val_logit)
+        auc = roc_auc(y[val_idx], val_logit)
         p = 1 / (1 + np.exp(-val_logit))
         loss = float(-np.mean(y[val_idx] * np.log(p + 1e-7) + (1 - y[val_idx]) * np.log(1 - p + 1e-7)))
         history.append({"epoch": i + 1, "lr": c, "train_loss": float("nan"), "val_loss": loss,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +24,14 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import imaging, roi
+from model_zoo.auc import roc_auc
 from model_zoo.cases import read_case_table
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.localize import Localiser, LocaliserSpec, build_unet, load_localiser, mask_to_box, prepare
 from training.data import infer_groups, split_cases
+
+LOG = logging.getLogger(__name__)
 
 
 def read_localiser_table(path: Path) -> pd.DataFrame:
@@ -145,9 +149,7 @@ def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, s
     conf = maps.reshape(len(maps), -1).max(axis=1)
     has = np.array([b is not None for b in boxes])
     if has.any() and (~has).any():
-        from sklearn.metrics import roc_auc_score
-
-        metrics["lesion_presence_auc"] = float(roc_auc_score(has, conf))
+        metrics["lesion_presence_auc"] = roc_auc(has, conf)
     return metrics
 
 
@@ -174,7 +176,7 @@ def release_files(folder: Path, fp16: bool) -> tuple[dict[str, Any], bytes, Loca
 
 
 def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: int, lr: float,
-          seed: int, log: Any = print, stop_at: float | None = None,
+          seed: int, log: Any = LOG.info, stop_at: float | None = None,
           init_state: dict[str, Any] | None = None) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
     """Train on the train split, keep the epoch with the best val mean IoU. Uses the GPU when
     there is one; ``stop_at`` (a ``time.time()`` value) ends training after the first epoch
@@ -261,7 +263,7 @@ def prepare_data(frame: pd.DataFrame, spec: LocaliserSpec, seed: int) -> tuple:
 
 
 def final_metrics(model: Any, spec: LocaliserSpec, frame: pd.DataFrame, images: np.ndarray, boxes: list,
-                  sizes: list, idx: dict, log: Any = print) -> dict[str, Any]:
+                  sizes: list, idx: dict, log: Any = LOG.info) -> dict[str, Any]:
     """Calibrate the region threshold on val, then score val and test and time inference."""
     maps = {split: _predict_maps(model, images[i], spec) for split, i in idx.items() if split != "train"}
     spec = calibrate_threshold(model, spec, images[idx["val"]], [boxes[i] for i in idx["val"]],
@@ -314,6 +316,7 @@ def write_localiser(out: Path, model: Any, spec: LocaliserSpec, metrics: dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     p = argparse.ArgumentParser(prog="python -m training localiser", description=__doc__.splitlines()[0])
     p.add_argument("--cases", required=True, type=Path, help="BTXRD metadata.csv or a case table with ROI columns")
     p.add_argument("--out", required=True, type=Path, help="new folder for the localiser")
@@ -355,6 +358,6 @@ def main(argv: list[str] | None = None) -> int:
         write_localiser(args.out, model, spec, metrics, str(args.cases))
         print(json.dumps({k: v for k, v in metrics.items()}, indent=2))
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

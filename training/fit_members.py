@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 import time
@@ -33,16 +34,11 @@ from typing import Any, Callable
 import numpy as np
 from scipy.special import expit
 
+from model_zoo.auc import roc_auc
 from model_zoo.members import MemberSpec, load_init_weights
 from model_zoo.zoo import atomic_write_bytes
 
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, p))
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +74,7 @@ def channel_stats(images_u8: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(max(x.std(), 1e-3))
 
 
-def _to_batch(images_u8: Any, mean: float | tuple[float, ...], std: float | tuple[float, ...], device: Any,
+def to_batch(images_u8: Any, mean: float | tuple[float, ...], std: float | tuple[float, ...], device: Any,
               channels_last: bool) -> Any:
     """Normalised (N, 3, S, S) float batch from uint8 crops (a numpy array or a uint8 tensor,
     e.g. the training set already held on the GPU)."""
@@ -210,7 +206,7 @@ def predict_logits(model: Any, images_u8: np.ndarray, mean: float | tuple[float,
     out = []
     with torch.inference_mode():
         for start in range(0, len(images_u8), batch_size):
-            x = _to_batch(images_u8[start:start + batch_size], mean, std, device, channels_last)
+            x = to_batch(images_u8[start:start + batch_size], mean, std, device, channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 out.append(model(x).float().reshape(-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -322,7 +318,7 @@ def train_member(
             idx = order[b * batch_size:(b + 1) * batch_size].numpy()
             if len(idx) < 2 and n_batches > 1:
                 continue  # a batch of 1 breaks BatchNorm; drop the remainder
-            x = _to_batch(train_source[torch.from_numpy(idx).to(device)] if cuda else train_source[idx],
+            x = to_batch(train_source[torch.from_numpy(idx).to(device)] if cuda else train_source[idx],
                           mean, std, device, channels_last)
             x = augment_batch(x, generator, train_cfg)
             y = y_all[idx].to(device)
@@ -344,7 +340,7 @@ def train_member(
         val_logits = predict_logits(model, val_x, mean, std, device=device,
                                     channels_last=channels_last, amp=amp)
         val_p = expit(val_logits.astype(np.float64))
-        val_auc = _auc(val_y, val_p)
+        val_auc = roc_auc(val_y, val_p)
         eps = 1e-7
         val_loss = float(-np.mean(val_y * np.log(val_p + eps) + (1 - val_y) * np.log(1 - val_p + eps))) if len(val_y) else float("nan")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
@@ -358,11 +354,11 @@ def train_member(
             best = {"auc": score, "loss": val_loss, "epoch": epoch + 1,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         if progress and rank == 0:
-            print(f"  {spec.member_id} epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
-                  f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}", flush=True)
+            LOG.info(f"  {spec.member_id} epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
+                     f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}")
         out_of_time = stop_at is not None and time.time() >= stop_at
         if rank == 0:
-            _write_log(work_dir / "log.csv", history)
+            write_log(work_dir / "log.csv", history)
         if rank == 0 and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or out_of_time):
             save_checkpoint(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -374,7 +370,7 @@ def train_member(
             on_epoch(row)
         if out_of_time and epoch + 1 < epochs:
             if progress and rank == 0:
-                print(f"  {spec.member_id}: time limit reached after epoch {epoch + 1}/{epochs}", flush=True)
+                LOG.info(f"  {spec.member_id}: time limit reached after epoch {epoch + 1}/{epochs}")
             break
 
     if best["state"] is None:  # zero epochs requested: keep the initial weights
@@ -385,7 +381,7 @@ def train_member(
                         images_per_second=seen / seconds if seconds > 0 else float("nan"))
 
 
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+def write_log(path: Path, history: list[dict[str, float]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError
 
 
@@ -80,9 +81,7 @@ def _fit_quietly(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray) -> An
 def cross_val_auc(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                   *, folds: int, seed: int) -> tuple[float, float]:
     """Mean and std of grouped, stratified k-fold ROC AUC."""
-    from sklearn.metrics import roc_auc_score
-
-    scores = [roc_auc_score(y[te], _fit_quietly(factory, X[tr], y[tr]).predict_proba(X[te])[:, 1])
+    scores = [roc_auc(y[te], _fit_quietly(factory, X[tr], y[tr]).predict_proba(X[te])[:, 1])
               for tr, te in _grouped_splits(X, y, groups, folds=folds, seed=seed)]
     if not scores:
         return float("nan"), float("nan")

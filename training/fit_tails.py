@@ -14,16 +14,20 @@ network that inference runs. The best epoch by val AUC is kept (epoch 0 = the pr
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Callable
 
 import numpy as np
 
+from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec
 from training.fit_heads import IDENTITY, apply_view, fit_head, start_model
-from training.fit_members import MemberResult, _auc, _to_batch
+from training.fit_members import MemberResult, to_batch
+
+LOG = logging.getLogger(__name__)
 
 
 def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any], list[Any]]:
@@ -53,7 +57,7 @@ def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any
 
 
 def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], k: int,
-                train_rows: np.ndarray, log: Any = print, batch_size: int = 32) -> dict[str, np.ndarray]:
+                train_rows: np.ndarray, log: Any = LOG.info, batch_size: int = 32) -> dict[str, np.ndarray]:
     """View -> float16 prefix outputs: every row for ``id``, training rows for the other views
     (row order of ``train_rows``). float16 halves the memory; the tail computes in float32."""
     import torch
@@ -68,7 +72,7 @@ def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, v
         parts = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
-                x = _to_batch(crops[start:start + batch_size], spec.mean, spec.std, "cpu", True)
+                x = to_batch(crops[start:start + batch_size], spec.mean, spec.std, "cpu", True)
                 parts.append(prefix(x).to(torch.float16).contiguous().numpy())
         out[view] = np.concatenate(parts)
     return out
@@ -129,7 +133,7 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
     def snapshot() -> dict[str, Any]:
         return {k2: v.detach().cpu().clone() for k2, v in model.state_dict().items()}
 
-    auc0 = _auc(y_val, _tail_logits(tail, val_maps))
+    auc0 = roc_auc(y_val, _tail_logits(tail, val_maps))
     best = (auc0, 0, snapshot())
     history = [{"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "val_loss": float("nan"), "val_auc": auc0,
                 "seconds": 0.0}]
@@ -154,7 +158,7 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
             total += float(loss.detach()) * len(rows)
             count += len(rows)
         seen += count
-        auc = _auc(y_val, _tail_logits(tail, val_maps))
+        auc = roc_auc(y_val, _tail_logits(tail, val_maps))
         history.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(count, 1),
                         "val_loss": float("nan"), "val_auc": auc, "seconds": time.perf_counter() - t0})
         if auc > best[0]:

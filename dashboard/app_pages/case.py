@@ -392,7 +392,7 @@ def _ood_gate(zoo: Any, case: dict, box: tuple, source: str, pred: Any) -> bool:
     if key not in logged:
         try:
             audit.append_event(None, audit.ood_override_event(
-                image_sha256=case["sha256"], zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+                image_sha256=case["sha256"], zoo_name=zoo.release_name, zoo_version=zoo.version,
                 roi_box=box, roi_source=source, ood_score=pred.ood_score, ood_threshold=threshold))
         except OSError as err:
             st.warning(f"The audit log could not be written ({err.strerror or err}); the result is shown anyway.")
@@ -407,7 +407,7 @@ def _audit_once(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pre
     if key in logged:
         return
     event = audit.prediction_event(
-        image_sha256=case["sha256"], zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"],
+        image_sha256=case["sha256"], zoo_name=zoo.release_name, zoo_version=zoo.version,
         roi_box=box, roi_source=source, age=inputs["age"], sex=inputs["sex"], site=inputs["site"],
         p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic,
         threshold=pred.threshold, label=pred.label,
@@ -530,7 +530,7 @@ def _show_cams(label: str, views: dict[str, cl.CamView], zoo: Any, roi_gray: np.
                          caption=("ensemble-weighted" if mid == "ensemble" else v.title) + (f" - {v.note}" if v.note else ""))
     weights = ", ".join(f"{k} {w:.2f}" for k, w in zoo.cam_weights.items())
     st.caption(f"{label}: {sum(v.seconds for v in views.values()):.2f} s of compute. "
-               f"Ensemble weights ({zoo.manifest['stacker'].get('cam_weights_rule', 'equal')}): {weights}.")
+               f"Ensemble weights ({zoo.cam_weights_rule}): {weights}.")
 
 
 # ----------------------------------------------------------------------------- PDF

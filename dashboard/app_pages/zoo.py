@@ -85,9 +85,9 @@ def main() -> None:
         _plain_words(m)
     st.success(f"**{zoo.name}** loaded; every file's sha256 matched the manifest.")
     st.markdown(f"**Task:** {zoo.positive_class} (positive) vs {zoo.negative_class}. "
-                f"**Operating threshold:** {zoo.threshold:.3f} ({m.get('threshold', {}).get('rule', '?')} rule on the "
+                f"**Operating threshold:** {zoo.threshold:.3f} ({zoo.threshold_rule or '?'} rule on the "
                 f"{m.get('threshold', {}).get('chosen_on', '?')} split). **Created:** {m.get('created', '?')}.")
-    st.info("**Intended use.** " + str(m.get("intended_use", "not stated")))
+    st.info("**Intended use.** " + (zoo.intended_use or "not stated"))
     _unseen_hospital(m)
 
     tab_card, tab_metrics, tab_members, tab_files = st.tabs(["Model card", "Validation", "Members", "Files & hashes"])
@@ -116,7 +116,7 @@ def main() -> None:
             data = _standalone_report(str(zoo.root), split)
             if data is not None:
                 st.download_button(f"Download the full {split} report (HTML)", data=data,
-                                   file_name=f"{zoo.manifest['name']}-{zoo.manifest['version']}-{split}-report.html",
+                                   file_name=f"{zoo.release_name}-{zoo.version}-{split}-report.html",
                                    mime="text/html", key="zoo_report_download", on_click="ignore")
                 if st.checkbox("Show the full report here (ROC, confusion, calibration plots)", key="zoo_embed"):
                     if len(data) > MAX_EMBED_BYTES:
@@ -126,7 +126,7 @@ def main() -> None:
         comp = zoo_info.stacker_table(m)
         if not comp.empty:
             st.markdown(f"**Stacker comparison** (cross-validated AUC on out-of-fold member scores; "
-                        f"chosen: {m.get('stacker', {}).get('chosen')})")
+                        f"chosen: {zoo.stacker_name})")
             st.dataframe(comp, hide_index=True, key="zoo_stackers")
     with tab_members:
         st.dataframe(zoo_info.members_table(m), hide_index=True, key="zoo_members")

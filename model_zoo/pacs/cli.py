@@ -21,8 +21,9 @@ from typing import Any, TextIO
 
 from model_zoo.errors import ZooError
 from model_zoo.framing import JITTER_BOXES
+from model_zoo.roi import ROI_MODES
 
-ROI_CHOICES = ("auto", "full")
+ROI_CHOICES = tuple(m for m in ROI_MODES if m != "given")  # a PACS study has no given box
 
 
 def add_parser(sub: Any) -> None:

@@ -45,7 +45,7 @@ for spec in member_specs(cfg):
     rates[spec.member_id] = n * batch / (time.perf_counter() - t0)
 # Training crops: the train split (7/10 of the cases by default); each member trains
 # (folds - 1)/folds of them per fold job plus all of them once = folds x per epoch.
-from training.fit import load_cases  # noqa: E402
+from training.data import load_cases  # noqa: E402
 
 frame = load_cases(cfg, log=lambda *_: None)
 n_train = int((frame["split"] == "train").sum())
