@@ -34,11 +34,13 @@ __all__ = [
     "Call",
     "JitterSummary",
     "check_band",
+    "format_probability",
     "frame_call",
     "in_threshold_band",
     "jitter_note",
     "jitter_sentence",
     "jitter_summary",
+    "probability_sentence",
 ]
 
 # Half-width of the "indeterminate" band around the threshold, on the scale that is shown
@@ -77,6 +79,30 @@ def check_band(band: object, where: str = "threshold.indeterminate_band") -> flo
 def in_threshold_band(p: float, threshold: float, band: float = DEFAULT_INDETERMINATE_BAND) -> bool:
     """``|p - threshold| <= band`` (rounded to 9 decimals, so the band is symmetric in floats)."""
     return round(abs(float(p) - float(threshold)), 9) <= float(band)
+
+
+def format_probability(p: float, threshold: float) -> tuple[str, str]:
+    """``p`` and ``threshold`` as strings with 2 decimals, or 3 when 2 would make them look equal."""
+    a, b = f"{p:.2f}", f"{threshold:.2f}"
+    if a == b and p != threshold:
+        a, b = f"{p:.3f}", f"{threshold:.3f}"
+    return a, b
+
+
+def probability_sentence(p: float, threshold: float, positive_class: str, negative_class: str) -> str:
+    """E.g. ``"Probability of malignant: 0.73 (threshold 0.41 -> above: malignant)"``.
+
+    The class call follows the zoo's rule (positive when ``p >= threshold``).
+    """
+    a, b = format_probability(p, threshold)
+    if p > threshold:
+        side, call = "above", positive_class
+    elif p == threshold:
+        side, call = "at", positive_class
+    else:
+        side, call = "below", negative_class
+    return f"Probability of {positive_class}: {a} (threshold {b} -> {side}: {call})"
+
 
 
 # ----------------------------------------------------------------------------- ROI jitter
@@ -172,8 +198,6 @@ class Call:
     def sentence(self) -> str:
         """E.g. "Probability of malignant: 0.73 (threshold 0.41 -> above: malignant)", or
         "Probability of malignant: 0.53 (threshold 0.50) -> indeterminate - the call lies at the threshold"."""
-        from model_zoo.report_pdf import format_probability, probability_sentence
-
         if not self.indeterminate:
             return probability_sentence(self.p, self.threshold, self.positive_class, self.negative_class)
         a, b = format_probability(self.p, self.threshold)
@@ -194,8 +218,6 @@ def frame_call(p_raw: float, threshold: float, positive_class: str, negative_cla
     if p_calibrated is not None and threshold_calibrated is not None:
         pc, tc = float(p_calibrated), float(threshold_calibrated)
         if (pc >= tc) == (p_raw >= threshold):
-            from model_zoo.report_pdf import format_probability
-
             a, b = format_probability(p_raw, threshold)
             p, t, calibrated = pc, tc, True
             note = (f"Calibrated probability (Platt scaling fitted on internal data). Raw stacker output {a} "

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from model_zoo.framing import Call, JitterSummary, frame_call
+# The sentence wording lives with the call rule (framing); kept importable from here for the PDF's readers.
+from model_zoo.framing import Call, JitterSummary, format_probability, frame_call, probability_sentence
 
 __all__ = [
     "DISCLAIMER",
@@ -56,29 +57,6 @@ def pdf_text(text: Any) -> str:
     for k, v in _REPLACEMENTS.items():
         s = s.replace(k, v)
     return s.encode("latin-1", errors="replace").decode("latin-1")
-
-
-def format_probability(p: float, threshold: float) -> tuple[str, str]:
-    """``p`` and ``threshold`` as strings with 2 decimals, or 3 when 2 would make them look equal."""
-    a, b = f"{p:.2f}", f"{threshold:.2f}"
-    if a == b and p != threshold:
-        a, b = f"{p:.3f}", f"{threshold:.3f}"
-    return a, b
-
-
-def probability_sentence(p: float, threshold: float, positive_class: str, negative_class: str) -> str:
-    """E.g. ``"Probability of malignant: 0.73 (threshold 0.41 -> above: malignant)"``.
-
-    The class call follows the zoo's rule (positive when ``p >= threshold``).
-    """
-    a, b = format_probability(p, threshold)
-    if p > threshold:
-        side, call = "above", positive_class
-    elif p == threshold:
-        side, call = "at", positive_class
-    else:
-        side, call = "below", negative_class
-    return f"Probability of {positive_class}: {a} (threshold {b} -> {side}: {call})"
 
 
 @dataclass
