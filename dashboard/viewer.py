@@ -1,11 +1,12 @@
 """The Case page's viewer settings and heatmap legend, free of Streamlit so they can be tested.
 
-Streamlit drops a widget's value on any run that does not draw the widget, and the Case page
-stops early for a new image (no ROI yet), so the heatmap opacity, ScoreCAM and jitter
-choices used to fall back to their defaults with every upload. The user's choices live in
-one :class:`ViewerSettings` record in session state, under a key that has nothing to do
-with the image; each run reads the widgets back into it and seeds any widget Streamlit
-forgot from it.
+Streamlit drops a widget's value on any run that does not draw the widget (and then hands
+back whatever the script last wrote to that key), and the Case page stops early for a new
+image (no ROI yet), so the heatmap opacity, ScoreCAM and jitter choices fell back to their
+defaults with every upload. The user's choices live in one :class:`ViewerSettings` record
+in session state, under a key that has nothing to do with the image: each widget's
+``on_change`` writes its value into the record (:func:`remember`), and every run writes the
+record back into the widget keys before the widgets are drawn (:func:`seed_widgets`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DISPLAY_SIZES = (320, 400, 520, 640, 800, 1024)  # px, long side of the image on
 class ViewerSettings:
     """Per-session viewer choices, kept across images."""
 
-    display_px: int = 520  # fits a 768-px tablet in portrait beside nothing, and 1024 px beside the sidebar
+    display_px: int = 520  # fits the content column at 1024 px beside the sidebar (564 px wide, measured)
     invert: bool = False
     opacity: float = 0.5
     scorecam: bool = True
@@ -43,33 +44,38 @@ WIDGET_KEYS: dict[str, str] = {
 }
 
 
-def sync_settings(state: MutableMapping[str, Any]) -> ViewerSettings:
-    """Read the widgets present in ``state`` into the stored settings, then seed every
-    widget key that is missing from them; returns the settings now in force.
+def current(state: MutableMapping[str, Any]) -> ViewerSettings:
+    """The settings in force (the defaults until the user changes one)."""
+    stored = state.get(SETTINGS_KEY)
+    return stored if isinstance(stored, ViewerSettings) else ViewerSettings()
 
-    Call once per run before any of the widgets is drawn (the widgets then take their value
-    from ``state`` and must not be given a default of their own).
-    """
-    current = state.get(SETTINGS_KEY)
-    settings = current if isinstance(current, ViewerSettings) else ViewerSettings()
-    changed = {}
-    for f in fields(ViewerSettings):
-        key = WIDGET_KEYS[f.name]
-        if key in state and state[key] is not None:
-            changed[f.name] = type(getattr(settings, f.name))(state[key])
-    settings = replace(settings, **changed)
+
+def seed_widgets(state: MutableMapping[str, Any]) -> ViewerSettings:
+    """Write the settings into every widget key; returns them. Call once per run before any
+    of the widgets is drawn (the widgets then take their value from ``state`` and must not be
+    given a default of their own). Unconditional: a key Streamlit dropped may still read as
+    an old value."""
+    settings = current(state)
     state[SETTINGS_KEY] = settings
     for f in fields(ViewerSettings):
-        state.setdefault(WIDGET_KEYS[f.name], getattr(settings, f.name))
+        state[WIDGET_KEYS[f.name]] = getattr(settings, f.name)
+    return settings
+
+
+def remember(state: MutableMapping[str, Any], name: str) -> ViewerSettings:
+    """A widget's ``on_change``: keep its new value (in the setting's own type) in the record."""
+    settings = current(state)
+    value = type(getattr(settings, name))(state[WIDGET_KEYS[name]])
+    state[SETTINGS_KEY] = settings = replace(settings, **{name: value})
     return settings
 
 
 # ----------------------------------------------------------------------------- legend
 
 LEGEND_BACKGROUND = 0.5  # mid grey: what a heatmap is blended onto, on average
-LEGEND_CAPTION = ("Colour scale at the current opacity: grey (left) = no evidence, then blue, green, yellow "
-                  "and red (right) = the strongest evidence in that map. Each map is scaled to its own "
-                  "maximum, so colours compare places within one map, not maps or cases.")
+LEGEND_WIDTH = 400  # px on screen: fits a 768-px tablet
+LEGEND_CAPTION = ("Colour scale at this opacity: grey (left) = no evidence, then blue, green, yellow, red (right) = "
+                  "the strongest evidence in that map (each map is scaled to its own maximum).")
 
 
 def heat_legend(opacity: float, width: int = 256, height: int = 18) -> np.ndarray:

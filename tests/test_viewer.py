@@ -15,32 +15,37 @@ from model_zoo.imaging import ImageMeta
 # ----------------------------------------------------------------------------- settings
 
 
-def test_settings_seed_missing_widgets_with_defaults():
+def test_settings_seed_the_widgets_with_defaults():
     state: dict = {}
-    settings = viewer.sync_settings(state)
-    assert settings == viewer.ViewerSettings()
+    settings = viewer.seed_widgets(state)
+    assert settings == viewer.ViewerSettings() and state[viewer.SETTINGS_KEY] == settings
     assert state["case_display_px"] == 520 and state["case_opacity"] == 0.5
     assert state["case_scorecam"] is True and state["case_jitter"] is True and state["case_invert"] is False
 
 
 def test_settings_survive_streamlit_dropping_the_widgets():
-    """Streamlit forgets a widget's value after a run that did not draw it (a new image stops
-    the page before the heatmaps): the next run must seed it with the user's choice, not the default."""
+    """After a run that did not draw a widget (a new image stops the page before the
+    heatmaps) Streamlit hands back the value the script last wrote to its key, here the
+    default: the next run must restore the user's choice."""
     state: dict = {}
-    viewer.sync_settings(state)
-    state.update(case_opacity=0.8, case_scorecam=False, case_jitter=False, case_invert=True, case_display_px=640)
-    chosen = viewer.sync_settings(state)
-    assert chosen == viewer.ViewerSettings(display_px=640, invert=True, opacity=0.8, scorecam=False, jitter=False)
-    for key in viewer.WIDGET_KEYS.values():  # the run for the new image drew none of them
-        del state[key]
+    viewer.seed_widgets(state)
+    chosen = {"opacity": 0.8, "scorecam": False, "jitter": False, "invert": True, "display_px": 640}
+    for name, value in chosen.items():  # the user moves each widget; its on_change runs
+        state[viewer.WIDGET_KEYS[name]] = value
+        viewer.remember(state, name)
+    expected = viewer.ViewerSettings(**chosen)  # type: ignore[arg-type]
+    assert viewer.current(state) == expected
+    for name in chosen:  # the run for the next image drew none of them
+        state[viewer.WIDGET_KEYS[name]] = getattr(viewer.ViewerSettings(), name)
     state["case"] = {"sha256": "another image"}
-    assert viewer.sync_settings(state) == chosen
+    assert viewer.seed_widgets(state) == expected
     assert state["case_opacity"] == 0.8 and state["case_scorecam"] is False and state["case_display_px"] == 640
 
 
 def test_settings_keep_their_types():
     state = {"case_display_px": 800.0, "case_opacity": 1}
-    s = viewer.sync_settings(state)
+    assert viewer.remember(state, "display_px").display_px == 800
+    s = viewer.remember(state, "opacity")
     assert s.display_px == 800 and isinstance(s.display_px, int)
     assert s.opacity == 1.0 and isinstance(s.opacity, float)
     assert viewer.ViewerSettings().display_px in viewer.DISPLAY_SIZES
