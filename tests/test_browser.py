@@ -78,7 +78,11 @@ def streamlit_server(env: dict, tmp: Path):
             yield url
         finally:
             proc.terminate()
-            proc.wait(timeout=20)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:  # a loaded machine: do not fail a passed test on teardown
+                proc.kill()
+                proc.wait(timeout=20)
 
 
 def _roi_caption(page) -> str:
