@@ -111,6 +111,7 @@ def test_upload_draw_predict_heatmaps_pdf(server):
         # Draw the ROI: drag on the top canvas layer (display px -> stored px in the app).
         canvas = page.locator("canvas.upper-canvas").first  # fabric.js's event layer
         expect(canvas).to_be_visible()
+        canvas.scroll_into_view_if_needed()  # the controls sit above the image: it may start below the fold
         box = canvas.bounding_box()
         assert box and box["width"] > 200
         x0, y0 = box["x"] + box["width"] * 0.44, box["y"] + box["height"] * 0.56
