@@ -123,24 +123,50 @@ def window_units(meta: ImageMeta) -> tuple[float, float, float, float, str]:
     return 127.5, 256.0, 0.0, 255.0, "display grey levels 0-255"
 
 
-def rewindow(pixels: np.ndarray, meta: ImageMeta, center: float, width: float) -> np.ndarray:
-    """Display-only window/level on loaded pixels, in the units of :func:`window_units`.
+def window_values(pixels: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """The loaded pixels in the units of :func:`window_units` (float64).
 
     The loaded pixels are the header window's output (MONOCHROME1 already inverted), so the
-    header-unit value of each pixel is recovered by inverting the LINEAR VOI ramp, then
-    ``imaging.apply_window`` applies the new window. Values the header window clipped stay
-    clipped, which is why the slider range is the header window's range. The models never
-    see this: they use the pixels as loaded.
+    header-unit value of each pixel is recovered by inverting the LINEAR VOI ramp. Values the
+    header window clipped stay clipped, which is why the slider range is the header window's
+    range. Without a header window the units are display grey levels 0-255.
     """
     p = np.asarray(pixels, dtype=np.float64)
     if meta.window is not None:
         hc, hw = (float(v) for v in meta.window)
-        inverted = meta.photometric.upper() == "MONOCHROME1"
-        y = 1.0 - p if inverted else p
-        x = hc - 0.5 + (y - 0.5) * max(hw - 1.0, 1.0)
-        out = imaging.apply_window(x, center, max(float(width), 1.0))
-        return (1.0 - out) if inverted else out
-    return imaging.apply_window(p * 255.0, center, max(float(width), 1.0))
+        y = 1.0 - p if _high_is_dark(meta) else p
+        return hc - 0.5 + (y - 0.5) * max(hw - 1.0, 1.0)
+    return p * 255.0
+
+
+def _high_is_dark(meta: ImageMeta) -> bool:
+    """In MONOCHROME1 header units a higher value displays darker."""
+    return meta.window is not None and meta.photometric.upper() == "MONOCHROME1"
+
+
+def rewindow(pixels: np.ndarray, meta: ImageMeta, center: float, width: float, *, invert: bool = False) -> np.ndarray:
+    """Display-only window/level on loaded pixels, in the units of :func:`window_units`;
+    ``invert`` swaps black and white after windowing. The models never see this: they use
+    the pixels as loaded.
+    """
+    out = imaging.apply_window(window_values(pixels, meta), center, max(float(width), 1.0))
+    if _high_is_dark(meta):
+        out = 1.0 - out
+    return (1.0 - out) if invert else out
+
+
+def window_presets(pixels: np.ndarray, meta: ImageMeta) -> tuple[imaging.WindowPreset, ...]:
+    """``imaging.window_presets`` of an image in the units of :func:`window_units`, plus the
+    starting window ("Header window" for DICOM with one, else "Default"), each limited to the
+    sliders' range."""
+    c0, w0, lo, hi, _ = window_units(meta)
+    start = imaging.WindowPreset("Header window" if meta.window is not None else "Default", c0, w0,
+                                 "the window the image opened with")
+    found = imaging.window_presets(window_values(pixels, meta), bright_is_high=not _high_is_dark(meta))
+    max_width = max(hi - lo, w0, 2.0)
+    return (start,) + tuple(
+        imaging.WindowPreset(p.name, float(np.clip(p.center, lo, hi)), float(np.clip(p.width, 1.0, max_width)), p.note)
+        for p in found)
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:

@@ -56,11 +56,13 @@ if TYPE_CHECKING:  # pydicom is imported lazily: PNG-only users should not pay f
 __all__ = [
     "ImageMeta",
     "LoadedImage",
+    "WindowPreset",
     "apply_window",
     "image_hash",
     "load_image",
     "parse_dicom_age",
     "to_uint8",
+    "window_presets",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -188,6 +190,58 @@ def apply_window(
     else:
         raise InputError(f"unsupported DICOM VOI LUT function {function!r}")
     return y.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class WindowPreset:
+    """A display window (``center``, ``width`` in the caller's units) with a name and a note."""
+
+    name: str
+    center: float
+    width: float
+    note: str
+
+
+# Percentiles of the image's unsaturated values (brightest = 100) that bound each preset.
+# Bone is the brightest anatomy, so its window covers the bright half; soft tissue sits
+# below it. Chosen on pydicom-data's RG3 (a CR of a
+# tibia, 44 % of its pixels clipped by the header window) and BTXRD PNGs.
+PRESET_PERCENTILES: dict[str, tuple[float, float, str]] = {
+    "Bone": (50.0, 99.5, "narrow window on the brightest half of the image"),
+    "Soft tissue": (10.0, 70.0, "window on the darker anatomy below bone"),
+}
+
+
+def window_presets(values: np.ndarray, *, bright_is_high: bool = True,
+                   min_width: float = 1.0) -> tuple[WindowPreset, ...]:
+    """Display window presets from an image's own value distribution.
+
+    ``values`` are the pixels in the units the window is set in (e.g. DICOM header units, or
+    0-255 display grey levels); ``bright_is_high`` is False where a higher value displays
+    darker (MONOCHROME1 header units). Returns "Full range" (min to max) and the
+    :data:`PRESET_PERCENTILES` windows, widths at least ``min_width`` (LINEAR windows need
+    >= 1). The percentiles skip pixels sitting exactly at the minimum or maximum: those are
+    clipped by an earlier window or are background, and in a collimated radiograph they can
+    be half the image, which would drag every percentile onto the clipped value.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise InputError("cannot compute window presets of an empty image")
+    b = v if bright_is_high else -v  # brightness order: higher = brighter
+    lo, hi = float(b.min()), float(b.max())
+    inside = b[(b > lo) & (b < hi)]
+    stats = inside if inside.size >= max(16, b.size // 100) else b
+
+    def preset(name: str, b_lo: float, b_hi: float, note: str) -> WindowPreset:
+        u_lo, u_hi = (b_lo, b_hi) if bright_is_high else (-b_hi, -b_lo)
+        return WindowPreset(name, (u_lo + u_hi) / 2.0, max(u_hi - u_lo, float(min_width)), note)
+
+    out = [preset("Full range", lo, hi, "every value from the darkest to the brightest pixel")]
+    for name, (q_lo, q_hi, note) in PRESET_PERCENTILES.items():
+        b_lo, b_hi = np.percentile(stats, [q_lo, q_hi])
+        out.append(preset(name, float(b_lo), float(b_hi), note))
+    return tuple(out)
 
 
 def parse_dicom_age(value: Any) -> float | None:

@@ -179,6 +179,57 @@ def test_case_page_sample_prediction(dash_env, zoo):
     assert len([e for e in audit.read_events(dash_env["audit"]) if e["event"] == "case_prediction"]) == 1
 
 
+
+def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_env):
+    """Issue 17, viewer: window/level presets and typed values, the header as a wrapping
+    table, a colour legend under the heatmaps, and the size/invert/opacity/ScoreCAM/jitter
+    choices kept when the next image is opened (they used to reset with every upload)."""
+    from dashboard import viewer
+
+    at = _app().run()
+    at.button(key="case_load_sample").click().run()
+    _no_crash(at)
+    header = at.table[0].value  # st.table wraps long values; st.dataframe truncated them
+    assert "Modality" in set(header["tag"]) and "MONOCHROME1" in set(header["value"])
+    # Presets from the image's own values; each sets the slider and the typed field together.
+    presets = at.session_state["case"]["presets"]
+    assert [p.name for p in presets] == ["Header window", "Full range", "Bone", "Soft tissue"]
+    at.button(key="case_wl_preset_2").click().run()
+    _no_crash(at)
+    assert at.slider(key="case_wc").value == pytest.approx(presets[2].center)
+    assert at.number_input(key="case_ww_num").value == pytest.approx(presets[2].width)
+    at.number_input(key="case_wc_num").set_value(400.0).run()  # keyboard entry moves the slider
+    assert at.slider(key="case_wc").value == 400.0
+
+    at.checkbox(key="case_confirm").check().run()
+    _no_crash(at)
+    legends = [i for i in at.image if viewer.LEGEND_CAPTION in i.captions]
+    assert len(legends) == 2, "one legend under the GradCAM and one under the ScoreCAM maps"
+    at.slider(key="case_opacity").set_value(0.8)
+    at.checkbox(key="case_scorecam").uncheck()
+    at.checkbox(key="case_jitter").uncheck()
+    at.toggle(key="case_invert").set_value(True)
+    at.select_slider(key="case_display_px").set_value(640).run()
+    _no_crash(at)
+
+    # The next image: a synthetic radiograph; the page stops at "draw an ROI" (no heatmap widgets).
+    row = pd.read_csv(dash_env["cases"], dtype=str).iloc[0]
+    data = (dash_env["cases"].parent / row["image"]).read_bytes()
+    at.file_uploader(key="case_upload").set_value(("next.png", data, "image/png")).run()
+    _no_crash(at)
+    assert at.session_state["case"]["label"] == "uploaded image"
+    at.radio(key="case_roi_mode").set_value("Whole image").run()
+    at.checkbox(key="case_confirm").check().run()
+    _no_crash(at)
+    assert at.slider(key="case_opacity").value == 0.8
+    assert at.checkbox(key="case_scorecam").value is False
+    assert at.checkbox(key="case_jitter").value is False
+    assert at.toggle(key="case_invert").value is True
+    assert at.select_slider(key="case_display_px").value == 640
+    assert max(at.session_state["case"]["display"][:2]) == 640, "the small image is shown at the chosen size"
+    assert [p.name for p in at.session_state["case"]["presets"]][0] == "Default"  # PNG: no header window
+
+
 def test_case_page_auto_crop_proposal_is_editable(dash_env, zoo):
     from model_zoo import imaging
     from model_zoo.predict import propose_roi

@@ -39,6 +39,7 @@ from model_zoo.imaging import (
     load_image,
     parse_dicom_age,
     to_uint8,
+    window_presets,
 )
 
 RG3_SIZE = 1760
@@ -640,6 +641,57 @@ def test_meta_is_frozen():
     assert isinstance(img.meta, ImageMeta)
     with pytest.raises(AttributeError):
         img.meta.age = 3  # type: ignore[misc]
+
+
+
+# ----------------------------------------------------------------------------- window presets
+
+
+def _three_tissues(rng: np.random.Generator, n: int = 20_000) -> np.ndarray:
+    """Values like a radiograph in 0-255 units: 10 % air (~20), 45 % soft tissue (~100), 45 % bone (~200)."""
+    return np.concatenate([rng.normal(20, 3, n // 10), rng.normal(100, 10, n * 45 // 100),
+                           rng.normal(200, 10, n * 45 // 100)])
+
+
+def test_window_presets_follow_the_image_values():
+    v = _three_tissues(np.random.default_rng(0))
+    presets = {p.name: p for p in window_presets(v)}
+    assert list(presets) == ["Full range", "Bone", "Soft tissue"]
+    full = presets["Full range"]
+    assert full.center == pytest.approx((v.min() + v.max()) / 2) and full.width == pytest.approx(np.ptp(v))
+    bone, soft = presets["Bone"], presets["Soft tissue"]
+    # Bone: a window on the bright cluster, starting above the soft-tissue mean.
+    assert 100 < bone.center - bone.width / 2 < 200 <= bone.center + bone.width / 2
+    # Soft tissue: covers the soft-tissue cluster and stops below the bone mean.
+    assert soft.center - soft.width / 2 < 100 < soft.center + soft.width / 2 < 200
+    assert bone.width < full.width and soft.width < full.width
+
+
+def test_window_presets_ignore_clipped_pixels():
+    """A collimated CR clips ~half its pixels at one value (RG3: 44 %); the presets must not
+    collapse onto it."""
+    v = _three_tissues(np.random.default_rng(1))
+    clipped = np.concatenate([v, np.full(v.size, 255.0)])
+    plain = {p.name: p for p in window_presets(v)}
+    with_clip = {p.name: p for p in window_presets(clipped)}
+    for name in ("Bone", "Soft tissue"):
+        assert with_clip[name].center == pytest.approx(plain[name].center, abs=2.0), name
+        assert with_clip[name].width == pytest.approx(plain[name].width, abs=4.0), name
+    assert with_clip["Full range"].center + with_clip["Full range"].width / 2 == pytest.approx(255.0)
+
+
+def test_window_presets_mirror_when_high_values_display_dark():
+    v = _three_tissues(np.random.default_rng(2))
+    bright = window_presets(v)
+    dark = window_presets(-v, bright_is_high=False)  # MONOCHROME1-style units: bone has the low values
+    for a, b in zip(bright, dark, strict=True):
+        assert a.name == b.name and b.center == pytest.approx(-a.center) and b.width == pytest.approx(a.width)
+
+
+def test_window_presets_of_a_flat_or_empty_image():
+    assert all(p.width == 1.0 and p.center == 7.0 for p in window_presets(np.full((5, 5), 7.0)))
+    with pytest.raises(InputError, match="empty"):
+        window_presets(np.array([]))
 
 
 # ----------------------------------------------------------------------------- BTXRD

@@ -13,14 +13,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import case_logic as cl
-from dashboard import common, pacs_ui
+from dashboard import common, pacs_ui, viewer
 from model_zoo import audit, framing, gate, imaging, roi
 from model_zoo.errors import InputError
 
 ROI_MODES = ("Draw on the image", "Enter coordinates", "Auto-crop", "Whole image")
 SEX_OPTIONS = ("not given", "F", "M")
 SITE_OPTIONS = ("not given", "appendicular", "axial")
-MAX_DISPLAY = 640
 VIEW_SIDE = 300
 JITTER_N = framing.JITTER_BOXES  # the PACS command line checks the same boxes
 ROI_NEEDED = ("No probability yet: draw a box around the lesion, enter its coordinates, accept the auto-crop "
@@ -56,7 +55,6 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
     """Decode an image into session state and reset the per-image widgets."""
     image = imaging.load_image(data, name=name)
     h, w = image.pixels.shape
-    dw, dh, scale = cl.display_size(w, h, MAX_DISPLAY, MAX_DISPLAY)
     header = gate.check_header(image.meta)  # modality / body part / age (model_zoo.gate)
     pre = cl.prefill(image.meta, header)
     if sample is not None:
@@ -75,8 +73,8 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
         "description": sample["description"] if sample else "",
         "image": image,
         "size": (w, h),
-        "display": (dw, dh, scale),
-        "display_pixels": cl.downscale(image.pixels, (dw, dh)),
+        "display_px": None,  # the display copy is made by _fit_display at the chosen on-screen size
+        "presets": cl.window_presets(image.pixels, image.meta),
         "box": box,
         "initial_box": box if sample else None,
         "prefill": pre,
@@ -93,8 +91,30 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
     st.session_state["case_ood_override"] = False
     st.session_state["case_roi_mode"] = mode
     st.session_state.pop("case_auto_accepted", None)
-    st.session_state["case_wc"], st.session_state["case_ww"] = c, ww
+    _set_window(c, ww)
     _set_box_widgets(box)
+
+
+def _set_window(center: float, width: float) -> None:
+    """Window/level has two widgets per value (slider for the mouse, number field for the
+    keyboard); presets and new images set both."""
+    for key, value in (("case_wc", center), ("case_ww", width)):
+        st.session_state[key] = st.session_state[f"{key}_num"] = float(value)
+
+
+def _copy_widget(src: str, dst: str) -> None:
+    st.session_state[dst] = st.session_state[src]
+
+
+def _fit_display(case: dict, px: int) -> None:
+    """The display copy at the chosen on-screen size (long side ``px``; small images grow to it)."""
+    if case.get("display_px") == px:
+        return
+    w, h = case["size"]
+    dw, dh, scale = cl.display_size(w, h, px, px, min_side=px)
+    case["display"] = (dw, dh, scale)
+    case["display_pixels"] = cl.downscale(case["image"].pixels, (dw, dh))
+    case["display_px"] = px
 
 
 def _set_box_widgets(box: tuple) -> None:
@@ -147,89 +167,95 @@ def _input_section() -> None:
 # ----------------------------------------------------------------------------- ROI
 
 
-def _roi_section(case: dict, zoo: Any) -> tuple[tuple | None, str, bool]:
+def _roi_section(case: dict, zoo: Any, settings: viewer.ViewerSettings) -> tuple[tuple | None, str, bool]:
     """(box, where it came from, ready): ``ready`` once the ROI was chosen explicitly (drawn,
-    entered, accepted from auto-crop, or 'Whole image'); box None when the box is invalid."""
+    entered, accepted from auto-crop, or 'Whole image'); box None when the box is invalid.
+
+    Every control sits above the image and the image has the page width to itself, so a
+    canvas of the chosen size never lands on the controls (it used to sit in a 3/5 column
+    beside them and cover them on a 1024-px screen).
+    """
     image = case["image"]
     w, h = case["size"]
+    _fit_display(case, settings.display_px)
     dw, dh, scale = case["display"]
-    meta = image.meta
-    c0, w0, lo, hi, units = cl.window_units(meta)
-    _restore("case_wc", c0)
-    _restore("case_ww", w0)
     _restore("case_roi_mode", "Draw on the image")
 
-    col_img, col_side = st.columns([3, 2])
-    with col_side:
-        with st.expander("Window / level (display only)", expanded=False):
-            st.slider(f"Window centre ({units})", float(lo), float(hi), key="case_wc")
-            st.slider(f"Window width ({units})", 1.0, float(max(hi - lo, w0, 2.0)), key="case_ww")
-            src = "from the DICOM header" if meta.window is not None else "default"
-            st.caption(f"Starts {src} ({c0:g} / {w0:g}). The models always see the image as loaded.")
-        if meta.display_tags:
-            with st.expander("Image header (non-identifying tags)", expanded=meta.source_format == "dicom"):
-                st.dataframe(pd.DataFrame({"tag": list(meta.display_tags), "value": list(meta.display_tags.values())}),
-                             hide_index=True, key="case_tags")
-        mode = st.radio("ROI", ROI_MODES, key="case_roi_mode", horizontal=False,
-                        help="The region the models classify (each adds its own context margin).")
-    display = cl.rewindow(case["display_pixels"], meta, st.session_state["case_wc"], st.session_state["case_ww"])
+    mode = st.radio("ROI", ROI_MODES, key="case_roi_mode", horizontal=True,
+                    help="The region the models classify (each adds its own context margin).")
+    c_size, c_invert = st.columns([3, 1], vertical_alignment="bottom")
+    with c_size:
+        st.select_slider("Image size on screen (px, long side)", viewer.DISPLAY_SIZES, key="case_display_px",
+                         on_change=viewer.remember, args=(st.session_state, "display_px"),
+                         help="Kept for the next images. Pick a size that fits your screen; the ROI is "
+                              "always in stored pixels, whatever the size.")
+    with c_invert:
+        st.toggle("Invert", key="case_invert", on_change=viewer.remember, args=(st.session_state, "invert"),
+                  help="Swap black and white (display only); kept for the next images.")
+    _window_panel(case)
+    if image.meta.display_tags:  # full width: in a half column long values were cut off at 1024 px
+        with st.expander("Image header (non-identifying tags)", expanded=False):
+            # st.table wraps long values (st.dataframe truncated them at the column width)
+            st.table(pd.DataFrame({"tag": list(image.meta.display_tags),
+                                   "value": list(image.meta.display_tags.values())}), hide_index=True)
+    display = cl.rewindow(case["display_pixels"], image.meta, st.session_state["case_wc"],
+                          st.session_state["case_ww"], invert=settings.invert)
     case["display_view"] = display
 
     box = tuple(case["box"])
     source = "drawn"
     full = tuple(float(v) for v in roi.full_image_box((w, h)))
     ready = False
-    with col_img:
-        if mode == "Draw on the image":
-            drawn = _draw_roi(case, display, scale)
-            if drawn is not None:
-                box, ready = drawn, True
-            elif case["initial_box"] is not None:  # the sample's ROI, shown on the canvas
-                box, ready = tuple(case["initial_box"]), True
-            source = "drawn on the image"
-        elif mode == "Enter coordinates":
-            for k, v in zip(("case_x0", "case_y0", "case_x1", "case_y1"), box, strict=True):
-                _restore(k, float(round(v)))
-            cols = st.columns(4)
-            labels = ("x0 (left)", "y0 (top)", "x1 (right, exclusive)", "y1 (bottom, exclusive)")
-            limits = (w, h, w, h)
-            vals = []
-            for col, key, label, lim in zip(cols, ("case_x0", "case_y0", "case_x1", "case_y1"), labels, limits, strict=True):
-                with col:
-                    vals.append(st.number_input(label, min_value=0.0, max_value=float(lim), step=1.0,
-                                                format="%.0f", key=key))
-            box = tuple(float(v) for v in vals)
-            ready = box != full  # the fields start at the whole image: that is not an entered ROI
-            source = "entered coordinates" if case["initial_box"] is None else "entered coordinates / sample ROI"
-        elif mode == "Auto-crop":
-            from model_zoo.predict import propose_roi
+    if mode == "Draw on the image":
+        drawn = _draw_roi(case, display, scale)
+        if drawn is not None:
+            box, ready = drawn, True
+        elif case["initial_box"] is not None:  # the sample's ROI, shown on the canvas
+            box, ready = tuple(case["initial_box"]), True
+        source = "drawn on the image"
+    elif mode == "Enter coordinates":
+        for k, v in zip(("case_x0", "case_y0", "case_x1", "case_y1"), box, strict=True):
+            _restore(k, float(round(v)))
+        cols = st.columns(4)
+        labels = ("x0 (left)", "y0 (top)", "x1 (right, exclusive)", "y1 (bottom, exclusive)")
+        limits = (w, h, w, h)
+        vals = []
+        for col, key, label, lim in zip(cols, ("case_x0", "case_y0", "case_x1", "case_y1"), labels, limits, strict=True):
+            with col:
+                vals.append(st.number_input(label, min_value=0.0, max_value=float(lim), step=1.0,
+                                            format="%.0f", key=key))
+        box = tuple(float(v) for v in vals)
+        ready = box != full  # the fields start at the whole image: that is not an entered ROI
+        source = "entered coordinates" if case["initial_box"] is None else "entered coordinates / sample ROI"
+    elif mode == "Auto-crop":
+        from model_zoo.predict import propose_roi
 
-            box, source = propose_roi(zoo, image.pixels)
-            if getattr(zoo, "localiser", None) is None:
-                st.info("This zoo has no localiser (auto-crop model), so the whole image is used. "
-                        "Draw or enter a box for a lesion-level answer.")
-            else:
-                st.warning(cl.localiser_caution(zoo.localiser.metrics))
-            ready = st.session_state.get("case_auto_accepted") == (case["sha256"], _box_key(box))
-            c_use, c_edit = st.columns(2)
-            with c_use:
-                st.button("Use this box", key="case_accept_auto", on_click=_accept_proposal,
-                          args=(case["sha256"], box), disabled=ready, type="primary",
-                          help="Accept the proposal as the ROI (check it on the image first).")
-            with c_edit:
-                st.button("Edit this box", key="case_edit_auto", on_click=_edit_proposal, args=(box,),
-                          help="Copy the proposal into the coordinate fields to adjust it.")
+        box, source = propose_roi(zoo, image.pixels)
+        if getattr(zoo, "localiser", None) is None:
+            st.info("This zoo has no localiser (auto-crop model), so the whole image is used. "
+                    "Draw or enter a box for a lesion-level answer.")
         else:
-            box, source, ready = full, "whole image", True
-        try:
-            box = roi.validate_box(box, (w, h))
-        except InputError as err:
-            st.error(f"{err}. Fix the box to continue.")
-            return None, source, False
-        if mode != "Draw on the image":
-            st.image(cl.draw_box(display, box, scale), caption=f"ROI {source}", width=dw)
-        if ready and tuple(box) == full:
-            st.warning(cl.whole_image_caution(zoo.manifest))
+            st.warning(cl.localiser_caution(zoo.localiser.metrics))
+        ready = st.session_state.get("case_auto_accepted") == (case["sha256"], _box_key(box))
+        c_use, c_edit = st.columns(2)
+        with c_use:
+            st.button("Use this box", key="case_accept_auto", on_click=_accept_proposal,
+                      args=(case["sha256"], box), disabled=ready, type="primary",
+                      help="Accept the proposal as the ROI (check it on the image first).")
+        with c_edit:
+            st.button("Edit this box", key="case_edit_auto", on_click=_edit_proposal, args=(box,),
+                      help="Copy the proposal into the coordinate fields to adjust it.")
+    else:
+        box, source, ready = full, "whole image", True
+    try:
+        box = roi.validate_box(box, (w, h))
+    except InputError as err:
+        st.error(f"{err}. Fix the box to continue.")
+        return None, source, False
+    if mode != "Draw on the image":
+        st.image(cl.draw_box(display, box, scale), caption=f"ROI {source}", width=dw)
+    if ready and tuple(box) == full:
+        st.warning(cl.whole_image_caution(zoo.manifest))
     case["box"] = box
     st.caption(f"ROI in stored pixels: x {box[0]:.0f}-{box[2]:.0f}, y {box[1]:.0f}-{box[3]:.0f} "
                f"({box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px of a {w} x {h} image)")
@@ -246,12 +272,16 @@ def _draw_roi(case: dict, display: np.ndarray, scale: float) -> tuple | None:
     from PIL import Image
 
     dw, dh, _ = case["display"]
+    # One canvas per on-screen size (its coordinates are display pixels); a new size starts
+    # from the box drawn at the old one, so resizing keeps the ROI.
+    if case.get("canvas_for", (None,))[0] != dw:
+        case["canvas_for"] = (dw, cl.canvas_drawing(case.get("drawn_box") or case["initial_box"], scale))
     st.caption("Drag a rectangle around the lesion; the last rectangle counts. Use the toolbar to undo.")
     result = st_canvas(
         fill_color="rgba(255, 40, 40, 0.08)", stroke_width=2, stroke_color="#ff2828",
         background_image=Image.fromarray(imaging.to_uint8(display)), drawing_mode="rect",
-        initial_drawing=cl.canvas_drawing(case["initial_box"], scale), height=dh, width=dw,
-        update_streamlit=True, key=f"case_canvas_{case['sha256'][:12]}",
+        initial_drawing=case["canvas_for"][1], height=dh, width=dw,
+        update_streamlit=True, key=f"case_canvas_{case['sha256'][:12]}_{dw}",
     )
     box = cl.canvas_box(getattr(result, "json_data", None), scale, case["size"])
     if box is None:
@@ -260,7 +290,37 @@ def _draw_roi(case: dict, display: np.ndarray, scale: float) -> tuple | None:
     if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
         return None
     _set_box_widgets(box)
+    case["drawn_box"] = box
     return box
+
+
+def _window_panel(case: dict) -> None:
+    """Window/level: presets from the image's own values, and each value as a slider (mouse)
+    and a number field (keyboard), kept in step."""
+    meta = case["image"].meta
+    c0, w0, lo, hi, units = cl.window_units(meta)
+    for key, value in (("case_wc", c0), ("case_ww", w0)):
+        _restore(key, value)
+        _restore(f"{key}_num", st.session_state[key])
+    max_width = float(max(hi - lo, w0, 2.0))
+    with st.expander("Window / level (display only)", expanded=False):
+        with st.container(horizontal=True):  # wraps on narrow screens instead of truncating the names
+            for i, p in enumerate(case["presets"]):
+                st.button(p.name, key=f"case_wl_preset_{i}", on_click=_set_window, args=(p.center, p.width),
+                          help=f"{p.note}: centre {p.center:.0f}, width {p.width:.0f}")
+        for key, label, low, high in (("case_wc", f"Window centre ({units})", lo, hi),
+                                      ("case_ww", "Window width", 1.0, max_width)):
+            c_slide, c_type = st.columns([3, 1], vertical_alignment="bottom")
+            with c_slide:
+                st.slider(label, float(low), float(high), key=key, format="%.0f",
+                          on_change=_copy_widget, args=(key, f"{key}_num"))
+            with c_type:
+                st.number_input(f"{label}, typed", float(low), float(high), step=1.0, format="%.0f",
+                                key=f"{key}_num", label_visibility="collapsed",
+                                on_change=_copy_widget, args=(f"{key}_num", key))
+        src = "from the DICOM header" if meta.window is not None else "default"
+        st.caption(f"Starts {src} ({c0:g} / {w0:g}); presets come from this image's own grey values. "
+                   "The models always see the image as loaded.")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -427,7 +487,8 @@ def _jitter_key(zoo: Any, case: dict, box: tuple, inputs: dict) -> tuple:
 
 def _jitter_section(zoo: Any, case: dict, box: tuple, inputs: dict, pred: Any) -> framing.JitterSummary | None:
     st.markdown("**ROI-jitter check**")
-    if not st.checkbox(f"Re-run with {JITTER_N} slightly shifted/resized boxes", value=True, key="case_jitter"):
+    if not st.checkbox(f"Re-run with {JITTER_N} slightly shifted/resized boxes", key="case_jitter",
+                       on_change=viewer.remember, args=(st.session_state, "jitter")):
         st.session_state.pop("case_jitter_last", None)
         return None
     with st.spinner("ROI-jitter check ..."):
@@ -442,7 +503,8 @@ def _jitter_section(zoo: Any, case: dict, box: tuple, inputs: dict, pred: Any) -
     return j
 
 
-def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: tuple) -> framing.JitterSummary | None:
+def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: tuple,
+              settings: viewer.ViewerSettings) -> framing.JitterSummary | None:
     """GradCAM first (fast); then the ROI-jitter check is filled into its slot above; then
     ScoreCAM with a progress indicator. Returns the jitter summary.
 
@@ -460,9 +522,11 @@ def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: t
         st.info(cl.HEATMAP_HOW_TO)
     c1, c2 = st.columns(2)
     with c1:
-        opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="case_opacity")
+        opacity = st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key="case_opacity",
+                            on_change=viewer.remember, args=(st.session_state, "opacity"))
     with c2:
-        run_score = st.checkbox("Also compute ScoreCAM (slower)", value=True, key="case_scorecam")
+        run_score = st.checkbox("Also compute ScoreCAM (slower)", key="case_scorecam",
+                                on_change=viewer.remember, args=(st.session_state, "scorecam"))
     pixels = case["image"].pixels
     dw, dh, scale = case["display"]
     crops = case.get("crops") or cl.member_crops(zoo, pixels, box)
@@ -471,7 +535,8 @@ def _heatmaps(zoo: Any, case: dict, box: tuple, jitter_slot: Any, jitter_args: t
     vx0, vy0, vx1, vy1 = (int(v) for v in view_box)
     # The ROI view at stored resolution, shrunk, with the same display window as the main view.
     roi_gray = cl.rewindow(cl.downscale(np.ascontiguousarray(pixels[vy0:vy1, vx0:vx1]), (vw, vh)),
-                           case["image"].meta, st.session_state["case_wc"], st.session_state["case_ww"])
+                           case["image"].meta, st.session_state["case_wc"], st.session_state["case_ww"],
+                           invert=settings.invert)
     full_gray = case["display_view"]
     args = dict(zkey=str(zoo.root), case=case, box=box, view_box=view_box, view_wh=(vw, vh), display_wh=(dw, dh))
     case["cam_gray"] = (roi_gray, full_gray)
@@ -528,6 +593,8 @@ def _show_cams(label: str, views: dict[str, cl.CamView], zoo: Any, roi_gray: np.
             with cols[i % 3]:
                 st.image(cl.overlay(full_gray, v.full_map, opacity), width="stretch",
                          caption=("ensemble-weighted" if mid == "ensemble" else v.title) + (f" - {v.note}" if v.note else ""))
+    st.image(viewer.heat_legend(opacity, width=viewer.LEGEND_WIDTH), width=viewer.LEGEND_WIDTH,
+             caption=viewer.LEGEND_CAPTION)
     weights = ", ".join(f"{k} {w:.2f}" for k, w in zoo.cam_weights.items())
     st.caption(f"{label}: {sum(v.seconds for v in views.values()):.2f} s of compute. "
                f"Ensemble weights ({zoo.cam_weights_rule}): {weights}.")
@@ -560,6 +627,7 @@ def _pdf_section(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pr
 
 
 def main() -> None:
+    settings = viewer.seed_widgets(st.session_state)  # before any widget: restores the ones Streamlit dropped
     st.title("Case")
     common.disclaimer()
     zoo = common.get_zoo()
@@ -584,7 +652,7 @@ def main() -> None:
         return
     for note in header.warnings:
         st.warning(f"**Check the input:** {note}.")
-    box, source, ready = _roi_section(case, zoo)
+    box, source, ready = _roi_section(case, zoo, settings)
     if box is None:
         return
     inputs = _clinical_section(case)
@@ -605,7 +673,7 @@ def main() -> None:
     if getattr(pred, "ood", None):
         warnings.append(cl.ood_override_note(pred.ood_score, zoo.ood.threshold))
     jitter_slot = st.container()  # filled after GradCAM, so the heatmaps are not kept waiting
-    jitter = _heatmaps(zoo, case, box, jitter_slot, (zoo, case, box, inputs, pred))
+    jitter = _heatmaps(zoo, case, box, jitter_slot, (zoo, case, box, inputs, pred), settings)
     _pdf_section(zoo, case, box, source, inputs, pred, jitter, warnings)
     pacs_ui.write_back_panel(zoo, case, box, source, inputs, pred, jitter, warnings)  # cases opened from the PACS
 
