@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from model_zoo import framing
+from model_zoo.zoo import default_zoo_dir
 from model_zoo.framing import INDETERMINATE, REASON_BAND, REASON_BOX, JitterSummary, frame_call
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_MANIFEST = REPO / "assets" / "zoo" / "demo-btxrd-2.1.3" / "manifest.json"
+DEMO_MANIFEST = default_zoo_dir() / "manifest.json"  # the bundled release
 
 
 def release_with_band(release: Path, parent: Path, band: float, version: str) -> Path:
@@ -184,7 +185,7 @@ def test_release_without_the_field_uses_the_library_default(tmp_path):
 
     if DEMO_MANIFEST.exists():
         demo = json.loads(DEMO_MANIFEST.read_text())
-        assert "indeterminate_band" not in demo["threshold"], "the bundled 2.1.3 predates the field"
+        assert "indeterminate_band" not in demo["threshold"], "the bundled 2.2.4 predates the field"
     base = {"name": "z", "version": "1.0.0", "threshold": {"value": 0.4}}
     assert Zoo(tmp_path, base, [], None, None).indeterminate_band == framing.DEFAULT_INDETERMINATE_BAND
     stated = {**base, "threshold": {"value": 0.4, "indeterminate_band": 0.1}}
