@@ -89,6 +89,22 @@ def _roi_caption(page) -> str:
     return page.get_by_text(re.compile(r"ROI in stored pixels")).first.inner_text()
 
 
+def _drag_roi(page, canvas: dict, fx: float, fy: float, fw: float, fh: float) -> list[int]:
+    """Drag a rectangle on the canvas (fractions of its box: corner fx, fy; size fw, fh), wait for
+    the ROI caption to change, and return the ROI it shows (x0, x1, y0, y1 in stored pixels)."""
+    from playwright.sync_api import expect
+
+    before = _roi_caption(page)
+    x0, y0 = canvas["x"] + canvas["width"] * fx, canvas["y"] + canvas["height"] * fy
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + canvas["width"] * fw, y0 + canvas["height"] * fh, steps=8)
+    page.mouse.up()
+    expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(before)
+    after = _roi_caption(page)
+    return [int(v) for v in re.findall(r"x (\d+)-(\d+), y (\d+)-(\d+)", after)[0]]
+
+
 def test_upload_draw_predict_heatmaps_pdf(server):
     from playwright.sync_api import expect, sync_playwright
     from pydicom.data import get_testdata_file
@@ -114,14 +130,8 @@ def test_upload_draw_predict_heatmaps_pdf(server):
         canvas.scroll_into_view_if_needed()  # the controls sit above the image: it may start below the fold
         box = canvas.bounding_box()
         assert box and box["width"] > 200
-        x0, y0 = box["x"] + box["width"] * 0.44, box["y"] + box["height"] * 0.56
-        page.mouse.move(x0, y0)
-        page.mouse.down()
-        page.mouse.move(x0 + box["width"] * 0.10, y0 + box["height"] * 0.12, steps=8)
-        page.mouse.up()
-        expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(before)
+        nums = _drag_roi(page, box, 0.44, 0.56, 0.10, 0.12)
         after = _roi_caption(page)
-        nums = [int(v) for v in re.findall(r"x (\d+)-(\d+), y (\d+)-(\d+)", after)[0]]
         # 44 %..54 % of 1760 px wide, 56 %..68 % high, within a few display pixels
         assert abs(nums[0] - 0.44 * 1760) < 20 and abs(nums[1] - 0.54 * 1760) < 20, after
         assert abs(nums[2] - 0.56 * 1760) < 20 and abs(nums[3] - 0.68 * 1760) < 20, after
@@ -235,15 +245,8 @@ def check_viewer_at(browser, url: str, width: int, height: int, shots: Path) -> 
         assert not _overlap(c, box), f"the canvas covers the {name} control at {where}: {c} vs {box}"
 
     # Drag a rectangle away from the sample's own box; it becomes the ROI (display px -> stored px).
-    before = _roi_caption(page)
-    x0, y0 = c["x"] + c["width"] * 0.20, c["y"] + c["height"] * 0.20
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x0 + c["width"] * 0.15, y0 + c["height"] * 0.12, steps=8)
-    page.mouse.up()
-    expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(before)
+    nums = _drag_roi(page, c, 0.20, 0.20, 0.15, 0.12)
     after = _roi_caption(page)
-    nums = [int(v) for v in re.findall(r"x (\d+)-(\d+), y (\d+)-(\d+)", after)[0]]
     expected = (0.20 * 1760, 0.35 * 1760, 0.20 * 1760, 0.32 * 1760)  # x0, x1, y0, y1
     assert all(abs(n - e) < 20 for n, e in zip(nums, expected, strict=True)), (where, after)
     page.close()
