@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from model_zoo.errors import InputError
+from model_zoo.zoo import sha256_bytes
 
 MAX_FILES = 20_000
 MAX_TOTAL_BYTES = 4 * 1024**3  # uncompressed
@@ -238,7 +239,8 @@ def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: 
     it they keep ``ood`` True, an empty ``prediction`` and the reason in ``warning``, as
     ``python -m model_zoo predict`` without ``--allow-ood``.
     """
-    from model_zoo.predict import ROI_MODES, predict_cases
+    from model_zoo.predict import predict_cases
+    from model_zoo.roi import ROI_MODES
 
     if roi_mode not in ROI_MODES:
         raise InputError(f"ROI mode {roi_mode!r} is not one of {', '.join(ROI_MODES)}")
@@ -280,7 +282,6 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
     the predictions already in ``frame`` (no second inference) and the library's report
     builder, so batch and case-page reports read the same.
     """
-    import hashlib
     import io
     import zipfile
 
@@ -314,7 +315,7 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
                 call=zoo.call(float(row["p_ensemble"])),  # the Case page's framing (no jitter run in batch)
                 label=str(row["prediction"]), radiograph=shown, image_size_wh=(w, h),
                 roi_box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
-                image_sha256=hashlib.sha256(data).hexdigest(), roi_source=str(row.get("roi_source", "")),
+                image_sha256=sha256_bytes(data), roi_source=str(row.get("roi_source", "")),
                 threshold_rule=zoo.threshold_rule,
                 p_clinic=None if value("p_clinic") is None else float(row["p_clinic"]),
                 disagreement=float(max(members.values()) - min(members.values())) if members else None,

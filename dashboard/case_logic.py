@@ -17,8 +17,6 @@ import numpy as np
 from model_zoo import gate, imaging, roi
 from model_zoo.framing import JitterSummary
 from model_zoo.imaging import ImageMeta
-# Re-exported for the Case page, which hashes uploads with it (one definition, in model_zoo).
-from model_zoo.zoo import sha256_bytes as sha256_bytes
 
 Box = tuple[float, float, float, float]
 

@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 
 from model_zoo import roi as roi_mod
-# validate_clinical and is_missing are re-exported: callers of the case tables use them too.
 from model_zoo.clinical import (
     SITES,
     cell_text,
@@ -46,7 +45,6 @@ from model_zoo.clinical import (
     parse_number,
     parse_sex,
     parse_site,
-    validate_clinical,
 )
 from model_zoo.errors import InputError
 
@@ -59,7 +57,6 @@ __all__ = [
     "image_header_size",
     "paper_to_cases",
     "read_case_table",
-    "validate_clinical",
 ]
 
 CASE_COLUMNS = [

@@ -76,7 +76,6 @@ __all__ = [
     "ensemble_heatmap",
     "explain_member",
     "gradcam",
-    "model_lock",
     "naive_scorecam",
     "scorecam",
     "scorecam_topk_agreement",
@@ -163,7 +162,7 @@ class MemberExplanation:
 
 
 # ----------------------------------------------------------------------------- locking
-# ``model_lock`` (re-exported above from model_zoo.locks) is the lock registry; tokens below
+# ``model_lock`` (model_zoo.locks) is the lock registry; tokens below
 # name a model object in cache keys.
 
 _MODEL_TOKENS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()

@@ -48,14 +48,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model_zoo.errors import InputError, ZooError
-# The release's typed report lives in its own module (a loaded Zoo reads it); re-exported here.
-from model_zoo.explain_report import (
-    ExplainReport,
-    ExplainSet,
-    MetricSummary,
-    read_explain_report,
-    release_fingerprint,
-)
+# The release's typed report lives in model_zoo.explain_report (a loaded Zoo reads it).
+from model_zoo.explain_report import ExplainReport, MetricSummary, release_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -68,9 +62,6 @@ __all__ = [
     "METRICS",
     "VIEWS",
     "EvalOptions",
-    "ExplainReport",
-    "ExplainSet",
-    "MetricSummary",
     "PerturbationCurve",
     "bootstrap_ci",
     "box_mask",
@@ -84,9 +75,7 @@ __all__ = [
     "perturbation_curve",
     "pointing_game",
     "random_map",
-    "read_explain_report",
     "reference_image",
-    "release_fingerprint",
     "run_explain_eval",
     "summarise_rows",
     "top_fraction_region",

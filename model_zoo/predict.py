@@ -34,7 +34,6 @@ from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import atomic_write_bytes
 
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
-ROI_MODES = roi.ROI_MODES  # the batch page reads the choices from here
 
 
 def _given_box(row: pd.Series) -> roi.Box | None:

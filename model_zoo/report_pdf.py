@@ -22,17 +22,14 @@ from typing import Any
 
 import numpy as np
 
-# The sentence wording lives with the call rule (framing); kept importable from here for the PDF's readers.
-from model_zoo.framing import Call, JitterSummary, format_probability, frame_call, probability_sentence
+from model_zoo.framing import Call, JitterSummary, frame_call
 
 __all__ = [
     "DISCLAIMER",
     "CaseReport",
     "HeatmapFigure",
     "build_case_report",
-    "format_probability",
     "pdf_text",
-    "probability_sentence",
 ]
 
 DISCLAIMER = (

@@ -18,8 +18,8 @@ from model_zoo.cases import (
     image_header_size,
     paper_to_cases,
     read_case_table,
-    validate_clinical,
 )
+from model_zoo.clinical import validate_clinical
 from model_zoo.errors import InputError
 
 # ----------------------------------------------------------------------------- helpers

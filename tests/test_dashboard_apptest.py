@@ -114,7 +114,7 @@ def _upload_pair(dash_env, n: int = 6, bad_rows: bool = True) -> tuple[bytes, by
 
 def test_case_page_sample_prediction(dash_env, zoo):
     from model_zoo import audit, imaging
-    from model_zoo.report_pdf import probability_sentence
+    from model_zoo.framing import probability_sentence
     from model_zoo.sample import sample_case
 
     at = _app().run()

@@ -225,7 +225,8 @@ def test_pdf_headline_calibrated_and_raw():
     from test_dashboard_apptest import _pdf_strings
     from test_report_pdf import _report
 
-    from model_zoo.report_pdf import build_case_report, probability_sentence
+    from model_zoo.framing import probability_sentence
+    from model_zoo.report_pdf import build_case_report
 
     pdf = build_case_report(_report(p_calibrated=0.41, threshold_calibrated=0.35,
                                     external_validation="Measured on 120 cases from a hospital this model never saw"))

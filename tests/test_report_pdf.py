@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 
 from model_zoo import audit
-from model_zoo.framing import JitterSummary
+from model_zoo.framing import JitterSummary, probability_sentence
 from model_zoo.report_pdf import (
     CaseReport,
     HeatmapFigure,
     build_case_report,
     pdf_text,
-    probability_sentence,
 )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import pandas as pd
 import streamlit as st
@@ -10,7 +9,8 @@ import streamlit as st
 from dashboard import batch_logic, common
 from model_zoo import audit
 from model_zoo.errors import InputError
-from model_zoo.predict import ROI_MODES
+from model_zoo.roi import ROI_MODES
+from model_zoo.zoo import sha256_bytes
 
 ROI_HELP = {
     "given": "the ROI columns of each row (rows without them use auto)",
@@ -73,7 +73,7 @@ def main() -> None:
         try:
             audit.append_event(None, {
                 "event": "batch_prediction", "source": "dashboard",
-                "cases_sha256": hashlib.sha256(csv_bytes).hexdigest(),
+                "cases_sha256": sha256_bytes(csv_bytes),
                 "zoo": {"name": zoo.release_name, "version": zoo.version},
                 "roi_mode": mode, "n_rows": result.n_rows, "n_failed": result.n_failed, "n_ood": result.n_ood,
                 "ood_allowed": bool(allow_flagged),

@@ -16,6 +16,7 @@ from dashboard import case_logic as cl
 from dashboard import common, pacs_ui, viewer
 from model_zoo import audit, framing, gate, imaging, roi
 from model_zoo.errors import InputError
+from model_zoo.zoo import sha256_bytes
 
 ROI_MODES = ("Draw on the image", "Enter coordinates", "Auto-crop", "Whole image")
 SEX_OPTIONS = ("not given", "F", "M")
@@ -67,7 +68,7 @@ def _load_case(data: bytes, name: str, *, sample: dict | None = None) -> None:
         mode = "Draw on the image"
     c, ww, _, _, _ = cl.window_units(image.meta)
     case = {
-        "sha256": cl.sha256_bytes(data),
+        "sha256": sha256_bytes(data),
         "pixels_hash": imaging.image_hash(image.pixels),
         "label": "sample case (RG3)" if sample else "uploaded image",
         "description": sample["description"] if sample else "",
@@ -344,7 +345,7 @@ def _clinical_section(case: dict) -> dict[str, Any]:
         site = st.selectbox("Lesion site", SITE_OPTIONS, key="case_site",
                             help="axial = pelvis/spine/trunk; appendicular = limbs")
     confirmed = st.checkbox("I have checked age, sex and site", key="case_confirm")
-    from model_zoo.cases import validate_clinical
+    from model_zoo.clinical import validate_clinical
 
     a, s, t = validate_clinical(age, None if sex == "not given" else sex, None if site == "not given" else site)
     return {"age": a, "sex": s, "site": t, "confirmed": confirmed}
