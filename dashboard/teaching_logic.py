@@ -3,7 +3,7 @@
 Statistics are not computed here: the study table (``label``, ``p_ensemble``,
 ``reader_<name>``) goes to ``training.report.compute_metrics`` (GUIDE contract 2.3), and the
 reader ROC (read + confidence as a 1-10 rating) to ``training.stats`` (DeLong AUC, CI and the
-paired test), the sanctioned exception to "the dashboard imports model_zoo only".
+paired test) - with ``training.evaluation``'s subtype column names, the sanctioned exception to "the dashboard imports model_zoo only".
 
 Blinding: readers see the image with its ROI and the clinical values, never the file name
 (names often give the answer away), the label or the model's output; the case order is
@@ -23,12 +23,9 @@ import pandas as pd
 
 from dashboard import batch_logic
 from dashboard import case_logic as cl
-
-# The Case page's framing of the model's call (issue 17), reached through this one import so it
-# can be pointed at model_zoo/framing.py when the framing moves there.
-from model_zoo.framing import Call
 from model_zoo import imaging
 from model_zoo.errors import InputError, ZooError
+from model_zoo.framing import Call
 
 DISPLAY_SIDE = 720
 CAM_SIDE = 360
@@ -53,7 +50,6 @@ class TeachingCase:
     annotator_box: bool = False
     cam_note: str = ""
     subtype: str | None = None  # from the table's subtype column, shown only in the reveal
-    p_calibrated: float | None = None  # the release's calibrated probability, when it has a calibration
 
 
 def _missing(v: Any) -> bool:
@@ -111,7 +107,7 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
     skipped : one message per unusable row ("row 3: ...").
     """
     from model_zoo.predict import predict_cases
-    from training.evaluation import CALIBRATED_COLUMN, SUBTYPE_COLUMNS
+    from training.evaluation import SUBTYPE_COLUMNS
 
     cases: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -150,7 +146,6 @@ def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
                 "site": None if _missing(row.get("site")) else str(row["site"]),
                 "subtype": None if subtype_column is None or _missing(row.get(subtype_column))
                 else str(row[subtype_column]),
-                "p_calibrated": None if _missing(row.get(CALIBRATED_COLUMN)) else float(row[CALIBRATED_COLUMN]),
             })
     order = np.random.default_rng(seed).permutation(len(cases))
     width = max(2, len(str(len(cases))))

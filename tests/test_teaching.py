@@ -132,17 +132,18 @@ def test_model_call_is_framed_as_on_the_case_page(p, label, call, verdict):
     case = _case("C1", label, p)
     model = tl.model_call(case, zoo)
     assert model.call == call
-    assert model.head == zoo.call(p)  # the Case page's call, word for word
+    assert (model.head.p, model.head.threshold, model.head.calibrated) == (p, 0.4, False)  # raw scale, no calibrator
     assert ("indeterminate" in model.head.sentence) == (call is None)
     assert tl.verdict(model.call, label) == verdict
 
 
 def test_model_call_uses_the_calibrated_probability_like_the_case_page():
     zoo = _zoo(0.4, calibrated_threshold=0.5, calibrate=lambda p: 0.81 if p == 0.7 else p)
-    case = _case("C1", 1, 0.7, p_calibrated=0.81)
+    case = _case("C1", 1, 0.7)
     model = tl.model_call(case, zoo)
     assert model.head.calibrated and model.head.scale_note
-    assert "0.81" in model.head.sentence and model.head == zoo.call(0.7)
+    assert (model.head.p, model.head.threshold, model.head.p_raw) == (0.81, 0.5, 0.7)  # shown on the calibrated scale
+    assert "0.81" in model.head.sentence and model.head.word == POS
     assert model.call == 1
 
 
