@@ -25,7 +25,7 @@ from model_zoo.calibration import Calibration
 from model_zoo.clinical import validate_clinical
 from model_zoo.errors import IntegrityError
 from model_zoo.explain_report import ExplainReport, read_explain_report
-from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, Call, JitterSummary, check_band, frame_call
+from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, JITTER_BOXES, Call, JitterSummary, check_band, frame_call
 from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import MANIFEST_HASH, default_zoo_dir, verified_path, verify_release
@@ -138,13 +138,15 @@ class Zoo:
         """Every hashed file of the release: relative path -> sha256."""
         return dict(self.manifest.get("files", {}))
 
-    @property
+    @functools.cached_property
     def manifest_sha256(self) -> str | None:
-        """The hash in manifest.sha256 (pins the manifest, which pins every file); None if unreadable."""
+        """The hash in manifest.sha256 (pins the manifest, which pins every file; its first
+        token); None if unreadable. Read once per loaded release."""
         try:
-            return (self.root / MANIFEST_HASH).read_text(encoding="ascii").strip()
+            text = (self.root / MANIFEST_HASH).read_text(encoding="ascii").strip()
         except OSError:
             return None
+        return text.split()[0] if text else None
 
     @property
     def stacker_name(self) -> str:
@@ -236,7 +238,7 @@ class Zoo:
                           jitter=jitter)
 
     def jitter_probs(self, pixels: np.ndarray, box: roi.Box, *, age: Any = None, sex: Any = None,
-                     site: Any = None, n: int = 8, seed: int = 0) -> list[float]:
+                     site: Any = None, n: int = JITTER_BOXES, seed: int = 0) -> list[float]:
         """Ensemble probabilities for ``n`` jittered copies of the ROI (``roi.jitter_boxes``)."""
         h, w = pixels.shape[:2]
         boxes = roi.jitter_boxes(tuple(float(v) for v in box), (w, h), n, seed=seed)

@@ -57,13 +57,9 @@ MANUFACTURER = "bone-xray-zoo"
 
 
 def manifest_sha256(zoo: Any) -> str:
-    """The release's manifest digest (``manifest.sha256``), else a digest of the manifest JSON."""
-    try:
-        text = (zoo.root / "manifest.sha256").read_text(encoding="ascii").strip()
-        if text:
-            return text.split()[0]
-    except OSError:
-        pass
+    """The release's manifest digest (``Zoo.manifest_sha256``), else a digest of the manifest JSON."""
+    if zoo.manifest_sha256:
+        return zoo.manifest_sha256
     return hashlib.sha256(json.dumps(zoo.manifest, sort_keys=True).encode()).hexdigest()
 
 
