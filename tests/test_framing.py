@@ -183,9 +183,6 @@ def test_release_without_the_field_uses_the_library_default(tmp_path):
     from model_zoo.ensemble import Zoo
     from model_zoo.errors import IntegrityError
 
-    if DEMO_MANIFEST.exists():
-        demo = json.loads(DEMO_MANIFEST.read_text())
-        assert "indeterminate_band" not in demo["threshold"], "the bundled 2.2.4 predates the field"
     base = {"name": "z", "version": "1.0.0", "threshold": {"value": 0.4}}
     assert Zoo(tmp_path, base, [], None, None).indeterminate_band == framing.DEFAULT_INDETERMINATE_BAND
     stated = {**base, "threshold": {"value": 0.4, "indeterminate_band": 0.1}}

@@ -42,6 +42,7 @@ import pandas as pd
 from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from training import stats as st
+from training.report.extras import SUBTYPE_COLUMNS  # one definition: the report reads the same column
 
 LOG = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ __all__ = [
 
 ENSEMBLE_COLUMN = "p_ensemble"
 CALIBRATED_COLUMN = "calibrated_p_ensemble"
-SUBTYPE_COLUMNS = ("tumor_subtype", "subtype")
 KINDS = ("internal", "external")
 INTERNAL_TEST = "internal-test"
 # Keys under manifest["data"] where a release may list the sha256 of its images: a list of
