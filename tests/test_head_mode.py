@@ -69,6 +69,47 @@ def test_views_are_pure_and_named():
         view_names({"resolution_jitter": [1.5]})
 
 
+def test_acquisition_views_match_independent_references():
+    from training.fit_heads import apply_view, view_names
+
+    rng = np.random.default_rng(1)
+    crops = rng.integers(40, 216, (4, 32, 32), dtype=np.uint8)
+    assert view_names({"hflip": False, "vflip": False, "acquisition_views": ["gamma0.7", "rot10", "gamma0.7"]}) \
+        == ["id", "gamma0.7", "rot10"]
+    for bad in (["sharpen2"], ["gamma0"], ["zoom1.5"], ["rot90"], ["noisex"]):
+        with pytest.raises(InputError):
+            view_names({"acquisition_views": bad})
+
+    # exposure curve, pixel by pixel in float
+    expected = np.round(255 * (crops / 255.0) ** 0.7).astype(np.uint8)
+    np.testing.assert_array_equal(apply_view(crops, "gamma0.7"), expected)
+    # contrast about each crop's mean: mean kept, spread scaled (no clipping in this value range)
+    c = apply_view(crops, "contrast1.2").astype(float)
+    np.testing.assert_allclose(c.mean(axis=(1, 2)), crops.mean(axis=(1, 2)), atol=0.5)
+    np.testing.assert_allclose(c.std(axis=(1, 2)), 1.2 * crops.std(axis=(1, 2)), rtol=0.02)
+    # noise: same on every call, zero-mean, the requested spread
+    n1, n2 = apply_view(crops, "noise6"), apply_view(crops, "noise6")
+    np.testing.assert_array_equal(n1, n2)
+    diff = n1.astype(float) - crops
+    assert abs(diff.mean()) < 0.3 and abs(diff.std() - 6) < 0.3
+
+    # rotation: a bright spot 10 px right of the centre moves by the rotation matrix (counter-clockwise)
+    spot = np.zeros((1, 33, 33), np.uint8)
+    spot[0, 15:18, 25:28] = 255
+    rotated = apply_view(spot, "rot30").astype(float)[0]
+    yy, xx = np.mgrid[:33, :33]
+    cy, cx = (yy * rotated).sum() / rotated.sum(), (xx * rotated).sum() / rotated.sum()
+    a = np.deg2rad(30)
+    assert abs(cx - (16 + 10 * np.cos(a))) < 0.5 and abs(cy - (16 - 10 * np.sin(a))) < 0.5
+    np.testing.assert_array_equal(apply_view(crops, "rot0"), crops)
+
+    # zoom: the central half fills the crop
+    frame = np.zeros((1, 32, 32), np.uint8)
+    frame[0, 8:24, 8:24] = 200
+    zoomed = apply_view(frame, "zoom0.5")
+    assert zoomed.shape == frame.shape and zoomed[0, 2:30, 2:30].min() == 200
+
+
 def test_head_mode_fit_keeps_the_backbone_and_uses_the_start_normalisation(tmp_path):
     from safetensors.torch import load_file
 

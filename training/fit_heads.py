@@ -51,7 +51,42 @@ def view_names(train_cfg: dict[str, Any]) -> list[str]:
         if not 0 < scale < 1:
             raise InputError(f"train.resolution_jitter scales must lie in (0, 1), got {scale}")
         views.append(f"blur{scale:g}")
+    for name in train_cfg.get("acquisition_views") or []:
+        name = str(name)
+        if name in views:
+            continue
+        check_view_name(name)
+        views.append(name)
     return views
+
+
+# Acquisition views (issue 13, deliverable 3): fixed, named transforms of a uint8 crop that mimic
+# how another hospital's radiographs differ (exposure curve, contrast, detector noise, how the
+# lesion box was framed, positioning). Fixed rather than random so a frozen prefix / feature
+# bank is computed once per view and every fold job of a run shares it.
+_VIEW_RANGES = {"gamma": (0.3, 3.0), "contrast": (0.3, 3.0), "noise": (0.0, 64.0), "rot": (-45.0, 45.0),
+                "zoom": (0.5, 1.0)}
+
+
+def check_view_name(name: str) -> None:
+    """Raise InputError unless ``name`` is a known view: gamma<g>, contrast<c>, noise<sigma>,
+    rot<degrees>, zoom<fraction> (or the flip / blur views)."""
+    if name in (IDENTITY, "h", "v", "hv"):
+        return
+    if name.startswith("blur"):
+        value, lo_hi = name[4:], (0.0, 1.0)
+    else:
+        kind = next((k for k in _VIEW_RANGES if name.startswith(k)), None)
+        if kind is None:
+            raise InputError(f"unknown view {name!r}: use gamma<g>, contrast<c>, noise<sigma>, rot<degrees>, "
+                             "zoom<fraction> or blur<scale>, e.g. gamma0.7")
+        value, lo_hi = name[len(kind):], _VIEW_RANGES[kind]
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"view {name!r}: {value!r} is not a number") from None
+    if not lo_hi[0] <= number <= lo_hi[1] or number == 0 and not name.startswith("rot"):
+        raise InputError(f"view {name!r}: the number must lie in [{lo_hi[0]:g}, {lo_hi[1]:g}] and not be 0")
 
 
 def apply_view(crops_u8: np.ndarray, view: str) -> np.ndarray:
@@ -75,7 +110,28 @@ def apply_view(crops_u8: np.ndarray, view: str) -> np.ndarray:
             down = cv2.resize(crop, (small, small), interpolation=cv2.INTER_AREA)
             out[i] = cv2.resize(down, (size, size), interpolation=cv2.INTER_LINEAR)
         return out
-    raise InputError(f"unknown feature view {view!r}")
+    check_view_name(view)
+    if view.startswith("gamma"):  # exposure curve: out = 255 (in / 255) ** g
+        lut = np.clip(np.round(255.0 * (np.arange(256) / 255.0) ** float(view[5:])), 0, 255).astype(np.uint8)
+        return lut[crops_u8]
+    if view.startswith("contrast"):  # scaled about each crop's own mean, so brightness is kept
+        c = float(view[8:])
+        x = crops_u8.astype(np.float32)
+        mean = x.mean(axis=(1, 2), keepdims=True)
+        return np.clip(np.round(mean + c * (x - mean)), 0, 255).astype(np.uint8)
+    if view.startswith("noise"):  # detector noise; seeded so the view is the same on every call
+        noise = np.random.default_rng(0).normal(0.0, float(view[5:]), crops_u8.shape)
+        return np.clip(np.round(crops_u8 + noise), 0, 255).astype(np.uint8)
+    size = crops_u8.shape[-1]
+    if view.startswith("rot"):  # positioning; reflected borders add no black corners
+        m = cv2.getRotationMatrix2D(((size - 1) / 2.0, (size - 1) / 2.0), float(view[3:]), 1.0)
+        return np.stack([cv2.warpAffine(c, m, (size, size), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_REFLECT_101) for c in crops_u8])
+    # zoom<f>: the central f of the crop upsampled, i.e. a tighter lesion box than the annotator's
+    side = max(2, int(round(size * float(view[4:]))))
+    lo = (size - side) // 2
+    return np.stack([cv2.resize(c[lo:lo + side, lo:lo + side], (size, size), interpolation=cv2.INTER_LINEAR)
+                     for c in crops_u8])
 
 
 def require_start(spec: MemberSpec, init_path: str | None) -> str:
