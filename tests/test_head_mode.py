@@ -198,3 +198,27 @@ def _head_model(d: int):
             return self.head
 
     return Tiny()
+
+
+def test_banks_and_prefix_maps_are_cached_per_view(tmp_path):
+    """A run that adds a view computes only that view; cached values are the computed ones."""
+    from training.fit_heads import feature_bank
+    from training.fit_tails import prefix_maps
+
+    start = _fake_start(tmp_path / "starts", "efficientnet_b3")
+    spec = family_spec("efficientnet_b3", variant="tiny", input_size=64)
+    crops = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    rows = np.array([0, 2, 4])
+    for build in (lambda views, log: feature_bank(spec, str(start), crops, views, tmp_path / "c", "k",
+                                                  train_rows=rows, log=log),
+                  lambda views, log: prefix_maps(spec, str(start), crops, views, 2, rows, log=log,
+                                                 cache=(tmp_path / "c", "k"))):
+        computed: list[str] = []
+        first = build(["id", "h"], computed.append)
+        assert len(computed) == 2
+        computed.clear()
+        second = build(["id", "h", "gamma0.7"], computed.append)
+        assert len(computed) == 1 and "gamma0.7" in computed[0]
+        for view in ("id", "h"):
+            np.testing.assert_array_equal(first[view], second[view])
+        assert second["gamma0.7"].shape[0] in (len(rows), len(crops))

@@ -539,7 +539,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             if trainable == "tail" and pending:  # and the frozen prefix's maps, for unfinished tail jobs
                 prefix_maps[s.member_id] = fit_tails.prefix_maps(
                     s, init_cfg.get(s.family), caches[s.member_id], views, int(cfg["train"].get("tail_blocks", 2)),
-                    train_idx, log=log)
+                    train_idx, log=log, cache=(run_dir / "cache", paths[s.member_id].stem))
         if workers > 1:
             log("      head mode: the jobs take seconds each, so they run in this process")
             workers = 1

@@ -184,26 +184,29 @@ def bank_path(cache_dir: Path, spec: MemberSpec, init_path: str, views: list[str
 def feature_bank(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], cache_dir: Path,
                  crops_key: str, *, train_rows: np.ndarray, log: Any = LOG.info) -> dict[str, np.ndarray]:
     """View -> (N, D) features; non-identity views only for ``train_rows`` (others NaN).
-    Cached on disk for --resume and for every fold job of the run."""
+    Cached on disk one file per view, for --resume, for every fold job of the run, and so that a
+    run adding a view (or a recipe benchmark sharing the cache folder) computes only that view."""
+    import io
+
     init_path = require_start(spec, init_path)
-    path = bank_path(cache_dir, spec, init_path, views, crops_key)
-    if path.is_file():
-        with np.load(path) as data:
-            return {v: data[v] for v in views}
-    model = start_model(spec, init_path)
+    model = None
     bank: dict[str, np.ndarray] = {}
     for view in views:
+        path = bank_path(cache_dir, spec, init_path, [view], crops_key)
+        if path.is_file():
+            with np.load(path) as data:
+                bank[view] = data[view]
+            continue
+        model = model or start_model(spec, init_path)
         rows = np.arange(len(crops_u8)) if view == IDENTITY else np.asarray(train_rows)
         log(f"      {spec.member_id}: features, view {view} ({len(rows)} crops)")
         feats = pooled_features(model, apply_view(crops_u8[rows], view), spec.mean, spec.std)
         full = np.full((len(crops_u8), feats.shape[1]), np.nan, np.float32)
         full[rows] = feats
         bank[view] = full
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **bank)
-    atomic_write_bytes(path, buf.getvalue())
+        buf = io.BytesIO()
+        np.savez(buf, **{view: full})
+        atomic_write_bytes(path, buf.getvalue())
     return bank
 
 

@@ -14,9 +14,11 @@ network that inference runs. The best epoch by val AUC is kept (epoch 0 = the pr
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -24,6 +26,7 @@ import numpy as np
 from model_zoo.auc import roc_auc
 from model_zoo.errors import InputError
 from model_zoo.members import MemberSpec
+from model_zoo.zoo import atomic_write_bytes
 from training.fit_heads import IDENTITY, apply_view, fit_head, start_model
 from training.fit_members import MemberResult, to_batch
 
@@ -57,15 +60,30 @@ def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any
 
 
 def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], k: int,
-                train_rows: np.ndarray, log: Any = LOG.info, batch_size: int = 32) -> dict[str, np.ndarray]:
+                train_rows: np.ndarray, log: Any = LOG.info, batch_size: int = 32,
+                cache: tuple[Path, str] | None = None) -> dict[str, np.ndarray]:
     """View -> float16 prefix outputs: every row for ``id``, training rows for the other views
-    (row order of ``train_rows``). float16 halves the memory; the tail computes in float32."""
+    (row order of ``train_rows``). float16 halves the memory; the tail computes in float32.
+    With ``cache`` = (folder, crops key) each view is kept on disk as .npy (the feature bank's
+    naming rule plus ``k``), so --resume and recipe benchmarks do not recompute the prefix."""
     import torch
 
-    model = start_model(spec, init_path).to(memory_format=torch.channels_last)
-    prefix, _, _ = split_model(model, k)
+    from training.fit_heads import bank_path, require_start
+
+    model = None
+    prefix = None
     out: dict[str, np.ndarray] = {}
     for view in views:
+        path = None
+        if cache is not None:
+            stem = bank_path(cache[0], spec, require_start(spec, init_path), [view], cache[1]).stem
+            path = cache[0] / f"prefix{k}_{stem[len('features_'):]}.npy"
+            if path.is_file():
+                out[view] = np.load(path)
+                continue
+        if prefix is None:
+            model = start_model(spec, init_path).to(memory_format=torch.channels_last)
+            prefix, _, _ = split_model(model, k)
         rows = np.arange(len(crops_u8)) if view == IDENTITY else np.asarray(train_rows)
         log(f"      {spec.member_id}: frozen prefix, view {view} ({len(rows)} crops)")
         crops = apply_view(crops_u8[rows], view)
@@ -75,6 +93,10 @@ def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, v
                 x = to_batch(crops[start:start + batch_size], spec.mean, spec.std, "cpu", True)
                 parts.append(prefix(x).to(torch.float16).contiguous().numpy())
         out[view] = np.concatenate(parts)
+        if path is not None:
+            buf = io.BytesIO()
+            np.save(buf, out[view])
+            atomic_write_bytes(path, buf.getvalue())
     return out
 
 

@@ -86,17 +86,11 @@ def main() -> None:
         t0 = time.perf_counter()
         crops = F.build_input_cache(frame, spec, cache_dir, fingerprint, progress=False)
         key = F.cache_path(spec, cache_dir, fingerprint).stem
-        # one bank and one set of prefix maps per view, cached on disk for later recipe runs
-        bank: dict[str, np.ndarray] = {}
-        maps: dict[str, np.ndarray] = {}
-        for view in all_views:
-            bank.update(H.feature_bank(spec, init[spec.family], crops, [view], cache_dir, key,
-                                       train_rows=idx["train"], log=quiet))
-            map_path = cache_dir / f"prefix-{spec.member_id}-{key}-k{k}-{view}.npy"
-            if not map_path.is_file():
-                np.save(map_path, T.prefix_maps(spec, init[spec.family], crops, [view], k, idx["train"],
-                                                log=quiet)[view])
-            maps[view] = np.load(map_path, mmap_mode="r")
+        # banks and prefix maps are cached per view on disk, named as `fit` names them
+        bank = H.feature_bank(spec, init[spec.family], crops, all_views, cache_dir, key, train_rows=idx["train"],
+                              log=quiet)
+        maps = T.prefix_maps(spec, init[spec.family], crops, all_views, k, idx["train"], log=quiet,
+                             cache=(cache_dir, key))
         ext_maps = {}
         for name, ext in externals.items():
             ext_crops = F.build_input_cache(ext, spec, cache_dir, F.data_fingerprint(ext), progress=False)
@@ -107,10 +101,10 @@ def main() -> None:
             t1 = time.perf_counter()
             views = recipe_views(recipe)
             res = T.fit_tail(spec, init[spec.family], {v: bank[v] for v in views},
-                             {v: np.asarray(maps[v]) for v in views}, idx["train"], y, idx["train"], idx["val"],
+                             {v: maps[v] for v in views}, idx["train"], y, idx["train"], idx["val"],
                              cfg["train"], args.seed)
             for s in ("val", "test"):
-                logits[recipe][s][spec.member_id] = T.tail_scores(res, {H.IDENTITY: np.asarray(maps[H.IDENTITY])},
+                logits[recipe][s][spec.member_id] = T.tail_scores(res, {H.IDENTITY: maps[H.IDENTITY]},
                                                                   idx[s], k)
             for name in externals:
                 logits[recipe][name][spec.member_id] = T.tail_scores(
