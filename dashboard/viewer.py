@@ -179,9 +179,8 @@ def overview(display: np.ndarray, window: Sequence[float], image_size_wh: tuple[
 
 
 def view_caption(settings: ViewerSettings, window: Sequence[float]) -> str:
+    """Under a zoomed canvas: what part of the stored image it shows."""
     x0, y0, x1, y1 = window
-    if settings.zoom == 1.0:
-        return "Whole image (1x)."
     return (f"Zoom {settings.zoom:g}x: showing x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of the stored image "
             f"(the red frame on the overview).")
 
