@@ -207,13 +207,12 @@ def draw_box(gray: np.ndarray, box: Sequence[float], scale: float, colour=(255, 
 _ORIGIN = {"left": 0.0, "top": 0.0, "center": 0.5, "right": 1.0, "bottom": 1.0}
 
 
-def canvas_box(json_data: Mapping[str, Any] | None, scale: float, image_size_wh: tuple[int, int]) -> Box | None:
-    """The last rectangle drawn on the canvas, in stored-image pixels (None if none).
+def canvas_rect(json_data: Mapping[str, Any] | None) -> Box | None:
+    """The last rectangle drawn on the canvas, in canvas pixels (None if none); not clamped.
 
-    The canvas shows the image at ``scale`` (display / stored). Fabric.js reports each
-    object's ``left/top`` at its origin and its unscaled ``width/height`` plus
-    ``scaleX/scaleY`` (set when the user resizes the box), so the displayed size is
-    ``width * scaleX``. The result is clamped to the image (``roi.clamp_box``).
+    Fabric.js reports each object's ``left/top`` at its origin and its unscaled
+    ``width/height`` plus ``scaleX/scaleY`` (set when the user resizes the box), so the
+    displayed size is ``width * scaleX``.
     """
     if not json_data:
         return None
@@ -230,7 +229,17 @@ def canvas_box(json_data: Mapping[str, Any] | None, scale: float, image_size_wh:
         left, w = left + w, -w
     if h < 0:
         top, h = top + h, -h
-    box = (left / scale, top / scale, (left + w) / scale, (top + h) / scale)
+    return (left, top, left + w, top + h)
+
+
+def canvas_box(json_data: Mapping[str, Any] | None, scale: float, image_size_wh: tuple[int, int]) -> Box | None:
+    """The last rectangle drawn on the canvas (:func:`canvas_rect`), in stored-image pixels
+    (None if none), for a canvas showing the whole image at ``scale`` (display / stored).
+    The result is clamped to the image (``roi.clamp_box``)."""
+    rect = canvas_rect(json_data)
+    if rect is None:
+        return None
+    box = tuple(v / scale for v in rect)
     return tuple(round(v, 1) for v in roi.clamp_box(box, image_size_wh))  # type: ignore[return-value]
 
 

@@ -10,9 +10,10 @@ Conventions used throughout this module
 * Every size is ``(width, height)`` - ``image_size_wh``, ``input_size``, and the tuple form
   of :func:`resize`'s ``size`` - matching how boxes are written (x first). Numpy arrays
   are ``(H, W)`` or ``(H, W, C)`` as usual.
-* Three coordinate frames appear: *image* (stored image), *crop* (origin at the crop
-  box's top-left, same pixel scale) and *input* (the crop resized to the network's input
-  size).
+* Four coordinate frames appear: *image* (stored image), *crop* (origin at the crop
+  box's top-left, same pixel scale), *input* (the crop resized to the network's input
+  size) and *view* (a viewer's zoomed/panned window of the image, stretched over the
+  viewer's canvas; see :func:`view_window`).
 
 Everything here is pure (no I/O). Bad user input raises :class:`model_zoo.errors.InputError`
 with a one-line message.
@@ -38,8 +39,10 @@ __all__ = [
     "as_box",
     "box_crop_to_image",
     "box_crop_to_input",
+    "box_image_to_view",
     "box_image_to_crop",
     "box_input_to_crop",
+    "box_view_to_image",
     "clamp_box",
     "crop",
     "expand_box",
@@ -53,6 +56,7 @@ __all__ = [
     "scale_box",
     "square_box",
     "validate_box",
+    "view_window",
 ]
 
 # Values this close to an integer are treated as that integer when aligning crop boxes to
@@ -358,6 +362,74 @@ def box_input_to_crop(
     x0, y0, x1, y1 = _as_box(box)
     sx, sy = _crop_scale(crop_box, input_size)
     return (x0 / sx, y0 / sy, x1 / sx, y1 / sy)
+
+
+# ----------------------------------------------------------------------------- viewer
+
+
+def _round_half_up(v: float) -> int:
+    return math.floor(v + 0.5)  # not round(): banker's rounding would move a window by parity
+
+
+def view_window(
+    image_size_wh: Sequence[int], zoom: float, center: Sequence[float] | None = None
+) -> Box:
+    """The part of the stored image a viewer shows at ``zoom`` around ``center``.
+
+    ``zoom >= 1`` is the magnification over the whole image: the window is
+    ``round(W / zoom) x round(H / zoom)`` whole pixels (at least 1 x 1). It is centred on
+    ``center`` (image pixels; default the image centre) as nearly as whole pixels allow,
+    then shifted (not shrunk) to lie inside the image, so panning past an edge stops at
+    the edge. The result has integer-valued coordinates (a crop box for :func:`crop`);
+    ``zoom == 1`` gives the whole image whatever the centre.
+    """
+    w, h = _size_wh(image_size_wh)
+    z = float(zoom)
+    if not math.isfinite(z) or z < 1.0:
+        raise InputError(f"zoom {z:g} must be a number >= 1")
+    if center is None:
+        cx, cy = w / 2.0, h / 2.0
+    else:
+        try:
+            cx, cy = (float(v) for v in center)
+        except (TypeError, ValueError):
+            raise InputError(f"view centre {center!r} is not an (x, y) pair of numbers") from None
+        if not (math.isfinite(cx) and math.isfinite(cy)):
+            raise InputError(f"view centre ({cx:g}, {cy:g}) has a NaN or infinite coordinate")
+    vw = min(w, max(1, _round_half_up(w / z)))
+    vh = min(h, max(1, _round_half_up(h / z)))
+    x0 = min(max(_round_half_up(cx - vw / 2.0), 0), w - vw)
+    y0 = min(max(_round_half_up(cy - vh / 2.0), 0), h - vh)
+    return (float(x0), float(y0), float(x0 + vw), float(y0 + vh))
+
+
+def _view_axes(window: Sequence[float], view_size_wh: Sequence[int]) -> tuple[Box, tuple[int, int]]:
+    wx0, wy0, wx1, wy1 = win = _as_box(window)
+    if wx1 <= wx0 or wy1 <= wy0:
+        raise InputError(f"view window {fmt_box(win)} has zero or negative area")
+    return win, _size_wh(view_size_wh, "view size")
+
+
+def box_view_to_image(box: Sequence[float], window: Sequence[float], view_size_wh: Sequence[int]) -> Box:
+    """A box on a viewer canvas -> stored-image pixels.
+
+    The canvas (``view_size_wh`` = (width, height) px) shows the image ``window`` stretched
+    over it, each axis on its own scale (pixel edges to pixel edges, as everywhere in this
+    module): canvas x maps to ``wx0 + x * (wx1 - wx0) / width``. No clamping: a box that
+    runs off the canvas maps to the image pixels beyond the window's edge.
+    """
+    x0, y0, x1, y1 = _as_box(box)
+    (wx0, wy0, wx1, wy1), (vw, vh) = _view_axes(window, view_size_wh)
+    ww, wh = wx1 - wx0, wy1 - wy0
+    return (wx0 + x0 * ww / vw, wy0 + y0 * wh / vh, wx0 + x1 * ww / vw, wy0 + y1 * wh / vh)
+
+
+def box_image_to_view(box: Sequence[float], window: Sequence[float], view_size_wh: Sequence[int]) -> Box:
+    """Stored-image pixels -> a viewer canvas (inverse of :func:`box_view_to_image`)."""
+    x0, y0, x1, y1 = _as_box(box)
+    (wx0, wy0, wx1, wy1), (vw, vh) = _view_axes(window, view_size_wh)
+    ww, wh = wx1 - wx0, wy1 - wy0
+    return ((x0 - wx0) * vw / ww, (y0 - wy0) * vh / wh, (x1 - wx0) * vw / ww, (y1 - wy0) * vh / wh)
 
 
 # ----------------------------------------------------------------------------- arrays

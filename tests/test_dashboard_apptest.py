@@ -230,6 +230,57 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     assert [p.name for p in at.session_state["case"]["presets"]][0] == "Default"  # PNG: no header window
 
 
+def test_case_page_zoom_and_pan_keep_the_roi_in_stored_pixels(dash_env):
+    """Issue 17, zoom/pan: the viewer shows a window of the stored image; the ROI stays in stored
+    pixels whatever the view; 'Zoom to ROI', the pan buttons and 'Reset view' move the window;
+    zoom and pan are kept for the next image. (The drawn-box path is in tests/test_browser.py.)"""
+    from dashboard import viewer
+
+    def roi_caption() -> str:
+        return next(c.value for c in at.caption if c.value.startswith("ROI in stored pixels"))
+
+    def view_caption() -> str:
+        return next((c.value for c in at.caption if c.value.startswith("Zoom ")), "no zoom caption (1x)")
+
+    at = _app().run()
+    at.button(key="case_load_sample").click().run()
+    _no_crash(at)
+    before = roi_caption()
+    assert at.button(key="case_pan_left").disabled and at.button(key="case_zoom_reset").disabled  # 1x
+    at.select_slider(key="case_zoom").set_value(2.0).run()
+    _no_crash(at)
+    assert view_caption().startswith("Zoom 2x: showing x 440-1320, y 440-1320")
+    assert roi_caption() == before, "zooming moves the view, not the ROI"
+    at.button(key="case_pan_right").click().run()
+    at.button(key="case_pan_up").click().run()
+    _no_crash(at)
+    assert view_caption().startswith("Zoom 2x: showing x 880-1760, y 0-880")  # half a view each way
+    assert roi_caption() == before
+    # 'Enter coordinates' (the sample's mode) still takes stored pixels while zoomed.
+    at.number_input(key="case_x0").set_value(700.0).run()
+    _no_crash(at)
+    assert "x 700-925, y 985-1205" in roi_caption() and at.session_state["case"]["box"] == (700, 985, 925, 1205)
+    at.button(key="case_zoom_roi").click().run()
+    _no_crash(at)
+    s = viewer.current(at.session_state)
+    x0, y0, x1, y1 = at.session_state["case"]["box"]
+    assert s.zoom > 1.0 and at.select_slider(key="case_zoom").value == s.zoom
+    wx0, wy0, wx1, wy1 = viewer.view_window(s, (1760, 1760))
+    assert wx0 <= x0 and x1 <= wx1 and wy0 <= y0 and y1 <= wy1, "the ROI is in view"
+    assert (s.zoom, s.pan_x, s.pan_y) == (3.0, pytest.approx(812.5 / 1760), pytest.approx(1095 / 1760))
+
+    # The next image keeps the zoom and the pan (fractions of the image).
+    kept = viewer.current(at.session_state)
+    row = pd.read_csv(dash_env["cases"], dtype=str).iloc[0]
+    data = (dash_env["cases"].parent / row["image"]).read_bytes()
+    at.file_uploader(key="case_upload").set_value(("next.png", data, "image/png")).run()
+    _no_crash(at)
+    assert viewer.current(at.session_state) == kept and at.select_slider(key="case_zoom").value == kept.zoom
+    at.button(key="case_zoom_reset").click().run()
+    _no_crash(at)
+    assert view_caption() == "no zoom caption (1x)" and at.select_slider(key="case_zoom").value == 1.0
+
+
 def test_case_page_auto_crop_proposal_is_editable(dash_env, zoo):
     from model_zoo import imaging
     from model_zoo.predict import propose_roi

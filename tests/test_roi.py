@@ -360,3 +360,114 @@ def test_full_image_box():
     assert roi.full_image_box((640, 480)) == (0, 0, 640, 480)
     with pytest.raises(InputError, match="positive"):
         roi.full_image_box((0, 480))
+
+
+# ----------------------------------------------------------------------------- viewer zoom / pan
+
+
+def test_view_window_hand_computed():
+    # 2x on the 1760-px RG3 radiograph, centred: the middle 880 px.
+    assert roi.view_window((1760, 1760), 2, (880, 880)) == (440, 440, 1320, 1320)
+    assert roi.view_window((1760, 1760), 2) == (440, 440, 1320, 1320)  # default: the image centre
+    # 3x: 1760 / 3 = 586.67 -> 587 px; 880 - 293.5 = 586.5 rounds half up to 587.
+    assert roi.view_window((1760, 1760), 3, (880, 880)) == (587, 587, 1174, 1174)
+    # 4x near the bottom-left corner: 440 px, pushed inside at both edges.
+    assert roi.view_window((1760, 1760), 4, (100, 1700)) == (0, 1320, 440, 1760)
+    # 1.5x of a landscape image: 1173 x 800 px about the centre (880, 600).
+    assert roi.view_window((1760, 1200), 1.5) == (294, 200, 1467, 1000)
+    # 1x is the whole image wherever the centre is.
+    assert roi.view_window((640, 480), 1, (0, 0)) == (0, 0, 640, 480)
+    # Past every edge: the window stops at the edge.
+    assert roi.view_window((1000, 500), 4, (5000, -300)) == (750, 0, 1000, 125)
+    # A zoom beyond the pixel count still shows one pixel.
+    assert roi.view_window((3, 2), 100, (2.9, 1.9)) == (2, 1, 3, 2)
+
+
+@pytest.mark.parametrize("zoom, center, message", [
+    (0.5, None, "zoom 0.5 must be"), (math.nan, None, "zoom nan"), (math.inf, None, "zoom inf"),
+    (2, (math.nan, 3), "NaN or infinite"), (2, "middle", "not an \\(x, y\\) pair"),
+])
+def test_view_window_refuses(zoom, center, message):
+    with pytest.raises(InputError, match=message):
+        roi.view_window((100, 100), zoom, center)
+
+
+def test_view_image_mapping_hand_computed():
+    # 2x on RG3 with a 520-px canvas: canvas px * 880/520 + 440.
+    win = (440, 440, 1320, 1320)
+    assert roi.box_view_to_image((130, 52, 390, 104), win, (520, 520)) == pytest.approx((660, 528, 1100, 616))
+    assert roi.box_view_to_image((0, 0, 520, 520), win, (520, 520)) == pytest.approx(win)
+    # Each axis on its own scale: a 250 x 125 window on a 400 x 200 canvas (0.625 px per canvas px).
+    win = (750, 0, 1000, 125)
+    assert roi.box_view_to_image((100, 40, 300, 120), win, (400, 200)) == pytest.approx((812.5, 25, 937.5, 75))
+    assert roi.box_image_to_view((812.5, 25, 937.5, 75), win, (400, 200)) == pytest.approx((100, 40, 300, 120))
+    # Off the canvas is not clamped: it is the image beyond the window's edge.
+    assert roi.box_view_to_image((-40, -20, 0, 0), win, (400, 200)) == pytest.approx((725, -12.5, 750, 0))
+    with pytest.raises(InputError, match="zero or negative area"):
+        roi.box_view_to_image((0, 0, 1, 1), (5, 5, 5, 9), (400, 200))
+    with pytest.raises(InputError, match="view size"):
+        roi.box_image_to_view((0, 0, 1, 1), win, (0, 200))
+
+
+zooms = st.floats(1.0, 64.0, allow_nan=False)
+centres = st.tuples(st.floats(-5000, 9000, allow_nan=False), st.floats(-5000, 9000, allow_nan=False))
+
+
+@given(sizes, zooms, centres)
+def test_view_window_properties(size, zoom, centre):
+    w, h = size
+    x0, y0, x1, y1 = win = roi.view_window(size, zoom, centre)
+    assert all(v == int(v) for v in win), "whole pixels: a crop box"
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, "inside the image"
+    assert x1 - x0 == min(w, max(1, math.floor(w / zoom + 0.5)))
+    assert y1 - y0 == min(h, max(1, math.floor(h / zoom + 0.5)))
+    # The requested centre, clipped to the image, is shown ...
+    cx, cy = min(max(centre[0], 0.0), w), min(max(centre[1], 0.0), h)
+    assert x0 <= cx <= x1 and y0 <= cy <= y1
+    # ... and where no edge got in the way, the window is centred on it to within half a pixel.
+    if 0 < x0 and x1 < w:
+        assert abs((x0 + x1) / 2 - centre[0]) <= 0.5
+    if 0 < y0 and y1 < h:
+        assert abs((y0 + y1) / 2 - centre[1]) <= 0.5
+    assert roi.view_window(size, 1.0, centre) == (0, 0, w, h)
+
+
+@given(sizes, zooms, centres, st.tuples(st.integers(1, 2048), st.integers(1, 2048)),
+       st.tuples(*[st.floats(-1.5, 2.5, allow_nan=False)] * 4))
+def test_view_image_round_trip(size, zoom, centre, view, frac):
+    """Canvas -> image -> canvas and image -> canvas -> image give the box back (float rounding only)."""
+    win = roi.view_window(size, zoom, centre)
+    vw, vh = view
+    canvas_box = (frac[0] * vw, frac[1] * vh, frac[2] * vw, frac[3] * vh)
+    back = roi.box_image_to_view(roi.box_view_to_image(canvas_box, win, view), win, view)
+    assert _close(back, canvas_box, 1e-9)
+    image_box = roi.box_view_to_image(canvas_box, win, view)
+    again = roi.box_view_to_image(roi.box_image_to_view(image_box, win, view), win, view)
+    assert _close(again, image_box, 1e-9)
+
+
+@given(st.integers(50, 3000), st.integers(50, 3000), st.sampled_from([1.5, 2.0, 3.0, 4.0]), centres,
+       st.tuples(*[st.floats(0.0, 1.0, allow_nan=False)] * 4), st.integers(200, 1024))
+def test_zoomed_and_unzoomed_drawings_mark_the_same_pixels(w, h, zoom, centre, frac, display_px):
+    """A region of the image drawn on the zoomed canvas and the same region drawn on the
+    unzoomed canvas give the same stored-image box; on the zoomed canvas it is drawn
+    (image width / window width) times larger, i.e. the zoom magnifies by what it says."""
+    dw = max(1, round(w * display_px / max(w, h)))
+    dh = max(1, round(h * display_px / max(w, h)))
+    full = roi.full_image_box((w, h))
+    win = roi.view_window((w, h), zoom, centre)
+    # A region inside the window, in image pixels.
+    fx0, fx1 = sorted(frac[0::2])
+    fy0, fy1 = sorted(frac[1::2])
+    region = (win[0] + fx0 * (win[2] - win[0]), win[1] + fy0 * (win[3] - win[1]),
+              win[0] + fx1 * (win[2] - win[0]), win[1] + fy1 * (win[3] - win[1]))
+    on_zoomed = roi.box_image_to_view(region, win, (dw, dh))
+    on_full = roi.box_image_to_view(region, full, (dw, dh))
+    assert all(-1e-6 <= v <= s + 1e-6 for v, s in zip(on_zoomed, (dw, dh, dw, dh))), "inside the zoomed canvas"
+    from_zoomed = roi.box_view_to_image(on_zoomed, win, (dw, dh))
+    from_full = roi.box_view_to_image(on_full, full, (dw, dh))
+    assert _close(from_zoomed, region, 1e-9) and _close(from_full, region, 1e-9)
+    assert _close(from_zoomed, from_full, 1e-9)
+    mag_x, mag_y = w / (win[2] - win[0]), h / (win[3] - win[1])
+    assert on_zoomed[2] - on_zoomed[0] == pytest.approx((on_full[2] - on_full[0]) * mag_x, rel=1e-9, abs=1e-9)
+    assert on_zoomed[3] - on_zoomed[1] == pytest.approx((on_full[3] - on_full[1]) * mag_y, rel=1e-9, abs=1e-9)

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dashboard import case_logic as cl
 from dashboard import viewer
+from model_zoo import roi
 from model_zoo.imaging import ImageMeta
 
 
@@ -29,7 +32,7 @@ def test_settings_survive_streamlit_dropping_the_widgets():
     default: the next run must restore the user's choice."""
     state: dict = {}
     viewer.seed_widgets(state)
-    chosen = {"opacity": 0.8, "scorecam": False, "jitter": False, "invert": True, "display_px": 640}
+    chosen = {"opacity": 0.8, "scorecam": False, "jitter": False, "invert": True, "display_px": 640, "zoom": 2.0}
     for name, value in chosen.items():  # the user moves each widget; its on_change runs
         state[viewer.WIDGET_KEYS[name]] = value
         viewer.remember(state, name)
@@ -40,6 +43,27 @@ def test_settings_survive_streamlit_dropping_the_widgets():
     state["case"] = {"sha256": "another image"}
     assert viewer.seed_widgets(state) == expected
     assert state["case_opacity"] == 0.8 and state["case_scorecam"] is False and state["case_display_px"] == 640
+    assert state["case_zoom"] == 2.0
+
+
+def test_pan_and_zoom_survive_a_new_image():
+    """The pan centre has buttons, not a widget: it lives only in the record, as fractions of
+    the image, so it carries over to the next image whatever its size."""
+    state: dict = {}
+    viewer.seed_widgets(state)
+    state["case_zoom"] = 4.0
+    viewer.remember(state, "zoom")
+    viewer.pan(state, 1, 0)
+    viewer.pan(state, 0, -1)
+    expected = viewer.ViewerSettings(zoom=4.0, pan_x=0.5 + 0.125, pan_y=0.5 - 0.125)
+    assert viewer.current(state) == expected
+    state["case_zoom"] = 1.0  # a run that did not draw the zoom widget
+    state["case"] = {"sha256": "another image"}
+    assert viewer.seed_widgets(state) == expected and state["case_zoom"] == 4.0
+    # 4x, centre at 62.5 % / 37.5 %: a 440-px window of RG3 centred on (1100, 660); of a 1000 x 600 image,
+    # 250 x 150 px centred on (625, 225).
+    assert viewer.view_window(expected, (1760, 1760)) == (880, 440, 1320, 880)
+    assert viewer.view_window(expected, (1000, 600)) == (500, 150, 750, 300)
 
 
 def test_settings_keep_their_types():
@@ -106,3 +130,86 @@ def test_window_presets_of_a_png_and_invert():
     shown = cl.rewindow(pixels, dicom, 550.0, 1024.0)
     np.testing.assert_allclose(shown, pixels, atol=2e-3)  # MONOCHROME1 is already inverted on load
     np.testing.assert_allclose(cl.rewindow(pixels, dicom, 550.0, 1024.0, invert=True), 1.0 - shown)
+
+
+# ----------------------------------------------------------------------------- zoom / pan
+
+
+def test_pan_steps_half_a_view_and_stops_at_the_edge():
+    state: dict = {"case_zoom": 2.0}
+    viewer.remember(state, "zoom")
+    assert viewer.pan(state, -1, 0).pan_x == 0.25  # 2x: the view is half the image; half of that
+    assert viewer.pan(state, -1, 0).pan_x == 0.25  # the left edge: no further
+    for _ in range(5):
+        s = viewer.pan(state, 1, 1)
+    assert (s.pan_x, s.pan_y) == (0.75, 0.75)
+    assert viewer.view_window(s, (1760, 1760)) == (880, 880, 1760, 1760)
+    s = viewer.reset_view(state)
+    assert (s.zoom, s.pan_x, s.pan_y) == (1.0, 0.5, 0.5) and state["case_zoom"] == 1.0
+    assert viewer.pan(state, 1, 0).pan_x == 0.5  # at 1x the whole image is shown: nothing to pan
+
+
+def test_zoom_to_box_hand_computed():
+    # A 240 x 160 box on RG3: twice that (480 x 320) fits in 1760 / z for z <= 3.67 -> 3x,
+    # centred on (520, 280) = (0.295, 0.159) of the image; at 3x the centre cannot be above 1/6.
+    state: dict = {}
+    s = viewer.zoom_to_box(state, (400, 200, 640, 360), (1760, 1760))
+    assert s.zoom == 3.0 and state["case_zoom"] == 3.0
+    assert s.pan_x == pytest.approx(520 / 1760) and s.pan_y == pytest.approx(1 / 6)
+    x0, y0, x1, y1 = viewer.view_window(s, (1760, 1760))
+    assert (x0, y0, x1, y1) == (227, 0, 814, 587) and x0 <= 400 and 640 <= x1 and 360 <= y1
+    assert viewer.zoom_for_box((0, 0, 1760, 1760), (1760, 1760)) == 1.0  # the whole image
+    assert viewer.zoom_for_box((800, 800, 820, 830), (1760, 1760)) == 4.0  # the largest level
+
+
+def test_view_pixels_are_where_the_box_maths_says():
+    """Independent check of the picture against the maths: on an image whose pixel value is its
+    own x (or y) index, the canvas pixel whose centre is at canvas x shows image x
+    box_view_to_image(x) (a pixel's value sits at its centre, index + 0.5)."""
+    h, w = 300, 500
+    xs = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
+    ys = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
+    for window, view in (((100, 60, 300, 180), (520, 312)), ((0, 0, 500, 300), (250, 150)),
+                         ((375, 225, 500, 300), (400, 240))):
+        vx, vy = viewer.view_pixels(xs, window, view), viewer.view_pixels(ys, window, view)
+        assert vx.shape == (view[1], view[0])
+        for cx in (3, view[0] // 2, view[0] - 4):
+            img_x = roi.box_view_to_image((cx + 0.5, 0, cx + 0.5, 0), window, view)[0]
+            assert vx[view[1] // 2, cx] == pytest.approx(img_x - 0.5, abs=0.51), (window, cx)
+        for cy in (3, view[1] // 2, view[1] - 4):
+            img_y = roi.box_view_to_image((0, cy + 0.5, 0, cy + 0.5), window, view)[1]
+            assert vy[cy, view[0] // 2] == pytest.approx(img_y - 0.5, abs=0.51), (window, cy)
+
+
+def _rect(left, top, width, height, **extra):
+    return {"objects": [{"type": "rect", "left": left, "top": top, "width": width, "height": height, **extra}]}
+
+
+def test_canvas_box_on_a_zoomed_canvas_hand_computed():
+    # RG3 at 2x on a 520-px canvas: window (440, 440, 1320, 1320), 880/520 stored px per canvas px.
+    win, view = (440, 440, 1320, 1320), (520, 520)
+    assert viewer.canvas_image_box(_rect(130, 52, 260, 52), win, view, (1760, 1760)) == (660.0, 528.0, 1100.0, 616.0)
+    # The same region drawn at 1x (1760/520 stored px per canvas px): corner (195, 156), 130 x 26 canvas px.
+    full = (0, 0, 1760, 1760)
+    assert viewer.canvas_image_box(_rect(195, 156, 130, 26), full, view, (1760, 1760)) == (660.0, 528.0, 1100.0, 616.0)
+    # Resized by its handle (scaleX) and running off the canvas (x -300..-100): clamped to the image,
+    # not to the view: x 440 - 300 * 880/520 = -67.7 -> 0 and 440 - 100 * 880/520 = 270.8; y 440 + 500 *
+    # 880/520 = 1286.2 and 440 + 510 * 880/520 = 1303.1.
+    assert viewer.canvas_image_box(_rect(-300, 500, 100, 10, scaleX=2), win, view, (1760, 1760)) == \
+        (0.0, 1286.2, 270.8, 1303.1)
+    assert viewer.canvas_image_box({"objects": []}, win, view, (1760, 1760)) is None
+    assert viewer.canvas_image_box(None, win, view, (1760, 1760)) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(viewer.ZOOM_LEVELS), st.floats(0, 1), st.floats(0, 1),
+       st.tuples(st.integers(0, 1700), st.integers(0, 1700), st.integers(2, 400), st.integers(2, 400)))
+def test_a_drawn_box_keeps_its_stored_pixels_through_zoom_and_pan(zoom, px, py, b):
+    """A box drawn earlier is redrawn on the new view's canvas (canvas_drawing) and, untouched,
+    reads back as the same stored pixels (canvas_image_box), whether or not the view shows it."""
+    size, view = (1760, 1760), (520, 520)
+    box = (float(b[0]), float(b[1]), float(min(b[0] + b[2], 1760)), float(min(b[1] + b[3], 1760)))
+    s = viewer.ViewerSettings(zoom=zoom, pan_x=px, pan_y=py)
+    window = viewer.view_window(s, size)
+    drawing = viewer.canvas_drawing(box, window, view)
+    assert viewer.canvas_image_box(drawing, window, view, size) == box

@@ -202,13 +202,14 @@ def _roi_section(case: dict, zoo: Any, settings: viewer.ViewerSettings) -> tuple
     display = cl.rewindow(case["display_pixels"], image.meta, st.session_state["case_wc"],
                           st.session_state["case_ww"], invert=settings.invert)
     case["display_view"] = display
+    window, view = _zoom_view(case, settings, display)
 
     box = tuple(case["box"])
     source = "drawn"
     full = tuple(float(v) for v in roi.full_image_box((w, h)))
     ready = False
     if mode == "Draw on the image":
-        drawn = _draw_roi(case, display, scale)
+        drawn = _draw_roi(case, view, window)
         if drawn is not None:
             box, ready = drawn, True
         elif case["initial_box"] is not None:  # the sample's ROI, shown on the canvas
@@ -254,7 +255,8 @@ def _roi_section(case: dict, zoo: Any, settings: viewer.ViewerSettings) -> tuple
         st.error(f"{err}. Fix the box to continue.")
         return None, source, False
     if mode != "Draw on the image":
-        st.image(cl.draw_box(display, box, scale), caption=f"ROI {source}", width=dw)
+        st.image(cl.draw_box(view, roi.box_image_to_view(box, window, (dw, dh)), 1.0), caption=f"ROI {source}",
+                 width=dw)
     if ready and tuple(box) == full:
         st.warning(cl.whole_image_caution(zoo.manifest))
     case["box"] = box
@@ -263,8 +265,52 @@ def _roi_section(case: dict, zoo: Any, settings: viewer.ViewerSettings) -> tuple
     return box, source, ready
 
 
-def _draw_roi(case: dict, display: np.ndarray, scale: float) -> tuple | None:
-    """Rectangle drawn on a streamlit-drawable-canvas; display px -> stored px via ``scale``."""
+def _zoom_to_roi(case: dict) -> None:
+    """The 'Zoom to ROI' button: reads the case's box when clicked (the box may have changed
+    since the button was drawn)."""
+    viewer.zoom_to_box(st.session_state, case["box"], case["size"])
+
+
+def _zoom_view(case: dict, settings: viewer.ViewerSettings, display: np.ndarray) -> tuple[tuple, np.ndarray]:
+    """Zoom and pan controls (issue 17); returns the stored-image window the viewer shows and
+    that window windowed for display at the canvas size. Display only: boxes stay in stored
+    pixels (``viewer.canvas_image_box``)."""
+    w, h = case["size"]
+    dw, dh, _ = case["display"]
+    zoomed = settings.zoom > 1.0
+    c_zoom, c_pan, c_overview = st.columns([2, 3, 1], vertical_alignment="bottom")
+    with c_zoom:
+        st.select_slider("Zoom", viewer.ZOOM_LEVELS, key="case_zoom", format_func=lambda z: f"{z:g}x",
+                         on_change=viewer.remember, args=(st.session_state, "zoom"),
+                         help="Magnify part of the image to box a small lesion; kept for the next images. "
+                              "The ROI is always in stored pixels, whatever the zoom.")
+    with c_pan, st.container(horizontal=True):
+        for name, icon, dx, dy in (("left", "arrow_back", -1, 0), ("right", "arrow_forward", 1, 0),
+                                   ("up", "arrow_upward", 0, -1), ("down", "arrow_downward", 0, 1)):
+            st.button(name.capitalize(), key=f"case_pan_{name}", icon=f":material/{icon}:", disabled=not zoomed,
+                      on_click=viewer.pan, args=(st.session_state, dx, dy),
+                      help=f"Move the view {name} by half its size")
+        st.button("Zoom to ROI", key="case_zoom_roi", icon=":material/center_focus_strong:", on_click=_zoom_to_roi,
+                  args=(case,), help="Zoom in on the current ROI, centred")
+        st.button("Reset view", key="case_zoom_reset", icon=":material/fit_screen:", disabled=not zoomed,
+                  on_click=viewer.reset_view, args=(st.session_state,), help="The whole image at 1x")
+    window = viewer.view_window(settings, (w, h))
+    if not zoomed:
+        return window, display
+    cached = case.get("view_cache")
+    if cached is None or cached[0] != (window, (dw, dh)):
+        case["view_cache"] = cached = ((window, (dw, dh)), viewer.view_pixels(case["image"].pixels, window, (dw, dh)))
+    view = cl.rewindow(cached[1], case["image"].meta, st.session_state["case_wc"], st.session_state["case_ww"],
+                       invert=settings.invert)
+    with c_overview:  # where the view is, on the whole image
+        st.image(viewer.overview(display, window, (w, h)), width=viewer.OVERVIEW_PX)
+    st.caption(viewer.view_caption(settings, window))
+    return window, view
+
+
+def _draw_roi(case: dict, view: np.ndarray, window: tuple) -> tuple | None:
+    """Rectangle drawn on a streamlit-drawable-canvas that shows ``window`` of the stored image;
+    canvas px -> stored px through the window (``viewer.canvas_image_box``)."""
     try:  # the component registers itself on import, which needs a running Streamlit
         from streamlit_drawable_canvas import st_canvas
     except Exception as err:  # noqa: BLE001
@@ -273,18 +319,21 @@ def _draw_roi(case: dict, display: np.ndarray, scale: float) -> tuple | None:
     from PIL import Image
 
     dw, dh, _ = case["display"]
-    # One canvas per on-screen size (its coordinates are display pixels); a new size starts
-    # from the box drawn at the old one, so resizing keeps the ROI.
-    if case.get("canvas_for", (None,))[0] != dw:
-        case["canvas_for"] = (dw, cl.canvas_drawing(case.get("drawn_box") or case["initial_box"], scale))
+    # One canvas per on-screen size and view window (its coordinates are canvas pixels); a new
+    # size, zoom or pan starts from the box drawn before, redrawn at its place in the new view,
+    # so the ROI stays on the same stored pixels.
+    view_key = (dw, dh, tuple(int(v) for v in window))
+    if case.get("canvas_for", (None,))[0] != view_key:
+        case["canvas_for"] = (view_key, viewer.canvas_drawing(case.get("drawn_box") or case["initial_box"],
+                                                              window, (dw, dh)))
     st.caption("Drag a rectangle around the lesion; the last rectangle counts. Use the toolbar to undo.")
     result = st_canvas(
         fill_color="rgba(255, 40, 40, 0.08)", stroke_width=2, stroke_color="#ff2828",
-        background_image=Image.fromarray(imaging.to_uint8(display)), drawing_mode="rect",
+        background_image=Image.fromarray(imaging.to_uint8(view)), drawing_mode="rect",
         initial_drawing=case["canvas_for"][1], height=dh, width=dw,
-        update_streamlit=True, key=f"case_canvas_{case['sha256'][:12]}_{dw}",
+        update_streamlit=True, key=f"case_canvas_{case['sha256'][:12]}_{dw}_" + "_".join(map(str, view_key[2])),
     )
-    box = cl.canvas_box(getattr(result, "json_data", None), scale, case["size"])
+    box = viewer.canvas_image_box(getattr(result, "json_data", None), window, (dw, dh), case["size"])
     if box is None:
         st.caption("No rectangle yet: drag one around the lesion.")
         return None
