@@ -354,3 +354,55 @@ def test_batch_pdf_uses_the_release_framing(wide, tmp_path):
     assert "-> indeterminate - the call lies at the threshold" in text
     if wide.calibration is not None and wide.calibration.slope > 0:
         assert "(calibrated)" in text, "the calibrated scale, as on the Case page"
+
+
+# ----------------------------------------------------------------------------- ROI jitter
+
+
+class _CountingOod:
+    """An OOD model stand-in that counts how often it is asked."""
+
+    threshold = 1.0
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, features):
+        self.calls += 1
+        return np.zeros(1)
+
+    def is_ood(self, score):
+        return False
+
+
+def test_jitter_probs_are_the_predicted_probabilities_with_one_gate_per_image(zoo, monkeypatch):
+    """Each jittered box's probability is what ``predict`` gives for that box, but the OOD gate
+    and the clinical checks run once per image (the caller's ``predict``), not once per box."""
+    import copy
+
+    from model_zoo import ensemble, roi
+
+    pixels = np.random.default_rng(3).random((96, 96)).astype(np.float32)
+    box, inputs = (10.0, 12.0, 60.0, 70.0), {"age": 30.0, "sex": "F", "site": "appendicular"}
+    boxes = roi.jitter_boxes(box, (96, 96), framing.JITTER_BOXES, seed=0)
+    expected = [zoo.predict(pixels, b, **inputs).p_ensemble for b in boxes]
+    gated = copy.copy(zoo)
+    gated.ood = _CountingOod()
+    encoded = []
+    real = ensemble.clinical_vector
+    monkeypatch.setattr(ensemble, "clinical_vector", lambda *a, **k: encoded.append(a) or real(*a, **k))
+    got = gated.jitter_probs(pixels, box, **inputs)
+    assert got == pytest.approx(expected, abs=1e-6) and len(got) == framing.JITTER_BOXES
+    assert gated.ood.calls == 0, "no OOD score per jittered box"
+    assert len(encoded) == 1, "the clinical values are checked once per image"
+    gated.predict(pixels, box, **inputs)
+    assert gated.ood.calls == 1, "predict keeps its gate"
+    assert gated.jitter_probs(pixels, box, **inputs, n=0) == []
+
+
+def test_jitter_probs_still_refuse_bad_clinical_values(zoo):
+    from model_zoo.errors import InputError
+
+    pixels = np.random.default_rng(3).random((96, 96)).astype(np.float32)
+    with pytest.raises(InputError):
+        zoo.jitter_probs(pixels, (10.0, 10.0, 60.0, 60.0), age=500.0)
