@@ -606,6 +606,9 @@ def test_cli_withholds_the_call_of_an_ood_image_unless_allowed(orthanc, tiny_zoo
     assert events[1]["ood"]["flagged"] is True and events[1]["call"]["word"]
 
 
+INDETERMINATE_WORD = "indeterminate"
+
+
 def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, client, tiny_release, pacs_env,
                                                                     tmp_path, capsys):
     """A release whose band holds this case: the CLI prints the Case page's sentence, and the SR
@@ -634,6 +637,13 @@ def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, clie
     assert main(["pacs", "predict", "--study", study, "--zoo", str(wide), "--write", "--roi", "full"]) == 0
     out = capsys.readouterr().out
     assert f"; {expected.sentence}" in out and "-> indeterminate - the call" in out
+    assert framing.jitter_sentence(jitter) in out, "the ROI-jitter result, as the Case page shows it"
+    (event,) = [e for e in _cli_events(pacs_env) if e["event"] == "case_prediction"]
+    record = event["call"]
+    assert record["word"] == INDETERMINATE_WORD and record["scale"] == expected.scale
+    assert record["jitter"] == {"boxes": jitter.n, "flips": jitter.n_flips, "same_call": jitter.same_call,
+                                "p_min": pytest.approx(jitter.p_min), "p_max": pytest.approx(jitter.p_max),
+                                "p_sd": pytest.approx(jitter.p_sd)}
     found = {i.modality: i for i in client.list_instances(study) if i.modality in ("SR", "DOC")}
     sr = hd.sr.srread(io.BytesIO(client.retrieve_instance(found["SR"])))
     (group,) = sr.content.get_planar_roi_measurement_groups()
