@@ -309,11 +309,9 @@ def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
                 return None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else v
 
             report = CaseReport(
-                zoo_name=zoo.release_name, zoo_version=zoo.version,
-                positive_class=zoo.positive_class, negative_class=zoo.negative_class,
-                threshold=zoo.threshold, p_ensemble=float(row["p_ensemble"]), p_members=members,
+                zoo_name=zoo.release_name, zoo_version=zoo.version, p_members=members,
                 call=zoo.call(float(row["p_ensemble"])),  # the Case page's framing (no jitter run in batch)
-                label=str(row["prediction"]), radiograph=shown, image_size_wh=(w, h),
+                radiograph=shown, image_size_wh=(w, h),
                 roi_box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
                 image_sha256=sha256_bytes(data), roi_source=str(row.get("roi_source", "")),
                 threshold_rule=zoo.threshold_rule,

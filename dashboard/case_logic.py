@@ -629,12 +629,8 @@ def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: st
     meta = case["image"].meta
     call = zoo.call(pred.p_ensemble, jitter)
     rep = report_pdf.CaseReport(
-        zoo_name=zoo.release_name, zoo_version=zoo.version,
-        positive_class=zoo.positive_class, negative_class=zoo.negative_class, threshold=pred.threshold,
-        threshold_rule=zoo.threshold_rule,
-        p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, label=pred.label,
-        p_calibrated=call.p if call.calibrated else None,
-        threshold_calibrated=call.threshold if call.calibrated else None, call=call,
+        zoo_name=zoo.release_name, zoo_version=zoo.version, call=call, threshold_rule=zoo.threshold_rule,
+        p_members=pred.p_members, p_clinic=pred.p_clinic,
         external_validation=external_validation_line(zoo.manifest) or "",
         disagreement=pred.disagreement, radiograph=case.get("display_view", case["image"].pixels),
         image_size_wh=tuple(case["size"]), roi_box=tuple(box), roi_source=source, image_sha256=case["sha256"],

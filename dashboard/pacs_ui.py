@@ -255,7 +255,7 @@ def write_back_panel(zoo: Any, case: dict, box: tuple, source: str, inputs: dict
         try:
             pdf = cl.case_pdf(zoo, case, box, source, inputs, pred, jitter, warnings)
             objects, key = prepare_writeback(src["header"], zoo, pred, box=box, roi_source=source,
-                                             inputs=inputs, pdf=pdf, jitter=jitter)
+                                             inputs=inputs, pdf=pdf, call=zoo.call(pred.p_ensemble, jitter))
             result = write_back(_client(settings), objects, key=key)
         except PacsError as err:
             st.error(f"PACS write-back: {err}.")

@@ -239,33 +239,49 @@ class Zoo:
 
     def jitter_probs(self, pixels: np.ndarray, box: roi.Box, *, age: Any = None, sex: Any = None,
                      site: Any = None, n: int = JITTER_BOXES, seed: int = 0) -> list[float]:
-        """Ensemble probabilities for ``n`` jittered copies of the ROI (``roi.jitter_boxes``)."""
+        """Ensemble probabilities for ``n`` jittered copies of the ROI (``roi.jitter_boxes``).
+
+        The same numbers as ``predict(pixels, b, ...).p_ensemble`` for each jittered box ``b``,
+        without redoing per box what belongs to the image: the clinical values are checked and
+        encoded once, the boxes come out of ``roi.jitter_boxes`` already inside the image, and
+        the out-of-distribution gate is the caller's (one per image, on the reference box:
+        ``predict``) - a jittered box is a box a reader could have drawn on the same image.
+        """
         h, w = pixels.shape[:2]
         boxes = roi.jitter_boxes(tuple(float(v) for v in box), (w, h), n, seed=seed)
-        return [float(self.predict(pixels, b, age=age, sex=sex, site=site).p_ensemble) for b in boxes]
+        if not boxes:
+            return []
+        clinical = clinical_vector(age, sex, site, age_fill=self.age_fill)
+        probs = []
+        for b in boxes:
+            logits, _, _ = self.member_outputs(pixels, b, features=False)
+            probs.append(self._stack({mid: float(sigmoid(v)) for mid, v in logits.items()}, clinical)[0])
+        return probs
 
     # -- inference ---------------------------------------------------------------------------
     def member_logits(self, pixels: np.ndarray, box: roi.Box) -> tuple[dict[str, float], dict[str, roi.Box]]:
         logits, crop_boxes, _ = self.member_outputs(pixels, box)
         return logits, crop_boxes
 
-    def member_outputs(self, pixels: np.ndarray, box: roi.Box) -> tuple[dict[str, float], dict[str, roi.Box],
-                                                                         dict[str, np.ndarray]]:
+    def member_outputs(self, pixels: np.ndarray, box: roi.Box, *, features: bool = True
+                       ) -> tuple[dict[str, float], dict[str, roi.Box], dict[str, np.ndarray]]:
         """Each member's logit, crop box and pooled pre-logit features (one forward pass each:
-        the features are what the classifier reads, see ``ood.logits_and_features``)."""
+        the features are what the classifier reads, see ``ood.logits_and_features``; with
+        ``features=False`` they are not copied out and the third dict is empty)."""
         import torch
 
         from model_zoo.ood import logits_and_features
 
-        logits, crop_boxes, features = {}, {}, {}
+        logits, crop_boxes, feature_map = {}, {}, {}
         for member in self.members:
             x, _, crop_box = preprocess.member_input(member.spec, pixels, box)
             with model_lock(member.model), torch.inference_mode():
                 logit, feats = logits_and_features(member.model, x)
             logits[member.spec.member_id] = float(logit[0])
-            features[member.spec.member_id] = feats[0].float().numpy()
+            if features:
+                feature_map[member.spec.member_id] = feats[0].float().numpy()
             crop_boxes[member.spec.member_id] = crop_box
-        return logits, crop_boxes, features
+        return logits, crop_boxes, feature_map
 
     def ood_score(self, features: dict[str, np.ndarray]) -> tuple[float | None, bool | None]:
         """(score, out of distribution?) for one crop's member features; (None, None) when the
@@ -277,13 +293,16 @@ class Zoo:
 
     def combine(self, p_members: dict[str, float], age: Any, sex: Any, site: Any) -> tuple[float, float | None]:
         """Stacker (and clinic-only model) on member probabilities + clinical values."""
-        row = np.array([[p_members[mid] for mid in self.member_ids]])
-        features = stacker_matrix(row, [age], [sex], [site], age_fill=self.age_fill)
+        return self._stack(p_members, clinical_vector(age, sex, site, age_fill=self.age_fill))
+
+    def _stack(self, p_members: dict[str, float], clinical: Sequence[float]) -> tuple[float, float | None]:
+        """``combine`` on an already checked and encoded clinical vector (``clinical_vector``)."""
+        member_row = np.array([[p_members[mid] for mid in self.member_ids]], dtype=np.float64)
+        features = np.hstack([member_row, np.asarray([clinical], dtype=np.float64)])  # = stacker_matrix's row
         p_ens = float(self.stacker.predict_proba(features)[0, 1])
         p_clinic = None
         if self.clinic_model is not None:
-            clinical = features[:, len(self.member_ids):]
-            p_clinic = float(self.clinic_model.predict_proba(clinical)[0, 1])
+            p_clinic = float(self.clinic_model.predict_proba(features[:, len(self.member_ids):])[0, 1])
         return p_ens, p_clinic
 
     def predict(self, pixels: np.ndarray, box: roi.Box | None, *, age: Any = None,

@@ -2,7 +2,12 @@
 
 Every input column is kept; added: ``p_ensemble``, ``calibrated_p_ensemble`` (when the release
 has a calibration), one ``p_<member_id>`` per member,
-``p_clinic``, ``prediction`` (class name at the zoo's threshold), the ROI actually used
+``p_clinic``, ``prediction`` (the framed call, ``Zoo.call``: the word the Case page shows -
+the positive or negative class name, or ``indeterminate`` when the probability lies within the
+release's indeterminate band of the threshold on the shown scale; the batch runs no ROI-jitter
+check, so only the band makes a row indeterminate), ``call_basis`` (what the word was decided
+on: ``calibrated`` or ``raw`` scale, then ``; <reason>`` when indeterminate, e.g.
+``calibrated; lies at the threshold``), the ROI actually used
 (``roi_x0..roi_y1`` in stored-image pixels), ``roi_source``, ``warning`` (empty, or what the
 input gate flagged: a region that is not bone/limb/pelvis, a tiny or featureless ROI, an RG/OT
 modality) and ``error`` (empty on success, a one-line message otherwise). A DICOM whose
@@ -11,7 +16,8 @@ Modality is not a projection radiograph (``model_zoo.gate``) is a row error. Wit
 withholds them until acknowledged. When the release has an out-of-distribution model
 (``model_zoo.ood``) two more columns follow ``prediction``: ``ood_score`` and ``ood`` (True when the
 crop does not look like the training radiographs); an ``ood`` row keeps its probabilities but
-gets no ``prediction`` word unless ``allow_ood`` (``--allow-ood``), and its ``warning`` says why.
+gets no ``prediction`` word (and no ``call_basis``) unless ``allow_ood`` (``--allow-ood``), and its
+``warning`` says why.
 Releases without one write exactly the columns they always did. A bad row never stops the batch. The output is rewritten
 atomically every ``flush_every`` rows, so a crashed run leaves a valid partial CSV and
 ``resume=True`` fills only the rows still missing.
@@ -31,6 +37,7 @@ from model_zoo.cases import read_case_table
 from model_zoo.clinical import is_missing
 from model_zoo.ensemble import Zoo
 from model_zoo.errors import InputError, ZooError
+from model_zoo.framing import Call
 from model_zoo.zoo import atomic_write_bytes
 
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
@@ -78,6 +85,24 @@ def ood_warning(score: float, threshold: float, allowed: bool) -> str:
             + ("predicted anyway (allow-ood)" if allowed else "no prediction word given"))
 
 
+def call_basis(call: Call) -> str:
+    """What a call's word was decided on: ``"calibrated"`` or ``"raw"`` (the shown scale; ``"raw
+    (the calibration disagrees with the zoo's call)"`` when a calibration is not shown because it
+    would flip the call), then ``"; "`` and the reasons when it is indeterminate
+    (``"raw; lies at the threshold"``)."""
+    scale = call.scale
+    if not call.calibrated and call.scale_note:  # the release has a calibration, but it would flip the call
+        scale += " (the calibration disagrees with the zoo's call)"
+    return "; ".join([scale, *call.reasons])
+
+
+def call_columns(zoo: Zoo, p_ensemble: float) -> dict[str, str]:
+    """``prediction`` and ``call_basis`` for a row's raw ensemble probability: the Case page's
+    framed call (``Zoo.call``: the release's scale and band; no ROI-jitter check in a batch)."""
+    call = zoo.call(float(p_ensemble))
+    return {"prediction": call.word, "call_basis": call_basis(call)}
+
+
 def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = False,
                 allow_ood: bool = False) -> dict[str, Any]:
     """One row's results; raises InputError for a refused modality (and, with ``block_flagged``,
@@ -97,7 +122,7 @@ def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = Fa
         out["calibrated_p_ensemble"] = pred.p_calibrated
     out.update({f"p_{mid}": p for mid, p in pred.p_members.items()})
     out["p_clinic"] = pred.p_clinic
-    out["prediction"] = pred.label
+    out.update(call_columns(zoo, pred.p_ensemble))
     notes = [*flagged, *header.warnings]
     if has_ood(zoo) and pred.ood_score is not None:
         out["ood_score"], out["ood"] = pred.ood_score, bool(pred.ood)
@@ -105,7 +130,7 @@ def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = Fa
             assert zoo.ood is not None  # has_ood(zoo) above
             notes.append(ood_warning(pred.ood_score, zoo.ood.threshold, allow_ood))
             if not allow_ood:
-                out["prediction"] = ""
+                out["prediction"] = out["call_basis"] = ""
     out.update(dict(zip(ROI_COLUMNS, pred.roi_box)))
     out["roi_source"] = source
     out["warning"] = "; ".join(notes)
@@ -154,7 +179,7 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
     result_cols = (["p_ensemble"] + (["calibrated_p_ensemble"] if zoo.calibration else [])
                    + [f"p_{m}" for m in zoo.member_ids]
                    + ["p_clinic", "prediction"] + (["ood_score", "ood"] if has_ood(zoo) else [])
-                   + [*ROI_COLUMNS, "roi_source", "warning", "error"])
+                   + ["call_basis", *ROI_COLUMNS, "roi_source", "warning", "error"])
     # Resume: a finished row is reused only at the same position with the same inputs (image,
     # age, sex, site, and the ROI this mode would use), so duplicated paths, an edited table
     # or another --roi mode are recomputed, not mixed up.
@@ -173,6 +198,9 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
         result: dict[str, Any] = {c: None for c in result_cols}
         if i in done and not row.get("row_error") and _same_inputs(done[i], row, roi_mode):
             result.update({c: done[i][c] for c in result_cols if c in done[i]})
+            # The word is framed again from the kept probability: an output written before the
+            # framing (a bare class word) or by another release's band reads as this run's would.
+            result.update(call_columns(zoo, float(done[i]["p_ensemble"])))
         elif row.get("row_error"):
             result["error"] = str(row["row_error"])
         else:

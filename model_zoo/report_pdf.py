@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from model_zoo.framing import Call, JitterSummary, frame_call
+from model_zoo.framing import Call, JitterSummary
 
 __all__ = [
     "DISCLAIMER",
@@ -68,6 +68,9 @@ class HeatmapFigure:
 class CaseReport:
     """Everything printed in a case report. Probabilities are of the positive class.
 
+    ``call`` is the framed call (``Zoo.call``: the release's scale, band and the jitter result
+    when it was run); the headline, the raw stacker output and the operating threshold are all
+    read from it, so the report cannot say anything the other outputs do not.
     ``radiograph`` is the displayed image (``(H, W)`` float in [0, 1] or uint8, at any
     resolution); ``roi_box`` is in stored-image pixels of an image of size
     ``image_size_wh``, so it is rescaled onto ``radiograph`` for drawing.
@@ -75,12 +78,8 @@ class CaseReport:
 
     zoo_name: str
     zoo_version: str
-    positive_class: str
-    negative_class: str
-    threshold: float
-    p_ensemble: float
+    call: Call
     p_members: Mapping[str, float]
-    label: str
     radiograph: np.ndarray
     image_size_wh: tuple[int, int]
     roi_box: Sequence[float]
@@ -103,21 +102,7 @@ class CaseReport:
     image_tags: Mapping[str, str] = field(default_factory=dict)
     created: _dt.datetime | None = None
     identifiers: Mapping[str, str] | None = None
-    # The release's calibrated probability and threshold (both or neither): when set, the
-    # headline is calibrated and the raw stacker output is listed below it.
-    p_calibrated: float | None = None
-    threshold_calibrated: float | None = None
     external_validation: str = ""  # one line: how the release did at a hospital it never saw
-    # The framed call (``Zoo.call``: the release's band, the jitter result). When None it is
-    # framed here by the same rule (``model_zoo.framing``) with the library's default band.
-    call: Call | None = None
-
-    def framed_call(self) -> Call:
-        if self.call is not None:
-            return self.call
-        return frame_call(self.p_ensemble, self.threshold, self.positive_class, self.negative_class,
-                          p_calibrated=self.p_calibrated, threshold_calibrated=self.threshold_calibrated,
-                          jitter=self.jitter)
 
 
 # ----------------------------------------------------------------------------- images
@@ -274,7 +259,7 @@ def build_case_report(report: CaseReport, *, include_identifiers: bool = False) 
         doc.rows([(k, str(v)) for k, v in report.identifiers.items()])
 
     doc.heading("Result")
-    call = report.framed_call()
+    call = report.call
     doc.para(call.sentence + (" (calibrated)" if call.calibrated else ""), size=11, style="B")
     if call.indeterminate:
         doc.para(f"Indeterminate: read the result as neither {call.negative_class} nor {call.positive_class}. "
@@ -291,7 +276,7 @@ def build_case_report(report: CaseReport, *, include_identifiers: bool = False) 
         rows.append(("Member disagreement", f"{report.disagreement:.3f} (max - min of member probabilities)"))
     if report.p_clinic is not None:
         rows.append(("Clinic-only model", f"{report.p_clinic:.3f} (age, sex, site only)"))
-    rows.append(("Operating threshold", f"{report.threshold:.3f}" + (f" ({report.threshold_rule})" if report.threshold_rule else "")))
+    rows.append(("Operating threshold", f"{call.threshold_raw:.3f}" + (f" ({report.threshold_rule})" if report.threshold_rule else "")))
     if report.jitter is not None and report.jitter.n:
         j = report.jitter
         rows.append(("ROI-jitter check", (

@@ -314,9 +314,11 @@ def test_pdf_and_sr_of_a_case_in_the_band(zoo):
     pred, box = _at_threshold(zoo, image.pixels)
     assert pred.label == zoo.positive_class, "the zoo's own label is a class word at the threshold"
     inputs = {"age": 30.0, "sex": "F", "site": "appendicular"}
-    pdf = simple_case_pdf(zoo, image, box, "entered", inputs, pred, "a" * 64)
+    call = zoo.call(pred.p_ensemble)
+    pdf = simple_case_pdf(zoo, image, box, "entered", inputs, pred, "a" * 64, call)
     assert "-> indeterminate - the call lies at the threshold" in _pdf_text(pdf)
-    objects, _ = prepare_writeback(header, zoo, pred, box=box, roi_source="entered", inputs=inputs, pdf=pdf)
+    objects, _ = prepare_writeback(header, zoo, pred, box=box, roi_source="entered", inputs=inputs, pdf=pdf,
+                                   call=call)
     assert _sr_call(objects["SR"]) == ("IND", INDETERMINATE)
 
     # Far from the threshold the SR codes the class word, as the page does; a flipping jitter box
@@ -324,11 +326,12 @@ def test_pdf_and_sr_of_a_case_in_the_band(zoo):
     far = 0.999 if zoo.threshold_calibrated < 0.9 else 0.001
     far_pred = dataclasses.replace(pred, p_ensemble=far, p_calibrated=float(zoo.calibration.apply(far)),
                                    label=zoo.label_for(far))
-    objects, _ = prepare_writeback(header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None)
+    objects, _ = prepare_writeback(header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None,
+                                   call=zoo.call(far))
     word = zoo.call(far).word
     assert _sr_call(objects["SR"]) == ("POS" if word == zoo.positive_class else "NEG", word)
     objects, _ = prepare_writeback(header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None,
-                                   jitter=_flips(2))
+                                   call=zoo.call(far, _flips(2)))
     assert _sr_call(objects["SR"]) == ("IND", INDETERMINATE)
 
 
@@ -354,3 +357,134 @@ def test_batch_pdf_uses_the_release_framing(wide, tmp_path):
     assert "-> indeterminate - the call lies at the threshold" in text
     if wide.calibration is not None and wide.calibration.slope > 0:
         assert "(calibrated)" in text, "the calibrated scale, as on the Case page"
+
+
+# ----------------------------------------------------------------------------- ROI jitter
+
+
+class _CountingOod:
+    """An OOD model stand-in that counts how often it is asked."""
+
+    threshold = 1.0
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, features):
+        self.calls += 1
+        return np.zeros(1)
+
+    def is_ood(self, score):
+        return False
+
+
+def test_jitter_probs_are_the_predicted_probabilities_with_one_gate_per_image(zoo, monkeypatch):
+    """Each jittered box's probability is what ``predict`` gives for that box, but the OOD gate
+    and the clinical checks run once per image (the caller's ``predict``), not once per box."""
+    import copy
+
+    from model_zoo import ensemble, roi
+
+    pixels = np.random.default_rng(3).random((96, 96)).astype(np.float32)
+    box, inputs = (10.0, 12.0, 60.0, 70.0), {"age": 30.0, "sex": "F", "site": "appendicular"}
+    boxes = roi.jitter_boxes(box, (96, 96), framing.JITTER_BOXES, seed=0)
+    expected = [zoo.predict(pixels, b, **inputs).p_ensemble for b in boxes]
+    gated = copy.copy(zoo)
+    gated.ood = _CountingOod()
+    encoded = []
+    real = ensemble.clinical_vector
+    monkeypatch.setattr(ensemble, "clinical_vector", lambda *a, **k: encoded.append(a) or real(*a, **k))
+    got = gated.jitter_probs(pixels, box, **inputs)
+    assert got == pytest.approx(expected, abs=1e-6) and len(got) == framing.JITTER_BOXES
+    assert gated.ood.calls == 0, "no OOD score per jittered box"
+    assert len(encoded) == 1, "the clinical values are checked once per image"
+    gated.predict(pixels, box, **inputs)
+    assert gated.ood.calls == 1, "predict keeps its gate"
+    assert gated.jitter_probs(pixels, box, **inputs, n=0) == []
+
+
+def test_jitter_probs_still_refuse_bad_clinical_values(zoo):
+    from model_zoo.errors import InputError
+
+    pixels = np.random.default_rng(3).random((96, 96)).astype(np.float32)
+    with pytest.raises(InputError):
+        zoo.jitter_probs(pixels, (10.0, 10.0, 60.0, 60.0), age=500.0)
+
+
+# ----------------------------------------------------------------------------- batch: predict and the Batch page
+
+
+def _few_cases(tiny_release, folder: Path, n: int = 4) -> Path:
+    import pandas as pd
+
+    cases = Path(tiny_release["cases"])
+    table = pd.read_csv(cases).head(n)
+    table["image"] = [str((cases.parent / v).resolve()) for v in table["image"]]
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "cases.csv", index=False)
+    return folder / "cases.csv"
+
+
+def test_predict_csv_gives_the_framed_call_word(wide, zoo, tiny_release, tmp_path):
+    """``prediction`` is the Case page's word (``Zoo.call``: the release's band and scale), not the
+    class word at the raw threshold; ``call_basis`` says on what it was decided. Every contract
+    column stays."""
+    import pandas as pd
+
+    from model_zoo.predict import predict_cases
+
+    table = _few_cases(tiny_release, tmp_path / "in")
+    for release in (wide, zoo):
+        out = predict_cases(release, table, tmp_path / f"{release.version}.csv", roi_mode="given")
+        written = pd.read_csv(tmp_path / f"{release.version}.csv", keep_default_na=False)
+        assert {"p_ensemble", "roi_x0", "roi_y0", "roi_x1", "roi_y1", "error", "prediction", "call_basis",
+                *[f"p_{m}" for m in release.member_ids]} <= set(written.columns)
+        assert (written["error"] == "").all()
+        calls = [release.call(p) for p in out["p_ensemble"]]
+        assert list(written["prediction"]) == [c.word for c in calls]
+        assert list(written["call_basis"]) == ["; ".join([c.scale, *c.reasons]) for c in calls]
+    # The wide band (0.49) holds every one of these cases: the raw class word would be wrong.
+    assert set(out["prediction"]) <= {zoo.positive_class, zoo.negative_class, INDETERMINATE}
+    wide_out = pd.read_csv(tmp_path / f"{wide.version}.csv", keep_default_na=False)
+    assert set(wide_out["prediction"]) == {INDETERMINATE}
+    assert set(wide_out["call_basis"]) == {f"calibrated; {REASON_BAND}"}
+
+
+def test_predict_resume_reframes_kept_rows(wide, tiny_release, tmp_path):
+    """A resumed run keeps the finished rows' probabilities but frames their word again, so an
+    output written with bare class words reads as a fresh run's would."""
+    import pandas as pd
+
+    from model_zoo.predict import predict_cases
+
+    table = _few_cases(tiny_release, tmp_path / "in", n=2)
+    out_path = tmp_path / "out.csv"
+    predict_cases(wide, table, out_path)
+    old = pd.read_csv(out_path, keep_default_na=False)
+    old["prediction"] = [wide.label_for(p) for p in old["p_ensemble"]]  # the pre-framing output
+    old = old.drop(columns=["call_basis"])
+    old.to_csv(out_path, index=False)
+    again = predict_cases(wide, table, out_path, resume=True)
+    assert list(again["p_ensemble"]) == pytest.approx(list(old["p_ensemble"]))
+    assert list(again["prediction"]) == [INDETERMINATE] * 2
+
+
+def test_batch_page_rows_show_the_framed_call_word(wide, tiny_release, tmp_path):
+    """The Batch page's table (``run_batch``) shows the same word as ``predict`` for each row."""
+    import zipfile
+
+    import pandas as pd
+
+    from dashboard.batch_logic import run_batch
+
+    cases = Path(tiny_release["cases"])
+    table = pd.read_csv(cases).head(3)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for rel in table["image"]:
+            zf.write(cases.parent / rel, rel)
+    result = run_batch(wide, table.to_csv(index=False).encode(), buf.getvalue(), roi_mode="given")
+    assert result.n_failed == 0
+    assert list(result.frame["prediction"]) == [wide.call(p).word for p in result.frame["p_ensemble"]]
+    assert set(result.frame["prediction"]) == {INDETERMINATE}, "the wide band holds these cases"
+    assert "call_basis" in result.frame.columns

@@ -141,9 +141,10 @@ def _predict_and_prepare(client, zoo, study_uid, box=None, inputs=None):
     box = box or (w * 0.3, h * 0.5, w * 0.6, h * 0.8)
     inputs = inputs or {"age": 33.0, "sex": "F", "site": "appendicular"}
     pred = zoo.predict(opened.image.pixels, box, **inputs)
-    pdf = simple_case_pdf(zoo, opened.image, box, "entered coordinates", inputs, pred, opened.sha256)
+    call = zoo.call(pred.p_ensemble)
+    pdf = simple_case_pdf(zoo, opened.image, box, "entered coordinates", inputs, pred, opened.sha256, call)
     objects, key = prepare_writeback(opened.header, zoo, pred, box=box, roi_source="entered coordinates",
-                                     inputs=inputs, pdf=pdf)
+                                     inputs=inputs, pdf=pdf, call=call)
     return opened, pred, box, pdf, objects, key
 
 
@@ -332,6 +333,59 @@ def test_write_back_sr_and_pdf_land_in_the_same_study_and_validate(client, ortha
     print("dciodvfy warnings:", json.dumps(report, indent=1))
     # The only warning accepted: our private coding scheme is not in dciodvfy's defined terms.
     assert all("99BONEZOO" in w for w in report["SR"]) and report["PDF"] == [], report
+
+
+@pytest.mark.parametrize("fallback", ["calibrated", "no calibrator", "calibration disagrees"])
+def test_sr_carries_calibrated_numbers_only_on_the_calibrated_scale(tiny_zoo, tmp_path, fallback):
+    """When the call falls back to the raw probability (no calibrator, or a calibration that would
+    flip the zoo's own call), the SR carries no calibrated probability or threshold - the same
+    numbers the PDF and the Case page show - and still passes dciodvfy."""
+    import copy
+    import dataclasses
+
+    import highdicom as hd
+    from pydicom import dcmwrite
+    from test_framing import _rg3_header
+
+    from model_zoo.framing import frame_call
+    from model_zoo.pacs.study import prepare_writeback
+
+    header = _rg3_header()
+    pixels = np.random.default_rng(5).random((96, 96)).astype(np.float32)
+    box, inputs = (10.0, 10.0, 60.0, 60.0), {"age": 40.0, "sex": "M", "site": "appendicular"}
+    zoo = copy.copy(tiny_zoo)
+    pred = zoo.predict(pixels, box, **inputs)
+    assert pred.p_calibrated is not None, "the tiny release is calibrated"
+    if fallback == "no calibrator":
+        zoo.calibration = None  # a release without one: no calibrated number anywhere
+        pred = dataclasses.replace(pred, p_calibrated=None)
+        call = zoo.call(pred.p_ensemble)
+    elif fallback == "calibration disagrees":  # a calibrated value on the other side of its threshold
+        other = zoo.threshold_calibrated - 0.2 if pred.p_ensemble >= zoo.threshold else zoo.threshold_calibrated + 0.2
+        call = frame_call(pred.p_ensemble, zoo.threshold, zoo.positive_class, zoo.negative_class,
+                          p_calibrated=other, threshold_calibrated=zoo.threshold_calibrated, band=0.0)
+    else:
+        call = zoo.call(pred.p_ensemble)
+    assert call.calibrated == (fallback == "calibrated")
+    objects, _ = prepare_writeback(header, zoo, pred, box=box, roi_source="entered", inputs=inputs, pdf=None,
+                                   call=call)
+    buf = io.BytesIO()
+    dcmwrite(buf, objects["SR"], enforce_file_format=False)
+    sr = hd.sr.srread(io.BytesIO(buf.getvalue()))
+    (group,) = sr.content.get_planar_roi_measurement_groups()
+    values = {m.name.meaning: m.value for m in group.get_measurements()}
+    pos = zoo.positive_class
+    calibrated = {f"Calibrated ensemble probability of {pos}", "Operating threshold (calibrated probability)"}
+    if call.calibrated:
+        assert values[f"Calibrated ensemble probability of {pos}"] == pytest.approx(call.p, abs=1e-6)
+        assert values["Operating threshold (calibrated probability)"] == pytest.approx(call.threshold, abs=1e-6)
+    else:
+        assert not calibrated & set(values), f"raw call, calibrated numbers in the SR: {values}"
+    assert values[f"Indeterminate band half-width ({call.scale} probability)"] == pytest.approx(call.band)
+    assert values[f"Ensemble probability of {pos}"] == pytest.approx(pred.p_ensemble, abs=1e-6)
+    errors, warnings = dciodvfy(buf.getvalue(), tmp_path)
+    assert errors == [], f"dciodvfy errors on the SR: {errors}"
+    assert all("99BONEZOO" in w for w in set(warnings)), warnings
 
 
 def test_same_result_written_twice_is_not_duplicated(client, orthanc, tiny_zoo):
@@ -552,6 +606,9 @@ def test_cli_withholds_the_call_of_an_ood_image_unless_allowed(orthanc, tiny_zoo
     assert events[1]["ood"]["flagged"] is True and events[1]["call"]["word"]
 
 
+INDETERMINATE_WORD = "indeterminate"
+
+
 def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, client, tiny_release, pacs_env,
                                                                     tmp_path, capsys):
     """A release whose band holds this case: the CLI prints the Case page's sentence, and the SR
@@ -580,6 +637,13 @@ def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, clie
     assert main(["pacs", "predict", "--study", study, "--zoo", str(wide), "--write", "--roi", "full"]) == 0
     out = capsys.readouterr().out
     assert f"; {expected.sentence}" in out and "-> indeterminate - the call" in out
+    assert framing.jitter_sentence(jitter) in out, "the ROI-jitter result, as the Case page shows it"
+    (event,) = [e for e in _cli_events(pacs_env) if e["event"] == "case_prediction"]
+    record = event["call"]
+    assert record["word"] == INDETERMINATE_WORD and record["scale"] == expected.scale
+    assert record["jitter"] == {"boxes": jitter.n, "flips": jitter.n_flips, "same_call": jitter.same_call,
+                                "p_min": pytest.approx(jitter.p_min), "p_max": pytest.approx(jitter.p_max),
+                                "p_sd": pytest.approx(jitter.p_sd)}
     found = {i.modality: i for i in client.list_instances(study) if i.modality in ("SR", "DOC")}
     sr = hd.sr.srread(io.BytesIO(client.retrieve_instance(found["SR"])))
     (group,) = sr.content.get_planar_roi_measurement_groups()

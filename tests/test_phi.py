@@ -332,10 +332,11 @@ def test_pdf_report_opt_in_adds_only_the_typed_reference(page_run, tiny_release)
 
 
 def test_report_builder_prints_identifiers_only_on_opt_in():
+    from model_zoo.framing import frame_call
     from model_zoo.report_pdf import CaseReport, build_case_report
 
-    rep = CaseReport(zoo_name="z", zoo_version="1.0.0", positive_class="malignant", negative_class="benign",
-                     threshold=0.5, p_ensemble=0.7, p_members={"a": 0.7}, label="malignant",
+    rep = CaseReport(zoo_name="z", zoo_version="1.0.0", call=frame_call(0.7, 0.5, "malignant", "benign"),
+                     p_members={"a": 0.7},
                      radiograph=np.zeros((40, 40), np.float32), image_size_wh=(40, 40), roi_box=(0, 0, 40, 40),
                      image_sha256="0" * 64, identifiers={"Patient": "Doe^Jane^PHI", "MRN": "PHI-123456"})
     assert leaked(pdf_text(build_case_report(rep))) == []

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from model_zoo import audit
-from model_zoo.framing import JitterSummary, probability_sentence
+from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, JitterSummary, frame_call, probability_sentence
 from model_zoo.report_pdf import (
     CaseReport,
     HeatmapFigure,
@@ -41,17 +41,22 @@ def _pdf_text(pdf: bytes) -> str:
     return "\n".join(out).replace("\\(", "(").replace("\\)", ")").replace("\\\\", "\\")
 
 
-def _report(**over) -> CaseReport:
+def _report(*, p_ensemble: float = 0.73, threshold: float = 0.41, p_calibrated: float | None = None,
+            threshold_calibrated: float | None = None, band: float = DEFAULT_INDETERMINATE_BAND, **over) -> CaseReport:
+    """A full report whose call is framed by the product rule (``frame_call``) from the
+    probabilities given and the report's jitter result, unless ``call`` is given."""
     rng = np.random.default_rng(0)
+    jitter = over.get("jitter", JitterSummary(n=8, n_flips=0, p_min=0.65, p_max=0.79, p_sd=0.05))
+    call = frame_call(p_ensemble, threshold, "malignant", "benign", p_calibrated=p_calibrated,
+                      threshold_calibrated=threshold_calibrated, band=band, jitter=jitter)
     kw = dict(
-        zoo_name="tiny-zoo", zoo_version="0.0.1", positive_class="malignant", negative_class="benign",
-        threshold=0.41, p_ensemble=0.73, p_members={"effnet_b3": 0.61, "vit": 0.88}, label="malignant",
+        zoo_name="tiny-zoo", zoo_version="0.0.1", call=call, p_members={"effnet_b3": 0.61, "vit": 0.88},
         radiograph=rng.random((300, 200)).astype(np.float32), image_size_wh=(1000, 1500),
         roi_box=(100.0, 200.0, 400.0, 600.0), image_sha256="a" * 64, roi_source="drawn on the image",
         threshold_rule="youden", p_clinic=0.35, disagreement=0.27, age=14.0, sex="F", site="appendicular",
         crops={"effnet_b3": rng.random((64, 64)), "vit": rng.random((64, 64))},
         heatmaps=[HeatmapFigure(f"GradCAM {i}", (rng.random((50, 60, 3)) * 255).astype(np.uint8)) for i in range(3)],
-        jitter=JitterSummary(n=8, n_flips=0, p_min=0.65, p_max=0.79, p_sd=0.05),
+        jitter=jitter,
         warnings=["colour image converted to grayscale"], calibration_note="Not recalibrated.",
         zoo_files={"members/vit.safetensors": "b" * 64, "stacker.joblib": "c" * 64},
         manifest_sha256="d" * 64, intended_use="Research and teaching only; not a medical device.",
@@ -163,3 +168,19 @@ def test_audit_default_path(monkeypatch, tmp_path):
     assert audit.default_audit_path() == tmp_path / "a.jsonl"
     monkeypatch.delenv(audit.AUDIT_ENV)
     assert audit.default_audit_path().parts[-3:] == (".cache", "bone-zoo", "audit.jsonl")
+
+
+def test_pdf_reads_the_call_and_nothing_beside_it():
+    """The report has one source for the headline, the raw output and the threshold: the framed
+    call. No field can say something else (the old fallback fields are gone)."""
+    import dataclasses
+
+    call = frame_call(0.62, 0.50, "malignant", "benign", p_calibrated=0.71, threshold_calibrated=0.58)
+    text = _pdf_text(build_case_report(_report(call=call)))
+    assert "Probability of malignant: 0.71 (threshold 0.58 -> above: malignant) (calibrated)" in text
+    assert "0.620 (threshold 0.500; uncalibrated, same side)" in text and "0.500 (youden)" in text
+    assert "0.73" not in text, "nothing from the default probabilities leaks in"
+    names = {f.name for f in dataclasses.fields(CaseReport)}
+    assert not names & {"label", "p_calibrated", "threshold_calibrated", "p_ensemble", "threshold",
+                        "positive_class", "negative_class"}
+    assert not hasattr(CaseReport, "framed_call")

@@ -87,7 +87,7 @@ def _read_section(zoo, cases) -> None:
 def _answer_after_read(zoo, cases, answers, reader: str, case_id: str) -> None:
     """Teaching mode: the case just read, revealed for this reader only, before the next one."""
     case = next(c for c in cases if c.case_id == case_id)
-    _case_reveal(zoo, case, tl.case_reveal(case, answers, [reader], zoo))
+    _case_reveal(case, tl.case_reveal(case, answers, [reader], zoo))
     left = sum(1 for c in cases if c.case_id not in answers[reader])
     if st.button("Next case" if left else "Done", key="teach_next", type="primary"):
         st.session_state["teach_pending"].pop(reader, None)
@@ -154,7 +154,7 @@ def _roc_section(zoo, cases, answers, readers: list[str]) -> None:
                "test of each reader's AUC against the model's on the same cases.")
 
 
-def _case_reveal(zoo, case, reveal) -> None:
+def _case_reveal(case, reveal) -> None:
     """One case revealed: the image, the heatmap with the annotator's box, truth, subtype, answers."""
     c1, c2 = st.columns(2)
     with c1:
@@ -184,7 +184,7 @@ def _case_by_case(zoo, cases, answers, readers: list[str]) -> None:
         st.markdown(cl.HEATMAP_HOW_TO)
     pick = st.selectbox("Case", [c.case_id for c in cases], key="teach_case_pick")
     case = next(c for c in cases if c.case_id == pick)
-    _case_reveal(zoo, case, tl.case_reveal(case, answers, readers, zoo))
+    _case_reveal(case, tl.case_reveal(case, answers, readers, zoo))
 
 
 def main() -> None:

@@ -119,6 +119,18 @@ def _audit(tag: str, event: dict[str, Any], err: TextIO) -> None:
         print(f"{tag}: warning: the audit log could not be written ({e.strerror or type(e).__name__})", file=err)
 
 
+def call_record(call: Any, jitter: Any) -> dict[str, Any]:
+    """The call as the study's result record (audit JSON) keeps it: the word, the scale, the band,
+    why it is indeterminate, and the ROI-jitter stability the Case page shows (``jitter`` None
+    when the check was off: ``--jitter 0``)."""
+    return {"word": call.word, "scale": call.scale, "p": call.p, "threshold": call.threshold, "band": call.band,
+            "reasons": list(call.reasons),
+            "jitter_flips": None if jitter is None else jitter.n_flips,  # kept for readers of older records
+            "jitter": None if jitter is None else {
+                "boxes": jitter.n, "flips": jitter.n_flips, "same_call": jitter.same_call,
+                "p_min": jitter.p_min, "p_max": jitter.p_max, "p_sd": jitter.p_sd}}
+
+
 def _predict_study(args: argparse.Namespace, client: Any, zoo: Any, study_uid: str, tag: str, out: TextIO,
                    err: TextIO) -> bool:
     """Gate, predict, frame and (with --write) write back one study; False when the OOD check
@@ -177,17 +189,18 @@ def _predict_study(args: argparse.Namespace, client: Any, zoo: Any, study_uid: s
     if args.jitter > 0:  # the Case page's check: same boxes, same seed
         jitter = framing.jitter_summary(pred.p_ensemble, zoo.jitter_probs(pixels, box, **inputs, n=args.jitter),
                                         pred.threshold)
-    call = zoo.call(pred.p_ensemble, jitter)
+    call = zoo.call(pred.p_ensemble, jitter)  # framed once: the printed line, the record, the PDF and the SR
     raw = f" [raw {call.p_raw:.3f}, threshold {call.threshold_raw:.3f}]" if call.calibrated else ""
     print(f"{tag}: {meta.modality or '?'} {w} x {h} px, ROI {source}, site {site or 'not given'}; "
           f"{call.sentence}{raw}", file=out)
-    extra["call"] = {"word": call.word, "scale": call.scale, "band": call.band, "reasons": list(call.reasons),
-                     "jitter_flips": None if jitter is None else jitter.n_flips}
+    if jitter is not None:
+        print(f"{tag}: {framing.jitter_sentence(jitter)}", file=out)
+    extra["call"] = call_record(call, jitter)
     if args.write:
-        pdf = simple_case_pdf(zoo, opened.image, box, source, inputs, pred, opened.sha256, jitter=jitter,
+        pdf = simple_case_pdf(zoo, opened.image, box, source, inputs, pred, opened.sha256, call, jitter=jitter,
                               warnings=warnings)
         objects, key = prepare_writeback(opened.header, zoo, pred, box=box, roi_source=source,
-                                         inputs=inputs, pdf=pdf, jitter=jitter)
+                                         inputs=inputs, pdf=pdf, call=call)
         result = write_back(client, objects, key=key)
         extra["pacs"].update({"result_key": key, "written": list(result.written),
                               "already_present": list(result.already_present)})

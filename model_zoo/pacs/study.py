@@ -12,7 +12,7 @@ from typing import Any
 
 from model_zoo import imaging
 from model_zoo.errors import InputError
-from model_zoo.framing import JitterSummary
+from model_zoo.framing import Call, JitterSummary
 from model_zoo.pacs.client import InstanceResult, PacsClient, SeriesResult
 from model_zoo.pacs.errors import NoRadiograph, PacsNotFound
 from model_zoo.pacs.writeback import build_encapsulated_pdf, build_sr, manifest_sha256, result_key
@@ -77,22 +77,19 @@ def open_instance(client: PacsClient, instance: InstanceResult) -> OpenedImage:
 
 
 def simple_case_pdf(zoo: Any, image: imaging.LoadedImage, box: Sequence[float], roi_source: str,
-                    inputs: Mapping[str, Any], pred: Any, image_sha256: str,
+                    inputs: Mapping[str, Any], pred: Any, image_sha256: str, call: Call,
                     jitter: JitterSummary | None = None, warnings: Sequence[str] = ()) -> bytes:
-    """The PDF case report without heatmaps (the command line's; the dashboard adds its CAMs)."""
+    """The PDF case report without heatmaps (the command line's; the dashboard adds its CAMs).
+
+    ``call`` is ``zoo.call(pred.p_ensemble, jitter)``, framed once by the caller and shared with
+    the SR (:func:`prepare_writeback`); ``jitter`` is the summary it was framed with (printed)."""
     from model_zoo import report_pdf
 
     h, w = image.pixels.shape
-    call = zoo.call(pred.p_ensemble, jitter)
-    calibrated = call.calibrated
     rep = report_pdf.CaseReport(
-        zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"], positive_class=zoo.positive_class,
-        negative_class=zoo.negative_class, threshold=pred.threshold,
+        zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"], call=call,
         threshold_rule=str((zoo.manifest.get("threshold") or {}).get("rule", "")),
-        p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, label=pred.label,
-        p_calibrated=pred.p_calibrated if calibrated else None,
-        threshold_calibrated=zoo.threshold_calibrated if calibrated else None, call=call, jitter=jitter,
-        warnings=list(warnings),
+        p_members=pred.p_members, p_clinic=pred.p_clinic, jitter=jitter, warnings=list(warnings),
         disagreement=pred.disagreement, radiograph=image.pixels, image_size_wh=(w, h), roi_box=tuple(box),
         roi_source=roi_source, image_sha256=image_sha256, age=inputs.get("age"), sex=inputs.get("sex"),
         site=inputs.get("site"), zoo_files=zoo.manifest.get("files", {}), manifest_sha256=manifest_sha256(zoo),
@@ -103,14 +100,13 @@ def simple_case_pdf(zoo: Any, image: imaging.LoadedImage, box: Sequence[float], 
 
 
 def prepare_writeback(header: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_source: str,
-                      inputs: Mapping[str, Any], pdf: bytes | None,
-                      jitter: JitterSummary | None = None) -> tuple[dict[str, Any], str]:
-    """The objects to store ({"SR": ds, "PDF": ds}) and the result key that names them; the SR's
-    call is ``zoo.call`` with ``jitter`` (pass the same jitter result the PDF was made with)."""
+                      inputs: Mapping[str, Any], pdf: bytes | None, call: Call) -> tuple[dict[str, Any], str]:
+    """The objects to store ({"SR": ds, "PDF": ds}) and the result key that names them; ``call``
+    is ``zoo.call(pred.p_ensemble, jitter)``, the same call the PDF was made with."""
     key = result_key(str(header.SOPInstanceUID), manifest_sha256(zoo), box, inputs.get("age"),
                      inputs.get("sex"), inputs.get("site"))
     objects = {"SR": build_sr(header, zoo, pred, box=box, roi_source=roi_source, inputs=inputs, key=key,
-                              call=zoo.call(pred.p_ensemble, jitter))}
+                              call=call)}
     if pdf is not None:
         objects["PDF"] = build_encapsulated_pdf(header, pdf, key=key)
     return objects, key

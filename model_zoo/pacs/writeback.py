@@ -2,11 +2,11 @@
 
 The SR is a TID 1500 Measurement Report (highdicom): one Planar ROI measurement group whose
 region is the ROI as a closed POLYLINE SCOORD on the source image (referenced SOP Instance
-UID), holding the ensemble probability, the calibrated probability (when the release has a
-calibration), each member's probability, the clinic-only probability, the operating
-threshold(s) and the indeterminate band as NUM items, the call as a qualitative evaluation
-(``POS``/``NEG``, or ``IND`` "indeterminate" where ``model_zoo.framing`` says so - never a
-class word there), and the zoo
+UID), holding the ensemble probability, the calibrated probability and threshold (only when
+the call is made on the calibrated scale), each member's probability, the clinic-only
+probability, the operating threshold and the indeterminate band as NUM items, the call as a
+qualitative evaluation (``POS``/``NEG``, or ``IND`` "indeterminate" where
+``model_zoo.framing`` says so - never a class word there), and the zoo
 (name/version/manifest sha256) as TID 4019 algorithm identification. A "Comment" TEXT item
 under the root carries the research-use disclaimer. The PDF goes in as an Encapsulated PDF
 instance. Both go into the SAME study, each in a new series (an SR and a DOC series).
@@ -121,7 +121,10 @@ def call_code(call: Call) -> tuple[str, str]:
 def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_source: str,
              inputs: Mapping[str, Any], key: str, call: Call) -> Any:
     """The Comprehensive SR (TID 1500) for one prediction on ``source`` (a pydicom Dataset);
-    ``call`` is ``zoo.call(pred.p_ensemble, jitter)``, the call every other output shows."""
+    ``call`` is ``zoo.call(pred.p_ensemble, jitter)``, the call every other output shows. The
+    calibrated probability and threshold are written only when the call was made on that scale
+    (``call.calibrated``): a release without a calibrator, or one whose calibration disagrees
+    with its own call, gets the raw numbers only, as the PDF and the Case page show."""
     import highdicom as hd
     import numpy as np
     from pydicom.sr.codedict import codes
@@ -150,9 +153,9 @@ def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_sour
     pos = zoo.positive_class
     measurements = [hd.sr.Measurement(name=_code("PENS", f"Ensemble probability of {pos}"),
                                       value=float(pred.p_ensemble), unit=unit, algorithm_id=algorithm)]
-    if getattr(pred, "p_calibrated", None) is not None:
+    if call.calibrated:  # only on the scale the call was made on: a raw fallback carries no calibrated number
         measurements.append(hd.sr.Measurement(name=_code("PCAL", f"Calibrated ensemble probability of {pos}"),
-                                              value=float(pred.p_calibrated), unit=unit, algorithm_id=algorithm))
+                                              value=float(call.p), unit=unit, algorithm_id=algorithm))
     for i, (mid, p) in enumerate(pred.p_members.items(), start=1):
         measurements.append(hd.sr.Measurement(name=_code(f"PMEM{i}", f"Member {mid} probability of {pos}"),
                                               value=float(p), unit=unit, algorithm_id=algorithm))
@@ -161,10 +164,9 @@ def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_sour
                                               value=float(pred.p_clinic), unit=unit, algorithm_id=algorithm))
     measurements.append(hd.sr.Measurement(name=_code("THR", "Operating threshold (ensemble probability)"),
                                           value=float(pred.threshold), unit=unit, algorithm_id=algorithm))
-    thr_cal = getattr(zoo, "threshold_calibrated", None)
-    if thr_cal is not None and getattr(pred, "p_calibrated", None) is not None:
+    if call.calibrated:
         measurements.append(hd.sr.Measurement(name=_code("THRCAL", "Operating threshold (calibrated probability)"),
-                                              value=float(thr_cal), unit=unit, algorithm_id=algorithm))
+                                              value=float(call.threshold), unit=unit, algorithm_id=algorithm))
     measurements.append(hd.sr.Measurement(
         name=_code("BAND", f"Indeterminate band half-width ({call.scale} probability)"),
         value=float(call.band), unit=unit, algorithm_id=algorithm))
