@@ -45,6 +45,8 @@ from model_zoo.errors import IntegrityError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from model_zoo.manifest import Manifest
+
 METHODS = ("knn", "mahalanobis")
 COMBINES = ("max", "mean")
 TRANSFORMS = ("none", "sqrt")
@@ -348,17 +350,14 @@ class OodModel:
                     metadata={"method": self.info.method})
 
 
-def load_ood(root: Path, manifest: Mapping[str, Any]) -> OodModel:
-    """The release's OOD model (``manifest['ood']``), from its verified safetensors file."""
+def load_ood(root: Path, manifest: Manifest) -> OodModel:
+    """The release's OOD model (``Manifest.ood``), from its verified safetensors file."""
     from safetensors.numpy import load_file
 
-    from model_zoo.zoo import verified_path
-
-    try:
-        info = OodInfo.from_dict(manifest["ood"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise IntegrityError(f"{Path(root).name}: the manifest's ood block is unreadable ({err})") from None
-    path = verified_path(root, manifest, info.file, "the OOD model")  # type: ignore[arg-type]
+    info = manifest.ood
+    if info is None:
+        raise IntegrityError(f"{Path(root).name}: the release has no OOD model")
+    path = manifest.verified_path(root, info.file, "the OOD model")
     return OodModel(info, load_file(str(path)))
 
 

@@ -28,13 +28,14 @@ def release_with_band(release: Path, parent: Path, band: float, version: str) ->
     """A verified copy of ``release`` whose manifest states ``threshold.indeterminate_band``."""
     from model_zoo.zoo import ReleaseWriter, verify_release
 
+    import dataclasses
+
     manifest = verify_release(release)
-    with ReleaseWriter(parent, manifest["name"], version) as rw:
-        for rel in manifest["files"]:
+    with ReleaseWriter(parent, manifest.name, version) as rw:
+        for rel in manifest.files:
             rw.copy_file(rel, release / rel)
-        new = {k: v for k, v in manifest.items() if k not in ("files", "name", "version", "format_version")}
-        new["threshold"] = {**new["threshold"], "indeterminate_band": band}
-        return rw.publish(new)
+        threshold = dataclasses.replace(manifest.threshold, indeterminate_band=band)
+        return rw.publish(manifest.replace(threshold=threshold))
 
 
 def _flips(n_flips: int, n: int = 8) -> JitterSummary:

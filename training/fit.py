@@ -26,6 +26,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,16 @@ from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, check_band
+from model_zoo.manifest import (
+    DataInfo,
+    ExternalData,
+    LocaliserInfo,
+    Manifest,
+    MemberEntry,
+    StackerInfo,
+    Task,
+    ThresholdInfo,
+)
 from model_zoo.members import MemberSpec, family_spec
 from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
 from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
@@ -696,14 +707,14 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             rel = f"members/{spec.member_id}.safetensors"
             rw.write_bytes(rel, save_safetensors(state))
             rw.copy_file(f"logs/{spec.member_id}.csv", run_dir / "jobs" / spec.member_id / "final" / "log.csv")
-            member_entries.append({
-                "spec": spec.to_dict(), "weights": rel, "best_epoch": res["best_epoch"],
-                "best_val_auc": res["best_val_auc"], "train_images_per_second": res["images_per_second"],
-                "epochs_run": len(res["history"]),
-                "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
-                "init_provenance": init_provenance(init_cfg.get(spec.family)),
-                "trainable": trainable,
-            })
+            member_entries.append(MemberEntry(
+                spec=spec, weights=rel, best_epoch=res["best_epoch"],
+                best_val_auc=res["best_val_auc"], train_images_per_second=res["images_per_second"],
+                epochs_run=len(res["history"]),
+                init=init_cfg.get(spec.family) or "scratch", weights_dtype="float16" if fp16 else "float32",
+                init_provenance=init_provenance(init_cfg.get(spec.family)),
+                trainable=trainable,
+            ))
         buf = io.BytesIO()
         joblib.dump({"stacker": stacker, "clinic": clinic}, buf, compress=3)
         rw.write_bytes("stacker.joblib", buf.getvalue())
@@ -715,51 +726,54 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
             rw.write_text(f"data/external-{name}.csv", ext_frame[["image", "sha256", "label"]].to_csv(index=False))
         localiser_entry = None
         if localiser_files:
-            localiser_entry, localiser_bytes, _ = localiser_files
-            rw.write_bytes(localiser_entry["weights"], localiser_bytes)
+            entry, localiser_bytes, _ = localiser_files
+            localiser_entry = LocaliserInfo.from_dict(entry)
+            rw.write_bytes(localiser_entry.weights, localiser_bytes)
         rw.copy_file("report/plotly.min.js", run_dir / "report" / "plotly.min.js")
         for split_name, out in report_dirs.items():
             for f in sorted(out.iterdir()):
                 rw.copy_file(f"report/{split_name}/{f.name}", f)
-        manifest = {
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "profile": cfg.get("profile"),
-            "seed": seed,
-            "intended_use": INTENDED_USE,
-            "task": {"name": cfg["task"]["name"], "positive_class": cfg["task"]["positive_class"],
-                     "negative_class": cfg["task"]["negative_class"],
-                     "class_names": [cfg["task"]["negative_class"], cfg["task"]["positive_class"]],
-                     "label_map": cfg["task"].get("label_map")},
-            "preprocessing": {
+        manifest = Manifest(
+            name=cfg["name"], version=str(cfg["version"]),  # ReleaseWriter.publish sets both (and files)
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            profile=cfg.get("profile"),
+            seed=seed,
+            intended_use=INTENDED_USE,
+            task=Task(name=cfg["task"]["name"], positive_class=cfg["task"]["positive_class"],
+                      negative_class=cfg["task"]["negative_class"],
+                      class_names=(cfg["task"]["negative_class"], cfg["task"]["positive_class"]),
+                      label_map=cfg["task"].get("label_map")),
+            preprocessing={
                 "image": "grayscale float in [0,1]; DICOM: modality LUT, VOI LUT/window, MONOCHROME1 inverted",
                 "roi": "ROI box + member roi_margin on each side, squared about its centre, shifted inside the image",
                 "resize": "INTER_AREA when shrinking, bilinear when enlarging, to the member input_size",
                 "normalisation": "training-set mean/std per member (spec.mean/std), grey replicated to 3 channels",
             },
-            "members": member_entries,
-            "stacker": {"file": "stacker.joblib", "chosen": chosen, "comparison": comparison,
-                        "selection": selection_rule(cfg["stacker"]),
-                        "features": [f"p_{m}" for m in member_ids] + list(CLINICAL_FEATURES),
-                        "score_source": source, "folds": folds, "age_fill": age_fill,
-                        "member_scores": str(cfg["stacker"].get("member_scores", "probability")),
-                        "imputation": "age -> training median, sex/site -> 0.5, each with a *_missing indicator",
-                        "cam_weights": cam_weights, "cam_weights_rule": "permutation importance (AUC) of each member score in the stacker"},
-            "clinic_model": {"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
-            "threshold": {"value": threshold, "rule": cfg["threshold"]["rule"], "chosen_on": "val",
-                          "indeterminate_band": band,
-                          "per_model": model_thresholds,
-                          "value_calibrated": float(calibration.apply(threshold)) if calibration else None},
-            "calibration": calibration.to_dict() if calibration else None,
-            "evaluation": evaluation,
-            "metrics": metrics,
-            "data": {"source": str(cfg["data"]["cases"]), "fingerprint": fingerprint, "n_cases": int(len(frame)),
-                     "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()},
-                     "rows": "data/cases.csv",
-                     "external": {name: {"source": str(_external_source(cfg, name)), "n": int(len(f)),
-                                         "rows": f"data/external-{name}.csv"} for name, f in externals.items()}},
-            "library_versions": library_versions(),
-            "localiser": localiser_entry,
-        }
+            members=tuple(member_entries),
+            stacker=StackerInfo(file="stacker.joblib", chosen=chosen, comparison=tuple(comparison),
+                                selection=selection_rule(cfg["stacker"]),
+                                features=tuple([f"p_{m}" for m in member_ids] + list(CLINICAL_FEATURES)),
+                                score_source=source, folds=folds, age_fill=age_fill,
+                                member_scores=str(cfg["stacker"].get("member_scores", "probability")),
+                                imputation="age -> training median, sex/site -> 0.5, each with a *_missing indicator",
+                                cam_weights=cam_weights,
+                                cam_weights_rule="permutation importance (AUC) of each member score in the stacker"),
+            clinic_model={"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
+            threshold=ThresholdInfo(value=threshold, rule=cfg["threshold"]["rule"], chosen_on="val",
+                                    indeterminate_band=band, per_model=model_thresholds,
+                                    value_calibrated=float(calibration.apply(threshold)) if calibration else None),
+            calibration=calibration,
+            evaluation=evaluation,
+            metrics=metrics,
+            data=DataInfo(source=str(cfg["data"]["cases"]), fingerprint=fingerprint, n_cases=int(len(frame)),
+                          splits={k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()},
+                          rows="data/cases.csv",
+                          external={name: ExternalData(source=str(_external_source(cfg, name)), n=int(len(f)),
+                                                       rows=f"data/external-{name}.csv")
+                                    for name, f in externals.items()}),
+            library_versions=library_versions(),
+            localiser=localiser_entry,
+        )
         rw.write_text("MODEL_CARD.md", model_card(cfg, manifest, split_metrics))
         final = rw.publish(manifest)
     log(f"      release written: {final}")
@@ -815,14 +829,14 @@ def target_sentences(models: dict[str, Any], targets: dict[str, Any]) -> list[st
     return out
 
 
-def start_text(entry: dict[str, Any]) -> str:
-    prov = entry.get("init_provenance")
+def start_text(entry: MemberEntry) -> str:
+    prov = entry.init_provenance
     if prov:
         return f"{prov.get('name', '?')} ({prov.get('package', '?')} {prov.get('package_version', '')})".strip()
-    return "scratch" if entry.get("init", "scratch") == "scratch" else Path(str(entry["init"])).name
+    return "scratch" if (entry.init or "scratch") == "scratch" else Path(str(entry.init)).name
 
 
-def prov_line(prov: dict[str, Any]) -> str:
+def prov_line(prov: Mapping[str, Any]) -> str:
     """One model-card line per converted start: where it came from, its licence and hash."""
     sha = str(prov.get("output_sha256") or prov.get("sha256") or "")[:16]
     parts = [f"`{prov.get('name', '?')}`: {prov.get('description') or prov.get('timm_arch', '')}",
@@ -835,13 +849,13 @@ def prov_line(prov: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def proposal_time(loc: dict[str, Any]) -> str:
+def proposal_time(loc: LocaliserInfo) -> str:
     """The localiser's median time per image, saying where it was measured."""
-    timed = loc.get("proposal_seconds_median") or {}
+    timed = loc.proposal_seconds_median
     if timed.get("seconds") is not None:
         return (f"median {timed['seconds']:.3f} s per image on {timed['cpu_count']} CPU cores "
                 f"({timed['torch_threads']} torch threads)")
-    seconds = (loc.get("metrics") or {}).get("seconds_per_image_median")
+    seconds = loc.metrics.get("seconds_per_image_median")
     return f"median {seconds:.3f} s per image where it was trained" if seconds is not None else "time not measured"
 
 
@@ -864,28 +878,29 @@ def card_with_section(source_card: str, old_title: str, new_title: str, heading:
     return text.rstrip() + "\n\n" + section.strip() + "\n"
 
 
-def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str, Any] | None = None) -> str:
+def model_card(cfg: dict[str, Any], manifest: Manifest, reports: dict[str, Any] | None = None) -> str:
     from model_zoo.validation_text import plain_summary
 
     m = manifest
+    band = DEFAULT_INDETERMINATE_BAND if m.threshold.indeterminate_band is None else m.threshold.indeterminate_band
     # Words before statistics (issue 17): the Zoo page opens with the same sentences.
-    plain = plain_summary(m)
+    plain = plain_summary(m.evaluation, m.task.positive_class, m.task.negative_class)
     lines = [
         f"# Model card: {cfg['name']} {cfg['version']}", "",
         *(["## In plain words", plain, ""] if plain else []),
-        "## Intended use", m["intended_use"], "",
+        "## Intended use", m.intended_use, "",
         "## Task",
-        f"{m['task']['positive_class']} (positive) vs {m['task']['negative_class']} (negative), "
+        f"{m.task.positive_class} (positive) vs {m.task.negative_class} (negative), "
         "from an ROI crop of a radiograph plus age, sex and lesion site.", "",
         "## Training",
-        f"- Profile: `{m['profile']}`; seed {m['seed']}; data: `{m['data']['source']}` "
-        f"({m['data']['n_cases']} cases; fingerprint `{m['data']['fingerprint'][:16]}`)",
-        "- Splits: " + ", ".join(f"{k} {v['n']} ({v['positive']} positive)" for k, v in m["data"]["splits"].items()),
-        f"- Stacker: {m['stacker']['chosen']} chosen by {m['stacker'].get('selection', 'best grouped-CV ROC AUC')} "
-        f"on {m['stacker']['score_source']} member scores"
-        + (" (as log-odds)" if m["stacker"].get("member_scores") == "logit" else ""),
-        f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split); a probability "
-        f"within {m['threshold'].get('indeterminate_band', DEFAULT_INDETERMINATE_BAND):.2f} of it (on the shown "
+        f"- Profile: `{m.profile}`; seed {m.seed}; data: `{m.data.source}` "
+        f"({m.data.n_cases} cases; fingerprint `{m.data.fingerprint[:16]}`)",
+        "- Splits: " + ", ".join(f"{k} {v['n']} ({v['positive']} positive)" for k, v in m.data.splits.items()),
+        f"- Stacker: {m.stacker.chosen} chosen by {m.stacker.selection or 'best grouped-CV ROC AUC'} "
+        f"on {m.stacker.score_source} member scores"
+        + (" (as log-odds)" if m.stacker.member_scores == "logit" else ""),
+        f"- Threshold {m.threshold.value:.4f} ({m.threshold.rule} on the val split); a probability "
+        f"within {band:.2f} of it (on the shown "
         "scale), or one that an ROI-jitter box flips, is reported as indeterminate",
         "- Recipe: " + training_recipe(cfg["train"]), "",
         "## Members", "",
@@ -893,18 +908,18 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
         "|---|---|---|---|---|---|---|",
     ]
     planned = int(cfg["train"]["epochs"])
-    for e in m["members"]:
-        s = e["spec"]
-        ran = e.get("epochs_run", planned)
-        if e.get("trainable") == "head":
+    for e in m.members:
+        s = e.spec
+        ran = planned if e.epochs_run is None else e.epochs_run
+        if e.trainable == "head":
             ran_text = "head only (frozen backbone)"
-        elif e.get("trainable") == "tail":
+        elif e.trainable == "tail":
             ran_text = f"head, then the last {cfg['train'].get('tail_blocks', 2)} blocks fine-tuned"
         else:
             ran_text = f"{ran} epochs" if ran >= planned else f"{ran} of {planned} epochs (time limit)"
-        lines.append(f"| {s['member_id']} ({s['family']}) | {s['arch']} | {s['input_size']} px | "
-                     f"{start_text(e)} | {ran_text} | {e['best_epoch']} | {e['best_val_auc']:.3f} |")
-    starts = [e["init_provenance"] for e in m["members"] if e.get("init_provenance")]
+        lines.append(f"| {s.member_id} ({s.family}) | {s.arch} | {s.input_size} px | "
+                     f"{start_text(e)} | {ran_text} | {e.best_epoch} | {e.best_val_auc:.3f} |")
+    starts = [e.init_provenance for e in m.members if e.init_provenance]
     if starts:
         lines += ["", "Pretrained starts (converted from PyPI packages by `python -m training pretrained "
                   "convert`; nothing downloaded from a model hub):", ""]
@@ -915,10 +930,10 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
     if card.get("data"):
         lines.append(card["data"])
     ratios = ":".join(f"{r:g}" for r in cfg["data"]["split_ratios"])
-    lines.append(f"Source table `{m['data']['source']}`; group-aware stratified {ratios} train/val/test split "
+    lines.append(f"Source table `{m.data.source}`; group-aware stratified {ratios} train/val/test split "
                  "(no probable same-patient group crosses splits).")
     lines += ["", "## Metrics", ""]
-    for split_name, block in m["metrics"].items():
+    for split_name, block in m.metrics.items():
         aucs = ", ".join(f"{k} {v:.3f}" for k, v in block["auc"].items() if v is not None)
         lines.append(f"- {split_name} ROC AUC (n={block['n']}, {block['n_positive']} positive): {aucs}")
     test = (reports or {}).get("test")
@@ -937,47 +952,49 @@ def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str,
             lines.append(f"| {name} | {fmt(block, 'auc')} | {fmt(block, 'sensitivity')} | "
                          f"{fmt(block, 'specificity')} | {fmt(block, 'accuracy')} |")
         lines += ["", *target_sentences(test["models"], card.get("targets") or {})]
-    evaluation = m.get("evaluation") or {}
+    evaluation = m.evaluation or {}
     if evaluation:
         from training.evaluation import format_evaluation_table
 
         lines += ["", "## At a hospital the model has not seen", "",
                   "Internal test (centre of the training data) beside every external set (never used for "
                   "fitting, calibrating or choosing the threshold):", "",
-                  *format_evaluation_table(evaluation)]
-    cal = m.get("calibration")
+                  *format_evaluation_table(dict(evaluation))]
+    cal = m.calibration
     if cal:
+        value_calibrated = m.threshold.value_calibrated
+        shown = "n/a" if value_calibrated is None else f"{value_calibrated:.3f}"
         lines += ["", "## Calibration", "",
-                  f"Platt scaling of the ensemble probability (slope {cal['slope']:.3f}, intercept "
-                  f"{cal['intercept']:.3f}), fitted on {cal['fit_on']} predictions of {cal['n']} internal "
-                  f"cases ({cal['n_positive']} positive). The operating threshold "
-                  f"{m['threshold']['value']:.3f} is {m['threshold']['value_calibrated']:.3f} on the "
+                  f"Platt scaling of the ensemble probability (slope {cal.slope:.3f}, intercept "
+                  f"{cal.intercept:.3f}), fitted on {cal.fit_on} predictions of {cal.n} internal "
+                  f"cases ({cal.n_positive} positive). The operating threshold "
+                  f"{m.threshold.value:.3f} is {shown} on the "
                   "calibrated scale: the call is the same on both."]
     lines += ["", "Full tables and figures: `report/<split>/report.html`.", "", "## Localiser", ""]
-    loc = m.get("localiser")
+    loc = m.localiser
     if loc:
-        t = loc["metrics"].get("test", {})
-        spec = loc.get("spec", {})
+        t = loc.metrics.get("test", {})
+        spec = loc.spec
 
         def num(v: Any) -> str:
             return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
 
-        lines.append(f"Auto-crop U-Net ({spec.get('input_size', '?')} px input, width "
-                     f"{spec.get('base_channels', '?')}); internal test: mean IoU {num(t.get('mean_iou'))}, "
+        lines.append(f"Auto-crop U-Net ({spec.input_size} px input, width "
+                     f"{spec.base_channels}); internal test: mean IoU {num(t.get('mean_iou'))}, "
                      f"IoU > 0.3 on {num(t.get('frac_iou_gt_0_3'))} and > 0.5 on {num(t.get('frac_iou_gt_0_5'))} "
                      f"of {t.get('n_lesion')} lesions (annotator boxes); {proposal_time(loc)}. "
-                     f"Trained {loc['metrics'].get('epochs_run', '?')} epochs (best {loc['metrics'].get('best_epoch', '?')}"
-                     f"{'; time limit' if loc['metrics'].get('epochs_run', 0) < loc['metrics'].get('epochs_planned', 0) else ''}) "
-                     f"on {loc.get('data', '?')}.")
-        by_source = loc.get("ensemble_auc_by_roi_source") or {}
+                     f"Trained {loc.metrics.get('epochs_run', '?')} epochs (best {loc.metrics.get('best_epoch', '?')}"
+                     f"{'; time limit' if loc.metrics.get('epochs_run', 0) < loc.metrics.get('epochs_planned', 0) else ''}) "
+                     f"on {loc.data or '?'}.")
+        by_source = loc.ensemble_auc_by_roi_source
         if by_source:
             lines += ["", "Ensemble ROC AUC by where the ROI comes from (same cases, same models):", "",
                       "| split | n | annotator box | localiser box | whole image |", "|---|---|---|---|---|"]
-            rows = [*by_source.items(), *((f"{k} (external)", v) for k, v in (loc.get("external") or {}).items())]
+            rows = [*by_source.items(), *((f"{k} (external)", v) for k, v in loc.external.items())]
             for split_name, row in rows:
                 lines.append(f"| {split_name} | {row['n']} | {num(row.get('annotator'))} | "
                              f"{num(row.get('localiser'))} | {num(row.get('whole_image'))} |")
-        for name, ext in (loc.get("external") or {}).items():
+        for name, ext in loc.external.items():
             iou = ext.get("iou") or {}
             lines += ["", f"At {name}, a hospital it never saw: mean IoU {num(iou.get('mean_iou'))} with the "
                       f"annotator boxes, IoU > 0.3 on {num(iou.get('frac_iou_gt_0_3'))} and > 0.5 on "
