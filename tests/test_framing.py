@@ -184,11 +184,15 @@ def test_release_without_the_field_uses_the_library_default(tmp_path):
     from model_zoo.ensemble import Zoo
     from model_zoo.errors import IntegrityError
 
-    base = {"name": "z", "version": "1.0.0", "threshold": {"value": 0.4}}
+    from model_zoo.manifest import Manifest, StackerInfo, Task, ThresholdInfo
+
+    base = Manifest(name="z", version="1.0.0", task=Task("t", "malignant", "benign"), members=(),
+                    stacker=StackerInfo(file="stacker.joblib", chosen="lr", age_fill=40.0),
+                    threshold=ThresholdInfo(value=0.4))
     assert Zoo(tmp_path, base, [], None, None).indeterminate_band == framing.DEFAULT_INDETERMINATE_BAND
-    stated = {**base, "threshold": {"value": 0.4, "indeterminate_band": 0.1}}
+    stated = base.replace(threshold=ThresholdInfo(value=0.4, indeterminate_band=0.1))
     assert Zoo(tmp_path, stated, [], None, None).indeterminate_band == 0.1
-    broken = {**base, "threshold": {"value": 0.4, "indeterminate_band": 0.6}}
+    broken = base.replace(threshold=ThresholdInfo(value=0.4, indeterminate_band=0.6))
     with pytest.raises(IntegrityError, match="indeterminate_band"):
         Zoo(tmp_path, broken, [], None, None).indeterminate_band
 
