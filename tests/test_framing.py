@@ -203,7 +203,7 @@ def test_release_without_the_field_uses_the_library_default(tmp_path):
 def test_config_band_is_validated():
     from model_zoo.errors import InputError
     from training.config import load_config
-    from training.fit import indeterminate_band
+    from training.config import indeterminate_band
 
     cfg = load_config("tiny")
     assert cfg["threshold"]["indeterminate_band"] == 0.05 and indeterminate_band(cfg) == 0.05
@@ -227,7 +227,8 @@ def test_fit_refuses_a_bad_band_before_any_work(tmp_path):
 
 def test_a_run_folder_from_before_the_band_still_resumes():
     from training.config import load_config
-    from training.fit import TRAINING_KEYS, _resume_view
+    from training.config import TRAINING_KEYS
+    from training.config import resume_view as _resume_view
 
     cfg = load_config("tiny")
     old = json.loads(json.dumps(cfg))

@@ -191,7 +191,7 @@ def test_resume_repackages_without_retraining(synthetic_zoo, tmp_path):
 
 
 def test_model_card_target_sentences_are_computed_from_metrics():
-    from training.fit import target_sentences
+    from training.release import target_sentences
 
     models = {"ensemble": {"auc": 0.91}, "vit": {"auc": 0.93}, "swin": {"auc": None}, "clinic": {"auc": 0.95}}
     assert target_sentences(models, {"ensemble_auc": 0.9}) == [
@@ -204,7 +204,7 @@ def test_model_card_target_sentences_are_computed_from_metrics():
 
 def test_training_recipe_names_what_was_configured():
     from training.config import load_config
-    from training.fit import training_recipe
+    from training.release import training_recipe
 
     paper = training_recipe(load_config("paper")["train"])
     assert paper.startswith("SGD (momentum 0.9) lr 0.1") and "x0.1 every 30 epochs" in paper

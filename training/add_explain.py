@@ -26,7 +26,7 @@ from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.manifest import DerivedFrom, ExplainInfo
 from model_zoo.zoo import ReleaseWriter, next_patch, sha256_file, verify_release
-from training.fit import card_with_section
+from training.release import card_with_section
 
 LOG = logging.getLogger(__name__)
 

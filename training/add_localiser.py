@@ -116,7 +116,8 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
 
     from model_zoo.ensemble import load_zoo
     from training.config import dump_config
-    from training.fit import model_card
+    from training.config import FitConfig
+    from training.release import model_card
     from training.fit_localiser import release_files
 
     manifest = verify_release(source)
@@ -167,7 +168,7 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
             path = source / "report" / split / "metrics.json"
             if path.is_file():
                 reports[split] = json.loads(path.read_text(encoding="utf-8"))
-        rw.write_text("MODEL_CARD.md", model_card(cfg, new, reports))
+        rw.write_text("MODEL_CARD.md", model_card(FitConfig.from_dict(cfg), new, reports))
         final = rw.publish(new)
     log(f"      release written: {final}")
     return final

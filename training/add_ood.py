@@ -308,8 +308,9 @@ def model_card_section(info: ood_lib.OodInfo) -> str:
 def card_with_ood(source: Path, cfg: dict[str, Any], manifest: Manifest, info: ood_lib.OodInfo) -> str:
     """The source release's model card (every section it has, including ones other ``add-*``
     commands added) under the new version's title, with the OOD section inserted. A source
-    without a card gets one from ``training.fit.model_card``."""
-    from training.fit import card_with_section, model_card
+    without a card gets one from ``training.release.model_card``."""
+    from training.config import FitConfig
+    from training.release import card_with_section, model_card
 
     path = source / "MODEL_CARD.md"
     if path.is_file():
@@ -320,7 +321,7 @@ def card_with_ood(source: Path, cfg: dict[str, Any], manifest: Manifest, info: o
             metrics = source / "report" / split / "metrics.json"
             if metrics.is_file():
                 reports[split] = json.loads(metrics.read_text(encoding="utf-8"))
-        card = model_card(cfg, manifest, reports)
+        card = model_card(FitConfig.from_dict(cfg), manifest, reports)
     derived = manifest.derived_from  # add_ood always records the source release
     assert derived is not None
     note = f"\n\nDerived from {derived.release}: {derived.change}."
