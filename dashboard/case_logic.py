@@ -17,6 +17,7 @@ import numpy as np
 from model_zoo import gate, imaging, roi
 from model_zoo.framing import JitterSummary
 from model_zoo.imaging import ImageMeta
+from model_zoo.manifest import Manifest
 
 Box = tuple[float, float, float, float]
 
@@ -266,16 +267,15 @@ def disagreement_sentence(disagreement: float) -> str:
     return f"Member disagreement {disagreement:.2f} (max - min of the member probabilities): {level}."
 
 
-def calibration_note(manifest: Mapping[str, Any]) -> str:
+def calibration_note(manifest: Manifest) -> str:
     """What the probability means, from the zoo's own record (split sizes, stacker, threshold)."""
-    stacker = manifest.get("stacker", {}) or {}
-    thr = manifest.get("threshold", {}) or {}
-    val = ((manifest.get("metrics") or {}).get("val") or {})
+    thr = manifest.threshold
+    val = manifest.metrics.get("val") or {}
     parts = [
-        f"The ensemble probability is the output of the {stacker.get('chosen', 'stacker')} stacker "
+        f"The ensemble probability is the output of the {manifest.stacker.chosen} stacker "
         "over the members' probabilities and age/sex/site, fitted on out-of-fold scores.",
     ]
-    cal = _calibration(manifest)
+    cal = manifest.calibration
     if cal is not None:
         parts.append(f"The headline probability is that output after Platt calibration, fitted on {cal.n} "
                      f"internal cases ({_FIT_ON.get(cal.fit_on, cal.fit_on)}); it has not been recalibrated "
@@ -284,8 +284,8 @@ def calibration_note(manifest: Mapping[str, Any]) -> str:
         parts.append("It has not been recalibrated for your population: read it as a ranking score, and treat "
                      "values near the threshold as uncertain.")
     if thr:
-        parts.append(f"The threshold {float(thr.get('value', float('nan'))):.2f} was chosen by the "
-                     f"{thr.get('rule', '?')} rule on the {thr.get('chosen_on', '?')} split"
+        parts.append(f"The threshold {thr.value:.2f} was chosen by the "
+                     f"{thr.rule or '?'} rule on the {thr.chosen_on or '?'} split"
                      + (f" (n = {val['n']})." if val.get("n") else "."))
     parts.append("See the Zoo page for the reliability (calibration) plot.")
     return " ".join(parts)
@@ -294,31 +294,18 @@ def calibration_note(manifest: Mapping[str, Any]) -> str:
 _FIT_ON = {"oof": "out-of-fold predictions on the training split", "val": "the validation split"}
 
 
-def _calibration(manifest: Mapping[str, Any]) -> Any:
-    """The release's calibration (``Calibration.from_dict``), or None (none, or unreadable)."""
-    entry = manifest.get("calibration")
-    if not entry:
-        return None
-    from model_zoo.calibration import Calibration
-
-    try:
-        return Calibration.from_dict(entry)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def external_validation_line(manifest: Mapping[str, Any]) -> str | None:
+def external_validation_line(manifest: Manifest) -> str | None:
     """One line under the probability: how the release did at a hospital it never saw.
 
-    From the first external block of ``manifest["evaluation"]``; a sentence saying it was not
+    From the first external block of ``manifest.evaluation``; a sentence saying it was not
     validated outside its training hospital when there is none; None for releases that
     predate external evaluation (no ``evaluation`` entry).
     """
     from model_zoo.validation_text import external_blocks, finite_or_none, fmt_ci
 
-    if not isinstance(manifest.get("evaluation"), Mapping):
+    if not isinstance(manifest.evaluation, Mapping):
         return None
-    external = external_blocks(manifest)
+    external = external_blocks(manifest.evaluation)
     if not external:
         return ("This release was not validated outside its training hospital: its performance at a new "
                 "hospital is unknown and likely lower than its internal test numbers.")
@@ -351,16 +338,16 @@ def times_in(x: float) -> str:
     return f"about {k} times in 10"
 
 
-def ppv_npv_sentence(manifest: Mapping[str, Any], positive_class: str, negative_class: str) -> str | None:
+def ppv_npv_sentence(manifest: Manifest, positive_class: str, negative_class: str) -> str | None:
     """PPV and NPV at the threshold in plain words, from the release's first external evaluation.
 
     None when the release has no external block or the block has no PPV/NPV.
     """
     from model_zoo.validation_text import external_blocks, finite_or_none
 
-    if not isinstance(manifest.get("evaluation"), Mapping):
+    if not isinstance(manifest.evaluation, Mapping):
         return None
-    external = external_blocks(manifest)
+    external = external_blocks(manifest.evaluation)
     if not external:
         return None
     name, b = external[0]
@@ -412,16 +399,15 @@ def localiser_caution(metrics: Mapping[str, Any] | None) -> str:
             + evidence + " Use \"Edit this box\" or draw one if it does not.")
 
 
-def whole_image_caution(manifest: Mapping[str, Any]) -> str:
+def whole_image_caution(manifest: Manifest) -> str:
     """What to tell a clinician who chose the whole image instead of a box around the lesion.
 
     Quotes the release's own measurement (``localiser.ensemble_auc_by_roi_source.test``: the
     ensemble's AUC on the internal test split with annotator boxes, localiser boxes and whole
     images) when it has one; a generic caution otherwise.
     """
-    loc = manifest.get("localiser") if isinstance(manifest, Mapping) else None
-    by_source = (loc or {}).get("ensemble_auc_by_roi_source") if isinstance(loc, Mapping) else None
-    test = (by_source or {}).get("test") if isinstance(by_source, Mapping) else None
+    by_source = manifest.localiser.ensemble_auc_by_roi_source if manifest.localiser else None
+    test = (by_source or {}).get("test")
     test = test if isinstance(test, Mapping) else {}
 
     from model_zoo.validation_text import finite_or_none

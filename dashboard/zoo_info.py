@@ -13,6 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from model_zoo.errors import ZooError
+from model_zoo.manifest import Manifest, MemberEntry, read_manifest_file
+
 # The words and rows of the external-validation table live in model_zoo (the model card uses
 # them too); the pages import them from here.
 from model_zoo.validation_text import (
@@ -36,62 +39,61 @@ PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 def release_summary(path: Path) -> dict[str, Any]:
     """Name, version, created, task and threshold from a release's manifest (not verified)."""
     try:
-        m = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        m = read_manifest_file(path)
+    except (OSError, ValueError, ZooError) as err:
         return {"folder": Path(path).name, "error": f"manifest unreadable ({type(err).__name__})"}
-    task = m.get("task", {}) or {}
     return {
         "folder": Path(path).name,
-        "name": m.get("name"),
-        "version": m.get("version"),
-        "created": m.get("created"),
-        "task": f"{task.get('positive_class', '?')} vs {task.get('negative_class', '?')}",
-        "members": len(m.get("members", []) or []),
-        "threshold": (m.get("threshold") or {}).get("value"),
+        "name": m.name,
+        "version": m.version,
+        "created": m.created,
+        "task": f"{m.task.positive_class} vs {m.task.negative_class}",
+        "members": len(m.members),
+        "threshold": m.threshold.value,
     }
 
 
-def members_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
+def members_table(manifest: Manifest) -> pd.DataFrame:
     """One row per member: architecture and its input spec, training facts, weights hash."""
-    files = manifest.get("files", {}) or {}
+    files = manifest.files
     rows = []
-    for entry in manifest.get("members", []) or []:
-        spec = entry.get("spec", {}) or {}
+    for entry in manifest.members:
+        spec = entry.spec
         rows.append({
-            "member": spec.get("member_id"),
-            "family": spec.get("family"),
-            "architecture": spec.get("arch"),
-            "input (px)": spec.get("input_size"),
-            "ROI margin": spec.get("roi_margin"),
-            "mean": _first(spec.get("mean")),
-            "std": _first(spec.get("std")),
-            "CAM layer": spec.get("cam_layer"),
+            "member": spec.member_id,
+            "family": spec.family,
+            "architecture": spec.arch,
+            "input (px)": spec.input_size,
+            "ROI margin": spec.roi_margin,
+            "mean": _first(spec.mean),
+            "std": _first(spec.std),
+            "CAM layer": spec.cam_layer,
             "start": start_text(entry),
-            "best epoch": entry.get("best_epoch"),
-            "val AUC (training)": entry.get("best_val_auc"),
-            "weights sha256": (files.get(entry.get("weights", ""), "") or "")[:16] + "...",
+            "best epoch": entry.best_epoch,
+            "val AUC (training)": entry.best_val_auc,
+            "weights sha256": (files.get(entry.weights, "") or "")[:16] + "...",
         })
-        if "trainable" in entry:
-            rows[-1]["trained"] = trained_text(entry.get("trainable"))
+        if "trainable" not in entry.absent:  # releases from before head-only training do not say
+            rows[-1]["trained"] = trained_text(entry.trainable)
     return pd.DataFrame(rows)
 
 
-def start_text(entry: Mapping[str, Any]) -> str:
+def start_text(entry: MemberEntry) -> str:
     """Where a member's weights started: the converted start's name, package and licence, or scratch."""
-    prov = entry.get("init_provenance")
+    prov = entry.init_provenance
     if isinstance(prov, Mapping) and prov:
         package = " ".join(str(v) for v in (prov.get("package"), prov.get("package_version")) if v)
         text = str(prov.get("name") or "pretrained")
         details = [d for d in (package, f"licence {prov.get('licence') or 'not stated'}") if d]
         return f"{text} ({'; '.join(details)})"
-    init = entry.get("init")
+    init = entry.init
     if not init or str(init) == "scratch":
         return "scratch"
     return Path(str(init)).name
 
 
 def trained_text(trainable: Any) -> str:
-    """``members[i]["trainable"]`` in words."""
+    """``MemberEntry.trainable`` in words."""
     if trainable == "head":
         return "frozen backbone + linear head"
     if trainable == "all":
@@ -127,18 +129,17 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def files_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame(sorted((manifest.get("files", {}) or {}).items()), columns=["file", "sha256"])
+def files_table(manifest: Manifest) -> pd.DataFrame:
+    return pd.DataFrame(sorted(manifest.files.items()), columns=["file", "sha256"])
 
 
-def stacker_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
-    rows = (manifest.get("stacker", {}) or {}).get("comparison", []) or []
-    return pd.DataFrame(rows)
+def stacker_table(manifest: Manifest) -> pd.DataFrame:
+    return pd.DataFrame([dict(r) for r in manifest.stacker.comparison])
 
 
-def report_splits(root: Path, manifest: Mapping[str, Any]) -> list[str]:
+def report_splits(root: Path, manifest: Manifest) -> list[str]:
     """Splits with a stored ``report/<split>/metrics.json`` listed in the manifest."""
-    files = manifest.get("files", {}) or {}
+    files = manifest.files
     return sorted({p.split("/")[1] for p in files if p.startswith("report/") and p.endswith("/metrics.json")})
 
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
             root = args.zoo or default_zoo_dir()
             manifest = verify_release(root)
-            print(f"OK: {root} ({len(manifest['files'])} files verified)")
+            print(f"OK: {root} ({len(manifest.files)} files verified)")
             return 0
         if args.command == "bench":
             from model_zoo.bench import run_bench
@@ -185,14 +185,14 @@ def _info(args: argparse.Namespace) -> int:
 
     root = args.zoo or default_zoo_dir()
     m = verify_release(root)
-    print(f"{m['name']} {m['version']}  ({root})")
-    print(f"task: {m['task']['positive_class']} vs {m['task']['negative_class']}; profile {m.get('profile')}")
-    for e in m["members"]:
-        s = e["spec"]
-        print(f"  member {s['member_id']:<10} {s['arch']:<32} {s['input_size']} px  init={e['init']}")
-    print(f"stacker: {m['stacker']['chosen']} on {m['stacker']['score_source']} scores; "
-          f"threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']})")
-    for split, block in m.get("metrics", {}).items():
+    print(f"{m.name} {m.version}  ({root})")
+    print(f"task: {m.task.positive_class} vs {m.task.negative_class}; profile {m.profile}")
+    for e in m.members:
+        s = e.spec
+        print(f"  member {s.member_id:<10} {s.arch:<32} {s.input_size} px  init={e.init}")
+    print(f"stacker: {m.stacker.chosen} on {m.stacker.score_source} scores; "
+          f"threshold {m.threshold.value:.4f} ({m.threshold.rule})")
+    for split, block in m.metrics.items():
         print(f"  {split} AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in block["auc"].items() if v is not None))
     return 0
 

@@ -27,6 +27,7 @@ from model_zoo.errors import IntegrityError
 from model_zoo.explain_report import ExplainReport, read_explain_report
 from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, JITTER_BOXES, Call, JitterSummary, check_band, frame_call
 from model_zoo.locks import model_lock
+from model_zoo.manifest import Manifest, Task
 from model_zoo.members import MemberSpec
 from model_zoo.zoo import MANIFEST_HASH, default_zoo_dir, verified_path, verify_release
 
@@ -98,7 +99,7 @@ class Prediction:
 class Zoo:
     """A verified, loaded release. Thread-safe for concurrent ``predict`` calls."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], members: list[LoadedMember],
+    def __init__(self, root: Path, manifest: Manifest, members: list[LoadedMember],
                  stacker: Any, clinic_model: Any):
         self.root = root
         self.manifest = manifest
@@ -107,14 +108,14 @@ class Zoo:
         self.clinic_model = clinic_model
         self.localiser = None
         self.ood = None
-        if manifest.get("ood"):
+        if manifest.ood is not None:
             from model_zoo.ood import load_ood
 
             self.ood = load_ood(root, manifest)
-        if manifest.get("localiser"):
+        if manifest.localiser is not None:
             from model_zoo.localize import load_localiser
 
-            self.localiser = load_localiser(root, manifest["localiser"])
+            self.localiser = load_localiser(root, manifest.localiser)
 
     # -- facts from the manifest --------------------------------------------------------------
     @property
@@ -123,20 +124,20 @@ class Zoo:
 
     @property
     def release_name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def intended_use(self) -> str:
-        return str(self.manifest.get("intended_use", ""))
+        return self.manifest.intended_use
 
     @property
     def files(self) -> dict[str, str]:
         """Every hashed file of the release: relative path -> sha256."""
-        return dict(self.manifest.get("files", {}))
+        return dict(self.manifest.files)
 
     @functools.cached_property
     def manifest_sha256(self) -> str | None:
@@ -151,32 +152,42 @@ class Zoo:
     @property
     def stacker_name(self) -> str:
         """The chosen stacker (e.g. "logistic"), as the release records it."""
-        return str(self.manifest["stacker"].get("chosen", "stacker"))
+        return self.manifest.stacker.chosen
 
     @property
     def cam_weights_rule(self) -> str:
-        return str(self.manifest["stacker"].get("cam_weights_rule", "equal"))
+        return self.manifest.stacker.cam_weights_rule or "equal"
 
     @property
-    def task(self) -> dict[str, Any]:
-        return self.manifest["task"]
+    def task(self) -> Task:
+        return self.manifest.task
 
     @property
     def positive_class(self) -> str:
-        return self.task["positive_class"]
+        return self.task.positive_class
 
     @property
     def negative_class(self) -> str:
-        return self.task["negative_class"]
+        return self.task.negative_class
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest["threshold"]["value"])
+        return self.manifest.threshold.value
 
     @property
     def threshold_rule(self) -> str:
         """How the threshold was chosen (e.g. "youden"); "" when the release does not say."""
-        return str((self.manifest.get("threshold") or {}).get("rule", ""))
+        return self.manifest.threshold.rule
+
+    @property
+    def threshold_chosen_on(self) -> str:
+        """The split the threshold was chosen on (e.g. "val"); "" when the release does not say."""
+        return self.manifest.threshold.chosen_on
+
+    @property
+    def created(self) -> str | None:
+        """When the release was written (ISO 8601, UTC), as the manifest records it."""
+        return self.manifest.created
 
     @property
     def member_ids(self) -> list[str]:
@@ -184,20 +195,19 @@ class Zoo:
 
     @property
     def age_fill(self) -> float:
-        return float(self.manifest["stacker"]["age_fill"])
+        return self.manifest.stacker.age_fill
 
     @property
     def cam_weights(self) -> dict[str, float]:
         """Weights for the ensemble-weighted heatmap (stored at fit time; equal if absent)."""
-        weights = self.manifest["stacker"].get("cam_weights") or {}
+        weights = self.manifest.stacker.cam_weights
         if not weights:
             return {mid: 1.0 / len(self.members) for mid in self.member_ids}
         return {mid: float(weights.get(mid, 0.0)) for mid in self.member_ids}
 
     @functools.cached_property
     def calibration(self) -> Calibration | None:  # parsed once: read on every predict and page rerun
-        entry = self.manifest.get("calibration")
-        return Calibration.from_dict(entry) if entry else None
+        return self.manifest.calibration
 
     @functools.cached_property
     def explain_report(self) -> ExplainReport | None:
@@ -219,7 +229,7 @@ class Zoo:
         """Half-width of the release's "indeterminate" band on the shown scale
         (``threshold.indeterminate_band``, written by ``training fit``); releases without the
         field use the library default."""
-        band = (self.manifest.get("threshold") or {}).get("indeterminate_band")
+        band = self.manifest.threshold.indeterminate_band
         if band is None:
             return DEFAULT_INDETERMINATE_BAND
         try:
@@ -326,15 +336,15 @@ class Zoo:
         )
 
 
-def load_members(root: Path, manifest: dict[str, Any]) -> list[LoadedMember]:
+def load_members(root: Path, manifest: Manifest) -> list[LoadedMember]:
     import torch
     from safetensors.torch import load_file
 
     members = []
-    for entry in manifest["members"]:
-        spec = MemberSpec.from_dict(entry["spec"])
+    for entry in manifest.members:
+        spec: MemberSpec = entry.spec
         model = spec.build_model()
-        state = load_file(str(verified_path(root, manifest, entry["weights"], f"weights of {spec.member_id}")))
+        state = load_file(str(verified_path(root, manifest, entry.weights, f"weights of {spec.member_id}")))
         state = {k: v.float() for k, v in state.items()}  # fp16 storage -> fp32 compute
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -356,13 +366,13 @@ def load_zoo(path: Path | str | None = None) -> Zoo:
     root = Path(path) if path is not None else default_zoo_dir()
     manifest = verify_release(root)  # raises IntegrityError before any deserialisation
     # Every file the loaders will open must be one of the hashed files - checked before any load.
-    for i, entry in enumerate(manifest.get("members", [])):
-        verified_path(root, manifest, entry.get("weights"), f"weights of member {i + 1}")
-    verified_path(root, manifest, manifest["stacker"].get("file"), "the stacker")
-    if manifest.get("localiser"):
-        verified_path(root, manifest, manifest["localiser"].get("weights"), "the localiser")
-    if manifest.get("ood"):
-        verified_path(root, manifest, manifest["ood"].get("file"), "the OOD model")
+    for i, entry in enumerate(manifest.members):
+        verified_path(root, manifest, entry.weights, f"weights of member {i + 1}")
+    verified_path(root, manifest, manifest.stacker.file, "the stacker")
+    if manifest.localiser is not None:
+        verified_path(root, manifest, manifest.localiser.weights, "the localiser")
+    if manifest.ood is not None:
+        verified_path(root, manifest, manifest.ood.file, "the OOD model")
     members = load_members(root, manifest)
-    bundle = joblib.load(verified_path(root, manifest, manifest["stacker"]["file"], "the stacker"))
+    bundle = joblib.load(verified_path(root, manifest, manifest.stacker.file, "the stacker"))
     return Zoo(root, manifest, members, bundle["stacker"], bundle.get("clinic"))

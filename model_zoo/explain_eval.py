@@ -604,8 +604,8 @@ def _release_splits(zoo: Zoo) -> dict[str, str]:
 
     from model_zoo.zoo import verified_path
 
-    rel = ((zoo.manifest.get("data") or {}).get("rows")) or "data/cases.csv"
-    if rel not in (zoo.manifest.get("files") or {}):
+    rel = zoo.manifest.data.rows or "data/cases.csv"
+    if rel not in zoo.manifest.files:
         raise InputError(f"{zoo.name} lists no case rows ({rel}); --split cannot be resolved for this release")
     table = pd.read_csv(verified_path(zoo.root, zoo.manifest, rel, "the release's case list"), dtype=str)
     if not {"sha256", "split"} <= set(table.columns):
@@ -628,7 +628,7 @@ def select_cases(zoo: Zoo, cases_path: Path, *, split: str | None,
     from model_zoo.cases import read_case_table
     from model_zoo.zoo import sha256_file
 
-    table = read_case_table(cases_path, label_map=(zoo.task or {}).get("label_map"))
+    table = read_case_table(cases_path, label_map=zoo.task.label_map)
     frame = _eligible(table.frame)
     info: dict[str, Any] = {"n_rows": int(len(table.frame)), "n_with_box": int(len(frame))}
     hashes: dict[int, str] = {}

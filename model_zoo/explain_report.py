@@ -12,9 +12,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_zoo.zoo import verified_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from model_zoo.manifest import Manifest
 
 __all__ = ["REPORT_FILE", "ExplainReport", "ExplainSet", "MetricSummary", "read_explain_report", "release_fingerprint"]
 
@@ -85,21 +88,20 @@ class ExplainReport:
         return next((s for s in self.sets if s.n_cases), None)
 
 
-def release_fingerprint(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def release_fingerprint(manifest: Manifest) -> dict[str, Any]:
     """What the measured maps depend on: the members' and the stacker's file hashes and the
     ensemble map's weights (as ``Zoo.cam_weights`` reads them). A summary carries it so a
     measurement can be attached only to a release with the same networks."""
-    files = manifest.get("files") or {}
-    members = {str(e["spec"]["member_id"]): files.get(e.get("weights")) for e in manifest.get("members") or []}
-    stacker = manifest.get("stacker") or {}
-    weights = stacker.get("cam_weights") or {}
+    files = manifest.files
+    members = {e.member_id: files.get(e.weights) for e in manifest.members}
+    weights = manifest.stacker.cam_weights
     cam = {mid: (float(weights.get(mid, 0.0)) if weights else 1.0 / max(len(members), 1)) for mid in members}
-    return {"members": members, "stacker": files.get(stacker.get("file")), "cam_weights": cam}
+    return {"members": members, "stacker": files.get(manifest.stacker.file), "cam_weights": cam}
 
 
-def read_explain_report(root: Path, manifest: Mapping[str, Any]) -> ExplainReport | None:
+def read_explain_report(root: Path, manifest: Manifest) -> ExplainReport | None:
     """The release's explain report (a verified file) or None when the release has none."""
-    if REPORT_FILE not in (manifest.get("files") or {}):
+    if REPORT_FILE not in manifest.files:
         return None
-    path = verified_path(root, dict(manifest), REPORT_FILE, "the explanation report")
+    path = verified_path(root, manifest, REPORT_FILE, "the explanation report")
     return ExplainReport.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -14,11 +14,14 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model_zoo import roi
+
+if TYPE_CHECKING:  # pragma: no cover
+    from model_zoo.manifest import LocaliserInfo
 
 
 @dataclass(frozen=True)
@@ -149,12 +152,12 @@ class Localiser:
         return Proposal(image_box, float(prob.max()), found, time.perf_counter() - start)
 
 
-def load_localiser(folder: Path, entry: dict[str, Any]) -> Localiser:
-    """Load from a (verified) release folder; ``entry`` is ``manifest['localiser']``."""
+def load_localiser(folder: Path, entry: LocaliserInfo) -> Localiser:
+    """Load from a (verified) release folder; ``entry`` is ``Manifest.localiser``."""
     from safetensors.torch import load_file
 
-    spec = LocaliserSpec.from_dict(entry["spec"])
+    spec = entry.spec
     model = build_unet(spec)
-    state = {k: v.float() for k, v in load_file(str(Path(folder) / entry["weights"])).items()}
+    state = {k: v.float() for k, v in load_file(str(Path(folder) / entry.weights)).items()}
     model.load_state_dict(state)
-    return Localiser(spec, model, entry.get("metrics"))
+    return Localiser(spec, model, dict(entry.metrics))

@@ -34,7 +34,6 @@ the measured detection / false-alarm numbers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -42,12 +41,16 @@ import numpy as np
 
 from model_zoo.errors import IntegrityError
 
+# The manifest's ``ood`` block (OodInfo, OodMember) and the values it may hold belong to the
+# release schema, model_zoo.manifest; imported here for the fitting and scoring code.
+from model_zoo.manifest import OOD_COMBINES as COMBINES
+from model_zoo.manifest import OOD_METHODS as METHODS
+from model_zoo.manifest import OOD_TRANSFORMS as TRANSFORMS
+from model_zoo.manifest import Manifest, OodInfo, OodMember
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-METHODS = ("knn", "mahalanobis")
-COMBINES = ("max", "mean")
-TRANSFORMS = ("none", "sqrt")
 OOD_FILE = "ood/ood.safetensors"
 OOD_MESSAGE = "this image does not look like the radiographs the model was trained on"
 _IQR_TO_SD = 1.349  # IQR of a normal distribution in standard deviations
@@ -186,101 +189,6 @@ def quantile_threshold(val_scores: np.ndarray, quantile: float) -> float:
     return float(np.quantile(v, quantile))
 
 
-# ----------------------------------------------------------------------------- manifest block
-
-
-@dataclass(frozen=True)
-class OodMember:
-    """One member's part of the score: feature width, val standardisation, fit facts."""
-
-    member_id: str
-    dim: int
-    loc: float    # median of the member's raw score on the validation crops
-    scale: float  # IQR / 1.349 of the same
-    shrinkage: float | None = None  # Ledoit-Wolf shrinkage (mahalanobis only)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"member_id": self.member_id, "dim": self.dim, "loc": self.loc, "scale": self.scale,
-                "shrinkage": self.shrinkage}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> OodMember:
-        shrink = d.get("shrinkage")
-        return cls(member_id=str(d["member_id"]), dim=int(d["dim"]), loc=float(d["loc"]),
-                   scale=float(d["scale"]), shrinkage=None if shrink is None else float(shrink))
-
-
-@dataclass(frozen=True)
-class OodInfo:
-    """The manifest's ``ood`` block.
-
-    method : ``knn`` or ``mahalanobis``; ``k`` for knn.
-    transform : applied to the features before either (``none`` / ``sqrt``).
-    combine : how the members' standardised scores become one (``max`` / ``mean``).
-    threshold : a combined score above it is out of distribution.
-    val_quantile : the quantile of the validation scores the threshold is; the target
-        false-alarm rate on in-distribution images is ``1 - val_quantile``.
-    val_false_alarm : share of validation crops above the threshold (``n_val`` crops).
-    fit_on / n_fit : what the reference features are (e.g. train rows, annotator box + whole image).
-    measured : detection / false-alarm numbers from ``python -m training add-ood`` (free-form
-        JSON: sets, counts, rates).
-    """
-
-    method: str
-    file: str
-    combine: str
-    members: tuple[OodMember, ...]
-    threshold: float
-    val_quantile: float
-    val_false_alarm: float
-    n_fit: int
-    n_val: int
-    fit_on: str
-    val_on: str
-    k: int | None = None
-    transform: str = "none"
-    measured: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown OOD method {self.method!r} (this version reads {', '.join(METHODS)})")
-        if self.combine not in COMBINES:
-            raise ValueError(f"unknown OOD combine rule {self.combine!r}")
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"unknown OOD feature transform {self.transform!r}")
-        if self.method == "knn" and (self.k is None or self.k < 1):
-            raise ValueError("knn needs k >= 1")
-        if not self.members:
-            raise ValueError("an OOD model needs at least one member")
-        if not math.isfinite(self.threshold):
-            raise ValueError("OOD threshold must be finite")
-
-    @property
-    def member_ids(self) -> list[str]:
-        return [m.member_id for m in self.members]
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = [m.to_dict() for m in value] if f.name == "members" else value
-        return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> OodInfo:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown OOD manifest keys: {sorted(unknown)}")
-        return cls(method=str(d["method"]), file=str(d["file"]), combine=str(d["combine"]),
-                   members=tuple(OodMember.from_dict(m) for m in d["members"]),
-                   threshold=float(d["threshold"]), val_quantile=float(d["val_quantile"]),
-                   val_false_alarm=float(d["val_false_alarm"]), n_fit=int(d["n_fit"]),
-                   n_val=int(d["n_val"]), fit_on=str(d["fit_on"]), val_on=str(d["val_on"]),
-                   k=None if d.get("k") is None else int(d["k"]), transform=str(d.get("transform", "none")),
-                   measured=dict(d.get("measured") or {}))
-
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -348,17 +256,14 @@ class OodModel:
                     metadata={"method": self.info.method})
 
 
-def load_ood(root: Path, manifest: Mapping[str, Any]) -> OodModel:
-    """The release's OOD model (``manifest['ood']``), from its verified safetensors file."""
+def load_ood(root: Path, manifest: Manifest) -> OodModel:
+    """The release's OOD model (``Manifest.ood``), from its verified safetensors file."""
     from safetensors.numpy import load_file
 
-    from model_zoo.zoo import verified_path
-
-    try:
-        info = OodInfo.from_dict(manifest["ood"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise IntegrityError(f"{Path(root).name}: the manifest's ood block is unreadable ({err})") from None
-    path = verified_path(root, manifest, info.file, "the OOD model")  # type: ignore[arg-type]
+    info = manifest.ood
+    if info is None:
+        raise IntegrityError(f"{Path(root).name}: the release has no OOD model")
+    path = manifest.verified_path(root, info.file, "the OOD model")
     return OodModel(info, load_file(str(path)))
 
 

@@ -174,7 +174,7 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
     ``allow_ood``: out-of-distribution rows get their ``prediction`` word too (releases with an
     OOD model; they are still marked in ``ood``).
     """
-    table = read_case_table(cases_path, label_map=zoo.task.get("label_map"), check_files=True)
+    table = read_case_table(cases_path, label_map=zoo.task.label_map, check_files=True)
     frame = table.frame.copy()
     result_cols = (["p_ensemble"] + (["calibrated_p_ensemble"] if zoo.calibration else [])
                    + [f"p_{m}" for m in zoo.member_ids]

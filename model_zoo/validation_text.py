@@ -1,10 +1,11 @@
 """The manifest's evaluation blocks as words and table rows: which number applies at a
 hospital the model has never seen. One source for the model card (training) and the dashboard.
 
-``manifest["evaluation"]``: {set name: block}; "internal" blocks (the test split) come from
-the training hospital, "external" ones from hospitals never used for fitting, calibrating or
-choosing the threshold. Releases from before external evaluation have no such key: every
-function here then returns an empty list / None.
+``Manifest.evaluation``: {set name: block}, the argument ``evaluation`` of every function
+here; "internal" blocks (the test split) come from the training hospital, "external" ones
+from hospitals never used for fitting, calibrating or choosing the threshold. Releases from
+before external evaluation have none (``None``): every function here then returns an empty
+list / None.
 """
 
 from __future__ import annotations
@@ -42,12 +43,11 @@ def fmt_ci(value: Any, ci: Any, nd: int = 2) -> str:
     return f"{v:.{nd}f}" + (f" [{pair[0]:.{nd}f}-{pair[1]:.{nd}f}]" if pair else "")
 
 
-def evaluation_blocks(manifest: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def evaluation_blocks(evaluation: Mapping[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
     """``(name, block)`` pairs, internal blocks first, then external ones (manifest order).
 
     Malformed entries (not a dict) are skipped; a release without evaluation gives ``[]``.
     """
-    evaluation = manifest.get("evaluation")
     if not isinstance(evaluation, Mapping):
         return []
     blocks = [(str(k), dict(b)) for k, b in evaluation.items() if isinstance(b, Mapping)]
@@ -55,8 +55,8 @@ def evaluation_blocks(manifest: Mapping[str, Any]) -> list[tuple[str, dict[str, 
             + [(k, b) for k, b in blocks if b.get("kind") == "external"])
 
 
-def external_blocks(manifest: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(k, b) for k, b in evaluation_blocks(manifest) if b.get("kind") == "external"]
+def external_blocks(evaluation: Mapping[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    return [(k, b) for k, b in evaluation_blocks(evaluation) if b.get("kind") == "external"]
 
 
 def _auc(block: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -78,10 +78,10 @@ def ece_text(ens: Mapping[str, Any]) -> str:
     return f"{raw:.3f} (not calibrated)" if cal is None else f"{raw:.3f} -> {cal:.3f}"
 
 
-def evaluation_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+def evaluation_rows(evaluation: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """One row per evaluation block (internal test first): the "new hospital" table."""
     rows = []
-    for name, b in evaluation_blocks(manifest):
+    for name, b in evaluation_blocks(evaluation):
         ens = b.get("ensemble") or {}
         best = best_member(b)
         ens_auc = _auc(b, "ensemble")
@@ -105,15 +105,15 @@ def _auc_phrase(block: Mapping[str, Any]) -> str:
     return f"AUC {fmt_ci(m.get('auc'), m.get('auc_ci'))}"
 
 
-def unseen_hospital_sentence(manifest: Mapping[str, Any]) -> str | None:
-    """Which row a clinician at a new hospital should read, from the manifest's numbers.
+def unseen_hospital_sentence(evaluation: Mapping[str, Any] | None) -> str | None:
+    """Which row a clinician at a new hospital should read, from the release's numbers.
 
     None for a release without evaluation blocks.
     """
-    blocks = evaluation_blocks(manifest)
+    blocks = evaluation_blocks(evaluation)
     if not blocks:
         return None
-    external = external_blocks(manifest)
+    external = external_blocks(evaluation)
     internal = [(k, b) for k, b in blocks if b.get("kind") != "external"]
     internal_auc = [(k, finite_or_none(_auc(b, "ensemble").get("auc"))) for k, b in internal]
     internal_auc = [(k, a) for k, a in internal_auc if a is not None]
@@ -213,7 +213,8 @@ def _wrong_calls(k: int, n: int, word: str, with_verb: bool) -> str:
     return f"{k} of its {n} '{word}' calls {verb}({share_words(k, n)})"
 
 
-def plain_summary(manifest: Mapping[str, Any]) -> str | None:
+def plain_summary(evaluation: Mapping[str, Any] | None, positive_class: str | None = None,
+                  negative_class: str | None = None) -> str | None:
     """Plain sentences for a clinician, before any statistic (five with one external hospital,
     one more per further hospital): what the model does,
     how often it is wrong at its threshold in its own hospital (the internal test block) and at
@@ -223,16 +224,15 @@ def plain_summary(manifest: Mapping[str, Any]) -> str | None:
     source for the Zoo page and the model card. None for a release without evaluation blocks
     (or whose blocks carry no confusion matrix).
     """
-    task = manifest.get("task") or {}
-    positive = str(task.get("positive_class") or "positive")
-    negative = str(task.get("negative_class") or "negative")
+    positive = str(positive_class or "positive")
+    negative = str(negative_class or "negative")
 
     def counted(blocks: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, CallCounts]]:
         pairs = [(k, CallCounts.from_block(b)) for k, b in blocks]
         return [(k, c) for k, c in pairs if c is not None]
 
-    internal = counted([(k, b) for k, b in evaluation_blocks(manifest) if b.get("kind") != "external"])
-    external = counted(external_blocks(manifest))
+    internal = counted([(k, b) for k, b in evaluation_blocks(evaluation) if b.get("kind") != "external"])
+    external = counted(external_blocks(evaluation))
     if not internal and not external:
         return None
     sentences = [f"This model looks at a box drawn around a bone tumour on a radiograph, together with the "

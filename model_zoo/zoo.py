@@ -2,7 +2,7 @@
 
 Layout of a release folder::
 
-    manifest.json        everything needed to use the release (see ``MANIFEST_KEYS``)
+    manifest.json        everything needed to use the release (the schema: ``model_zoo.manifest.Manifest``)
     manifest.sha256      sha256 of manifest.json (so an edited manifest is refused too)
     members/<id>.safetensors
     stacker.joblib       the chosen stacker and the clinic-only model
@@ -10,7 +10,7 @@ Layout of a release folder::
     MODEL_CARD.md
     report/...           evaluation reports written at fit time
 
-``manifest["files"]`` maps every other file's relative path to its sha256. Loading checks,
+``Manifest.files`` maps every other file's relative path to its sha256. Loading checks,
 in this order and before anything is unpickled: manifest hash, that every listed path stays
 inside the folder, that no file is missing and no unlisted file exists, and every hash.
 Writing goes to a hidden temporary folder beside the destination and is renamed into place
@@ -20,7 +20,6 @@ only when complete, so a crash never leaves a half-written release.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -29,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from model_zoo.errors import InputError, IntegrityError
+from model_zoo.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, manifest_from_json, read_manifest_file
 
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_FILE
 MANIFEST_HASH = "manifest.sha256"
-FORMAT_VERSION = 1
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -112,7 +111,7 @@ class ReleaseWriter:
 
         with ReleaseWriter(parent, name, version) as rw:
             rw.write_bytes("members/vit.safetensors", blob)
-            final_dir = rw.publish(manifest)
+            final_dir = rw.publish(manifest)   # a model_zoo.manifest.Manifest
 
     Leaving the block without ``publish`` (an exception, a kill) removes the temp folder;
     a kill -9 leaves only a hidden ``.tmp-*`` folder that loaders never consider.
@@ -147,13 +146,13 @@ class ReleaseWriter:
     def copy_file(self, rel: str, src: Path) -> None:
         shutil.copyfile(src, self.path(rel))
 
-    def publish(self, manifest: dict[str, Any]) -> Path:
+    def publish(self, manifest: Manifest) -> Path:
+        """Seal the folder: the manifest gets this release's name, version, the current
+        ``FORMAT_VERSION`` and every written file's sha256, then the folder is renamed into place."""
         files = sorted(_listed_files(self.tmp_dir) - {MANIFEST, MANIFEST_HASH})
-        manifest = dict(manifest)
-        manifest["format_version"] = FORMAT_VERSION
-        manifest["name"], manifest["version"] = self.name, self.version
-        manifest["files"] = {rel: sha256_file(self.tmp_dir / rel) for rel in files}
-        blob = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
+        manifest = manifest.replace(format_version=FORMAT_VERSION, name=self.name, version=self.version,
+                                    files={rel: sha256_file(self.tmp_dir / rel) for rel in files})
+        blob = manifest.to_json_bytes()
         (self.tmp_dir / MANIFEST).write_bytes(blob)
         (self.tmp_dir / MANIFEST_HASH).write_text(sha256_bytes(blob) + "\n", encoding="ascii")
         for path in self.tmp_dir.rglob("*"):
@@ -173,8 +172,10 @@ class ReleaseWriter:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def verify_release(root: Path | str) -> dict[str, Any]:
-    """Check a release folder and return its manifest; raise IntegrityError on any problem.
+def verify_release(root: Path | str) -> Manifest:
+    """Check a release folder and return its typed manifest; raise IntegrityError on any
+    problem (``model_zoo.manifest.UnsupportedFormatError``, an InputError, for a manifest
+    format this library does not read).
 
     Nothing is unpickled or deserialised beyond the manifest's JSON.
     """
@@ -191,12 +192,9 @@ def verify_release(root: Path | str) -> dict[str, Any]:
     expected = hash_path.read_text(encoding="ascii", errors="replace").strip()
     if sha256_bytes(blob) != expected:
         raise IntegrityError(f"{root.name}: manifest.json was modified (sha256 does not match manifest.sha256)")
-    try:
-        manifest = json.loads(blob)
-    except json.JSONDecodeError as err:
-        raise IntegrityError(f"{root.name}: manifest.json is not valid JSON ({err.msg})") from None
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
+    manifest = manifest_from_json(blob, root.name)
+    files = manifest.files
+    if not files:
         raise IntegrityError(f"{root.name}: manifest lists no files")
     real_root = root.resolve()
     for rel in files:
@@ -227,11 +225,9 @@ def verify_release(root: Path | str) -> dict[str, Any]:
     return manifest
 
 
-def verified_path(root: Path, manifest: dict[str, Any], rel: str, what: str) -> Path:
+def verified_path(root: Path, manifest: Manifest, rel: Any, what: str) -> Path:
     """A file the loader is about to open, only if it is one of the verified (hashed) files."""
-    if not isinstance(rel, str) or rel not in manifest.get("files", {}):
-        raise IntegrityError(f"{Path(root).name}: {what} points to {rel!r}, which is not a verified file of the release")
-    return Path(root) / rel
+    return manifest.verified_path(root, rel, what)
 
 
 def list_releases(parent: Path | str = BUNDLED_ZOO_PARENT) -> list[Path]:
@@ -244,9 +240,8 @@ def list_releases(parent: Path | str = BUNDLED_ZOO_PARENT) -> list[Path]:
         if child.name.startswith(".") or not (child / MANIFEST).is_file():
             continue
         try:
-            manifest = json.loads((child / MANIFEST).read_text(encoding="utf-8"))
-            found.append((parse_version(manifest.get("version", "")), child.name, child))
-        except (ValueError, OSError):
+            found.append((parse_version(read_manifest_file(child).version), child.name, child))
+        except (ValueError, OSError, IntegrityError):
             continue
     return [path for _, _, path in sorted(found)]
 

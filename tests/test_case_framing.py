@@ -15,6 +15,7 @@ import pytest
 
 from dashboard import case_logic as cl
 from model_zoo import framing
+from model_zoo.manifest import Manifest
 from model_zoo.zoo import default_zoo_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,11 +35,16 @@ def test_times_in(x, words):
     assert cl.times_in(x) == words
 
 
-def _manifest(ppv=0.28, npv=0.93, kind="external", n=232, n_pos=31) -> dict:
-    return {"evaluation": {
+def _manifest(ppv=0.28, npv=0.93, kind="external", n=232, n_pos=31) -> Manifest:
+    return _demo().replace(evaluation={
         "test": {"kind": "internal", "n": 269, "n_positive": 47, "ensemble": {"ppv": 0.56, "npv": 0.94}},
         "centre3": {"kind": kind, "n": n, "n_positive": n_pos, "ensemble": {"ppv": ppv, "npv": npv}},
-    }}
+    })
+
+
+def _demo() -> Manifest:
+    """The bundled demo release's manifest (the typed record the helpers take)."""
+    return Manifest.from_dict(json.loads(DEMO_MANIFEST.read_text()))
 
 
 def test_ppv_npv_sentence_from_the_external_block():
@@ -52,7 +58,7 @@ def test_ppv_npv_sentence_from_the_external_block():
 
 
 def test_ppv_npv_sentence_absent_without_external_numbers():
-    assert cl.ppv_npv_sentence({}, "malignant", "benign") is None
+    assert cl.ppv_npv_sentence(_demo().replace(evaluation=None), "malignant", "benign") is None
     assert cl.ppv_npv_sentence(_manifest(kind="internal"), "malignant", "benign") is None
     assert cl.ppv_npv_sentence(_manifest(ppv=None), "malignant", "benign") is None
     assert cl.ppv_npv_sentence(_manifest(npv="n/a"), "malignant", "benign") is None
@@ -61,7 +67,7 @@ def test_ppv_npv_sentence_absent_without_external_numbers():
 @pytest.mark.skipif(not DEMO_MANIFEST.exists(), reason="demo release not present")
 def test_ppv_npv_sentence_on_the_demo_release():
     manifest = json.loads(DEMO_MANIFEST.read_text())
-    s = cl.ppv_npv_sentence(manifest, "malignant", "benign")
+    s = cl.ppv_npv_sentence(Manifest.from_dict(manifest), "malignant", "benign")
     external = next(b for b in manifest["evaluation"].values() if b.get("kind") == "external")["ensemble"]
     # the words follow the release's own external PPV/NPV (2.2.4 at centre 3: 0.41 and 0.92)
     assert f"'malignant' call was right {cl.times_in(external['ppv'])}" in s

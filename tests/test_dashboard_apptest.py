@@ -157,7 +157,7 @@ def test_case_page_sample_prediction(dash_env, zoo):
     assert ev["image_sha256"] == __import__("hashlib").sha256(s["path"].read_bytes()).hexdigest()
     assert ev["roi"] == [float(v) for v in s["roi_box"]]
     assert ev["outputs"]["p_ensemble"] == pytest.approx(ref.p_ensemble)
-    assert ev["zoo"] == {"name": zoo.manifest["name"], "version": zoo.manifest["version"]}
+    assert ev["zoo"] == {"name": zoo.manifest.name, "version": zoo.manifest.version}
     assert "RG3" not in json.dumps(ev)
 
     # The PDF the download button would produce (AppTest does not run deferred downloads).
@@ -167,7 +167,7 @@ def test_case_page_sample_prediction(dash_env, zoo):
     pdf = cl.case_pdf(zoo, case, case["box"], "sample ROI", {"age": None, "sex": "F", "site": "appendicular"},
                       ref, None, [], reference="Jane Roe", include_identifiers=False)
     text = _pdf_strings(pdf)
-    assert expected in text and zoo.manifest["files"]["stacker.joblib"] in text
+    assert expected in text and zoo.manifest.files["stacker.joblib"] in text
     assert "ScoreCAM ensemble-weighted, ROI" in text and "GradCAM" in text
     assert "Jane Roe" not in text
     assert "Jane Roe" in _pdf_strings(cl.case_pdf(zoo, case, case["box"], "sample ROI", {}, ref, None, [],
@@ -455,7 +455,7 @@ def test_zoo_page(dash_env, zoo):
     assert list(members["member"]) == zoo.member_ids
     assert set(members["input (px)"]) == {m.spec.input_size for m in zoo.members}
     files = _table(at, "sha256")
-    assert dict(zip(files["file"], files["sha256"])) == zoo.manifest["files"]
+    assert dict(zip(files["file"], files["sha256"])) == zoo.manifest.files
     metrics = _table(at, "AUC (DeLong 95% CI)")
     assert "ensemble" in set(metrics["model"])
     split = at.radio(key="zoo_split").value  # opens on the held-out test split

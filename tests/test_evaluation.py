@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
 from model_zoo.errors import InputError
+from model_zoo.manifest import read_manifest_file
 from training import stats as st
 from training.evaluation import (
     block_from_release_metrics,
@@ -147,12 +148,20 @@ def test_block_from_release_metrics():
     assert b["ensemble"]["ece"] is None
 
 
+def _with_data(data: dict):
+    """The bundled manifest with ``data`` as its data section and no files (nothing else to read)."""
+    from model_zoo.manifest import DataInfo, read_manifest_file
+    from model_zoo.zoo import BUNDLED_ZOO_PARENT, list_releases
+
+    return read_manifest_file(list_releases(BUNDLED_ZOO_PARENT)[-1]).replace(data=DataInfo.from_dict(data), files={})
+
+
 def test_release_image_hashes_forms(tmp_path):
     h1, h2 = "a" * 64, "B" * 64
-    assert release_image_hashes(tmp_path, {"data": {}})[0] is None
-    assert release_image_hashes(tmp_path, {"data": {"image_sha256": [h1, h2]}})[0] == {h1, h2.lower()}
+    assert release_image_hashes(tmp_path, _with_data({}))[0] is None
+    assert release_image_hashes(tmp_path, _with_data({"image_sha256": [h1, h2]}))[0] == {h1, h2.lower()}
     by_split = {"train": [h1], "test": {"img/x.png": h2}}
-    assert release_image_hashes(tmp_path, {"data": {"image_hashes": by_split}})[0] == {h1, h2.lower()}
+    assert release_image_hashes(tmp_path, _with_data({"image_hashes": by_split}))[0] == {h1, h2.lower()}
 
 
 @pytest.mark.parametrize("argv", [
@@ -236,15 +245,14 @@ def test_cli_end_to_end(tiny_release, tmp_path, capsys):
 @pytest.mark.parametrize("hashes", ["as listed by the release", "derived from its data source"])
 def test_cli_refuses_a_set_with_training_images(tiny_release, tmp_path, capsys, hashes):
     release = tiny_release["release"]
-    listed = release_image_hashes(release, json.loads((release / "manifest.json").read_text()))[0]
+    listed = release_image_hashes(release, read_manifest_file(release))[0]
     if hashes == "as listed by the release":
         if listed is None:
             pytest.skip("this fit lists no image hashes in its release (data/cases.csv)")
         assert len(listed) == len(pd.read_csv(tiny_release["cases"]))
     else:  # a release that lists no image hashes
         release = _resealed_copy(release, tmp_path / "zoo-nohash", drop=("data/cases.csv",))
-        manifest = json.loads((release / "manifest.json").read_text())
-        assert release_image_hashes(release, manifest)[0] is None
+        assert release_image_hashes(release, read_manifest_file(release))[0] is None
     rows = pd.read_csv(tiny_release["cases"]).head(3)
     rows["image"] = [str(tiny_release["cases"].parent / p) for p in rows["image"]]
     leaked = tmp_path / "leaked.csv"

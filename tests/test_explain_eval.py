@@ -305,7 +305,7 @@ def test_add_explain_release_is_verified_and_members_byte_identical(evaluated, e
     from model_zoo.zoo import verify_release
 
     source = evaluated["zoo"].root
-    old, new = verify_release(source), verify_release(explained_release)
+    old, new = verify_release(source).to_dict(), verify_release(explained_release).to_dict()
     assert new["version"] == "0.0.2" and old["version"] == "0.0.1"
     assert new["derived_from"]["release"] == f"{old['name']} 0.0.1"
     for e in old["members"]:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_external_metrics_reach_manifest_and_model_card(tiny_release):
     release = tiny_release["release"]
-    manifest = verify_release(release)
+    manifest = verify_release(release).to_dict()
     block = manifest["evaluation"]["site2"]
     ext = pd.read_csv(tiny_release["external"])
     assert block["kind"] == "external" and block["n"] == len(ext)
@@ -43,7 +43,7 @@ def test_no_external_row_was_used_for_fitting(tiny_release):
     """Every row is traceable by content hash: the release lists the training table's images
     with their split and the external set's images; none of the latter trained anything."""
     release, run_dir = tiny_release["release"], tiny_release["run_dir"]
-    manifest = verify_release(release)
+    manifest = verify_release(release).to_dict()
     cases = pd.read_csv(release / manifest["data"]["rows"])
     external = pd.read_csv(release / manifest["data"]["external"]["site2"]["rows"])
     ext_dir = Path(tiny_release["external"]).parent
@@ -73,11 +73,10 @@ def test_external_set_sharing_an_image_with_training_is_refused(tmp_path, tiny_r
 
 
 def test_calibrated_probability_is_the_release_calibration(tiny_release):
-    from model_zoo.calibration import Calibration
     from model_zoo.ensemble import load_zoo
 
     zoo = load_zoo(tiny_release["release"])
-    cal = Calibration.from_dict(zoo.manifest["calibration"])
+    cal = zoo.manifest.calibration
     assert cal.fit_on == "oof" and cal.n > 0
     pred = zoo.predict(np.random.default_rng(0).random((96, 96)), None, age=30, sex="F", site="appendicular")
     assert pred.p_calibrated == pytest.approx(float(cal.apply(pred.p_ensemble)))
@@ -114,7 +113,7 @@ def test_float16_release_reports_the_numbers_of_its_stored_weights(tmp_path):
     assert fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
                      "--run-dir", str(tmp_path / "run"), "members.families=[vit]", "output.fp16=true"]) == 0
     release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
-    manifest = verify_release(release)
+    manifest = verify_release(release).to_dict()
     fit_pred = pd.read_csv(tmp_path / "run" / "predictions_test.csv")
     test_cases = pd.read_csv(cases)
     test_cases = test_cases[test_cases["image"].isin(fit_pred["image"])]

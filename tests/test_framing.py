@@ -28,13 +28,14 @@ def release_with_band(release: Path, parent: Path, band: float, version: str) ->
     """A verified copy of ``release`` whose manifest states ``threshold.indeterminate_band``."""
     from model_zoo.zoo import ReleaseWriter, verify_release
 
+    import dataclasses
+
     manifest = verify_release(release)
-    with ReleaseWriter(parent, manifest["name"], version) as rw:
-        for rel in manifest["files"]:
+    with ReleaseWriter(parent, manifest.name, version) as rw:
+        for rel in manifest.files:
             rw.copy_file(rel, release / rel)
-        new = {k: v for k, v in manifest.items() if k not in ("files", "name", "version", "format_version")}
-        new["threshold"] = {**new["threshold"], "indeterminate_band": band}
-        return rw.publish(new)
+        threshold = dataclasses.replace(manifest.threshold, indeterminate_band=band)
+        return rw.publish(manifest.replace(threshold=threshold))
 
 
 def _flips(n_flips: int, n: int = 8) -> JitterSummary:
@@ -183,11 +184,15 @@ def test_release_without_the_field_uses_the_library_default(tmp_path):
     from model_zoo.ensemble import Zoo
     from model_zoo.errors import IntegrityError
 
-    base = {"name": "z", "version": "1.0.0", "threshold": {"value": 0.4}}
+    from model_zoo.manifest import Manifest, StackerInfo, Task, ThresholdInfo
+
+    base = Manifest(name="z", version="1.0.0", task=Task("t", "malignant", "benign"), members=(),
+                    stacker=StackerInfo(file="stacker.joblib", chosen="lr", age_fill=40.0),
+                    threshold=ThresholdInfo(value=0.4))
     assert Zoo(tmp_path, base, [], None, None).indeterminate_band == framing.DEFAULT_INDETERMINATE_BAND
-    stated = {**base, "threshold": {"value": 0.4, "indeterminate_band": 0.1}}
+    stated = base.replace(threshold=ThresholdInfo(value=0.4, indeterminate_band=0.1))
     assert Zoo(tmp_path, stated, [], None, None).indeterminate_band == 0.1
-    broken = {**base, "threshold": {"value": 0.4, "indeterminate_band": 0.6}}
+    broken = base.replace(threshold=ThresholdInfo(value=0.4, indeterminate_band=0.6))
     with pytest.raises(IntegrityError, match="indeterminate_band"):
         Zoo(tmp_path, broken, [], None, None).indeterminate_band
 
@@ -198,7 +203,7 @@ def test_release_without_the_field_uses_the_library_default(tmp_path):
 def test_config_band_is_validated():
     from model_zoo.errors import InputError
     from training.config import load_config
-    from training.fit import indeterminate_band
+    from training.config import indeterminate_band
 
     cfg = load_config("tiny")
     assert cfg["threshold"]["indeterminate_band"] == 0.05 and indeterminate_band(cfg) == 0.05
@@ -222,7 +227,8 @@ def test_fit_refuses_a_bad_band_before_any_work(tmp_path):
 
 def test_a_run_folder_from_before_the_band_still_resumes():
     from training.config import load_config
-    from training.fit import TRAINING_KEYS, _resume_view
+    from training.config import TRAINING_KEYS
+    from training.config import resume_view as _resume_view
 
     cfg = load_config("tiny")
     old = json.loads(json.dumps(cfg))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -196,11 +195,21 @@ def test_predict_cases_block_flagged_turns_flags_into_errors(tiny_release, gate_
 
 
 def test_whole_image_caution_quotes_the_release_measurement():
-    from dashboard.case_logic import whole_image_caution
+    import dataclasses
 
-    manifest = {"localiser": {"ensemble_auc_by_roi_source": {
+    from dashboard.case_logic import whole_image_caution
+    from model_zoo.manifest import read_manifest_file
+    from model_zoo.zoo import BUNDLED_ZOO_PARENT, list_releases
+
+    base = read_manifest_file(list_releases(BUNDLED_ZOO_PARENT)[-1])
+    assert base.localiser is not None
+
+    def with_by_source(by_source):
+        return base.replace(localiser=dataclasses.replace(base.localiser, ensemble_auc_by_roi_source=by_source))
+
+    manifest = with_by_source({
         "test": {"annotator": 0.873, "localiser": 0.791, "whole_image": 0.612, "n": 123},
-        "val": {"annotator": 0.9, "localiser": 0.9, "whole_image": 0.9, "n": 50}}}}
+        "val": {"annotator": 0.9, "localiser": 0.9, "whole_image": 0.9, "n": 50}})
     text = whole_image_caution(manifest)
     assert "lower AUC with whole images" in text
     assert "123 internal test cases" in text and "0.61 on the whole image" in text
@@ -208,11 +217,11 @@ def test_whole_image_caution_quotes_the_release_measurement():
     assert "0.90" not in text, "the test split is quoted, not validation"
     from model_zoo.zoo import default_zoo_dir
 
-    bundled = json.loads((default_zoo_dir() / "manifest.json").read_text())
-    test = bundled["localiser"]["ensemble_auc_by_roi_source"]["test"]
+    bundled = read_manifest_file(default_zoo_dir())
+    test = bundled.localiser.ensemble_auc_by_roi_source["test"]
     assert f"{test['whole_image']:.2f} on the whole image" in whole_image_caution(bundled)
-    for absent in ({}, {"localiser": None}, {"localiser": {"ensemble_auc_by_roi_source": {"val": {}}}},
-                   {"localiser": {"ensemble_auc_by_roi_source": {"test": {"whole_image": None}}}}):
+    for absent in (base.replace(localiser=None), with_by_source({}), with_by_source({"val": {}}),
+                   with_by_source({"test": {"whole_image": None}})):
         generic = whole_image_caution(absent)
         assert "did not record" in generic and "AUC" not in generic
 

@@ -50,7 +50,7 @@ def _fit_with_starts(tmp_path: Path, seed: int, *overrides: str) -> tuple[Path, 
     argv += [f"--init={f}={p}" for f, p in starts.items()]
     assert fit_main(argv) == 0
     release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
-    return release, verify_release(release), starts
+    return release, verify_release(release).to_dict(), starts
 
 
 def test_views_are_pure_and_named():

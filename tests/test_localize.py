@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model_zoo.localize import LocaliserSpec, build_unet, load_localiser, mask_to_box
+from model_zoo.manifest import LocaliserInfo
 from training.fit_localiser import box_metrics, main, mask_box
 from synthetic import write_case_table
 
@@ -60,7 +61,7 @@ def test_train_write_load_propose(tmp_path):
     release = tmp_path / "release"
     (release / "localiser").mkdir(parents=True)
     (release / "localiser" / "localiser.safetensors").write_bytes((out / "localiser.safetensors").read_bytes())
-    localiser = load_localiser(release, entry)
+    localiser = load_localiser(release, LocaliserInfo.from_dict(entry))
     pixels = np.random.default_rng(0).random((64, 80)).astype(np.float32)
     proposal = localiser.propose(pixels)
     x0, y0, x1, y1 = proposal.box

@@ -177,7 +177,7 @@ def test_add_ood_writes_a_verified_release_with_identical_members(ood_env):
     from model_zoo.zoo import verify_release
 
     source, release = ood_env["source"], ood_env["release"]
-    old, new = verify_release(source), verify_release(release)
+    old, new = verify_release(source).to_dict(), verify_release(release).to_dict()
     assert new["version"] == "0.0.2" and old["version"] == "0.0.1"
     assert new["derived_from"]["release"] == f"{old['name']} {old['version']}"
     regenerated = {"MODEL_CARD.md", "config.yaml"}
@@ -212,7 +212,7 @@ def test_external_set_is_measured_never_fitted(ood_env):
     """The same release made with and without --external: identical OOD state and threshold."""
     from model_zoo.zoo import verify_release
 
-    with_ext, without = verify_release(ood_env["release"]), verify_release(ood_env["plain"])
+    with_ext, without = verify_release(ood_env["release"]).to_dict(), verify_release(ood_env["plain"]).to_dict()
     assert with_ext["files"][ood.OOD_FILE] == without["files"][ood.OOD_FILE]
     a, b = ood.OodInfo.from_dict(with_ext["ood"]), ood.OodInfo.from_dict(without["ood"])
     assert (a.threshold, a.members, a.n_fit, a.n_val) == (b.threshold, b.members, b.n_fit, b.n_val)
@@ -249,13 +249,14 @@ def _with_threshold(release: Path, parent: Path, threshold: float, version: str)
     """A copy of ``release`` whose OOD threshold is ``threshold`` (a verified release of its own)."""
     from model_zoo.zoo import ReleaseWriter, verify_release
 
+    import dataclasses
+
     manifest = verify_release(release)
-    with ReleaseWriter(parent, manifest["name"], version) as rw:
-        for rel in manifest["files"]:
+    assert manifest.ood is not None
+    with ReleaseWriter(parent, manifest.name, version) as rw:
+        for rel in manifest.files:
             rw.copy_file(rel, release / rel)
-        new = {k: v for k, v in manifest.items() if k not in ("files", "name", "version", "format_version")}
-        new["ood"] = {**new["ood"], "threshold": threshold}
-        return rw.publish(new)
+        return rw.publish(manifest.replace(ood=dataclasses.replace(manifest.ood, threshold=threshold)))
 
 
 @pytest.fixture(scope="module")

@@ -318,7 +318,7 @@ def test_write_back_sr_and_pdf_land_in_the_same_study_and_validate(client, ortha
     (call,) = group.get_qualitative_evaluations()
     assert call.value.meaning == pred.label
     text = "\n".join(_sr_texts(sr))
-    assert tiny_zoo.manifest["name"] in text and tiny_zoo.manifest["version"] in text
+    assert tiny_zoo.manifest.name in text and tiny_zoo.manifest.version in text
     assert manifest_sha256(tiny_zoo) in text and DISCLAIMER in text
     doc = pydicom.dcmread(io.BytesIO(pdf_bytes))
     assert doc.StudyInstanceUID == study and doc.MIMETypeOfEncapsulatedDocument == "application/pdf"

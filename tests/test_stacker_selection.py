@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.fit import selection_rule
+from training.config import StackerConfig
+from training.release import selection_rule
 from training.fit_stacker import choose_candidate, select_stacker
 
 RANKED = [{"name": "gbdt", "cv_auc": 0.951}, {"name": "rf", "cv_auc": 0.9505}, {"name": "lr", "cv_auc": 0.950},
@@ -42,7 +43,7 @@ def test_select_stacker_refits_the_preferred_candidate() -> None:
     ({"prefer": "lr", "prefer_within": 0.005}, "best grouped-CV ROC AUC, except lr when its CV AUC is within 0.005 of the best"),
 ])
 def test_selection_rule_in_words(cfg: dict, words: str) -> None:
-    assert selection_rule(cfg) == words
+    assert selection_rule(StackerConfig(**cfg)) == words
 
 
 def test_member_logits_transforms_only_the_member_columns() -> None:
@@ -86,7 +87,7 @@ def test_member_scores_config_is_checked() -> None:
     from training.fit import member_logit_columns
 
     X = np.zeros((3, 3 + 6))
-    assert member_logit_columns({"stacker": {}}, X) == 0
-    assert member_logit_columns({"stacker": {"member_scores": "logit"}}, X) == 3
+    assert member_logit_columns(StackerConfig(), X) == 0
+    assert member_logit_columns(StackerConfig(member_scores="logit"), X) == 3
     with pytest.raises(InputError, match="member_scores"):
-        member_logit_columns({"stacker": {"member_scores": "odds"}}, X)
+        member_logit_columns(StackerConfig(member_scores="odds"), X)

@@ -140,7 +140,7 @@ def test_zoo_page_on_the_bundled_zoo_opens_with_plain_words(bundled):
     from model_zoo.validation_text import plain_summary
 
     at = _page(_app(), "zoo")
-    summary = plain_summary(bundled)
+    summary = plain_summary(bundled["evaluation"], bundled["task"]["positive_class"], bundled["task"]["negative_class"])
     assert summary, "the bundled release has evaluation blocks"
     assert at.subheader[0].value == "In plain words", [s.value for s in at.subheader]
     assert any(m.value == summary for m in at.markdown)

@@ -40,7 +40,7 @@ def synthetic_zoo(tiny_release) -> tuple[Path, Path, Path]:
 
 def test_release_manifest_and_hashes(synthetic_zoo):
     release, _, _ = synthetic_zoo
-    manifest = verify_release(release)
+    manifest = verify_release(release).to_dict()
     assert manifest["name"] == "tiny-zoo" and manifest["version"] == "0.0.1"
     assert [m["spec"]["member_id"] for m in manifest["members"]] == ["effnet_b3", "effnet_b4", "vit", "swin"]
     for entry in manifest["members"]:
@@ -125,7 +125,7 @@ def test_predict_auto_roi_uses_localiser(synthetic_zoo, tmp_path):
     from model_zoo.__main__ import main
 
     release, _, cases = synthetic_zoo
-    manifest = verify_release(release)
+    manifest = verify_release(release).to_dict()
     assert manifest["localiser"]["weights"] in manifest["files"]
     out = tmp_path / "auto.csv"
     assert main(["predict", "--cases", str(cases), "--out", str(out), "--zoo", str(release),
@@ -156,7 +156,7 @@ def test_releases_are_immutable(synthetic_zoo, tmp_path):
     rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(release.parent),
                "--run-dir", str(tmp_path / "run2"), "version=0.0.1", "train.epochs=0"])
     assert rc == 2  # same name+version exists: refused, nothing overwritten
-    verify_release(release)
+    verify_release(release).to_dict()
 
 
 def test_real_btxrd_subset(btxrd_dir, tmp_path):
@@ -179,8 +179,8 @@ def test_resume_repackages_without_retraining(synthetic_zoo, tmp_path):
             "--run-dir", str(run_dir), "--resume", f"localiser.path={release.parent.parent / 'loc'}"]
     assert main([*args, "version=0.0.3"]) == 0
     assert {p: p.stat().st_mtime_ns for p in results} == stamps, "no member job was retrained"
-    new = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.3")
-    old = verify_release(release)
+    new = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.3").to_dict()
+    old = verify_release(release).to_dict()
     for rel in old["files"]:
         if rel.startswith("members/"):
             assert new["files"][rel] == old["files"][rel]
@@ -191,7 +191,7 @@ def test_resume_repackages_without_retraining(synthetic_zoo, tmp_path):
 
 
 def test_model_card_target_sentences_are_computed_from_metrics():
-    from training.fit import target_sentences
+    from training.release import target_sentences
 
     models = {"ensemble": {"auc": 0.91}, "vit": {"auc": 0.93}, "swin": {"auc": None}, "clinic": {"auc": 0.95}}
     assert target_sentences(models, {"ensemble_auc": 0.9}) == [
@@ -204,7 +204,7 @@ def test_model_card_target_sentences_are_computed_from_metrics():
 
 def test_training_recipe_names_what_was_configured():
     from training.config import load_config
-    from training.fit import training_recipe
+    from training.release import training_recipe
 
     paper = training_recipe(load_config("paper")["train"])
     assert paper.startswith("SGD (momentum 0.9) lr 0.1") and "x0.1 every 30 epochs" in paper
@@ -241,7 +241,7 @@ def test_parallel_members_only_then_resume_matches_serial(synthetic_zoo, tmp_pat
     stamps = {p: p.stat().st_mtime_ns for p in parallel.values()}
     assert main([*common, "--resume"]) == 0
     assert {p: p.stat().st_mtime_ns for p in parallel.values()} == stamps, "resume retrained a job"
-    manifest = verify_release(zoo / "tiny-zoo-0.0.1")
+    manifest = verify_release(zoo / "tiny-zoo-0.0.1").to_dict()
     assert [m["epochs_run"] for m in manifest["members"]] == [2, 2, 2, 2]
 
 
@@ -255,7 +255,7 @@ def test_time_limit_stops_jobs_and_the_model_card_says_so(tmp_path):
                  "--run-dir", str(tmp_path / "run"), "--time-limit", "0.0001",
                  "members.families=[vit]", "stacker.candidates=[lr]"]) == 0
     release = next(p for p in zoo.iterdir() if not p.name.startswith("."))
-    manifest = verify_release(release)
+    manifest = verify_release(release).to_dict()
     assert manifest["members"][0]["epochs_run"] == 1
     for job in (tmp_path / "run" / "jobs" / "vit").iterdir():  # folds and final alike
         assert len(torch.load(job / "result.pt", weights_only=False)["history"]) == 1
@@ -276,7 +276,7 @@ def test_add_localiser_makes_a_new_release_without_retraining(synthetic_zoo, tmp
     out = tmp_path / "zoo"
     assert main(["add-localiser", "--zoo", str(release), "--localiser", str(loc), "--version", "0.1.0",
                  "--out", str(out), "--cases", str(cases)]) == 0
-    old, new = verify_release(release), verify_release(out / "tiny-zoo-0.1.0")
+    old, new = verify_release(release).to_dict(), verify_release(out / "tiny-zoo-0.1.0").to_dict()
     assert new["version"] == "0.1.0" and new["name"] == old["name"]
     for rel, digest in old["files"].items():
         if rel.startswith(("members/", "report/")) or rel == "stacker.joblib":
@@ -349,8 +349,8 @@ def test_remote_pack_then_resume_at_home(synthetic_zoo, tmp_path):
     assert all(v.dtype in (torch.float16, torch.int64) for v in final["state_dict"].values())
     assert main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
                  "--run-dir", str(home / "run"), "--resume", "version=0.0.9"]) == 0
-    manifest = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.9")
-    original = verify_release(release)["metrics"]  # also holds the fixture's external set, not re-scored here
+    manifest = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.9").to_dict()
+    original = verify_release(release).to_dict()["metrics"]  # also holds the fixture's external set, not re-scored here
     assert manifest["metrics"] == {k: original[k] for k in ("val", "test")}, "same member scores, same stacker"
 
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
+from model_zoo.manifest import DerivedFrom, ExplainInfo
 from model_zoo.zoo import ReleaseWriter, next_patch, sha256_file, verify_release
-from training.fit import card_with_section
+from training.release import card_with_section
 
 LOG = logging.getLogger(__name__)
 
@@ -105,8 +106,8 @@ def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, v
     from training.config import dump_config
 
     manifest = verify_release(source)
-    version = str(version or next_patch(manifest["version"]))
-    if version == str(manifest["version"]):
+    version = str(version or next_patch(manifest.version))
+    if version == manifest.version:
         raise InputError(f"--version {version} is the source release's version; choose a new one")
     fingerprint = release_fingerprint(manifest)
     sets: dict[str, dict[str, Any]] = {}
@@ -118,28 +119,27 @@ def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, v
     report = ExplainReport.from_dict(blob)
     cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
     cfg["version"] = version
-    old_title = f"{manifest['name']} {manifest['version']}"
-    new_title = f"{manifest['name']} {version}"
-    with ReleaseWriter(out_parent, manifest["name"], version) as rw:
-        for rel in manifest["files"]:
+    old_title = manifest.title
+    new_title = f"{manifest.name} {version}"
+    with ReleaseWriter(out_parent, manifest.name, version) as rw:
+        for rel in manifest.files:
             if rel in REGENERATED or rel == REPORT_FILE:
                 continue
             rw.copy_file(rel, source / rel)
         rw.write_text(REPORT_FILE, json.dumps(blob, indent=2, sort_keys=True, allow_nan=False))
         rw.write_text("config.yaml", dump_config(cfg))
-        new = {k: v for k, v in manifest.items() if k not in ("files", "name", "version", "format_version")}
-        new["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        new["explain"] = {
-            "report": REPORT_FILE,
-            "sets": {name: {"kind": s.get("kind"), "n_cases": s.get("n_cases"), "cases": s.get("cases"),
-                            "split": s.get("split"), "methods": s.get("methods"), "views": s.get("views"),
-                            "measured_on": s.get("zoo"), "created": s.get("created")}
-                     for name, s in sets.items()},
-        }
-        new["derived_from"] = {"release": old_title,
-                               "manifest_sha256": sha256_file(source / "manifest.json"),
-                               "change": "heatmap measurements added (report/explain.json, model card); members, "
-                                         "stacker, threshold, localiser and reports unchanged"}
+        explain = ExplainInfo(
+            report=REPORT_FILE,
+            sets={name: {"kind": s.get("kind"), "n_cases": s.get("n_cases"), "cases": s.get("cases"),
+                         "split": s.get("split"), "methods": s.get("methods"), "views": s.get("views"),
+                         "measured_on": s.get("zoo"), "created": s.get("created")}
+                  for name, s in sets.items()},
+        )
+        new = manifest.replace(
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), explain=explain,
+            derived_from=DerivedFrom(release=old_title, manifest_sha256=sha256_file(source / "manifest.json"),
+                                     change="heatmap measurements added (report/explain.json, model card); "
+                                            "members, stacker, threshold, localiser and reports unchanged"))
         card_path = source / "MODEL_CARD.md"
         source_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
         rw.write_text("MODEL_CARD.md", card_with_section(source_card, old_title, new_title, CARD_SECTION,

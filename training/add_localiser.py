@@ -25,6 +25,7 @@ import pandas as pd
 from model_zoo.auc import roc_auc
 from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
+from model_zoo.manifest import DerivedFrom, LocaliserInfo, Manifest
 from model_zoo.zoo import ReleaseWriter, sha256_file, verify_release
 
 LOG = logging.getLogger(__name__)
@@ -87,15 +88,15 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
     return out, (float(np.median(seconds)) if seconds else None)
 
 
-def external_measures(zoo: Any, localiser: Any, manifest: dict[str, Any], label_map: Any,
+def external_measures(zoo: Any, localiser: Any, manifest: Manifest, label_map: Any,
                       log: Any = LOG.info) -> dict[str, dict[str, Any]]:
     """The same measures on every external set the release was validated on (its
     ``data.external`` entries): what auto-crop does at a hospital the localiser never saw."""
     from model_zoo.cases import read_case_table
 
     out = {}
-    for name, entry in ((manifest.get("data") or {}).get("external") or {}).items():
-        source = Path(entry["source"])
+    for name, entry in manifest.data.external.items():
+        source = Path(entry.source)
         if not source.is_file():
             log(f"      external set {name}: {source} not found here; not measured")
             continue
@@ -115,13 +116,14 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
 
     from model_zoo.ensemble import load_zoo
     from training.config import dump_config
-    from training.fit import model_card
+    from training.config import FitConfig
+    from training.release import model_card
     from training.fit_localiser import release_files
 
     manifest = verify_release(source)
-    fp16 = any(m.get("weights_dtype") == "float16" for m in manifest["members"])
+    fp16 = any(m.weights_dtype == "float16" for m in manifest.members)
     entry, weights, localiser = release_files(localiser_dir, fp16)
-    if str(version) == str(manifest["version"]):
+    if str(version) == manifest.version:
         raise InputError(f"--version {version} is the source release's version; choose a new one")
     cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
     cfg["version"] = str(version)
@@ -134,7 +136,7 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
         cfg_cases = dict(cfg, data=dict(cfg["data"], cases=str(cases)))
         log("[1/2] ensemble AUC by ROI source (annotator box / localiser / whole image)")
         zoo = load_zoo(source)
-        roi_auc, seconds = roi_source_auc(zoo, localiser, cfg_cases, manifest["data"]["fingerprint"], log)
+        roi_auc, seconds = roi_source_auc(zoo, localiser, cfg_cases, manifest.data.fingerprint, log)
         external = external_measures(zoo, localiser, manifest, cfg["task"].get("label_map"), log)
         if external:
             entry["external"] = external
@@ -148,26 +150,25 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
         entry["ensemble_auc_by_roi_source"] = roi_auc
         entry["proposal_seconds_median"] = {"seconds": seconds, "cpu_count": os.cpu_count(),
                                             "torch_threads": torch.get_num_threads()}
-    with ReleaseWriter(out_parent, manifest["name"], str(version)) as rw:
-        for rel in manifest["files"]:
+    with ReleaseWriter(out_parent, manifest.name, str(version)) as rw:
+        for rel in manifest.files:
             if rel in REGENERATED or rel.startswith("localiser/"):
                 continue
             rw.copy_file(rel, source / rel)
-        rw.write_bytes(entry["weights"], weights)
+        info = LocaliserInfo.from_dict(entry)
+        rw.write_bytes(info.weights, weights)
         rw.write_text("config.yaml", dump_config({**cfg, "localiser": {**(cfg.get("localiser") or {}),
                                                                         "path": str(localiser_dir)}}))
-        new = {k: v for k, v in manifest.items() if k not in ("files", "name", "version", "format_version")}
-        new["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        new["localiser"] = entry
-        new["derived_from"] = {"release": f"{manifest['name']} {manifest['version']}",
-                               "manifest_sha256": sha256_file(source / "manifest.json"),
-                               "change": "localiser added; members, stacker, threshold and reports unchanged"}
+        new = manifest.replace(
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), localiser=info,
+            derived_from=DerivedFrom(release=manifest.title, manifest_sha256=sha256_file(source / "manifest.json"),
+                                     change="localiser added; members, stacker, threshold and reports unchanged"))
         reports = {}
         for split in ("val", "test"):
             path = source / "report" / split / "metrics.json"
             if path.is_file():
                 reports[split] = json.loads(path.read_text(encoding="utf-8"))
-        rw.write_text("MODEL_CARD.md", model_card(cfg, new, reports))
+        rw.write_text("MODEL_CARD.md", model_card(FitConfig.from_dict(cfg), new, reports))
         final = rw.publish(new)
     log(f"      release written: {final}")
     return final

@@ -40,6 +40,7 @@ import pandas as pd
 from model_zoo import ood as ood_lib
 from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
+from model_zoo.manifest import DerivedFrom, Manifest
 from training import evaluation
 from model_zoo.zoo import ReleaseWriter, next_patch, parse_version, sha256_file, verify_release
 
@@ -59,7 +60,7 @@ Item = tuple[np.ndarray, tuple[float, float, float, float]]
 # ----------------------------------------------------------------------------- rows
 
 
-def release_rows(source: Path, manifest: dict[str, Any], cfg: dict[str, Any], cases: str | None = None,
+def release_rows(source: Path, manifest: Manifest, cfg: dict[str, Any], cases: str | None = None,
                  log: Callable[[str], Any] = LOG.info) -> pd.DataFrame:
     """The release's own case rows with their splits, reproduced from its config (``--cases``
     overrides where the table lives) and checked against its data fingerprint and, when the
@@ -71,11 +72,11 @@ def release_rows(source: Path, manifest: dict[str, Any], cfg: dict[str, Any], ca
     if not table.is_file():
         raise InputError(f"the release's case table {table} is not here; pass --cases PATH (the same rows)")
     frame = load_cases(cfg_cases, log=lambda *_: None)
-    if data_fingerprint(frame) != manifest["data"]["fingerprint"]:
+    if data_fingerprint(frame) != manifest.data.fingerprint:
         raise InputError(f"{table}: these are not the cases the release was trained on (data fingerprint "
                          "differs); its splits cannot be reproduced")
     frame["sha256"] = image_hashes(frame)
-    rows_rel = (manifest.get("data") or {}).get("rows")
+    rows_rel = manifest.data.rows
     if rows_rel and (source / rows_rel).is_file():
         recorded = pd.read_csv(source / rows_rel)
         ours = sorted(zip(frame["sha256"], frame["split"], strict=True))
@@ -304,11 +305,12 @@ def model_card_section(info: ood_lib.OodInfo) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def card_with_ood(source: Path, cfg: dict[str, Any], manifest: dict[str, Any], info: ood_lib.OodInfo) -> str:
+def card_with_ood(source: Path, cfg: dict[str, Any], manifest: Manifest, info: ood_lib.OodInfo) -> str:
     """The source release's model card (every section it has, including ones other ``add-*``
     commands added) under the new version's title, with the OOD section inserted. A source
-    without a card gets one from ``training.fit.model_card``."""
-    from training.fit import card_with_section, model_card
+    without a card gets one from ``training.release.model_card``."""
+    from training.config import FitConfig
+    from training.release import card_with_section, model_card
 
     path = source / "MODEL_CARD.md"
     if path.is_file():
@@ -319,10 +321,11 @@ def card_with_ood(source: Path, cfg: dict[str, Any], manifest: dict[str, Any], i
             metrics = source / "report" / split / "metrics.json"
             if metrics.is_file():
                 reports[split] = json.loads(metrics.read_text(encoding="utf-8"))
-        card = model_card(cfg, manifest, reports)
-    derived = manifest["derived_from"]  # add_ood always records the source release
-    note = f"\n\nDerived from {derived['release']}: {derived['change']}."
-    return card_with_section(card, derived["release"], f"{cfg['name']} {cfg['version']}", OOD_HEADING,
+        card = model_card(FitConfig.from_dict(cfg), manifest, reports)
+    derived = manifest.derived_from  # add_ood always records the source release
+    assert derived is not None
+    note = f"\n\nDerived from {derived.release}: {derived.change}."
+    return card_with_section(card, derived.release, f"{cfg['name']} {cfg['version']}", OOD_HEADING,
                              model_card_section(info).strip() + note)
 
 
@@ -350,18 +353,18 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
     timings: dict[str, float] = {}
     source = Path(source)
     manifest = verify_release(source)
-    if manifest.get("ood"):
+    if manifest.ood is not None:
         raise InputError(f"{source.name} already has an OOD model; start from the release it derives from")
-    version = str(version or next_patch(manifest["version"]))
-    if parse_version(version) <= parse_version(str(manifest["version"])):
-        raise InputError(f"--version {version} must be newer than the source release's {manifest['version']}")
-    if (Path(out_parent) / f"{manifest['name']}-{version}").exists():
-        raise InputError(f"release {manifest['name']}-{version} already exists in {out_parent}; "
+    version = str(version or next_patch(manifest.version))
+    if parse_version(version) <= parse_version(manifest.version):
+        raise InputError(f"--version {version} must be newer than the source release's {manifest.version}")
+    if (Path(out_parent) / f"{manifest.name}-{version}").exists():
+        raise InputError(f"release {manifest.name}-{version} already exists in {out_parent}; "
                          "releases are immutable - choose another --version")
     cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
     manifest_sha = sha256_file(source / "manifest.json")
     members_key = hashlib.sha256(json.dumps(
-        [(m["spec"], sha256_file(source / m["weights"])) for m in manifest["members"]], sort_keys=True).encode()).hexdigest()
+        [(m.spec.to_dict(), sha256_file(source / m.weights)) for m in manifest.members], sort_keys=True).encode()).hexdigest()
     cache = FeatureCache(features_cache, members_key)
     external = dict(external or {})
 
@@ -456,8 +459,8 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
         f"on {head['false_alarm_on']}")
 
     log("[4/4] release")
-    with ReleaseWriter(out_parent, manifest["name"], version) as rw:
-        for rel in manifest["files"]:
+    with ReleaseWriter(out_parent, manifest.name, version) as rw:
+        for rel in manifest.files:
             if rel in REGENERATED or rel.startswith("ood/"):
                 continue
             rw.copy_file(rel, source / rel)
@@ -466,12 +469,11 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
                        ood={"method": method, "transform": transform, "k": k or None, "combine": combine,
                             "val_quantile": val_quantile, "fit_views": list(FIT_VIEWS), "external": external})
         rw.write_text("config.yaml", dump_config(cfg_out))
-        new = {k_: v for k_, v in manifest.items() if k_ not in ("files", "name", "version", "format_version")}
-        new["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        new["ood"] = model.info.to_dict()
-        new["derived_from"] = {"release": f"{manifest['name']} {manifest['version']}", "manifest_sha256": manifest_sha,
-                               "change": "out-of-distribution model added; members, stacker, threshold, localiser "
-                                         "and reports unchanged"}
+        new = manifest.replace(
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), ood=model.info,
+            derived_from=DerivedFrom(release=manifest.title, manifest_sha256=manifest_sha,
+                                     change="out-of-distribution model added; members, stacker, threshold, "
+                                            "localiser and reports unchanged"))
         rw.write_text("MODEL_CARD.md", card_with_ood(source, cfg_out, new, model.info))
         final = rw.publish(new)
     verify_release(final)

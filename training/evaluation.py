@@ -34,7 +34,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
 from training import stats as st
 from training.report.extras import SUBTYPE_COLUMNS  # one definition: the report reads the same column
+
+if TYPE_CHECKING:  # pragma: no cover
+    from model_zoo.manifest import Manifest
 
 LOG = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ ENSEMBLE_COLUMN = "p_ensemble"
 CALIBRATED_COLUMN = "calibrated_p_ensemble"
 KINDS = ("internal", "external")
 INTERNAL_TEST = "internal-test"
-# Keys under manifest["data"] where a release may list the sha256 of its images: a list of
+# Keys under the manifest's data section (``DataInfo.listed``) where a release may list the sha256 of its images: a list of
 # hex digests, a dict of such lists (e.g. per split) or of path -> digest, or the path of a
 # hashed file in the release holding one digest per line (or a JSON list).
 HASH_KEYS = ("image_sha256", "image_hashes", "train_image_sha256")
@@ -278,14 +281,13 @@ def format_evaluation_table(blocks: dict[str, dict[str, Any]]) -> list[str]:
     not seen. Both come from ``model_zoo.validation_text``, so card and Zoo page agree."""
     from model_zoo.validation_text import evaluation_rows, unseen_hospital_sentence
 
-    manifest = {"evaluation": blocks}
-    rows = evaluation_rows(manifest)
+    rows = evaluation_rows(blocks)
     if not rows:
         return []
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return [*lines, "", unseen_hospital_sentence(manifest) or ""]
+    return [*lines, "", unseen_hospital_sentence(blocks) or ""]
 
 
 # ----------------------------------------------------------------------------- leakage check
@@ -308,19 +310,18 @@ def _hash_values(value: Any) -> Iterable[str]:
             yield from _hash_values(v)
 
 
-def release_image_hashes(root: Path, manifest: dict[str, Any]) -> tuple[set[str] | None, str]:
+def release_image_hashes(root: Path, manifest: Manifest) -> tuple[set[str] | None, str]:
     """The sha256 digests of the release's own images, as the release lists them.
 
-    Looks under ``manifest["data"]`` for one of :data:`HASH_KEYS`, then for the ``sha256``
+    Looks under the manifest's ``data`` section for one of :data:`HASH_KEYS`, then for the ``sha256``
     column of the release's own case list ``data/cases.csv`` (external sets the release was
     measured on, ``data/external-*.csv``, are not its data and are not read). Returns
     ``(None, why)`` when the release lists none, else ``(digests, where)``.
     """
     from model_zoo.zoo import verified_path
 
-    data = manifest.get("data") or {}
     for key in HASH_KEYS:
-        value = data.get(key)
+        value = manifest.data.listed(key)
         if not value:
             continue
         where = f"manifest data.{key}"
@@ -330,7 +331,7 @@ def release_image_hashes(root: Path, manifest: dict[str, Any]) -> tuple[set[str]
             value = json.loads(text) if text.lstrip().startswith(("[", "{")) else text.split()
             where = f"{path.name} (manifest data.{key})"
         return set(_hash_values(value)), where
-    if RELEASE_CASES in (manifest.get("files") or {}):
+    if RELEASE_CASES in manifest.files:
         path = verified_path(root, manifest, RELEASE_CASES, "the release's case list")
         table = pd.read_csv(path, usecols=lambda c: c == "sha256", dtype=str)
         if "sha256" in table.columns:
@@ -338,7 +339,7 @@ def release_image_hashes(root: Path, manifest: dict[str, Any]) -> tuple[set[str]
     return None, "the release lists no image hashes"
 
 
-def _release_frame(root: Path, manifest: dict[str, Any]) -> tuple[pd.DataFrame | None, str]:
+def _release_frame(root: Path, manifest: Manifest) -> tuple[pd.DataFrame | None, str]:
     """The release's case rows (with ``split``) rebuilt from its saved config and data source.
 
     Only when the source is readable here and its fingerprint equals the manifest's, i.e.
@@ -365,7 +366,7 @@ def _release_frame(root: Path, manifest: dict[str, Any]) -> tuple[pd.DataFrame |
         fingerprint = data_fingerprint(frame)
     except (ZooError, OSError, KeyError) as err:
         return None, f"its data source {found} could not be rebuilt ({err})"
-    if fingerprint != (manifest.get("data") or {}).get("fingerprint"):
+    if fingerprint != manifest.data.fingerprint:
         return None, f"its data source {found} has changed since the release (fingerprint differs)"
     return frame, f"its data source {found} (fingerprint matches)"
 
@@ -468,7 +469,7 @@ def _evaluate_set(zoo: Any, name: str, kind: str, cases: Path, out: Path, args: 
             and pd.to_numeric(pred[c], errors="coerce").isna().all()]
     report_frame = pred.drop(columns=drop)
     names = {c[2:] for c in report_frame.columns if isinstance(c, str) and c.startswith("p_")}
-    per_model = ((zoo.manifest.get("threshold") or {}).get("per_model") or {})
+    per_model = zoo.manifest.threshold.per_model
     thresholds = {k: float(v) for k, v in per_model.items() if k in names}
     write_report(report_frame, set_dir / "report", threshold=zoo.threshold, thresholds=thresholds,
                  title=f"{zoo.name} on {name} ({kind})",
@@ -505,7 +506,7 @@ def _run(args: argparse.Namespace) -> int:
         calibration = zoo.calibration  # predict_cases writes calibrated_p_ensemble from the same entry
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"the release's calibration entry cannot be read: {err}") from None
-    label_map = zoo.task.get("label_map")
+    label_map = zoo.task.label_map
 
     # Every table is checked (labels, leakage) before any prediction starts.
     tables = {}

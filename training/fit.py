@@ -13,16 +13,19 @@ Pipeline (each step resumable; ``--resume`` continues an interrupted run folder)
    best is refitted; a clinic-only LR is fitted beside it.
 6. Operating threshold chosen on the val split by the configured rule.
 7. Evaluation reports for val and test; the release is written atomically.
+
+In code, :func:`fit` runs six phases, each a function of typed inputs (the config as
+:class:`training.config.FitConfig`) returning a typed result: :func:`prepare_data` (1-2),
+:func:`fit_member_jobs` (3-4), :func:`stacker_inputs` (the out-of-fold scores),
+:func:`fit_stacker_phase` (5), :func:`evaluate` (6-7) and
+:func:`training.release.write_release` (the manifest, model card and release folder).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import io
 import logging
 import math
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,42 +41,30 @@ from model_zoo.cases import read_case_table
 from model_zoo.ensemble import CLINICAL_FEATURES, sigmoid, stacker_matrix
 from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError, ZooError
-from model_zoo.framing import DEFAULT_INDETERMINATE_BAND, check_band
 from model_zoo.members import MemberSpec, family_spec
-from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, ReleaseWriter, atomic_write_text
+from model_zoo.zoo import SPLIT_REPORT_PLOTLY_SRC, atomic_write_text
 from training import fit_heads, fit_localiser, fit_members, fit_stacker, fit_tails
-from training.config import dump_config, load_config
+from training.config import TRAINING_KEYS, FitConfig, StackerConfig, dump_config, load_config, resume_view
+from training.release import ReleaseInputs, init_provenance, write_release
 from training.data import data_fingerprint, image_hashes, load_cases
 
 LOG = logging.getLogger(__name__)
 
-# Config sections that decide what the member and stacker jobs compute. A resumed run must
-# keep them; the others (name, version, profile, output, localiser) may change, so a finished
-# run can be re-packaged, e.g. as a new version with a localiser, without retraining.
-TRAINING_KEYS = ("seed", "data", "task", "members", "train", "stacker", "threshold")
-
-INTENDED_USE = (
-    "Research and teaching only; not a medical device. Not for diagnosis or treatment "
-    "decisions. Outputs are probabilities from models trained on a public research dataset "
-    "and must be read by a qualified clinician together with all other information."
-)
-
-
 # ----------------------------------------------------------------------------- data ----------
-def load_externals(cfg: dict[str, Any], frame: pd.DataFrame, log: Any = LOG.info) -> dict[str, pd.DataFrame]:
+def load_externals(config: FitConfig, frame: pd.DataFrame, log: Any = LOG.info) -> dict[str, pd.DataFrame]:
     """``external: [{name, cases}]``: hospitals the release never trains on, only measures on.
 
     Refused when any external image is byte-identical to a row of the training table: a
     number measured on seen images would be reported as 'a hospital it has not seen'."""
     out: dict[str, pd.DataFrame] = {}
     known = set(frame["sha256"])
-    for entry in cfg.get("external") or []:
+    for entry in config.external:
         if not isinstance(entry, dict) or not entry.get("name") or not entry.get("cases"):
             raise InputError(f"external: each entry needs a name and a cases table, got {entry!r}")
         name = str(entry["name"])
         if not name.replace("-", "").replace("_", "").isalnum() or name in out:
             raise InputError(f"external: names must be unique and alphanumeric (- and _ allowed), got {name!r}")
-        table = read_case_table(entry["cases"], label_map=cfg["task"].get("label_map"), require_label=True)
+        table = read_case_table(entry["cases"], label_map=config.task.label_map, require_label=True)
         ext = table.frame[table.frame["row_error"] == ""].reset_index(drop=True)
         if len(ext) == 0:
             raise InputError(f"external set {name}: no usable labelled rows in {entry['cases']}")
@@ -106,10 +97,6 @@ def round_finals_to_stored_dtype(finals: list[dict[str, Any]], caches: dict[str,
             model, caches[spec.member_id][idx], spec.mean, spec.std, channels_last=True))
 
 
-def _external_source(cfg: dict[str, Any], name: str) -> str:
-    return next(str(e["cases"]) for e in cfg.get("external") or [] if str(e["name"]) == name)
-
-
 def score_with_finals(source: pd.DataFrame, finals: list[dict[str, Any]], cache_dir: Path,
                       progress: bool) -> np.ndarray:
     """(N, members) probabilities of the shipped (final) members on another case table, through
@@ -126,52 +113,31 @@ def score_with_finals(source: pd.DataFrame, finals: list[dict[str, Any]], cache_
     return np.column_stack(columns)
 
 
-def member_logit_columns(cfg: dict[str, Any], X_fit: np.ndarray) -> int:
+def member_logit_columns(stacker: StackerConfig, X_fit: np.ndarray) -> int:
     """How many leading stacker columns the candidates turn into log-odds: the member scores
     with ``stacker.member_scores: logit``, none with ``probability`` (the paper's stacker)."""
-    kind = str(cfg["stacker"].get("member_scores", "probability"))
+    kind = stacker.member_scores
     if kind not in ("probability", "logit"):
         raise InputError(f"stacker.member_scores must be probability or logit, not {kind!r}")
     return X_fit.shape[1] - len(CLINICAL_FEATURES) if kind == "logit" else 0
 
 
-def indeterminate_band(cfg: dict[str, Any]) -> float:
-    """``threshold.indeterminate_band``, validated (0 <= band < 0.5; the library default when absent):
-    a release fact written into the manifest's threshold block and read by ``Zoo.call``."""
-    band = (cfg.get("threshold") or {}).get("indeterminate_band", DEFAULT_INDETERMINATE_BAND)
-    try:
-        return check_band(band)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-
-
-def _resume_view(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The training settings a resumed run must share; a run folder written before the band
-    existed holds no ``threshold.indeterminate_band`` and means the default (the band changes
-    no fitted number)."""
-    out = dict(cfg)
-    if isinstance(out.get("threshold"), dict):
-        out["threshold"] = {"indeterminate_band": DEFAULT_INDETERMINATE_BAND, **out["threshold"]}
-    return out
-
-
-def fit_calibration(cfg: dict[str, Any], chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
-                    groups_fit: np.ndarray, y_val: np.ndarray, p_val: np.ndarray, seed: int,
+def fit_calibration(config: FitConfig, chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
+                    groups_fit: np.ndarray, y_val: np.ndarray, p_val: np.ndarray,
                     log: Any = LOG.info) -> Calibration | None:
     """Platt calibration of the ensemble on internal data only (``calibration.fit_on``):
     ``oof`` = the chosen stacker's cross-validated probabilities on its own training rows,
     ``val`` = the val split (which also chose the checkpoints, heads and threshold)."""
-    cal_cfg = cfg.get("calibration") or {}
-    method = cal_cfg.get("method", "none")
+    method = config.calibration.method
     if method in (None, "none"):
         return None
     if method != "platt":
         raise InputError(f"calibration.method must be platt or none, not {method!r}")
-    fit_on = cal_cfg.get("fit_on", "oof")
+    fit_on = config.calibration.fit_on
     if fit_on == "oof":
         p_cv = fit_stacker.cross_val_probabilities(chosen, X_fit, y_fit, groups_fit,
-                                                   folds=int(cfg["stacker"]["cv_folds"]), seed=seed,
-                                                   member_logits=member_logit_columns(cfg, X_fit))
+                                                   folds=config.stacker.cv_folds, seed=config.seed,
+                                                   member_logits=member_logit_columns(config.stacker, X_fit))
         ok = ~np.isnan(p_cv)
         calibration = fit_platt(y_fit[ok], p_cv[ok], fit_on="oof")
     elif fit_on == "val":
@@ -241,17 +207,6 @@ def member_specs(cfg: dict[str, Any]) -> list[MemberSpec]:
     return specs
 
 
-def init_provenance(init_path: str | None) -> dict[str, Any] | None:
-    """The provenance record written beside a converted start (``python -m training pretrained
-    convert``: ``<name>.json`` next to ``<name>.safetensors``), or None for other files."""
-    import json
-
-    if not init_path:
-        return None
-    sidecar = Path(init_path).with_suffix(".json")
-    return json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
-
-
 def init_normalisation(family: str, init_path: str | None) -> dict[str, tuple[float, ...]]:
     """``members.normalisation: init``: the mean/std the start's weights were trained with."""
     record = init_provenance(init_path)
@@ -263,7 +218,7 @@ def init_normalisation(family: str, init_path: str | None) -> dict[str, tuple[fl
 
 
 def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, train_idx: np.ndarray,
-                   val_idx: np.ndarray, score_idx: np.ndarray, cfg: dict[str, Any], job_dir: Path,
+                   val_idx: np.ndarray, score_idx: np.ndarray, config: FitConfig, job_dir: Path,
                    seed: int, init_path: str | None, progress: bool,
                    stop_at: float | None = None, bank: dict[str, np.ndarray] | None = None,
                    maps: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
@@ -279,9 +234,9 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
     y = frame["label"].to_numpy()
     if maps is not None:  # train.trainable: tail (probe, then fine-tune the last blocks)
         assert init_path is not None and bank is not None
-        k = int(cfg["train"].get("tail_blocks", 2))
+        k = config.train.tail_blocks
         res = fit_tails.fit_tail(spec, init_path, bank, maps, np.flatnonzero(frame["split"] == "train"), y,
-                                 train_idx, val_idx, cfg["train"], seed)
+                                 train_idx, val_idx, config.train.settings, seed)
         job_dir.mkdir(parents=True, exist_ok=True)
         fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_tails.tail_scores(res, maps, score_idx, k)
@@ -291,7 +246,8 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
                                f"forward pass by {drift:.2g} logits")
     elif bank is not None:
         assert init_path is not None
-        res, weight, bias = fit_heads.fit_head(spec, init_path, bank, y, train_idx, val_idx, cfg["train"], seed)
+        res, weight, bias = fit_heads.fit_head(spec, init_path, bank, y, train_idx, val_idx, config.train.settings,
+                                               seed)
         job_dir.mkdir(parents=True, exist_ok=True)
         fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_heads.head_scores(weight, bias, bank, score_idx)
@@ -301,9 +257,9 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
             raise RuntimeError(f"internal error: {spec.member_id}'s folded head disagrees with its forward "
                                f"pass by {drift:.2g} logits")
     else:
-        normalisation = ((spec.mean, spec.std) if cfg["members"].get("normalisation") == "init" else None)
+        normalisation = ((spec.mean, spec.std) if config.members.normalisation == "init" else None)
         res = fit_members.train_member(spec, cache[train_idx], y[train_idx], cache[val_idx], y[val_idx],
-                                       cfg["train"], work_dir=job_dir, seed=seed, init_path=init_path,
+                                       config.train.settings, work_dir=job_dir, seed=seed, init_path=init_path,
                                        progress=progress, stop_at=stop_at, normalisation=normalisation)
         device = "cuda" if torch.cuda.is_available() else "cpu"  # scored in float32 either way
         model = fit_members.build_model_from_state(res.spec, res.state_dict).to(device)
@@ -368,7 +324,7 @@ def _claim_gpu(slots: Any) -> None:
         torch.cuda.set_device(slot % torch.cuda.device_count())
 
 
-def _parallel_job(job: MemberJob, cache_path: str, frame: pd.DataFrame, cfg: dict[str, Any],
+def _parallel_job(job: MemberJob, cache_path: str, frame: pd.DataFrame, config: FitConfig,
                   init_path: str | None, stop_at: float | None, threads: int) -> str:
     """Worker-process entry: one job, its result left in ``job.job_dir/result.pt``."""
     import torch
@@ -376,13 +332,13 @@ def _parallel_job(job: MemberJob, cache_path: str, frame: pd.DataFrame, cfg: dic
     torch.set_num_threads(threads)
     cache = np.load(cache_path, mmap_mode="r")
     val_idx = np.flatnonzero(frame["split"] == "val")
-    run_member_job(job.spec, cache, frame, job.train_idx, val_idx, job.score_idx, cfg, job.job_dir,
+    run_member_job(job.spec, cache, frame, job.train_idx, val_idx, job.score_idx, config, job.job_dir,
                    job.seed, init_path, progress=False, stop_at=stop_at)
     return f"{job.spec.member_id} {'final' if job.fold is None else f'fold {job.fold + 1}'}"
 
 
 def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], frame: pd.DataFrame,
-                         cfg: dict[str, Any], workers: int, stop_at: float | None, log: Any = LOG.info) -> None:
+                         config: FitConfig, workers: int, stop_at: float | None, log: Any = LOG.info) -> None:
     """Run member jobs in ``workers`` processes, longest first, worker k on GPU k mod the
     number of GPUs; each job leaves its cached result, so the serial pass that follows only
     loads them. A failed job stops the run with one line naming it.
@@ -398,7 +354,6 @@ def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], fra
     cost = _job_costs(pending)
     pending.sort(key=lambda j: cost[j.job_dir], reverse=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    init_cfg = cfg["members"].get("init") or {}
     log(f"      {len(pending)} jobs in {workers} worker processes ({threads} CPU threads each)")
     # spawn: CUDA cannot be used in a forked child
     context = mp.get_context("spawn")
@@ -407,8 +362,8 @@ def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], fra
         slots.put(k)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_claim_gpu,
                              initargs=(slots,)) as pool:
-        futures = {pool.submit(_parallel_job, j, cache_paths[j.spec.member_id], frame, cfg,
-                               init_cfg.get(j.spec.family), stop_at, threads): j for j in pending}
+        futures = {pool.submit(_parallel_job, j, cache_paths[j.spec.member_id], frame, config,
+                               config.members.init_for(j.spec.family), stop_at, threads): j for j in pending}
         for future in as_completed(futures):
             try:
                 log(f"      done: {future.result()}")
@@ -425,15 +380,6 @@ def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], fra
 
 
 # ----------------------------------------------------------------------------- thresholds ----
-def selection_rule(stacker_cfg: dict[str, Any]) -> str:
-    """The stacker-selection rule in words, for the manifest and model card."""
-    prefer, within = stacker_cfg.get("prefer"), float(stacker_cfg.get("prefer_within") or 0.0)
-    rule = "best grouped-CV ROC AUC"
-    if prefer and within > 0:
-        rule += f", except {prefer} when its CV AUC is within {within:g} of the best"
-    return rule
-
-
 def choose_threshold(y: np.ndarray, p: np.ndarray, rule: str, target_sensitivity: float = 0.9) -> float:
     from training import stats
 
@@ -449,96 +395,124 @@ def _auc_or_none(y: np.ndarray, p: np.ndarray) -> float | None:
     return None if math.isnan(auc) else auc
 
 
-def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "timm", "grad-cam", "scikit-learn", "numpy", "pydicom", "safetensors", "lightgbm"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
+# ----------------------------------------------------------------------------- phases --------
+# ``fit`` runs six phases, each a function of typed inputs returning a typed result, so a phase
+# can be read, tested or rerun on its own: prepare_data -> fit_member_jobs -> stacker_inputs
+# (out-of-fold scores) -> fit_stacker_phase -> evaluate -> training.release.write_release.
 
 
-# ----------------------------------------------------------------------------- main ----------
-def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
-        log: Any = LOG.info, workers: int = 1, members_only: bool = False,
-        time_limit_min: float | None = None) -> Path:
-    """Run (or resume) the whole pipeline; returns the published release folder.
+@dataclass(frozen=True)
+class PreparedData:
+    """Phase 1: the case rows (split, fold, label, sha256), their fingerprint and external sets."""
 
-    ``workers`` > 1 trains member jobs in that many processes, one per GPU (see
-    ``run_jobs_in_parallel``). ``members_only`` stops after the member jobs
-    (e.g. on a rented GPU); ``--resume`` on the same run folder finishes it. ``time_limit_min``
-    ends each member job after the first epoch past that many minutes from now; the manifest
-    records the epochs each member actually ran.
-    """
-    from safetensors.torch import save as save_safetensors
+    frame: pd.DataFrame
+    fingerprint: str
+    counts: dict[str, dict[str, Any]]   # split -> {"count", "sum"}
+    externals: dict[str, pd.DataFrame]
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
 
-    seed = int(cfg["seed"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker = run_dir / "config.yaml"
-    if marker.exists() and not resume:
-        raise InputError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
-                         "or choose another output.run_dir")
-    if marker.exists() and resume:
-        import yaml
 
-        previous = yaml.safe_load(marker.read_text(encoding="utf-8")) or {}
-        old, new = _resume_view(previous), _resume_view(cfg)
-        changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))
-        if changed:
-            raise InputError(f"--resume: the config differs from the one saved in {marker} in "
-                             f"{', '.join(changed)}; resume with the same training settings")
-    band = indeterminate_band(cfg)  # a bad band fails here, not after the member jobs
-    atomic_write_text(marker, dump_config(cfg))
-    # A bad localiser.path fails here, not after the member jobs.
-    localiser_path = (cfg.get("localiser") or {}).get("path")
-    localiser_files = (fit_localiser.release_files(Path(localiser_path), bool(cfg["output"].get("fp16", False)))
-                       if localiser_path else None)
+@dataclass(frozen=True)
+class MemberRuns:
+    """Phase 2: every member job's result."""
 
-    log(f"[1/6] cases: {cfg['data']['cases']}")
-    frame = load_cases(cfg, log)
+    specs: list[MemberSpec]
+    caches: dict[str, np.ndarray]   # member id -> (N, S, S) uint8 input crops
+    oof: np.ndarray                 # (N, members) out-of-fold probabilities (NaN outside train)
+    finals: list[dict[str, Any]]    # the final (shipped) member jobs, with ``full_scores``
+
+    @property
+    def member_ids(self) -> list[str]:
+        return [s.member_id for s in self.specs]
+
+
+@dataclass(frozen=True)
+class StackerInputs:
+    """Phase 3: the rows and member scores the stacker is fitted on (out-of-fold, or val for holdout)."""
+
+    fit_idx: np.ndarray
+    X_fit: np.ndarray         # member scores + CLINICAL_FEATURES
+    y_fit: np.ndarray
+    groups_fit: np.ndarray
+    age_fill: float           # training median age, the fill for a missing age
+    final_scores: np.ndarray  # (N, members) probabilities of the shipped members on every row
+
+
+@dataclass(frozen=True)
+class FittedStacker:
+    """Phase 4: the chosen stacker, its comparison table, the clinic-only model, CAM weights."""
+
+    chosen: str
+    stacker: Any
+    comparison: list[dict[str, Any]]
+    clinic: Any
+    cam_weights: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """Phase 5: operating point, calibration, per-split predictions, metrics and reports."""
+
+    threshold: float
+    calibration: Calibration | None
+    predictions: dict[str, pd.DataFrame]
+    metrics: dict[str, Any]
+    model_thresholds: dict[str, float]
+    report_dirs: dict[str, Path]
+    split_metrics: dict[str, Any]
+    evaluation: dict[str, Any]
+
+
+def prepare_data(config: FitConfig, log: Any = LOG.info) -> PreparedData:
+    """Read and split the case table, hash every image, load the external sets."""
+    log(f"[1/6] cases: {config.data.cases}")
+    frame = load_cases(dict(config.raw), log)
     fingerprint = data_fingerprint(frame)
     counts = frame.groupby("split")["label"].agg(["count", "sum"]).to_dict("index")
     log("      " + ", ".join(f"{k}: {v['count']} ({v['sum']} positive)" for k, v in counts.items()))
 
     frame["sha256"] = image_hashes(frame)
-    externals = load_externals(cfg, frame, log)
-
-    specs = member_specs(cfg)
+    externals = load_externals(config, frame, log)
     train_idx = np.flatnonzero(frame["split"] == "train")
     val_idx = np.flatnonzero(frame["split"] == "val")
     test_idx = np.flatnonzero(frame["split"] == "test")
     if len(val_idx) == 0 or frame.loc[val_idx, "label"].nunique() < 2:
         raise InputError("the validation split needs both classes; add cases or change data.split_ratios")
-    init_cfg = cfg["members"].get("init") or {}
-    source = cfg["stacker"]["score_source"]
-    folds = int(cfg["stacker"]["folds"]) if source == "oof" else 0
+    return PreparedData(frame, fingerprint, counts, externals, train_idx, val_idx, test_idx)
 
+
+def fit_member_jobs(config: FitConfig, data: PreparedData, run_dir: Path, *, progress: bool = True,
+                    workers: int = 1, time_limit_min: float | None = None, log: Any = LOG.info) -> MemberRuns:
+    """Input caches, then every member job (k out-of-fold jobs + the final one per member);
+    finished jobs are loaded from their cached results (``--resume``)."""
+    frame, train_idx, val_idx = data.frame, data.train_idx, data.val_idx
+    specs = member_specs(dict(config.raw))
+    folds = config.stacker.oof_folds
     log(f"[2/6] members: {', '.join(s.member_id for s in specs)}; "
         f"{folds} out-of-fold jobs + 1 final job each")
     stop_at = time.time() + 60 * float(time_limit_min) if time_limit_min else None
-    jobs = member_jobs(frame, specs, folds, seed, run_dir)
-    paths = {s.member_id: cache_path(s, run_dir / "cache", fingerprint) for s in specs}
+    jobs = member_jobs(frame, specs, folds, config.seed, run_dir)
+    paths = {s.member_id: cache_path(s, run_dir / "cache", data.fingerprint) for s in specs}
     by_path: dict[Path, np.ndarray] = {}  # members with one input size share one array
     for s in specs:
         if paths[s.member_id] not in by_path:
-            by_path[paths[s.member_id]] = build_input_cache(frame, s, run_dir / "cache", fingerprint, progress)
+            by_path[paths[s.member_id]] = build_input_cache(frame, s, run_dir / "cache", data.fingerprint, progress)
     caches = {mid: by_path[path] for mid, path in paths.items()}
-    trainable = str(cfg["train"].get("trainable", "all"))
+    trainable = config.train.trainable
     banks: dict[str, dict[str, np.ndarray]] = {}
     prefix_maps: dict[str, dict[str, np.ndarray]] = {}
     if trainable in ("head", "tail"):  # frozen starts: one feature bank per member serves all its jobs
-        views = fit_heads.view_names(cfg["train"])
+        views = fit_heads.view_names(config.train.settings)
         for s in specs:
             banks[s.member_id] = fit_heads.feature_bank(
-                s, init_cfg.get(s.family), caches[s.member_id], views, run_dir / "cache",
+                s, config.members.init_for(s.family), caches[s.member_id], views, run_dir / "cache",
                 paths[s.member_id].stem, train_rows=train_idx, log=log)
             pending = [j for j in jobs if j.spec.member_id == s.member_id and not (j.job_dir / "result.pt").is_file()]
             if trainable == "tail" and pending:  # and the frozen prefix's maps, for unfinished tail jobs
                 prefix_maps[s.member_id] = fit_tails.prefix_maps(
-                    s, init_cfg.get(s.family), caches[s.member_id], views, int(cfg["train"].get("tail_blocks", 2)),
+                    s, config.members.init_for(s.family), caches[s.member_id], views, config.train.tail_blocks,
                     train_idx, log=log, cache=(run_dir / "cache", paths[s.member_id].stem))
         if workers > 1:
             log("      head mode: the jobs take seconds each, so they run in this process")
@@ -546,7 +520,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     elif trainable != "all":
         raise InputError(f"train.trainable must be all, head or tail, not {trainable!r}")
     if workers > 1:
-        run_jobs_in_parallel(jobs, {mid: str(path) for mid, path in paths.items()}, frame, cfg, workers,
+        run_jobs_in_parallel(jobs, {mid: str(path) for mid, path in paths.items()}, frame, config, workers,
                              stop_at, log)
     oof = np.full((len(frame), len(specs)), np.nan)
     finals: list[dict[str, Any]] = []
@@ -554,7 +528,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         what = "final" if job.fold is None else f"fold {job.fold + 1}/{folds}"
         log(f"      {job.spec.member_id} {what}: train {len(job.train_idx)}, score {len(job.score_idx)}")
         res = run_member_job(job.spec, caches[job.spec.member_id], frame, job.train_idx, val_idx,
-                             job.score_idx, cfg, job.job_dir, job.seed, init_cfg.get(job.spec.family),
+                             job.score_idx, config, job.job_dir, job.seed, config.members.init_for(job.spec.family),
                              progress, stop_at, bank=banks.get(job.spec.member_id),
                              maps=prefix_maps.get(job.spec.member_id))
         if job.fold is not None:
@@ -564,60 +538,83 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         full_scores[res["score_idx"]] = res["scores"]
         res["full_scores"] = full_scores
         finals.append(res)
-    if members_only:
-        log(f"      members only: the run stops here; finish it with --resume --run-dir {run_dir}")
-        return run_dir
+    return MemberRuns(specs, caches, oof, finals)
 
+
+def stacker_inputs(config: FitConfig, data: PreparedData, members: MemberRuns,
+                   log: Any = LOG.info) -> StackerInputs:
+    """The stacker's training rows: out-of-fold member scores on train (``oof``) or the final
+    members' scores on val (``holdout``), with age/sex/site. A float16 release first re-scores
+    its final members with the weights it will store."""
     log("[3/6] stacker")
-    member_ids = [s.member_id for s in specs]
-    if bool(cfg["output"].get("fp16", False)):
-        round_finals_to_stored_dtype(finals, caches)
-    final_scores = np.column_stack([r["full_scores"] for r in finals])
+    frame = data.frame
+    if config.output.fp16:
+        round_finals_to_stored_dtype(members.finals, members.caches)
+    final_scores = np.column_stack([r["full_scores"] for r in members.finals])
+    source = config.stacker.score_source
     if source == "oof":
-        fit_idx, fit_scores = train_idx, oof[train_idx]
+        fit_idx, fit_scores = data.train_idx, members.oof[data.train_idx]
     elif source == "holdout":
-        fit_idx, fit_scores = val_idx, final_scores[val_idx]
+        fit_idx, fit_scores = data.val_idx, final_scores[data.val_idx]
     else:
         raise InputError(f"stacker.score_source must be oof or holdout, got {source!r}")
     if np.isnan(fit_scores).any():
         raise RuntimeError("internal error: missing out-of-fold scores for some training rows")
-
-    def clinical_cols(idx: np.ndarray, source: pd.DataFrame = frame) -> tuple[list, list, list]:
-        sub = source.iloc[idx]
-        get = lambda c: sub[c].tolist() if c in sub else [None] * len(sub)  # noqa: E731
-        return get("age"), get("sex"), get("site")
-
     ages_train = pd.to_numeric(frame.iloc[fit_idx].get("age"), errors="coerce")
     age_fill = float(np.nanmedian(ages_train)) if ages_train.notna().any() else 0.0
-    X_fit = stacker_matrix(fit_scores, *clinical_cols(fit_idx), age_fill=age_fill)
-    y_fit = frame["label"].to_numpy()[fit_idx]
-    groups_fit = frame["group"].to_numpy()[fit_idx]
+    X_fit = stacker_matrix(fit_scores, *clinical_columns(frame, fit_idx), age_fill=age_fill)
+    return StackerInputs(fit_idx, X_fit, frame["label"].to_numpy()[fit_idx], frame["group"].to_numpy()[fit_idx],
+                         age_fill, final_scores)
+
+
+def fit_stacker_phase(config: FitConfig, inputs: StackerInputs, member_ids: list[str],
+                      log: Any = LOG.info) -> FittedStacker:
+    """Compare the candidate stackers by grouped CV AUC, refit the chosen one; fit the
+    clinic-only model and the members' CAM weights beside it."""
+    X_fit, y_fit = inputs.X_fit, inputs.y_fit
     chosen, stacker, comparison = fit_stacker.select_stacker(
-        X_fit, y_fit, groups_fit, candidates=list(cfg["stacker"]["candidates"]),
-        folds=int(cfg["stacker"]["cv_folds"]), seed=seed, prefer=cfg["stacker"].get("prefer"),
-        prefer_within=float(cfg["stacker"].get("prefer_within") or 0.0),
-        member_logits=member_logit_columns(cfg, X_fit))
+        X_fit, y_fit, inputs.groups_fit, candidates=list(config.stacker.candidates),
+        folds=config.stacker.cv_folds, seed=config.seed, prefer=config.stacker.prefer,
+        prefer_within=config.stacker.prefer_within,
+        member_logits=member_logit_columns(config.stacker, X_fit))
     log("      " + ", ".join(f"{r['name']} {r['cv_auc']:.3f}" for r in comparison if r["cv_auc"] is not None)
         + f" -> {chosen}")
-    n_members = len(member_ids)
-    clinic = fit_stacker.fit_clinic_only(X_fit[:, n_members:], y_fit)
-    cam_weights = fit_stacker.member_cam_weights(stacker, X_fit, y_fit, member_ids, seed)
+    clinic = fit_stacker.fit_clinic_only(X_fit[:, len(member_ids):], y_fit)
+    cam_weights = fit_stacker.member_cam_weights(stacker, X_fit, y_fit, member_ids, config.seed)
+    return FittedStacker(chosen, stacker, comparison, clinic, cam_weights)
 
+
+def clinical_columns(source: pd.DataFrame, idx: np.ndarray) -> tuple[list, list, list]:
+    """Ages, sexes and sites of rows ``idx`` (None where a table has no such column)."""
+    sub = source.iloc[idx]
+    get = lambda c: sub[c].tolist() if c in sub else [None] * len(sub)  # noqa: E731
+    return get("age"), get("sex"), get("site")
+
+
+def ensemble_probabilities(fitted: FittedStacker, age_fill: float, scores: np.ndarray, idx: np.ndarray,
+                           source: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(stacker, clinic-only) probabilities of rows ``idx`` from member scores ``scores``."""
+    X = stacker_matrix(scores[idx], *clinical_columns(source, idx), age_fill=age_fill)
+    n_members = scores.shape[1]
+    return fitted.stacker.predict_proba(X)[:, 1], fitted.clinic.predict_proba(X[:, n_members:])[:, 1]
+
+
+def evaluate(config: FitConfig, data: PreparedData, members: MemberRuns, inputs: StackerInputs,
+             fitted: FittedStacker, run_dir: Path, *, progress: bool = True, log: Any = LOG.info) -> Evaluated:
+    """Threshold on val, calibration, predictions and AUCs on val/test/external sets, the HTML
+    reports, and the evaluation blocks (internal test beside every external set)."""
     log("[4/6] threshold and metrics")
-
-    def ensemble_probs(idx: np.ndarray, scores: np.ndarray = final_scores,
-                       source: pd.DataFrame = frame) -> tuple[np.ndarray, np.ndarray]:
-        X = stacker_matrix(scores[idx], *clinical_cols(idx, source), age_fill=age_fill)
-        return stacker.predict_proba(X)[:, 1], clinic.predict_proba(X[:, n_members:])[:, 1]
-
+    frame, val_idx, test_idx = data.frame, data.val_idx, data.test_idx
+    member_ids = members.member_ids
+    rule, target = config.threshold.rule, config.threshold.target_sensitivity
     y_all = frame["label"].to_numpy()
-    p_val, _ = ensemble_probs(val_idx)
-    threshold = choose_threshold(y_all[val_idx], p_val, cfg["threshold"]["rule"],
-                                 float(cfg["threshold"].get("target_sensitivity", 0.9)))
-    calibration = fit_calibration(cfg, chosen, X_fit, y_fit, groups_fit, y_all[val_idx], p_val, seed, log)
+    p_val, _ = ensemble_probabilities(fitted, inputs.age_fill, inputs.final_scores, val_idx, frame)
+    threshold = choose_threshold(y_all[val_idx], p_val, rule, target)
+    calibration = fit_calibration(config, fitted.chosen, inputs.X_fit, inputs.y_fit, inputs.groups_fit,
+                                  y_all[val_idx], p_val, log)
 
     def prediction_frame(source: pd.DataFrame, idx: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-        p_ens, p_clin = ensemble_probs(idx, scores, source)
+        p_ens, p_clin = ensemble_probabilities(fitted, inputs.age_fill, scores, idx, source)
         pred = source.iloc[idx][[c for c in ("image", "image_id", "subtype", "age", "sex", "site", "group")
                                  if c in source]].copy()
         pred.insert(0, "label", source["label"].to_numpy()[idx])
@@ -632,10 +629,10 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     predictions = {}
     for split_name, idx in (("val", val_idx), ("test", test_idx)):
         if len(idx) > 0:
-            predictions[split_name] = prediction_frame(frame, idx, final_scores)
-    for name, ext_frame in externals.items():
+            predictions[split_name] = prediction_frame(frame, idx, inputs.final_scores)
+    for name, ext_frame in data.externals.items():
         log(f"      external set {name}: scoring {len(ext_frame)} cases with the final members")
-        scores = score_with_finals(ext_frame, finals, run_dir / "cache", progress)
+        scores = score_with_finals(ext_frame, members.finals, run_dir / "cache", progress)
         predictions[f"external-{name}"] = prediction_frame(ext_frame, np.arange(len(ext_frame)), scores)
     metrics = {}
     for split_name, pred in predictions.items():
@@ -653,8 +650,7 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     # the ensemble's (the ensemble's threshold means nothing on a member's probability scale).
     val_pred = predictions["val"]
     model_thresholds = {c.removeprefix("p_"): choose_threshold(
-        val_pred["label"].to_numpy(), val_pred[c].to_numpy(), cfg["threshold"]["rule"],
-        float(cfg["threshold"].get("target_sensitivity", 0.9)))
+        val_pred["label"].to_numpy(), val_pred[c].to_numpy(), rule, target)
         for c in val_pred.columns if c.startswith("p_") and c != "p_ensemble"}
     model_thresholds["ensemble"] = threshold
     report_dirs, split_metrics = {}, {}
@@ -664,331 +660,74 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         out = run_dir / "report" / split_name
         pred.to_csv(run_dir / f"predictions_{split_name}.csv", index=False)
         split_metrics[split_name] = report.write_report(pred, out, thresholds=model_thresholds, plotly_js=SPLIT_REPORT_PLOTLY_SRC,
-                            title=f"{cfg['name']} {cfg['version']} - {split_name} split",
-                            context={"zoo": f"{cfg['name']} {cfg['version']}", "split": split_name,
-                                     "threshold rule": cfg["threshold"]["rule"] + " on val"})
+                            title=f"{config.title} - {split_name} split",
+                            context={"zoo": config.title, "split": split_name,
+                                     "threshold rule": rule + " on val"})
         report_dirs[split_name] = out
     from training.evaluation import evaluation_block
 
     # The numbers a clinician elsewhere would get sit beside the internal test ones.
     evaluation = {"test": evaluation_block(predictions["test"], threshold=threshold, kind="internal",
-                                           source=f"{cfg['data']['cases']} (test split)")} if "test" in predictions else {}
-    for name in externals:
+                                           source=f"{config.data.cases} (test split)")} if "test" in predictions else {}
+    for name in data.externals:
         evaluation[name] = evaluation_block(predictions[f"external-{name}"], threshold=threshold, kind="external",
-                                            source=str(_external_source(cfg, name)))
+                                            source=config.external_source(name))
+    return Evaluated(threshold, calibration, predictions, metrics, model_thresholds, report_dirs, split_metrics,
+                     evaluation)
+
+
+# ----------------------------------------------------------------------------- main ----------
+def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
+        log: Any = LOG.info, workers: int = 1, members_only: bool = False,
+        time_limit_min: float | None = None) -> Path:
+    """Run (or resume) the whole pipeline; returns the published release folder.
+
+    ``cfg`` is the merged config (``training.config.load_config``); the phases read its typed
+    view (:class:`~training.config.FitConfig`). ``workers`` > 1 trains member jobs in that many
+    processes, one per GPU (see ``run_jobs_in_parallel``). ``members_only`` stops after the
+    member jobs (e.g. on a rented GPU); ``--resume`` on the same run folder finishes it.
+    ``time_limit_min`` ends each member job after the first epoch past that many minutes from
+    now; the manifest records the epochs each member actually ran.
+    """
+    config = FitConfig.from_dict(cfg)  # a bad band (or a missing section) fails here, before any work
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / "config.yaml"
+    if marker.exists() and not resume:
+        raise InputError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
+                         "or choose another output.run_dir")
+    if marker.exists() and resume:
+        import yaml
+
+        previous = yaml.safe_load(marker.read_text(encoding="utf-8")) or {}
+        old, new = resume_view(previous), resume_view(cfg)
+        changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))
+        if changed:
+            raise InputError(f"--resume: the config differs from the one saved in {marker} in "
+                             f"{', '.join(changed)}; resume with the same training settings")
+    atomic_write_text(marker, dump_config(cfg))
+    # A bad localiser.path fails here, not after the member jobs.
+    localiser_files = (fit_localiser.release_files(Path(config.localiser_path), config.output.fp16)
+                       if config.localiser_path else None)
+
+    data = prepare_data(config, log)
+    members = fit_member_jobs(config, data, run_dir, progress=progress, workers=workers,
+                              time_limit_min=time_limit_min, log=log)
+    if members_only:
+        log(f"      members only: the run stops here; finish it with --resume --run-dir {run_dir}")
+        return run_dir
+    inputs = stacker_inputs(config, data, members, log)
+    fitted = fit_stacker_phase(config, inputs, members.member_ids, log)
+    evaluated = evaluate(config, data, members, inputs, fitted, run_dir, progress=progress, log=log)
 
     log("[6/6] release")
-    import joblib
-
-    parent = Path(cfg["output"]["zoo_parent"])
-    fp16 = bool(cfg["output"].get("fp16", False))
-    with ReleaseWriter(parent, cfg["name"], cfg["version"]) as rw:
-        member_entries = []
-        current = {s.member_id: s for s in specs}
-        for res in finals:
-            spec = MemberSpec.from_dict(res["spec"])
-            # The CAM layer does not affect training: take it from the current family spec, so
-            # a re-packaged run gets improved explanation settings without retraining.
-            spec = spec.replace(cam_layer=current[spec.member_id].cam_layer,
-                                cam_layout=current[spec.member_id].cam_layout)
-            state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
-                     for k, v in res["state_dict"].items()}
-            rel = f"members/{spec.member_id}.safetensors"
-            rw.write_bytes(rel, save_safetensors(state))
-            rw.copy_file(f"logs/{spec.member_id}.csv", run_dir / "jobs" / spec.member_id / "final" / "log.csv")
-            member_entries.append({
-                "spec": spec.to_dict(), "weights": rel, "best_epoch": res["best_epoch"],
-                "best_val_auc": res["best_val_auc"], "train_images_per_second": res["images_per_second"],
-                "epochs_run": len(res["history"]),
-                "init": init_cfg.get(spec.family) or "scratch", "weights_dtype": "float16" if fp16 else "float32",
-                "init_provenance": init_provenance(init_cfg.get(spec.family)),
-                "trainable": trainable,
-            })
-        buf = io.BytesIO()
-        joblib.dump({"stacker": stacker, "clinic": clinic}, buf, compress=3)
-        rw.write_bytes("stacker.joblib", buf.getvalue())
-        rw.write_text("config.yaml", dump_config(cfg))
-        # Every row by content hash (paths relative to their table): which images trained,
-        # chose and tested this release, and proof that no external image was among them.
-        rw.write_text("data/cases.csv", frame[["image", "sha256", "split", "fold", "label"]].to_csv(index=False))
-        for name, ext_frame in externals.items():
-            rw.write_text(f"data/external-{name}.csv", ext_frame[["image", "sha256", "label"]].to_csv(index=False))
-        localiser_entry = None
-        if localiser_files:
-            localiser_entry, localiser_bytes, _ = localiser_files
-            rw.write_bytes(localiser_entry["weights"], localiser_bytes)
-        rw.copy_file("report/plotly.min.js", run_dir / "report" / "plotly.min.js")
-        for split_name, out in report_dirs.items():
-            for f in sorted(out.iterdir()):
-                rw.copy_file(f"report/{split_name}/{f.name}", f)
-        manifest = {
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "profile": cfg.get("profile"),
-            "seed": seed,
-            "intended_use": INTENDED_USE,
-            "task": {"name": cfg["task"]["name"], "positive_class": cfg["task"]["positive_class"],
-                     "negative_class": cfg["task"]["negative_class"],
-                     "class_names": [cfg["task"]["negative_class"], cfg["task"]["positive_class"]],
-                     "label_map": cfg["task"].get("label_map")},
-            "preprocessing": {
-                "image": "grayscale float in [0,1]; DICOM: modality LUT, VOI LUT/window, MONOCHROME1 inverted",
-                "roi": "ROI box + member roi_margin on each side, squared about its centre, shifted inside the image",
-                "resize": "INTER_AREA when shrinking, bilinear when enlarging, to the member input_size",
-                "normalisation": "training-set mean/std per member (spec.mean/std), grey replicated to 3 channels",
-            },
-            "members": member_entries,
-            "stacker": {"file": "stacker.joblib", "chosen": chosen, "comparison": comparison,
-                        "selection": selection_rule(cfg["stacker"]),
-                        "features": [f"p_{m}" for m in member_ids] + list(CLINICAL_FEATURES),
-                        "score_source": source, "folds": folds, "age_fill": age_fill,
-                        "member_scores": str(cfg["stacker"].get("member_scores", "probability")),
-                        "imputation": "age -> training median, sex/site -> 0.5, each with a *_missing indicator",
-                        "cam_weights": cam_weights, "cam_weights_rule": "permutation importance (AUC) of each member score in the stacker"},
-            "clinic_model": {"kind": "logistic regression", "features": list(CLINICAL_FEATURES)},
-            "threshold": {"value": threshold, "rule": cfg["threshold"]["rule"], "chosen_on": "val",
-                          "indeterminate_band": band,
-                          "per_model": model_thresholds,
-                          "value_calibrated": float(calibration.apply(threshold)) if calibration else None},
-            "calibration": calibration.to_dict() if calibration else None,
-            "evaluation": evaluation,
-            "metrics": metrics,
-            "data": {"source": str(cfg["data"]["cases"]), "fingerprint": fingerprint, "n_cases": int(len(frame)),
-                     "splits": {k: {"n": int(v["count"]), "positive": int(v["sum"])} for k, v in counts.items()},
-                     "rows": "data/cases.csv",
-                     "external": {name: {"source": str(_external_source(cfg, name)), "n": int(len(f)),
-                                         "rows": f"data/external-{name}.csv"} for name, f in externals.items()}},
-            "library_versions": library_versions(),
-            "localiser": localiser_entry,
-        }
-        rw.write_text("MODEL_CARD.md", model_card(cfg, manifest, split_metrics))
-        final = rw.publish(manifest)
-    log(f"      release written: {final}")
-    return final
-
-
-def training_recipe(train: dict[str, Any]) -> str:
-    """One line naming the optimiser, schedule, epochs and augmentation actually configured."""
-    if str(train.get("trainable", "all")) in ("head", "tail"):
-        from training.fit_heads import view_names
-
-        grid = train.get("head_c_grid") or "0.001-1"
-        tail = ""
-        if str(train.get("trainable")) == "tail":
-            tail = (f"; then the last {train.get('tail_blocks', 2)} blocks + head fine-tuned on the frozen prefix's "
-                    f"cached maps (AdamW lr {train.get('tail_lr', 1e-4)}, cosine, {train.get('tail_epochs', 6)} epochs, "
-                    "BatchNorm frozen, one random training view per crop and epoch; best epoch by val AUC, 0 = head only)")
-        return ("frozen pretrained backbone; linear head = L2 logistic regression on its standardised pooled "
-                f"features (inverse strength C from {grid}, chosen by val AUC); training views: "
-                f"{', '.join(view_names(train))}{tail}")
-    opt = str(train.get("optimizer", "sgd")).lower()
-    opt_text = (f"SGD (momentum {train.get('momentum', 0.9)})" if opt == "sgd" else "AdamW") + \
-        f" lr {train['lr']}, weight decay {train.get('weight_decay', 0)}"
-    if str(train.get("schedule", "step")).lower() == "cosine":
-        sched = f"cosine decay with {train.get('warmup_epochs', 0)} warm-up epoch(s)"
-    else:
-        sched = f"lr x{train.get('lr_gamma', 0.1)} every {train['lr_step']} epochs"
-    aug = [name for name, on in (("horizontal flips", train.get("hflip", True)),
-                                 ("vertical flips", train.get("vflip", True)),
-                                 ("affine jitter", bool(train.get("affine"))),
-                                 ("intensity jitter", bool(train.get("intensity")))) if on]
-    return (f"{opt_text}; {sched}; {train['epochs']} epochs, batch {train['batch_size']}; "
-            f"augmentation: {', '.join(aug) or 'none'}")
-
-
-def target_sentences(models: dict[str, Any], targets: dict[str, Any]) -> list[str]:
-    """Computed statements about the test-split targets (never hand-written): the ensemble
-    against the best single member and, if configured, against ``targets.ensemble_auc``."""
-    auc = {k: v.get("auc") for k, v in models.items() if v.get("auc") is not None}
-    if "ensemble" not in auc:
-        return []
-    members = {k: v for k, v in auc.items() if k not in ("ensemble", "clinic")}
-    out = []
-    if members:
-        best = max(members, key=members.get)
-        relation = "above" if auc["ensemble"] > members[best] else "not above"
-        out.append(f"- Ensemble test AUC {auc['ensemble']:.3f} is {relation} the best single member "
-                   f"({best} {members[best]:.3f}).")
-    if targets.get("ensemble_auc") is not None:
-        goal = float(targets["ensemble_auc"])
-        met = "met" if auc["ensemble"] >= goal else "NOT met"
-        out.append(f"- Target ensemble AUC >= {goal:.2f}: {met}.")
-    return out
-
-
-def start_text(entry: dict[str, Any]) -> str:
-    prov = entry.get("init_provenance")
-    if prov:
-        return f"{prov.get('name', '?')} ({prov.get('package', '?')} {prov.get('package_version', '')})".strip()
-    return "scratch" if entry.get("init", "scratch") == "scratch" else Path(str(entry["init"])).name
-
-
-def prov_line(prov: dict[str, Any]) -> str:
-    """One model-card line per converted start: where it came from, its licence and hash."""
-    sha = str(prov.get("output_sha256") or prov.get("sha256") or "")[:16]
-    parts = [f"`{prov.get('name', '?')}`: {prov.get('description') or prov.get('timm_arch', '')}",
-             f"from PyPI `{prov.get('package', '?')}=={prov.get('package_version', '?')}`",
-             f"licence {prov.get('licence', 'not stated')}"]
-    if prov.get("provenance"):
-        parts.append(str(prov["provenance"]))
-    if sha:
-        parts.append(f"sha256 `{sha}...`")
-    return "; ".join(parts)
-
-
-def proposal_time(loc: dict[str, Any]) -> str:
-    """The localiser's median time per image, saying where it was measured."""
-    timed = loc.get("proposal_seconds_median") or {}
-    if timed.get("seconds") is not None:
-        return (f"median {timed['seconds']:.3f} s per image on {timed['cpu_count']} CPU cores "
-                f"({timed['torch_threads']} torch threads)")
-    seconds = (loc.get("metrics") or {}).get("seconds_per_image_median")
-    return f"median {seconds:.3f} s per image where it was trained" if seconds is not None else "time not measured"
-
-
-def card_with_section(source_card: str, old_title: str, new_title: str, heading: str, section: str,
-                      before: str | None = None) -> str:
-    """An ``add-*`` command's model card: the source release's card (every section it has) with the
-    new version in its title and ``section`` (starting with ``heading``) inserted before the
-    heading ``before`` (appended when None or absent), replacing an older section under ``heading``."""
-    text = source_card
-    first, _, rest = text.partition("\n")
-    if old_title in first:
-        text = first.replace(old_title, new_title) + "\n" + rest
-    if heading in text:
-        start = text.index(heading)
-        nxt = text.find("\n## ", start + len(heading))
-        text = text[:start] + (text[nxt + 1:] if nxt >= 0 else "")
-    if before and before in text:
-        i = text.index(before)
-        return text[:i] + section.strip() + "\n\n" + text[i:]
-    return text.rstrip() + "\n\n" + section.strip() + "\n"
-
-
-def model_card(cfg: dict[str, Any], manifest: dict[str, Any], reports: dict[str, Any] | None = None) -> str:
-    from model_zoo.validation_text import plain_summary
-
-    m = manifest
-    # Words before statistics (issue 17): the Zoo page opens with the same sentences.
-    plain = plain_summary(m)
-    lines = [
-        f"# Model card: {cfg['name']} {cfg['version']}", "",
-        *(["## In plain words", plain, ""] if plain else []),
-        "## Intended use", m["intended_use"], "",
-        "## Task",
-        f"{m['task']['positive_class']} (positive) vs {m['task']['negative_class']} (negative), "
-        "from an ROI crop of a radiograph plus age, sex and lesion site.", "",
-        "## Training",
-        f"- Profile: `{m['profile']}`; seed {m['seed']}; data: `{m['data']['source']}` "
-        f"({m['data']['n_cases']} cases; fingerprint `{m['data']['fingerprint'][:16]}`)",
-        "- Splits: " + ", ".join(f"{k} {v['n']} ({v['positive']} positive)" for k, v in m["data"]["splits"].items()),
-        f"- Stacker: {m['stacker']['chosen']} chosen by {m['stacker'].get('selection', 'best grouped-CV ROC AUC')} "
-        f"on {m['stacker']['score_source']} member scores"
-        + (" (as log-odds)" if m["stacker"].get("member_scores") == "logit" else ""),
-        f"- Threshold {m['threshold']['value']:.4f} ({m['threshold']['rule']} on the val split); a probability "
-        f"within {m['threshold'].get('indeterminate_band', DEFAULT_INDETERMINATE_BAND):.2f} of it (on the shown "
-        "scale), or one that an ROI-jitter box flips, is reported as indeterminate",
-        "- Recipe: " + training_recipe(cfg["train"]), "",
-        "## Members", "",
-        "| member (family role) | architecture | input | start | trained | best epoch | val AUC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    planned = int(cfg["train"]["epochs"])
-    for e in m["members"]:
-        s = e["spec"]
-        ran = e.get("epochs_run", planned)
-        if e.get("trainable") == "head":
-            ran_text = "head only (frozen backbone)"
-        elif e.get("trainable") == "tail":
-            ran_text = f"head, then the last {cfg['train'].get('tail_blocks', 2)} blocks fine-tuned"
-        else:
-            ran_text = f"{ran} epochs" if ran >= planned else f"{ran} of {planned} epochs (time limit)"
-        lines.append(f"| {s['member_id']} ({s['family']}) | {s['arch']} | {s['input_size']} px | "
-                     f"{start_text(e)} | {ran_text} | {e['best_epoch']} | {e['best_val_auc']:.3f} |")
-    starts = [e["init_provenance"] for e in m["members"] if e.get("init_provenance")]
-    if starts:
-        lines += ["", "Pretrained starts (converted from PyPI packages by `python -m training pretrained "
-                  "convert`; nothing downloaded from a model hub):", ""]
-        for prov in starts:
-            lines.append(f"- {prov_line(prov)}")
-    lines += ["", "## Data", ""]
-    card = cfg.get("model_card") or {}
-    if card.get("data"):
-        lines.append(card["data"])
-    ratios = ":".join(f"{r:g}" for r in cfg["data"]["split_ratios"])
-    lines.append(f"Source table `{m['data']['source']}`; group-aware stratified {ratios} train/val/test split "
-                 "(no probable same-patient group crosses splits).")
-    lines += ["", "## Metrics", ""]
-    for split_name, block in m["metrics"].items():
-        aucs = ", ".join(f"{k} {v:.3f}" for k, v in block["auc"].items() if v is not None)
-        lines.append(f"- {split_name} ROC AUC (n={block['n']}, {block['n_positive']} positive): {aucs}")
-    test = (reports or {}).get("test")
-    if test:
-        lines += ["", "Internal test split at each model's val-chosen threshold (AUC: DeLong 95 % CI; "
-                  "proportions: Wilson 95 % CI):", "",
-                  "| model | AUC | sensitivity | specificity | accuracy |", "|---|---|---|---|---|"]
-
-        def fmt(block: dict, key: str) -> str:
-            value, ci = block.get(key), block.get(f"{key}_ci") or [None, None]
-            if value is None:
-                return "n/a"
-            return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if None not in ci else f"{value:.3f}"
-
-        for name, block in test["models"].items():
-            lines.append(f"| {name} | {fmt(block, 'auc')} | {fmt(block, 'sensitivity')} | "
-                         f"{fmt(block, 'specificity')} | {fmt(block, 'accuracy')} |")
-        lines += ["", *target_sentences(test["models"], card.get("targets") or {})]
-    evaluation = m.get("evaluation") or {}
-    if evaluation:
-        from training.evaluation import format_evaluation_table
-
-        lines += ["", "## At a hospital the model has not seen", "",
-                  "Internal test (centre of the training data) beside every external set (never used for "
-                  "fitting, calibrating or choosing the threshold):", "",
-                  *format_evaluation_table(evaluation)]
-    cal = m.get("calibration")
-    if cal:
-        lines += ["", "## Calibration", "",
-                  f"Platt scaling of the ensemble probability (slope {cal['slope']:.3f}, intercept "
-                  f"{cal['intercept']:.3f}), fitted on {cal['fit_on']} predictions of {cal['n']} internal "
-                  f"cases ({cal['n_positive']} positive). The operating threshold "
-                  f"{m['threshold']['value']:.3f} is {m['threshold']['value_calibrated']:.3f} on the "
-                  "calibrated scale: the call is the same on both."]
-    lines += ["", "Full tables and figures: `report/<split>/report.html`.", "", "## Localiser", ""]
-    loc = m.get("localiser")
-    if loc:
-        t = loc["metrics"].get("test", {})
-        spec = loc.get("spec", {})
-
-        def num(v: Any) -> str:
-            return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
-
-        lines.append(f"Auto-crop U-Net ({spec.get('input_size', '?')} px input, width "
-                     f"{spec.get('base_channels', '?')}); internal test: mean IoU {num(t.get('mean_iou'))}, "
-                     f"IoU > 0.3 on {num(t.get('frac_iou_gt_0_3'))} and > 0.5 on {num(t.get('frac_iou_gt_0_5'))} "
-                     f"of {t.get('n_lesion')} lesions (annotator boxes); {proposal_time(loc)}. "
-                     f"Trained {loc['metrics'].get('epochs_run', '?')} epochs (best {loc['metrics'].get('best_epoch', '?')}"
-                     f"{'; time limit' if loc['metrics'].get('epochs_run', 0) < loc['metrics'].get('epochs_planned', 0) else ''}) "
-                     f"on {loc.get('data', '?')}.")
-        by_source = loc.get("ensemble_auc_by_roi_source") or {}
-        if by_source:
-            lines += ["", "Ensemble ROC AUC by where the ROI comes from (same cases, same models):", "",
-                      "| split | n | annotator box | localiser box | whole image |", "|---|---|---|---|---|"]
-            rows = [*by_source.items(), *((f"{k} (external)", v) for k, v in (loc.get("external") or {}).items())]
-            for split_name, row in rows:
-                lines.append(f"| {split_name} | {row['n']} | {num(row.get('annotator'))} | "
-                             f"{num(row.get('localiser'))} | {num(row.get('whole_image'))} |")
-        for name, ext in (loc.get("external") or {}).items():
-            iou = ext.get("iou") or {}
-            lines += ["", f"At {name}, a hospital it never saw: mean IoU {num(iou.get('mean_iou'))} with the "
-                      f"annotator boxes, IoU > 0.3 on {num(iou.get('frac_iou_gt_0_3'))} and > 0.5 on "
-                      f"{num(iou.get('frac_iou_gt_0_5'))} of {iou.get('n_lesion')} lesions."]
-    else:
-        lines.append("None in this release: auto-crop falls back to the whole image (and says so).")
-    lines += ["", "## What it is not / limitations", ""]
-    lines += [f"- {item}" for item in card.get("not", [])]
-    lines += ["- Trained from scratch unless a member's start says otherwise; small data.",
-              "- Not validated for clinical use; not a medical device.", ""]
-    return "\n".join(lines)
+    return write_release(config, ReleaseInputs(
+        frame=data.frame, fingerprint=data.fingerprint, counts=data.counts, externals=data.externals,
+        specs=members.specs, finals=members.finals, chosen=fitted.chosen, stacker=fitted.stacker,
+        clinic=fitted.clinic, comparison=fitted.comparison, age_fill=inputs.age_fill,
+        cam_weights=fitted.cam_weights, threshold=evaluated.threshold, band=config.threshold.indeterminate_band,
+        model_thresholds=evaluated.model_thresholds, calibration=evaluated.calibration,
+        evaluation=evaluated.evaluation, metrics=evaluated.metrics, report_dirs=evaluated.report_dirs,
+        split_metrics=evaluated.split_metrics, localiser_files=localiser_files), run_dir, log)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -160,7 +160,10 @@ def read_localiser_folder(folder: Path) -> tuple[dict[str, Any], Localiser]:
         raise InputError(f"{folder} is not a localiser folder (needs localiser.json and "
                          "localiser.safetensors from `python -m training localiser`)")
     entry = json.loads((folder / "localiser.json").read_text(encoding="utf-8"))
-    return entry, load_localiser(folder.parent, {**entry, "weights": f"{folder.name}/localiser.safetensors"})
+    from model_zoo.manifest import LocaliserInfo
+
+    info = LocaliserInfo.from_dict({**entry, "weights": f"{folder.name}/localiser.safetensors"})
+    return entry, load_localiser(folder.parent, info)
 
 
 def release_files(folder: Path, fp16: bool) -> tuple[dict[str, Any], bytes, Localiser]:

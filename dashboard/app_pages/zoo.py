@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -39,13 +41,13 @@ def _releases() -> None:
         st.rerun()
 
 
-def _unseen_hospital(m: dict) -> None:
+def _unseen_hospital(evaluation: Mapping[str, Any] | None) -> None:
     """Internal test beside every external hospital; nothing for releases without evaluation."""
-    rows = zoo_info.evaluation_rows(m)
+    rows = zoo_info.evaluation_rows(evaluation)
     if not rows:
         return
     st.subheader("At a hospital the model has not seen")
-    sentence = zoo_info.unseen_hospital_sentence(m)
+    sentence = zoo_info.unseen_hospital_sentence(evaluation)
     if sentence:
         st.markdown(f"**{sentence}**")
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="zoo_unseen")
@@ -53,7 +55,7 @@ def _unseen_hospital(m: dict) -> None:
                "threshold with Wilson 95 % CIs; ECE (expected calibration error, 10 bins) of the raw "
                "ensemble probability -> the calibrated one. External sets were never used for fitting, "
                "calibrating or choosing the threshold.")
-    figures = [(name, zoo_info.reliability_figure(name, block)) for name, block in zoo_info.evaluation_blocks(m)]
+    figures = [(name, zoo_info.reliability_figure(name, block)) for name, block in zoo_info.evaluation_blocks(evaluation)]
     figures = [(name, fig) for name, fig in figures if fig is not None]
     if figures:
         cols = st.columns(min(len(figures), 2))
@@ -64,9 +66,9 @@ def _unseen_hospital(m: dict) -> None:
                    "per bin (marker size ~ cases in the bin); points on the diagonal are calibrated.")
 
 
-def _plain_words(manifest: dict) -> None:
+def _plain_words(zoo: Any) -> None:
     """What the model does and how often it is wrong, in words, before any statistic (issue 17)."""
-    summary = zoo_info.plain_summary(manifest)
+    summary = zoo_info.plain_summary(zoo.manifest.evaluation, zoo.positive_class, zoo.negative_class)
     if summary:
         st.subheader("In plain words")
         st.markdown(summary)
@@ -82,13 +84,13 @@ def main() -> None:
         return
     m = zoo.manifest
     with plain:
-        _plain_words(m)
+        _plain_words(zoo)
     st.success(f"**{zoo.name}** loaded; every file's sha256 matched the manifest.")
     st.markdown(f"**Task:** {zoo.positive_class} (positive) vs {zoo.negative_class}. "
                 f"**Operating threshold:** {zoo.threshold:.3f} ({zoo.threshold_rule or '?'} rule on the "
-                f"{m.get('threshold', {}).get('chosen_on', '?')} split). **Created:** {m.get('created', '?')}.")
+                f"{zoo.threshold_chosen_on or '?'} split). **Created:** {zoo.created or '?'}.")
     st.info("**Intended use.** " + (zoo.intended_use or "not stated"))
-    _unseen_hospital(m)
+    _unseen_hospital(m.evaluation)
 
     tab_card, tab_metrics, tab_members, tab_files = st.tabs(["Model card", "Validation", "Members", "Files & hashes"])
     with tab_card:

@@ -146,7 +146,7 @@ def _predict_study(args: argparse.Namespace, client: Any, zoo: Any, study_uid: s
     instance, _ = first_radiograph(client, study_uid.strip())
     opened = open_instance(client, instance)
     meta = opened.image.meta
-    zoo_id = {"image_sha256": opened.sha256, "zoo_name": zoo.manifest["name"], "zoo_version": zoo.manifest["version"]}
+    zoo_id = {"image_sha256": opened.sha256, "zoo_name": zoo.release_name, "zoo_version": zoo.version}
     # The input gate the Case page and `predict` use: refused modality, implausible age, non-bone region.
     header = gate.check_header(meta)
     if header.refusal:

@@ -87,13 +87,13 @@ def simple_case_pdf(zoo: Any, image: imaging.LoadedImage, box: Sequence[float], 
 
     h, w = image.pixels.shape
     rep = report_pdf.CaseReport(
-        zoo_name=zoo.manifest["name"], zoo_version=zoo.manifest["version"], call=call,
-        threshold_rule=str((zoo.manifest.get("threshold") or {}).get("rule", "")),
+        zoo_name=zoo.release_name, zoo_version=zoo.version, call=call,
+        threshold_rule=zoo.threshold_rule,
         p_members=pred.p_members, p_clinic=pred.p_clinic, jitter=jitter, warnings=list(warnings),
         disagreement=pred.disagreement, radiograph=image.pixels, image_size_wh=(w, h), roi_box=tuple(box),
         roi_source=roi_source, image_sha256=image_sha256, age=inputs.get("age"), sex=inputs.get("sex"),
-        site=inputs.get("site"), zoo_files=zoo.manifest.get("files", {}), manifest_sha256=manifest_sha256(zoo),
-        intended_use=zoo.manifest.get("intended_use", ""),
+        site=inputs.get("site"), zoo_files=zoo.files, manifest_sha256=manifest_sha256(zoo),
+        intended_use=zoo.intended_use,
         image_tags={k: v for k, v in image.meta.display_tags.items() if k in ("Modality", "BodyPartExamined", "ViewPosition")},
         created=_dt.datetime.now(_dt.timezone.utc))
     return report_pdf.build_case_report(rep, include_identifiers=False)

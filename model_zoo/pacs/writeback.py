@@ -60,7 +60,7 @@ def manifest_sha256(zoo: Any) -> str:
     """The release's manifest digest (``Zoo.manifest_sha256``), else a digest of the manifest JSON."""
     if zoo.manifest_sha256:
         return zoo.manifest_sha256
-    return hashlib.sha256(json.dumps(zoo.manifest, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(zoo.manifest.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def result_key(source_sop_uid: str, zoo_manifest_sha256: str, box: Sequence[float], age: Any, sex: Any,
@@ -146,7 +146,7 @@ def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_sour
                                                 referenced_frame_numbers=frames))
     zoo_sha = manifest_sha256(zoo)
     algorithm = hd.sr.AlgorithmIdentification(
-        name=str(zoo.manifest["name"]), version=str(zoo.manifest["version"]),
+        name=str(zoo.release_name), version=str(zoo.version),
         parameters=[f"manifest sha256 {zoo_sha}", f"ROI source: {roi_source}"[:1024],
                     f"age {inputs.get('age')}, sex {inputs.get('sex')}, site {inputs.get('site')}"])
     unit = codes.UCUM.NoUnits if hasattr(codes.UCUM, "NoUnits") else _code("1", "no units")
@@ -177,8 +177,8 @@ def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_sour
         referenced_region=region, algorithm_id=algorithm, measurements=measurements,
         qualitative_evaluations=[evaluation])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=derived_uid(zoo_sha, "device"), name=f"{zoo.manifest['name']} {zoo.manifest['version']}"[:64],
-        manufacturer_name=MANUFACTURER, model_name=str(zoo.manifest["name"])[:64])
+        uid=derived_uid(zoo_sha, "device"), name=f"{zoo.release_name} {zoo.version}"[:64],
+        manufacturer_name=MANUFACTURER, model_name=str(zoo.release_name)[:64])
     observation = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     report = hd.sr.MeasurementReport(
@@ -198,8 +198,8 @@ def build_sr(source: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_sour
         evidence=[evidence], content=root, series_instance_uid=derived_uid(key, "sr-series"),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=derived_uid(key, "sr"), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        series_description="Model zoo result - research use only", manufacturer_model_name=str(zoo.manifest["name"])[:64],
-        software_versions=[f"model_zoo {model_zoo.__version__}", f"zoo {zoo.manifest['version']}"],
+        series_description="Model zoo result - research use only", manufacturer_model_name=str(zoo.release_name)[:64],
+        software_versions=[f"model_zoo {model_zoo.__version__}", f"zoo {zoo.version}"],
         content_date=day, content_time=clock, coding_schemes=[scheme])
     return sr
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from training import fit as F
 from training import fit_heads as H
-from training.config import load_config
+from training.config import FitConfig, load_config
 
 # The sibling benchmark's AUC cell (run as a script, this folder is on sys.path).
 from head_recipes import auc_text
@@ -38,7 +38,7 @@ def main() -> None:
     cfg = load_config(args.config)
     frame = F.load_cases(cfg, log=lambda *a: None)
     frame["sha256"] = F.image_hashes(frame)
-    externals = F.load_externals(cfg, frame, log=lambda *a: None)
+    externals = F.load_externals(FitConfig.from_dict(cfg), frame, log=lambda *a: None)
     init = cfg["members"]["init"]
     fingerprint = F.data_fingerprint(frame)
     y = frame["label"].to_numpy()

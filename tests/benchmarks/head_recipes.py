@@ -23,7 +23,7 @@ import numpy as np
 from training import fit as F
 from training import fit_heads as H
 from training import stats
-from training.config import load_config
+from training.config import FitConfig, load_config
 
 
 def recipe_views(name: str) -> list[str]:
@@ -53,7 +53,7 @@ def main() -> None:
     cfg = load_config(args.config)
     frame = F.load_cases(cfg, log=lambda *a: None)
     frame["sha256"] = F.image_hashes(frame)
-    externals = F.load_externals(cfg, frame, log=lambda *a: None)
+    externals = F.load_externals(FitConfig.from_dict(cfg), frame, log=lambda *a: None)
     specs = F.member_specs(cfg)
     init = cfg["members"]["init"]
     fingerprint = F.data_fingerprint(frame)
