@@ -88,6 +88,24 @@ def _pdf_strings(pdf: bytes) -> str:
     return "\n".join(parts).replace("\\(", "(").replace("\\)", ")")
 
 
+def _case_view(zoo, case, methods=("gradcam", "scorecam")):
+    """The view the Case page shows for ``case`` (its crops and heatmaps), built from the same
+    ``case_logic`` helpers, for checking the PDF outside the page."""
+    from dashboard import case_logic as cl
+
+    pixels, meta = case.image.pixels, case.image.meta
+    crops = cl.member_crops(zoo, pixels, case.box)
+    view_box, view_wh = cl.cam_view_geometry(crops, 300)
+    dw, dh, _ = cl.display_size(*case.size, 520, 520, min_side=520)
+    c, w, *_ = cl.window_units(meta)
+    full = cl.rewindow(cl.downscale(pixels, (dw, dh)), meta, c, w)
+    gray = (cl.roi_view_gray(pixels, meta, view_box, view_wh, c, w), full)
+    cams = {label: {m.spec.member_id: cl.member_cam(zoo, i, pixels, case.box, method, view_box, view_wh, (dw, dh))
+                    for i, m in enumerate(zoo.members)}
+            for label, method in (("GradCAM", "gradcam"), ("ScoreCAM", "scorecam")) if method in methods}
+    return cl.CaseView(radiograph=full, crops=crops, cams=cams, cam_gray=gray, opacity=0.5)
+
+
 def _page(at, name: str):
     at.run()
     at.switch_page(f"app_pages/{name}.py").run()
@@ -164,14 +182,18 @@ def test_case_page_sample_prediction(dash_env, zoo):
     from dashboard import case_logic as cl
 
     case = at.session_state["case"]
-    pdf = cl.case_pdf(zoo, case, case["box"], "sample ROI", {"age": None, "sex": "F", "site": "appendicular"},
-                      ref, None, [], reference="Jane Roe", include_identifiers=False)
+    assert isinstance(case, cl.CaseState) and case.box == tuple(float(v) for v in s["roi_box"])
+    view = _case_view(zoo, case)
+    pdf = cl.case_pdf(zoo, case, case.box, "sample ROI", {"age": None, "sex": "F", "site": "appendicular"},
+                      ref, None, [], view=view, reference="Jane Roe", include_identifiers=False)
     text = _pdf_strings(pdf)
     assert expected in text and zoo.manifest["files"]["stacker.joblib"] in text
     assert "ScoreCAM ensemble-weighted, ROI" in text and "GradCAM" in text
     assert "Jane Roe" not in text
-    assert "Jane Roe" in _pdf_strings(cl.case_pdf(zoo, case, case["box"], "sample ROI", {}, ref, None, [],
+    assert "Jane Roe" in _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI", {}, ref, None, [],
                                                   reference="Jane Roe", include_identifiers=True))
+    bare = _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI", {}, ref, None, []))
+    assert "GradCAM" not in bare, "without the page's view the report has no heatmaps"
 
     # Opacity change reruns without recomputation or a second audit line.
     at.slider(key="case_opacity").set_value(0.8).run()
@@ -180,7 +202,7 @@ def test_case_page_sample_prediction(dash_env, zoo):
 
 
 
-def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_env):
+def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_env, monkeypatch):
     """Issue 17, viewer: window/level presets and typed values, the header as a wrapping
     table, a colour legend under the heatmaps, and the size/invert/opacity/ScoreCAM/jitter
     choices kept when the next image is opened (they used to reset with every upload)."""
@@ -192,7 +214,7 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     header = at.table[0].value  # st.table wraps long values; st.dataframe truncated them
     assert "Modality" in set(header["tag"]) and "MONOCHROME1" in set(header["value"])
     # Presets from the image's own values; each sets the slider and the typed field together.
-    presets = at.session_state["case"]["presets"]
+    presets = at.session_state["case"].presets
     assert [p.name for p in presets] == ["Header window", "Full range", "Bone", "Soft tissue"]
     at.button(key="case_wl_preset_2").click().run()
     _no_crash(at)
@@ -217,8 +239,18 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     data = (dash_env["cases"].parent / row["image"]).read_bytes()
     at.file_uploader(key="case_upload").set_value(("next.png", data, "image/png")).run()
     _no_crash(at)
-    assert at.session_state["case"]["label"] == "uploaded image"
+    assert at.session_state["case"].label == "uploaded image"
     at.radio(key="case_roi_mode").set_value("Whole image").run()
+    import streamlit as st
+
+    widths: dict[str, object] = {}  # caption -> width of each st.image in the next run
+    real_image = st.image
+
+    def image(img, caption=None, *args, **kwargs):
+        widths[str(caption)] = kwargs.get("width")
+        return real_image(img, caption, *args, **kwargs)
+
+    monkeypatch.setattr(st, "image", image)
     at.checkbox(key="case_confirm").check().run()
     _no_crash(at)
     assert at.slider(key="case_opacity").value == 0.8
@@ -226,8 +258,8 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     assert at.checkbox(key="case_jitter").value is False
     assert at.toggle(key="case_invert").value is True
     assert at.select_slider(key="case_display_px").value == 640
-    assert max(at.session_state["case"]["display"][:2]) == 640, "the small image is shown at the chosen size"
-    assert [p.name for p in at.session_state["case"]["presets"]][0] == "Default"  # PNG: no header window
+    assert widths.get("ROI whole image") == 640, f"the small image is shown at the chosen size: {widths}"
+    assert [p.name for p in at.session_state["case"].presets][0] == "Default"  # PNG: no header window
 
 
 def test_case_page_auto_crop_proposal_is_editable(dash_env, zoo):

@@ -277,7 +277,8 @@ def test_page_predicts_and_renders_no_identifier(page_run):
     # ... and nothing identifying anywhere on the page.
     assert leaked(text) == [], leaked(text)
     case = at.session_state["case"]
-    kept = {k: v for k, v in case.items() if isinstance(v, (str, int, float, tuple, dict))}
+    # Every field of the record but the decoded image itself (its pixels and non-identifying tags).
+    kept = {f.name: getattr(case, f.name) for f in __import__("dataclasses").fields(case) if f.name != "image"}
     assert leaked(repr(kept)) == [], "the session's case record keeps no identifier (nor the file name)"
 
 
@@ -310,8 +311,8 @@ def _case_pdf(page_run, tiny_release, *, reference: str, include: bool) -> bytes
     zoo = load_zoo(tiny_release["release"])
     case = at.session_state["case"]
     inputs = {"age": 45.0, "sex": "F", "site": "appendicular"}
-    pred = zoo.predict(case["image"].pixels, case["box"], **inputs)
-    return cl.case_pdf(zoo, case, case["box"], "whole image", inputs, pred, None, [], reference=reference,
+    pred = zoo.predict(case.image.pixels, case.box, **inputs)
+    return cl.case_pdf(zoo, case, case.box, "whole image", inputs, pred, None, [], reference=reference,
                        include_identifiers=include)
 
 
