@@ -8,7 +8,7 @@ display scaling, overlays, the input quality gate, DICOM -> form pre-fills, word
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -669,17 +669,21 @@ def paste(values: np.ndarray, box: Sequence[float], view_box: Sequence[float]) -
 
 def member_cam(zoo: Zoo, member_index: int, pixels: np.ndarray, box: Sequence[float], method: str,
                view_box: Sequence[float], view_wh: tuple[int, int], display_wh: tuple[int, int], *,
-               cache: Any = None, pixels_hash: str | None = None) -> CamView:
+               cache: Any = None, pixels_hash: str | None = None,
+               should_stop: Callable[[], bool] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> CamView:
     """``explain.explain_member`` for one member, shrunk to display resolution.
 
     Full-image maps are 4 bytes x H x W each; only the display-size copies are kept.
+    ``should_stop`` / ``progress``: ScoreCAM's cancellation check and progress report
+    (``explain.explain_member``); a cancelled map raises ``model_zoo.errors.Cancelled``.
     ``view_box`` must contain the member's crop box (use :func:`union_box` of all crops).
     """
     from model_zoo import explain
 
     m = zoo.members[member_index]
     ex = explain.explain_member(m.spec, m.model, pixels, tuple(float(v) for v in box), method=method,
-                                cache=cache, pixels_hash=pixels_hash)
+                                cache=cache, pixels_hash=pixels_hash, should_stop=should_stop, progress=progress)
     roi_view = downscale(paste(ex.roi_map, ex.crop_box, view_box), view_wh)
     full_small = downscale(ex.image_map, display_wh)
     note = str(ex.heatmap.details.get("blank_reason") or "")

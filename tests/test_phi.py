@@ -238,6 +238,9 @@ def page_run(tiny_release, tmp_path_factory, phi_bytes):
         at.file_uploader(key="case_upload").set_value((UPLOAD_NAME, phi_bytes, "application/dicom")).run()
         at.radio(key="case_roi_mode").set_value("Whole image").run()  # no probability until an ROI is chosen
         at.checkbox(key="case_confirm").check().run()
+        if "case_scorecam_job" in at.session_state:  # ScoreCAM runs in the background (issue 17)
+            assert at.session_state["case_scorecam_job"].join(300)
+            at.run()
         page_temp_calls = list(temp_calls)
         time.sleep(0.05)
     # Unique to this session's upload: its random pixel noise and its nonce patient ID.

@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import case_logic as cl
-from dashboard import common, pacs_ui, viewer
+from dashboard import cam_job, common, pacs_ui, viewer
 from model_zoo import audit, framing, gate, imaging, roi
 from model_zoo.errors import InputError
 
@@ -83,6 +83,7 @@ class _Shown:
 
 def _load_case(data: bytes, name: str, *, sample: dict | None = None, label: str | None = None) -> None:
     """Decode an image into the session's CaseState and reset the per-image widgets."""
+    _cancel_scorecam()  # the old image's maps are of no use now (also when the new file fails to load)
     case = cl.load_case(data, name, sample=sample, label=label)
     st.session_state[CASE_KEY] = case
     st.session_state.update(cl.case_widget_defaults(case))  # before the widgets exist in this run
@@ -515,21 +516,106 @@ def _heatmaps(zoo: Zoo, case: cl.CaseState, box: tuple, crops: dict[str, tuple[n
         jitter = _jitter_section(*jitter_args)
 
     if run_score:
-        views = {}
-        with st.status("ScoreCAM: scoring masked inputs per member ...", expanded=False) as status:
-            bar = st.progress(0.0, text="ScoreCAM")
-            for i, m in enumerate(zoo.members):
-                bar.progress(i / len(zoo.members), text=f"ScoreCAM {i + 1}/{len(zoo.members)}: {m.spec.member_id}")
-                views[m.spec.member_id] = _member_cam(str(zoo.root), case.pixels_hash, box, i, "scorecam",
-                                                      view_box, (vw, vh), shown.size, zoo, pixels)
-            bar.progress(1.0, text="ScoreCAM done")
-            status.update(label=f"ScoreCAM done ({sum(v.seconds for v in views.values()):.1f} s of compute)",
-                          state="complete")
-        results["ScoreCAM"] = views
-        _show_cams("ScoreCAM", views, zoo, roi_gray, full_gray, opacity)
+        job = _scorecam_job(zoo, case, box, view_box, (vw, vh), shown.size)
+        views = _scorecam_panel(zoo, job, roi_gray, full_gray, opacity)
+        if views is not None:
+            results["ScoreCAM"] = views
+    else:
+        _cancel_scorecam()
     view = cl.CaseView(radiograph=full_gray, crops=crops, cams=results, cam_gray=(roi_gray, full_gray),
                        opacity=opacity)
     return jitter, view
+
+
+# ----------------------------------------------------------------------------- ScoreCAM job
+#
+# ScoreCAM takes 20-30 s per case (minutes under load), so it runs in a background thread
+# (dashboard.cam_job), one job per session under SCORECAM_JOB_KEY. A polling fragment shows
+# its progress and a Cancel button; a new image, ROI or display size cancels the stale job.
+
+
+SCORECAM_JOB_KEY = "case_scorecam_job"
+SCORECAM_POLL_S = 1.0  # progress refresh while a job runs
+SCORECAM_GRACE_S = 0.5  # a job that ends this fast (cached maps) is shown without a progress step
+
+
+def _scorecam_key(zoo: Zoo, case: cl.CaseState, box: tuple, view_box: tuple, view_wh: tuple,
+                  display_wh: tuple) -> tuple:
+    return (str(zoo.root), case.pixels_hash, cl.box_key(box), cl.box_key(view_box), tuple(view_wh),
+            tuple(display_wh))
+
+
+def _cancel_scorecam(keep: Any = None) -> None:
+    """Cancel the session's ScoreCAM job unless its key is ``keep`` (then it is still current)."""
+    job = st.session_state.get(SCORECAM_JOB_KEY)
+    if job is not None and (keep is None or job.key != keep):
+        job.cancel()
+        st.session_state.pop(SCORECAM_JOB_KEY, None)
+
+
+def _cancel_stale_scorecam(case: cl.CaseState, box: tuple | None) -> None:
+    """A job for another image or ROI is stale as soon as the ROI changes, also on runs that stop
+    before the heatmaps (a new box not yet confirmed)."""
+    job = st.session_state.get(SCORECAM_JOB_KEY)
+    if job is not None and (box is None or job.key[1:3] != (case.pixels_hash, cl.box_key(box))):
+        _cancel_scorecam()
+
+
+def _scorecam_job(zoo: Zoo, case: cl.CaseState, box: tuple, view_box: tuple, view_wh: tuple,
+                  display_wh: tuple) -> cam_job.MemberJob[cl.CamView]:
+    """The session's ScoreCAM job for these inputs: the running or finished one, else a new one."""
+    key = _scorecam_key(zoo, case, box, view_box, view_wh, display_wh)
+    _cancel_scorecam(keep=key)
+    job = st.session_state.get(SCORECAM_JOB_KEY)
+    if job is not None:
+        return job
+    cache, pixels, pixels_hash = common.cam_cache(), case.image.pixels, case.pixels_hash
+
+    def task(index: int) -> cam_job.Task[cl.CamView]:
+        def run(should_stop: Any, progress: Any) -> cl.CamView:
+            return cl.member_cam(zoo, index, pixels, box, "scorecam", view_box, view_wh, display_wh, cache=cache,
+                                 pixels_hash=pixels_hash, should_stop=should_stop, progress=progress)
+        return run
+
+    job = cam_job.MemberJob(key, [(m.spec.member_id, task(i)) for i, m in enumerate(zoo.members)]).start()
+    st.session_state[SCORECAM_JOB_KEY] = job
+    job.join(SCORECAM_GRACE_S)
+    return job
+
+
+def _restart_scorecam() -> None:
+    st.session_state.pop(SCORECAM_JOB_KEY, None)  # the next run starts a fresh job
+
+
+def _scorecam_panel(zoo: Zoo, job: cam_job.MemberJob[cl.CamView], roi_gray: np.ndarray, full_gray: np.ndarray,
+                    opacity: float) -> dict[str, cl.CamView] | None:
+    """ScoreCAM's maps when the job is done (None otherwise); while it runs, a fragment that
+    refreshes its progress every SCORECAM_POLL_S and reruns the page once the job ends."""
+    status = job.status()
+    if status.state == "done":
+        views = dict(status.results)
+        _show_cams("ScoreCAM", views, zoo, roi_gray, full_gray, opacity)
+        return views
+    if status.state == "running":
+        # guarded: a fragment rerun runs outside main's guard, and must not show a traceback either
+        st.fragment(common.guarded(_scorecam_progress), run_every=SCORECAM_POLL_S)(job)
+        return None
+    (st.info if status.state == "cancelled" else st.error)(status.message)
+    st.button("Compute ScoreCAM again", key="case_scorecam_restart", on_click=_restart_scorecam)
+    return None
+
+
+def _scorecam_progress(job: cam_job.MemberJob[cl.CamView]) -> None:
+    """The polling part: progress and Cancel; a finished job reruns the whole page to show it."""
+    status = job.status()
+    if status.finished:
+        st.rerun()  # the page draws the maps (or the message) and stops polling
+    label = (f"ScoreCAM {min(status.done + 1, status.total)}/{status.total}: {status.member or ''} "
+             "(runs in the background; the rest of the page is ready)")
+    if job.should_stop():
+        label = "Cancelling ScoreCAM (stops after the current batch) ..."
+    st.progress(status.fraction, text=label)
+    st.button("Cancel ScoreCAM", key="case_scorecam_cancel", on_click=job.cancel, disabled=job.should_stop())
 
 
 def _all_members(zoo: Zoo, method: str, *, case: cl.CaseState, box: tuple, view_box: tuple,
@@ -619,6 +705,7 @@ def main() -> None:
     for note in header.warnings:
         st.warning(f"**Check the input:** {note}.")
     box, source, ready, shown = _roi_section(case, zoo, settings)
+    _cancel_stale_scorecam(case, box if ready else None)
     if box is None:
         return
     inputs = _clinical_section(case)
