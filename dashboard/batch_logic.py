@@ -21,13 +21,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from model_zoo.errors import InputError
 from model_zoo.zoo import sha256_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from model_zoo.ensemble import Zoo
 
 MAX_FILES = 20_000
 MAX_TOTAL_BYTES = 4 * 1024**3  # uncompressed
@@ -223,7 +226,7 @@ class UploadedTable:
         return frame
 
 
-def run_batch(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
+def run_batch(zoo: Zoo, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
               progress: Callable[[int, int], None] | None = None, with_reports: bool = False,
               csv_name: str | None = None, block_flagged: bool = True,
               report_image_names: bool = False, allow_ood: bool = False) -> BatchResult:
@@ -272,7 +275,7 @@ def report_name(row_number: int, image: Any, *, with_image: bool) -> str:
     return base + ".pdf"
 
 
-def reports_zip(zoo: Any, frame: pd.DataFrame, max_side: int = 1024,
+def reports_zip(zoo: Zoo, frame: pd.DataFrame, max_side: int = 1024,
                 progress: Callable[[int, int], None] | None = None, image_names: bool = False) -> bytes:
     """A zip of PDF case reports, one per successful row with a prediction word (an
     out-of-distribution row without one gets none), named by row number.

@@ -8,9 +8,9 @@ display scaling, overlays, the input quality gate, DICOM -> form pre-fills, word
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,7 +19,14 @@ from model_zoo.framing import JitterSummary
 from model_zoo.imaging import ImageMeta
 from model_zoo.manifest import Manifest
 
+if TYPE_CHECKING:  # pragma: no cover - the page imports stay light; Zoo pulls in the models' code
+    from model_zoo.ensemble import Prediction, Zoo
+
 Box = tuple[float, float, float, float]
+
+ROI_MODES = ("Draw on the image", "Enter coordinates", "Auto-crop", "Whole image")
+SEX_OPTIONS = ("not given", "F", "M")
+SITE_OPTIONS = ("not given", "appendicular", "axial")
 
 # The quality gate's limits (documented in the page's warnings). The ROI limits and the
 # DICOM header checks (modality, body part, age) live in ``model_zoo.gate``.
@@ -30,7 +37,17 @@ MIN_CONTRAST = 0.05  # p99 - p1 of the [0, 1] pixels: below this the image is ne
 # ----------------------------------------------------------------------------- pre-fills
 
 
-def prefill(meta: ImageMeta, header_gate: gate.GateResult | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prefill:
+    """Age, sex and site suggested for the clinical inputs, and where each came from."""
+
+    age: float | None
+    sex: str | None
+    site: str | None
+    notes: tuple[str, ...]
+
+
+def prefill(meta: ImageMeta, header_gate: gate.GateResult | None = None) -> Prefill:
     """Age, sex and site suggestions from an image's header, with where each came from.
 
     Age and site come through ``model_zoo.gate.check_header``: no site for a region that is
@@ -44,7 +61,7 @@ def prefill(meta: ImageMeta, header_gate: gate.GateResult | None = None) -> dict
         notes.append(g.site_note)
     else:
         notes.append(f"{meta.source_format.upper()} files carry no clinical tags")
-    return {"age": g.age, "sex": meta.sex, "site": g.site, "notes": notes}
+    return Prefill(age=g.age, sex=meta.sex, site=g.site, notes=tuple(notes))
 
 
 # ----------------------------------------------------------------------------- quality gate
@@ -86,6 +103,131 @@ def image_quality(pixels: np.ndarray, meta: ImageMeta) -> Quality:
     if saturated > 0.6:
         notes.append(f"{saturated:.0%} of pixels are pure black or white (heavy windowing or a mask?)")
     return Quality(tuple(blocking), tuple(notes))
+
+
+# ----------------------------------------------------------------------------- the case record
+
+
+SAMPLE_LABEL = "sample case (RG3)"
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: it holds arrays; two loads of one file are two records
+class CaseState:
+    """The Case page's record of the open image: the one thing the page keeps about it in
+    session state (under ``CASE_KEY``), made only by :func:`load_case`.
+
+    Everything here must survive reruns: the decoded image and what was derived from it once
+    (hashes, header gate, quality, pre-fills, window presets) and the ROI the user is working
+    on. Display copies (the image at screen size, heatmaps, crops) are not kept: each run
+    derives them (the page caches them by ``pixels_hash``). The ROI fields change through
+    ``dataclasses.replace`` only (the page's ``_update``), so one object is never half-updated.
+    """
+
+    sha256: str  # of the file's bytes (audit log, PACS write-back)
+    pixels_hash: str  # of the decoded pixels (cache keys)
+    label: str  # what the page calls the image: "uploaded image", "sample case (RG3)", ...
+    description: str
+    image: imaging.LoadedImage
+    size: tuple[int, int]  # (width, height) in stored pixels
+    presets: tuple[imaging.WindowPreset, ...]
+    prefill: Prefill
+    header_gate: gate.GateResult
+    quality: Quality
+    initial_box: Box | None  # the ROI that came with the image (the sample case's), else None
+    box: Box  # the ROI in force (stored pixels); the whole image until one is chosen
+    drawn_box: Box | None = None  # the last rectangle drawn on the canvas
+    # ((canvas width, height, view window), initial drawing): one canvas per on-screen size and
+    # zoom/pan window, started from the box drawn before so resizing or zooming keeps the ROI.
+    canvas_initial: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    auto_accepted: Box | None = None  # the auto-crop proposal the user accepted (rounded, box_key)
+
+    @property
+    def start_mode(self) -> str:
+        """The ROI mode a newly opened image starts in."""
+        return ROI_MODES[1] if self.initial_box is not None else ROI_MODES[0]
+
+
+def _as_box(box: Sequence[float]) -> Box:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (x0, y0, x1, y1)
+
+
+def box_key(box: Sequence[float]) -> Box:
+    """A box rounded to 0.1 px: the form in which boxes are compared and used in keys."""
+    x0, y0, x1, y1 = (round(float(v), 1) for v in box)
+    return (x0, y0, x1, y1)
+
+
+def load_case(data: bytes, name: str, *, sample: Mapping[str, Any] | None = None,
+              label: str | None = None) -> CaseState:
+    """Decode an upload (or the sample case, with its description, ROI and clinical values)
+    into a :class:`CaseState`. Raises ``InputError`` for a file that cannot be read."""
+    from model_zoo.zoo import sha256_bytes
+
+    image = imaging.load_image(data, name=name)
+    h, w = image.pixels.shape
+    header = gate.check_header(image.meta)  # modality / body part / age (model_zoo.gate)
+    pre = prefill(image.meta, header)
+    initial: Box | None = None
+    if sample is not None:
+        pre = Prefill(age=sample["age"], sex=sample["sex"], site=sample["site"],
+                      notes=pre.notes + ("sample case: clinical values from its description",))
+        x0, y0, x1, y1 = (float(v) for v in sample["roi_box"])
+        initial = (x0, y0, x1, y1)
+    full = roi.full_image_box((w, h))
+    return CaseState(
+        sha256=sha256_bytes(data), pixels_hash=imaging.image_hash(image.pixels),
+        label=label or (SAMPLE_LABEL if sample is not None else "uploaded image"),
+        description=str(sample["description"]) if sample is not None else "",
+        image=image, size=(w, h), presets=window_presets(image.pixels, image.meta), prefill=pre,
+        header_gate=header, quality=image_quality(image.pixels, image.meta), initial_box=initial,
+        box=initial if initial is not None else (float(full[0]), float(full[1]), float(full[2]), float(full[3])),
+    )
+
+
+# ----------------------------------------------------------------------------- widget state
+#
+# One rule for every Case-page widget: its value lives in an explicit session-state key
+# (``key=``, never ``value=``). Defaults are written once - per image for the per-image
+# widgets (:func:`case_widget_defaults`, when the image is loaded), per session for the viewer
+# settings (``dashboard.viewer``) - and every run writes each key back before any widget is
+# drawn (:func:`keep_widgets`), because Streamlit drops a widget's value on any run that does
+# not draw it (the page stops early without an ROI, or the user visits another page).
+
+
+def case_widget_defaults(case: CaseState) -> dict[str, Any]:
+    """Every per-image widget key of the Case page with its starting value for ``case``."""
+    pre = case.prefill
+    center, width, _, _, _ = window_units(case.image.meta)
+    values: dict[str, Any] = {
+        "case_age": None if pre.age is None else float(round(pre.age, 1)),
+        "case_sex": pre.sex if pre.sex in SEX_OPTIONS else SEX_OPTIONS[0],
+        "case_site": pre.site if pre.site in SITE_OPTIONS else SITE_OPTIONS[0],
+        "case_confirm": False,
+        "case_override": False,
+        "case_ood_override": False,
+        "case_roi_mode": case.start_mode,
+        # Window/level has two widgets per value (slider for the mouse, number for the keyboard).
+        "case_wc": float(center), "case_wc_num": float(center),
+        "case_ww": float(width), "case_ww_num": float(width),
+    }
+    values.update(box_widget_values(case.box))
+    return values
+
+
+BOX_KEYS = ("case_x0", "case_y0", "case_x1", "case_y1")
+
+
+def box_widget_values(box: Sequence[float]) -> dict[str, float]:
+    """The coordinate fields' values for ``box`` (whole pixels)."""
+    return {k: float(round(float(v))) for k, v in zip(BOX_KEYS, box, strict=True)}
+
+
+def keep_widgets(state: MutableMapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Each key in ``defaults``: set to its default when absent, else written back unchanged
+    (a written key survives a run that does not draw its widget)."""
+    for key, default in defaults.items():
+        state[key] = state[key] if key in state else default
 
 
 # ----------------------------------------------------------------------------- display
@@ -457,18 +599,19 @@ def member_frame_rows(p_members: Mapping[str, float], threshold: float) -> list[
 # ----------------------------------------------------------------------------- compute (library calls)
 
 
-def predict(zoo: Any, pixels: np.ndarray, box: Sequence[float], age: Any, sex: Any, site: Any) -> Any:
+def predict(zoo: Zoo, pixels: np.ndarray, box: Sequence[float], age: Any, sex: Any, site: Any) -> Prediction:
     """``Zoo.predict`` (kept as a function so the page can cache it by image hash)."""
-    return zoo.predict(pixels, tuple(float(v) for v in box), age=age, sex=sex, site=site)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return zoo.predict(pixels, (x0, y0, x1, y1), age=age, sex=sex, site=site)
 
 
-def member_crops(zoo: Any, pixels: np.ndarray, box: Sequence[float]) -> dict[str, tuple[np.ndarray, Box]]:
+def member_crops(zoo: Zoo, pixels: np.ndarray, box: Sequence[float]) -> dict[str, tuple[np.ndarray, Box]]:
     """Each member's model-input crop (S x S, [0, 1]) and the box it was cut from."""
     from model_zoo import preprocess
 
     out = {}
     for m in zoo.members:
-        crop, crop_box = preprocess.member_crop(m.spec, pixels, tuple(float(v) for v in box))
+        crop, crop_box = preprocess.member_crop(m.spec, pixels, _as_box(box))
         out[m.spec.member_id] = (crop, crop_box)
     return out
 
@@ -488,6 +631,22 @@ class CamView:
     note: str = ""
 
 
+def cam_view_geometry(crops: Mapping[str, tuple[np.ndarray, Box]], side: int) -> tuple[Box, tuple[int, int]]:
+    """The ROI heatmap view: the union of the members' crop boxes (what the models saw) and its
+    on-screen size (long side ``side`` at most)."""
+    view_box = union_box([cb for _, cb in crops.values()])
+    vw, vh, _ = display_size(int(view_box[2] - view_box[0]), int(view_box[3] - view_box[1]), side, side)
+    return view_box, (vw, vh)
+
+
+def roi_view_gray(pixels: np.ndarray, meta: ImageMeta, view_box: Sequence[float], view_wh: tuple[int, int],
+                  center: float, width: float, *, invert: bool = False) -> np.ndarray:
+    """The ROI view at stored resolution, shrunk to ``view_wh``, in the main view's window."""
+    vx0, vy0, vx1, vy1 = (int(v) for v in view_box)
+    return rewindow(downscale(np.ascontiguousarray(pixels[vy0:vy1, vx0:vx1]), view_wh), meta, center, width,
+                    invert=invert)
+
+
 def union_box(boxes: Sequence[Sequence[float]]) -> Box:
     """Smallest box containing all ``boxes``."""
     xs0, ys0, xs1, ys1 = zip(*[(float(b[0]), float(b[1]), float(b[2]), float(b[3])) for b in boxes], strict=True)
@@ -503,19 +662,23 @@ def paste(values: np.ndarray, box: Sequence[float], view_box: Sequence[float]) -
     return out
 
 
-def member_cam(zoo: Any, member_index: int, pixels: np.ndarray, box: Sequence[float], method: str,
+def member_cam(zoo: Zoo, member_index: int, pixels: np.ndarray, box: Sequence[float], method: str,
                view_box: Sequence[float], view_wh: tuple[int, int], display_wh: tuple[int, int], *,
-               cache: Any = None, pixels_hash: str | None = None) -> CamView:
+               cache: Any = None, pixels_hash: str | None = None,
+               should_stop: Callable[[], bool] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> CamView:
     """``explain.explain_member`` for one member, shrunk to display resolution.
 
     Full-image maps are 4 bytes x H x W each; only the display-size copies are kept.
+    ``should_stop`` / ``progress``: ScoreCAM's cancellation check and progress report
+    (``explain.explain_member``); a cancelled map raises ``model_zoo.errors.Cancelled``.
     ``view_box`` must contain the member's crop box (use :func:`union_box` of all crops).
     """
     from model_zoo import explain
 
     m = zoo.members[member_index]
     ex = explain.explain_member(m.spec, m.model, pixels, tuple(float(v) for v in box), method=method,
-                                cache=cache, pixels_hash=pixels_hash)
+                                cache=cache, pixels_hash=pixels_hash, should_stop=should_stop, progress=progress)
     roi_view = downscale(paste(ex.roi_map, ex.crop_box, view_box), view_wh)
     full_small = downscale(ex.image_map, display_wh)
     note = str(ex.heatmap.details.get("blank_reason") or "")
@@ -586,42 +749,59 @@ def explain_sentence(report: Any, view: str) -> str | None:
 # ----------------------------------------------------------------------------- PDF
 
 
-def case_pdf(zoo: Any, case: Mapping[str, Any], box: Sequence[float], source: str, inputs: Mapping[str, Any],
-             pred: Any, jitter: JitterSummary | None, warnings: Sequence[str], *, reference: str = "",
-             include_identifiers: bool = False) -> bytes:
+@dataclass(frozen=True, eq=False)
+class CaseView:
+    """What one run of the Case page showed, for the PDF: derived every run, never kept in
+    session state.
+
+    ``radiograph``: the main view as displayed (windowed, at screen size); ``crops``: member
+    id -> (model-input crop, crop box); ``cams``: method label -> member id -> map;
+    ``cam_gray``: the (ROI view, full view) greyscale images the maps are drawn on.
+    """
+
+    radiograph: np.ndarray
+    crops: Mapping[str, tuple[np.ndarray, Box]] = field(default_factory=dict)
+    cams: Mapping[str, Mapping[str, CamView]] = field(default_factory=dict)
+    cam_gray: tuple[np.ndarray, np.ndarray] | None = None
+    opacity: float = 0.5
+
+
+def case_pdf(zoo: Zoo, case: CaseState, box: Sequence[float], source: str, inputs: Mapping[str, Any],
+             pred: Prediction, jitter: JitterSummary | None, warnings: Sequence[str], *,
+             view: CaseView | None = None, reference: str = "", include_identifiers: bool = False) -> bytes:
     """The PDF case report (``model_zoo.report_pdf``) from what the case page computed.
 
-    ``case`` is the page's case record: ``image``, ``size``, ``sha256``, ``display_view``,
-    optional ``crops`` and ``cams`` (label -> member -> CamView) with ``cam_gray`` and
-    ``cam_opacity``. Heatmaps are drawn as on the page (ensemble on ROI and full image, and
-    each member on the ROI).
+    ``view`` is what the page showed (the displayed radiograph, crops and heatmaps: the
+    ensemble on the ROI and the full image, and each member on the ROI, drawn as on the
+    page); without it the report shows the radiograph as loaded and no crops or heatmaps.
     """
     import datetime as _dt
 
     from model_zoo import report_pdf
 
     heatmaps = []
-    roi_gray, full_gray = case.get("cam_gray", (None, None))
-    opacity = float(case.get("cam_opacity", 0.5))
-    for label, views in (case.get("cams") or {}).items():
-        if roi_gray is None or not views:
+    opacity = view.opacity if view is not None else 0.5
+    drawn = view.cams if view is not None and view.cam_gray is not None else {}
+    for label, views in drawn.items():
+        if view is None or view.cam_gray is None or not views:  # (for the type checker: see ``drawn``)
             continue
+        roi_gray, full_gray = view.cam_gray
         ens = ensemble_cam(views, zoo.cam_weights, label)
         heatmaps.append(report_pdf.HeatmapFigure(f"{label} ensemble-weighted, ROI", overlay(roi_gray, ens.roi_map, opacity)))
         heatmaps.append(report_pdf.HeatmapFigure(f"{label} ensemble-weighted, full image",
                                                  overlay(full_gray, ens.full_map, opacity)))
         for mid, v in views.items():
             heatmaps.append(report_pdf.HeatmapFigure(f"{label} {mid}, ROI", overlay(roi_gray, v.roi_map, opacity)))
-    meta = case["image"].meta
+    meta = case.image.meta
     call = zoo.call(pred.p_ensemble, jitter)
     rep = report_pdf.CaseReport(
         zoo_name=zoo.release_name, zoo_version=zoo.version, call=call, threshold_rule=zoo.threshold_rule,
         p_members=pred.p_members, p_clinic=pred.p_clinic,
         external_validation=external_validation_line(zoo.manifest) or "",
-        disagreement=pred.disagreement, radiograph=case.get("display_view", case["image"].pixels),
-        image_size_wh=tuple(case["size"]), roi_box=tuple(box), roi_source=source, image_sha256=case["sha256"],
+        disagreement=pred.disagreement, radiograph=view.radiograph if view is not None else case.image.pixels,
+        image_size_wh=case.size, roi_box=tuple(box), roi_source=source, image_sha256=case.sha256,
         age=inputs.get("age"), sex=inputs.get("sex"), site=inputs.get("site"),
-        crops={k: c for k, (c, _) in (case.get("crops") or {}).items()},
+        crops={k: c for k, (c, _) in (view.crops if view is not None else {}).items()},
         heatmaps=heatmaps, jitter=jitter, warnings=list(warnings), calibration_note=calibration_note(zoo.manifest),
         zoo_files=zoo.files, manifest_sha256=zoo.manifest_sha256,
         intended_use=zoo.intended_use,

@@ -14,12 +14,16 @@ import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from model_zoo.errors import InputError, ZooError
 from model_zoo.zoo import BUNDLED_ZOO_PARENT, ZOO_ENV, default_zoo_dir, list_releases
+
+if TYPE_CHECKING:  # pragma: no cover - importing them costs seconds (torch, timm); loaded lazily below
+    from model_zoo.ensemble import Zoo
+    from model_zoo.explain import CamCache
 
 LOG = logging.getLogger("dashboard")
 
@@ -42,7 +46,7 @@ def default_release() -> Path | None:
     """``$MODEL_ZOO_DIR`` if set, else the newest bundled release (``model_zoo``'s
     :func:`~model_zoo.zoo.default_zoo_dir`), else None: the pages explain a missing zoo."""
     try:
-        return default_zoo_dir(BUNDLED_ZOO_PARENT)
+        return default_zoo_dir(BUNDLED_ZOO_PARENT)  # the module attribute: tests point it elsewhere
     except InputError:
         return None
 
@@ -56,26 +60,25 @@ def chosen_release() -> Path | None:
 
 
 @st.cache_resource(show_spinner="Verifying and loading the model zoo ...", max_entries=2)
-def _load_zoo(path: str) -> Any:
+def _load_zoo(path: str) -> Zoo:
     """Load (and hash-verify) a release once per process; shared by all sessions.
 
     Keyed by the resolved path: releases are immutable, so a path names one content.
     """
     from model_zoo.ensemble import load_zoo
 
-    zoo = load_zoo(Path(path))
-    return zoo
+    return load_zoo(Path(path))
 
 
 @st.cache_resource(show_spinner=False)
-def cam_cache() -> Any:
+def cam_cache() -> CamCache:
     """One CAM cache for the process (explain.CamCache is thread-safe, shares read-only maps)."""
     from model_zoo.explain import CamCache
 
     return CamCache(maxsize=96)
 
 
-def get_zoo(*, show_missing: bool = True) -> Any | None:
+def get_zoo(*, show_missing: bool = True) -> Zoo | None:
     """The session's zoo, loaded once; None (after explaining why on the page) if none exists."""
     path = chosen_release()
     if path is None:

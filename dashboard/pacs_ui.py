@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import streamlit as st
 
@@ -28,6 +27,16 @@ from model_zoo.framing import JitterSummary
 from model_zoo.pacs import (InstanceResult, PacsClient, PacsError, PacsSettings, SeriesResult, StudyQuery,
                             StudyResult, load_settings, open_instance, prepare_writeback, write_back)
 from model_zoo.pacs.writeback import manifest_sha256, result_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dashboard.case_logic import CaseState, CaseView
+    from model_zoo.ensemble import Prediction, Zoo
+
+
+class CaseLoader(Protocol):
+    """The Case page's loader: decodes the bytes into the session's case (``label`` names its origin)."""
+
+    def __call__(self, data: bytes, name: str, *, label: str | None = None) -> None: ...
 
 
 MODALITY_CHOICES = {
@@ -88,7 +97,7 @@ def series_label(s: SeriesResult) -> str:
 # ----------------------------------------------------------------------------- open from PACS
 
 
-def open_from_pacs_panel(load_case: Callable[[bytes, str], None]) -> None:
+def open_from_pacs_panel(load_case: CaseLoader) -> None:
     """Search -> study -> series -> image -> ``load_case(dicom_bytes, name)``. No-op when no PACS."""
     settings = pacs_settings()
     if settings is None:
@@ -126,7 +135,7 @@ def _search(settings: PacsSettings) -> None:
         st.session_state["pacs_studies"] = _client(settings).search_studies(query)
 
 
-def _results(settings: PacsSettings, load_case: Callable[[bytes, str], None]) -> None:
+def _results(settings: PacsSettings, load_case: CaseLoader) -> None:
     studies: list[StudyResult] | None = st.session_state.get("pacs_studies")
     if studies is None:
         return
@@ -173,7 +182,7 @@ def _short(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
-def _images(settings: PacsSettings, series: SeriesResult, load_case: Callable[[bytes, str], None]) -> None:
+def _images(settings: PacsSettings, series: SeriesResult, load_case: CaseLoader) -> None:
     client = _client(settings)
     # The panel reruns with every widget on the Case page: ask the PACS once per series and once
     # per preview, not on every rerun (kept in this session only, like the series list).
@@ -208,17 +217,14 @@ def _images(settings: PacsSettings, series: SeriesResult, load_case: Callable[[b
         _open(client, instances[int(i)], load_case)
 
 
-def _open(client: PacsClient, instance: InstanceResult, load_case: Callable[[bytes, str], None]) -> None:
+def _open(client: PacsClient, instance: InstanceResult, load_case: CaseLoader) -> None:
     with st.spinner("Retrieving the image ..."):
         try:
             opened = open_instance(client, instance)
         except InputError as err:
             st.error(f"This image could not be opened: {err}")
             return
-    load_case(opened.data, PACS_FILE_NAME)
-    case = st.session_state.get("case")
-    if case is not None:
-        case["label"] = "image from the PACS"
+    load_case(opened.data, PACS_FILE_NAME, label="image from the PACS")
     st.session_state["pacs_source"] = {"header": opened.header, "sha256": opened.sha256}
     try:
         audit.append_event(None, {"event": "pacs_open", "source": "dashboard", "image_sha256": opened.sha256,
@@ -231,12 +237,12 @@ def _open(client: PacsClient, instance: InstanceResult, load_case: Callable[[byt
 # ----------------------------------------------------------------------------- write back
 
 
-def write_back_panel(zoo: Any, case: dict, box: tuple, source: str, inputs: dict, pred: Any,
-                     jitter: JitterSummary | None, warnings: list[str]) -> None:
+def write_back_panel(zoo: Zoo, case: CaseState, box: tuple, source: str, inputs: dict, pred: Prediction,
+                     jitter: JitterSummary | None, warnings: list[str], view: CaseView | None = None) -> None:
     """Button: SR + PDF into the case's own study. Shown only for a case opened from the PACS."""
     settings = pacs_settings(quiet=True)
     src = st.session_state.get("pacs_source")
-    if settings is None or not src or src.get("sha256") != case.get("sha256"):
+    if settings is None or not src or src.get("sha256") != case.sha256:
         return
     st.subheader("6. Write back to the PACS")
     st.caption("Stores a DICOM Structured Report (probabilities, the call, the ROI on this image, the zoo "
@@ -253,7 +259,7 @@ def write_back_panel(zoo: Any, case: dict, box: tuple, source: str, inputs: dict
 
     with st.spinner("Writing to the PACS and confirming ..."):
         try:
-            pdf = cl.case_pdf(zoo, case, box, source, inputs, pred, jitter, warnings)
+            pdf = cl.case_pdf(zoo, case, box, source, inputs, pred, jitter, warnings, view=view)
             objects, key = prepare_writeback(src["header"], zoo, pred, box=box, roi_source=source,
                                              inputs=inputs, pdf=pdf, call=zoo.call(pred.p_ensemble, jitter))
             result = write_back(_client(settings), objects, key=key)
@@ -263,7 +269,7 @@ def write_back_panel(zoo: Any, case: dict, box: tuple, source: str, inputs: dict
     done[key] = result.message
     st.success(f"PACS: {result.message}.")
     try:
-        audit.append_event(None, {"event": "pacs_write", "source": "dashboard", "image_sha256": case["sha256"],
+        audit.append_event(None, {"event": "pacs_write", "source": "dashboard", "image_sha256": case.sha256,
                                   "result_key": key, "written": list(result.written),
                                   "already_present": list(result.already_present)})
     except OSError as err:

@@ -16,7 +16,7 @@ import io
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from dashboard import case_logic as cl
 from model_zoo import imaging
 from model_zoo.errors import InputError, ZooError
 from model_zoo.framing import Call
+
+if TYPE_CHECKING:  # pragma: no cover
+    from model_zoo.ensemble import Zoo
 
 DISPLAY_SIDE = 720
 CAM_SIDE = 360
@@ -67,7 +70,7 @@ def _display_png(pixels: np.ndarray, box: tuple[float, float, float, float]) -> 
     return buf.getvalue()
 
 
-def cam_with_box_png(zoo: Any, pixels: np.ndarray, box: tuple[float, float, float, float],
+def cam_with_box_png(zoo: Zoo, pixels: np.ndarray, box: tuple[float, float, float, float],
                      annotator: bool) -> tuple[bytes, str]:
     """The Case page's ensemble-weighted GradCAM on the ROI view (``case_logic.member_cam`` /
     ``ensemble_cam``), with the ROI drawn in white when it is the annotator's box. Returns the
@@ -93,7 +96,7 @@ def cam_with_box_png(zoo: Any, pixels: np.ndarray, box: tuple[float, float, floa
     return buf.getvalue(), ens.note
 
 
-def load_case_set(zoo: Any, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: int = 0,
+def load_case_set(zoo: Zoo, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: int = 0,
                   progress: Callable[[int, int], None] | None = None,
                   with_cams: bool = False) -> tuple[list[TeachingCase], list[str]]:
     """Predict a labelled case table and keep display images in memory.
@@ -358,7 +361,7 @@ class ModelCall:
     call: int | None
 
 
-def model_call(case: TeachingCase, zoo: Any) -> ModelCall:
+def model_call(case: TeachingCase, zoo: Zoo) -> ModelCall:
     """The Case page's framing (``Zoo.call``) of this case. No ROI-jitter check runs in a
     reader study, so only the threshold band can make the call indeterminate."""
     head = zoo.call(case.p_ensemble)
@@ -393,7 +396,7 @@ class CaseReveal:
 
 
 def case_reveal(case: TeachingCase, answers: Mapping[str, Mapping[str, tuple[int, int]]], readers: list[str],
-                zoo: Any) -> CaseReveal:
+                zoo: Zoo) -> CaseReveal:
     """The reveal of one case for the readers given (those who read it)."""
     positive_class, negative_class = zoo.positive_class, zoo.negative_class
     model = model_call(case, zoo)
@@ -423,7 +426,7 @@ READS_COLUMNS = ["reader", "case", "age", "sex", "site", "read", "read_positive"
 REVEALED_COLUMNS = ["truth", "subtype", "read_correct", "p_ensemble", "model_answer", "model_correct"]
 
 
-def reads_frame(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]], zoo: Any,
+def reads_frame(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]], zoo: Zoo,
                 *, revealed: bool = False) -> pd.DataFrame:
     """The session's reads, one row per reader and case, for the CSV download.
 

@@ -16,3 +16,8 @@ class InputError(ZooError, ValueError):
 
 class IntegrityError(ZooError):
     """A zoo release failed verification (hash mismatch, missing/extra file, bad path)."""
+
+
+class Cancelled(Exception):
+    """A long computation stopped early because its caller asked it to (its ``should_stop``
+    returned True). Not a ZooError: nothing is wrong with the input, and nothing was kept."""

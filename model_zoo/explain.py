@@ -36,6 +36,15 @@ the final min-max scaling), the approximation is exactly "full ScoreCAM without 
 low-activation channels' terms", and ``top_k >= channels`` reproduces full ScoreCAM
 (tested against pytorch-grad-cam). :func:`scorecam_topk_agreement` measures how close the
 approximation is on real cases.
+
+Cancellation
+------------
+ScoreCAM takes seconds to minutes per member, so :func:`scorecam`, :func:`explain_member` and
+:meth:`CamCache.get_or_compute` take an optional ``should_stop`` callable, asked before the
+activations are captured and between batches of masked forwards (and while waiting for another
+caller's computation of the same map); when it returns True they raise
+:class:`~model_zoo.errors.Cancelled` and cache nothing. An optional ``progress(done, total)``
+is called after each batch (masked inputs scored so far, of all to score).
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_zoo.errors import InputError
+from model_zoo.errors import Cancelled, InputError
 from model_zoo.locks import model_lock
 from model_zoo.members import MemberSpec
 
@@ -73,6 +82,7 @@ __all__ = [
     "agreement",
     "blank_reason",
     "cam_cache_key",
+    "check_stop",
     "ensemble_heatmap",
     "explain_member",
     "gradcam",
@@ -88,6 +98,10 @@ DEFAULT_TOP_K = 512
 # Batch 32 was the fastest of 32/64/96 for every family at 128 px on 2 cores.
 DEFAULT_BATCH_SIZE = 32
 TARGET_DESCRIPTION = "logit of the positive class"
+
+StopCheck = Callable[[], bool]  # ``should_stop``: True once the caller wants the computation abandoned
+Progress = Callable[[int, int], None]  # ``progress(done, total)``
+_WAIT_POLL_S = 0.1  # how often a caller waiting for another's computation asks its should_stop
 
 # pytorch-grad-cam's constants, kept so full ScoreCAM here equals the library's output.
 _MASK_EPS = 1e-8  # score_cam.py: (a - min) / (max - min + 1e-8)
@@ -379,10 +393,21 @@ def _masks(acts: torch.Tensor, channels: torch.Tensor, size: int) -> torch.Tenso
     return (up - mins) / (maxs - mins + _MASK_EPS)
 
 
+def check_stop(should_stop: StopCheck | None, what: str = "computation") -> None:
+    """Raise :class:`Cancelled` when ``should_stop`` (if given) says so."""
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"{what} cancelled")
+
+
 def _channel_scores(
-    spec: MemberSpec, model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, batch_size: int
+    spec: MemberSpec, model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, batch_size: int,
+    should_stop: StopCheck | None = None, progress: Progress | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Positive-class logit of ``x * mask`` for every mask, in batches; returns (scores, forwards)."""
+    """Positive-class logit of ``x * mask`` for every mask, in batches; returns (scores, forwards).
+
+    ``should_stop`` is asked before every batch (raises :class:`Cancelled`); ``progress(done,
+    total)`` is told after every batch, in masked inputs.
+    """
     import torch
 
     k = masks.shape[0]
@@ -393,19 +418,27 @@ def _channel_scores(
     constant = flat.amax(dim=1) == 0
     todo = torch.nonzero(~constant).reshape(-1)
     forwards = 0
+    total = len(todo) + int(bool(constant.any()))
+    what = f"{spec.member_id} ScoreCAM"
     with torch.inference_mode():
         if bool(constant.any()):
+            check_stop(should_stop, what)
             with model_lock(model):
                 zero_logit = _logits(model(_fast_input(torch.zeros_like(x), spec)), 1, spec)[0]
             scores[constant] = float(zero_logit)
             forwards += 1
+            if progress is not None:
+                progress(forwards, total)
         for i in range(0, len(todo), batch_size):
+            check_stop(should_stop, what)
             idx = todo[i : i + batch_size]
             batch = _fast_input(x * masks[idx, None], spec)
             # Lock per batch: other sessions' predictions can run between batches.
             with model_lock(model):
                 scores[idx] = _logits(model(batch), len(idx), spec).float()
             forwards += len(idx)
+            if progress is not None:
+                progress(forwards, total)
     return scores, forwards
 
 
@@ -442,6 +475,8 @@ def scorecam(
     *,
     top_k: int | None = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    should_stop: StopCheck | None = None,
+    progress: Progress | None = None,
 ) -> Heatmap:
     """ScoreCAM of the positive-class logit, batched; optionally over the top-k channels.
 
@@ -454,6 +489,11 @@ def scorecam(
         ``BinaryClassifierOutputTarget(1)``.
     batch_size : int
         Masked inputs per forward pass.
+    should_stop : callable or None
+        Asked before the activations are captured and before every batch; True raises
+        :class:`~model_zoo.errors.Cancelled`.
+    progress : callable or None
+        ``progress(done, total)`` after every batch (masked inputs scored, of all).
     """
     import torch
 
@@ -463,11 +503,12 @@ def scorecam(
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size!r}")
     x = _check_input(spec, x)
+    check_stop(should_stop, f"{spec.member_id} ScoreCAM")
     with torch.inference_mode():
         acts, logit = _capture_activations(spec, model, x)
         channels = _select_channels(acts, top_k)
         masks = _masks(acts, channels, spec.input_size)
-        scores, forwards = _channel_scores(spec, model, x, masks, int(batch_size))
+        scores, forwards = _channel_scores(spec, model, x, masks, int(batch_size), should_stop, progress)
         cam = _score_weighted_cam(acts, channels, scores)
     n_channels = int(acts.shape[1])
     method, approximate = _scorecam_method(top_k, n_channels)
@@ -776,22 +817,32 @@ class CamCache:
         with self._lock:
             self._data.clear()
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                self.hits += 1
-                return self._data[key]
-            pending = self._pending.get(key)
-            owner = pending is None
-            if pending is None:
-                pending = Future()
-                self._pending[key] = pending
-                self.misses += 1
-            else:
-                self.hits += 1
-        if not owner:
-            return pending.result()
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any],
+                       should_stop: StopCheck | None = None) -> Any:
+        """The cached value, else ``compute()``'s (stored). A caller that finds another
+        computing the same key waits for its result; ``should_stop`` is asked while waiting
+        (True raises :class:`Cancelled`). When the computing caller is cancelled, a waiting
+        one that is not computes the value itself."""
+        while True:
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    self.hits += 1
+                    return self._data[key]
+                pending = self._pending.get(key)
+                owner = pending is None
+                if pending is None:
+                    pending = Future()
+                    self._pending[key] = pending
+                    self.misses += 1
+                else:
+                    self.hits += 1
+            if owner:
+                break
+            try:
+                return self._wait(pending, should_stop)
+            except Cancelled:
+                check_stop(should_stop)  # ours: raise; the other caller's: compute it here
         try:
             value = compute()
         except BaseException as err:
@@ -804,6 +855,16 @@ class CamCache:
             self._pending.pop(key, None)
         pending.set_result(value)
         return value
+
+    @staticmethod
+    def _wait(pending: Future, should_stop: StopCheck | None) -> Any:
+        if should_stop is None:
+            return pending.result()
+        while True:
+            try:
+                return pending.result(timeout=_WAIT_POLL_S)
+            except TimeoutError:
+                check_stop(should_stop)
 
 
 # ----------------------------------------------------------------------------- one case
@@ -819,6 +880,8 @@ def explain_member(
     top_k: int | None = DEFAULT_TOP_K,
     cache: CamCache | None = None,
     pixels_hash: str | None = None,
+    should_stop: StopCheck | None = None,
+    progress: Progress | None = None,
 ) -> MemberExplanation:
     """One member's CAM for a stored image and ROI, on the input, the crop and the image.
 
@@ -829,6 +892,10 @@ def explain_member(
     method : ``"gradcam"`` or ``"scorecam"`` (``top_k`` applies to ScoreCAM only).
     cache : optional :class:`CamCache` shared across sessions.
     pixels_hash : precomputed ``imaging.image_hash(pixels)`` (saves hashing a large image).
+    should_stop, progress : ScoreCAM's cancellation check and progress report (see
+        :func:`scorecam`); ``should_stop`` is also asked before GradCAM and while waiting for
+        another caller's computation of the same map. Cancelled raises
+        :class:`~model_zoo.errors.Cancelled`.
     """
     from model_zoo import imaging, preprocess, roi
 
@@ -839,15 +906,16 @@ def explain_member(
     x, _, crop_box = preprocess.member_input(spec, pixels, box)
 
     def compute() -> Heatmap:
+        check_stop(should_stop, f"{spec.member_id} {method}")
         if method == "gradcam":
             return gradcam(spec, model, x)
-        return scorecam(spec, model, x, top_k=top_k)
+        return scorecam(spec, model, x, top_k=top_k, should_stop=should_stop, progress=progress)
 
     if cache is None:
         heat = compute()
     else:
         key = cam_cache_key(pixels_hash or imaging.image_hash(pixels), box, spec, model, method, top_k)
-        heat = cache.get_or_compute(key, compute)
+        heat = cache.get_or_compute(key, compute, should_stop)
     roi_map, image_map = to_roi_and_image(heat, crop_box, (w, h))
     return MemberExplanation(heatmap=heat, crop_box=crop_box,  # roi.Box: already four floats
                              roi_map=roi_map, image_map=image_map)

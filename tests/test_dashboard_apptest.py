@@ -88,6 +88,33 @@ def _pdf_strings(pdf: bytes) -> str:
     return "\n".join(parts).replace("\\(", "(").replace("\\)", ")")
 
 
+def _finish_scorecam(at, timeout: float = 300):
+    """ScoreCAM runs in the background (issue 17): wait for the session's job, then rerun the
+    page the way the polling fragment would once the job ends."""
+    if "case_scorecam_job" not in at.session_state:
+        return at
+    assert at.session_state["case_scorecam_job"].join(timeout), "ScoreCAM did not finish"
+    return at.run()
+
+
+def _case_view(zoo, case, methods=("gradcam", "scorecam")):
+    """The view the Case page shows for ``case`` (its crops and heatmaps), built from the same
+    ``case_logic`` helpers, for checking the PDF outside the page."""
+    from dashboard import case_logic as cl
+
+    pixels, meta = case.image.pixels, case.image.meta
+    crops = cl.member_crops(zoo, pixels, case.box)
+    view_box, view_wh = cl.cam_view_geometry(crops, 300)
+    dw, dh, _ = cl.display_size(*case.size, 520, 520, min_side=520)
+    c, w, *_ = cl.window_units(meta)
+    full = cl.rewindow(cl.downscale(pixels, (dw, dh)), meta, c, w)
+    gray = (cl.roi_view_gray(pixels, meta, view_box, view_wh, c, w), full)
+    cams = {label: {m.spec.member_id: cl.member_cam(zoo, i, pixels, case.box, method, view_box, view_wh, (dw, dh))
+                    for i, m in enumerate(zoo.members)}
+            for label, method in (("GradCAM", "gradcam"), ("ScoreCAM", "scorecam")) if method in methods}
+    return cl.CaseView(radiograph=full, crops=crops, cams=cams, cam_gray=gray, opacity=0.5)
+
+
 def _page(at, name: str):
     at.run()
     at.switch_page(f"app_pages/{name}.py").run()
@@ -131,7 +158,7 @@ def test_case_page_sample_prediction(dash_env, zoo):
     shown = [m.value for m in at.markdown if m.value.startswith("#### Probability of")]
     assert not shown, "no prediction before the clinical inputs are confirmed"
 
-    at.checkbox(key="case_confirm").check().run()
+    _finish_scorecam(at.checkbox(key="case_confirm").check().run())
     _no_crash(at)
     s = sample_case()
     img = imaging.load_image(s["path"])
@@ -164,14 +191,18 @@ def test_case_page_sample_prediction(dash_env, zoo):
     from dashboard import case_logic as cl
 
     case = at.session_state["case"]
-    pdf = cl.case_pdf(zoo, case, case["box"], "sample ROI", {"age": None, "sex": "F", "site": "appendicular"},
-                      ref, None, [], reference="Jane Roe", include_identifiers=False)
+    assert isinstance(case, cl.CaseState) and case.box == tuple(float(v) for v in s["roi_box"])
+    view = _case_view(zoo, case)
+    pdf = cl.case_pdf(zoo, case, case.box, "sample ROI", {"age": None, "sex": "F", "site": "appendicular"},
+                      ref, None, [], view=view, reference="Jane Roe", include_identifiers=False)
     text = _pdf_strings(pdf)
     assert expected in text and zoo.manifest.files["stacker.joblib"] in text
     assert "ScoreCAM ensemble-weighted, ROI" in text and "GradCAM" in text
     assert "Jane Roe" not in text
-    assert "Jane Roe" in _pdf_strings(cl.case_pdf(zoo, case, case["box"], "sample ROI", {}, ref, None, [],
+    assert "Jane Roe" in _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI", {}, ref, None, [],
                                                   reference="Jane Roe", include_identifiers=True))
+    bare = _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI", {}, ref, None, []))
+    assert "GradCAM" not in bare, "without the page's view the report has no heatmaps"
 
     # Opacity change reruns without recomputation or a second audit line.
     at.slider(key="case_opacity").set_value(0.8).run()
@@ -180,7 +211,7 @@ def test_case_page_sample_prediction(dash_env, zoo):
 
 
 
-def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_env):
+def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_env, monkeypatch):
     """Issue 17, viewer: window/level presets and typed values, the header as a wrapping
     table, a colour legend under the heatmaps, and the size/invert/opacity/ScoreCAM/jitter
     choices kept when the next image is opened (they used to reset with every upload)."""
@@ -192,7 +223,7 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     header = at.table[0].value  # st.table wraps long values; st.dataframe truncated them
     assert "Modality" in set(header["tag"]) and "MONOCHROME1" in set(header["value"])
     # Presets from the image's own values; each sets the slider and the typed field together.
-    presets = at.session_state["case"]["presets"]
+    presets = at.session_state["case"].presets
     assert [p.name for p in presets] == ["Header window", "Full range", "Bone", "Soft tissue"]
     at.button(key="case_wl_preset_2").click().run()
     _no_crash(at)
@@ -201,7 +232,7 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     at.number_input(key="case_wc_num").set_value(400.0).run()  # keyboard entry moves the slider
     assert at.slider(key="case_wc").value == 400.0
 
-    at.checkbox(key="case_confirm").check().run()
+    _finish_scorecam(at.checkbox(key="case_confirm").check().run())
     _no_crash(at)
     legends = [i for i in at.image if viewer.LEGEND_CAPTION in i.captions]
     assert len(legends) == 2, "one legend under the GradCAM and one under the ScoreCAM maps"
@@ -217,8 +248,18 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     data = (dash_env["cases"].parent / row["image"]).read_bytes()
     at.file_uploader(key="case_upload").set_value(("next.png", data, "image/png")).run()
     _no_crash(at)
-    assert at.session_state["case"]["label"] == "uploaded image"
+    assert at.session_state["case"].label == "uploaded image"
     at.radio(key="case_roi_mode").set_value("Whole image").run()
+    import streamlit as st
+
+    widths: dict[str, object] = {}  # caption -> width of each st.image in the next run
+    real_image = st.image
+
+    def image(img, caption=None, *args, **kwargs):
+        widths[str(caption)] = kwargs.get("width")
+        return real_image(img, caption, *args, **kwargs)
+
+    monkeypatch.setattr(st, "image", image)
     at.checkbox(key="case_confirm").check().run()
     _no_crash(at)
     assert at.slider(key="case_opacity").value == 0.8
@@ -226,8 +267,81 @@ def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_en
     assert at.checkbox(key="case_jitter").value is False
     assert at.toggle(key="case_invert").value is True
     assert at.select_slider(key="case_display_px").value == 640
-    assert max(at.session_state["case"]["display"][:2]) == 640, "the small image is shown at the chosen size"
-    assert [p.name for p in at.session_state["case"]["presets"]][0] == "Default"  # PNG: no header window
+    assert widths.get("ROI whole image") == 640, f"the small image is shown at the chosen size: {widths}"
+    assert [p.name for p in at.session_state["case"].presets][0] == "Default"  # PNG: no header window
+
+
+def _slow_scorecam(monkeypatch, *, fail: bool = False):
+    """Make the page's ScoreCAM slow (or failing) and cancellable; GradCAM stays real.
+    Returns an Event set once a ScoreCAM task has started."""
+    import threading
+    import time
+
+    from dashboard import case_logic as cl
+    from model_zoo import explain
+
+    real = cl.member_cam
+    started = threading.Event()
+
+    def member_cam(zoo, index, pixels, box, method, *args, should_stop=None, progress=None, **kwargs):
+        if method != "scorecam":
+            return real(zoo, index, pixels, box, method, *args, **kwargs)
+        started.set()
+        if fail:
+            raise RuntimeError("internal detail that must not reach the page")
+        for step in range(1200):  # ~60 s unless cancelled
+            explain.check_stop(should_stop)
+            progress(step, 1200)
+            time.sleep(0.05)
+        raise AssertionError("the job was never cancelled")
+
+    monkeypatch.setattr(cl, "member_cam", member_cam)
+    return started
+
+
+def test_case_page_scorecam_runs_in_background_and_cancels(dash_env, monkeypatch):
+    """Issue 17: ScoreCAM no longer holds the page: the result and the PDF are there while it
+    runs; Cancel stops it with a message; a new image cancels a stale job."""
+    started = _slow_scorecam(monkeypatch)
+    at = _app().run()
+    at.button(key="case_load_sample").click().run()
+    at.checkbox(key="case_confirm").check().run()
+    _no_crash(at)
+    job = at.session_state["case_scorecam_job"]
+    assert started.wait(60) and not job.status().finished
+    assert at.download_button(key="case_pdf") is not None, "the rest of the page does not wait for ScoreCAM"
+    assert "ScoreCAM" not in " ".join(c for i in at.image for c in i.captions)
+    at.button(key="case_scorecam_cancel").click().run()
+    _no_crash(at)
+    assert job.should_stop() and job.join(30)
+    at.run()
+    _no_crash(at)
+    assert "ScoreCAM was cancelled." in [i.value for i in at.info]
+    assert at.button(key="case_scorecam_restart") is not None
+
+    at.button(key="case_scorecam_restart").click().run()  # starts again ...
+    _no_crash(at)
+    again = at.session_state["case_scorecam_job"]
+    assert again is not job and not again.status().finished
+    row = pd.read_csv(dash_env["cases"], dtype=str).iloc[0]  # ... and a new image cancels it
+    data = (dash_env["cases"].parent / row["image"]).read_bytes()
+    at.file_uploader(key="case_upload").set_value(("next.png", data, "image/png")).run()
+    _no_crash(at)
+    assert again.should_stop() and again.join(30) and again.status().state == "cancelled"
+    assert "case_scorecam_job" not in at.session_state
+
+
+def test_case_page_scorecam_failure_is_a_message(dash_env, monkeypatch):
+    _slow_scorecam(monkeypatch, fail=True)
+    at = _app().run()
+    at.button(key="case_load_sample").click().run()
+    _finish_scorecam(at.checkbox(key="case_confirm").check().run())
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("ScoreCAM failed (RuntimeError). Reference "), errors
+    assert "internal detail" not in errors[0]
+    assert "GradCAM" in " ".join(c for i in at.image for c in i.captions), "GradCAM is unaffected"
+    assert at.button(key="case_scorecam_restart") is not None
 
 
 def test_case_page_zoom_and_pan_keep_the_roi_in_stored_pixels(dash_env):

@@ -345,7 +345,7 @@ def test_case_page_calibrated_headline_and_external_line(env):
     assert line in [md.value for md in at.markdown]
 
     case = at.session_state["case"]
-    text = _pdf_strings(cl.case_pdf(zoo, case, case["box"], "sample ROI",
+    text = _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI",
                                     {"age": None, "sex": "F", "site": "appendicular"}, ref, None, []))
     assert head.sentence in text and "Measured on" in text
     assert ("Raw stacker output" in text) == head.calibrated

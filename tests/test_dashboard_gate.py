@@ -50,7 +50,7 @@ def test_case_page_refuses_other_modalities(dash_env, name, modality):
     assert not _probabilities(at)
     assert not [r for r in at.radio if r.key == "case_roi_mode"], "no ROI or prediction controls after a refusal"
     if modality == "CT":  # PatientAge "000Y" is a placeholder: never offered as age 0
-        assert at.session_state["case"]["prefill"]["age"] is None
+        assert at.session_state["case"].prefill.age is None
 
 
 def test_case_page_chest_cr_warns_prefills_no_site_and_needs_an_override(dash_env):
@@ -103,7 +103,7 @@ def test_case_page_rg3_accepted_and_roi_first(dash_env, zoo):
     at.run()
     _no_crash(at)
     assert len(_probabilities(at)) == 1
-    assert at.session_state["case"]["box"] == (780.0, 1000.0, 940.0, 1200.0)
+    assert at.session_state["case"].box == (780.0, 1000.0, 940.0, 1200.0)
 
 
 # ----------------------------------------------------------------------------- navigation

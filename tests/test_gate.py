@@ -120,18 +120,18 @@ def test_header_gate_on_pydicom_data():
     g = gate.check_header(ct)
     assert not g.accepted and "Modality CT" in g.refusal
     assert g.age is None and "placeholder" in g.age_note
-    assert prefill(ct)["age"] is None, "'000Y' is not pre-filled as age 0"
+    assert prefill(ct).age is None, "'000Y' is not pre-filled as age 0"
 
     rg1 = imaging.load_image(_dicom("RG1_UNCR.dcm")).meta
     g = gate.check_header(rg1)
     assert g.accepted and g.site is None and len(g.blocking) == 1 and "CHEST" in g.blocking[0]
     pre = prefill(rg1)
-    assert pre["site"] is None and any("CHEST" in n and "not pre-filled" in n for n in pre["notes"])
+    assert pre.site is None and any("CHEST" in n and "not pre-filled" in n for n in pre.notes)
 
     rg3 = imaging.load_image(_dicom("RG3_UNCR.dcm")).meta
     g = gate.check_header(rg3)
     assert (g.refusal, g.blocking, g.warnings, g.site) == (None, (), (), "appendicular")
-    assert prefill(rg3)["site"] == "appendicular"
+    assert prefill(rg3).site == "appendicular"
 
 
 def test_png_passes_the_header_gate():

@@ -322,7 +322,7 @@ def test_case_page_upload_of_hostile_files_shows_one_error(app_env):
     # A good (odd) upload first, so each refusal must also clear the previous case.
     good = _BY_KIND["dicom_multiframe"]
     _upload(at, good.filename, good.build())
-    assert at.session_state["case"]["size"] == (64, 64)
+    assert at.session_state["case"].size == (64, 64)
     assert any("multi-frame: first of 3 frames used" in i.value for i in at.info)
     assert not at.error
     for kind in DASHBOARD_KINDS:

@@ -737,7 +737,7 @@ def test_dashboard_opens_from_pacs_predicts_and_writes_back(orthanc, pacs_env, m
     at.button(key="pacs_open").click().run()
     assert not at.error, [e.value for e in at.error]
     case = at.session_state["case"]
-    assert case["label"] == "image from the PACS" and case["size"] == (1760, 1760)
+    assert case.label == "image from the PACS" and case.size == (1760, 1760)
     assert at.selectbox(key="case_sex").value == "F", "DICOM tags pre-fill as for an upload"
     at.radio(key="case_roi_mode").set_value("Enter coordinates").run()
     for k, v in zip(("case_x0", "case_y0", "case_x1", "case_y1"), (500, 900, 1100, 1500), strict=True):
@@ -771,7 +771,7 @@ def test_dashboard_without_pacs_or_with_pacs_down(pacs_env, monkeypatch):
     next(b for b in at.button if b.label == "Search the PACS").click().run()
     assert any("is not reachable" in e.value and "Uploads" in e.value for e in at.error), [e.value for e in at.error]
     at.button(key="case_load_sample").click().run()  # the page stays usable
-    assert not at.exception and at.session_state["case"]["label"].startswith("sample case")
+    assert not at.exception and at.session_state["case"].label.startswith("sample case")
 
 
 def test_dashboard_lists_non_radiograph_series_greyed_out(orthanc, pacs_env):

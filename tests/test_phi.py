@@ -238,6 +238,9 @@ def page_run(tiny_release, tmp_path_factory, phi_bytes):
         at.file_uploader(key="case_upload").set_value((UPLOAD_NAME, phi_bytes, "application/dicom")).run()
         at.radio(key="case_roi_mode").set_value("Whole image").run()  # no probability until an ROI is chosen
         at.checkbox(key="case_confirm").check().run()
+        if "case_scorecam_job" in at.session_state:  # ScoreCAM runs in the background (issue 17)
+            assert at.session_state["case_scorecam_job"].join(300)
+            at.run()
         page_temp_calls = list(temp_calls)
         time.sleep(0.05)
     # Unique to this session's upload: its random pixel noise and its nonce patient ID.
@@ -277,7 +280,8 @@ def test_page_predicts_and_renders_no_identifier(page_run):
     # ... and nothing identifying anywhere on the page.
     assert leaked(text) == [], leaked(text)
     case = at.session_state["case"]
-    kept = {k: v for k, v in case.items() if isinstance(v, (str, int, float, tuple, dict))}
+    # Every field of the record but the decoded image itself (its pixels and non-identifying tags).
+    kept = {f.name: getattr(case, f.name) for f in __import__("dataclasses").fields(case) if f.name != "image"}
     assert leaked(repr(kept)) == [], "the session's case record keeps no identifier (nor the file name)"
 
 
@@ -310,8 +314,8 @@ def _case_pdf(page_run, tiny_release, *, reference: str, include: bool) -> bytes
     zoo = load_zoo(tiny_release["release"])
     case = at.session_state["case"]
     inputs = {"age": 45.0, "sex": "F", "site": "appendicular"}
-    pred = zoo.predict(case["image"].pixels, case["box"], **inputs)
-    return cl.case_pdf(zoo, case, case["box"], "whole image", inputs, pred, None, [], reference=reference,
+    pred = zoo.predict(case.image.pixels, case.box, **inputs)
+    return cl.case_pdf(zoo, case, case.box, "whole image", inputs, pred, None, [], reference=reference,
                        include_identifiers=include)
 
 
