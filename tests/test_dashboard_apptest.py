@@ -373,11 +373,11 @@ def test_case_page_zoom_and_pan_keep_the_roi_in_stored_pixels(dash_env):
     # 'Enter coordinates' (the sample's mode) still takes stored pixels while zoomed.
     at.number_input(key="case_x0").set_value(700.0).run()
     _no_crash(at)
-    assert "x 700-925, y 985-1205" in roi_caption() and at.session_state["case"]["box"] == (700, 985, 925, 1205)
+    assert "x 700-925, y 985-1205" in roi_caption() and at.session_state["case"].box == (700, 985, 925, 1205)
     at.button(key="case_zoom_roi").click().run()
     _no_crash(at)
     s = viewer.current(at.session_state)
-    x0, y0, x1, y1 = at.session_state["case"]["box"]
+    x0, y0, x1, y1 = at.session_state["case"].box
     assert s.zoom > 1.0 and at.select_slider(key="case_zoom").value == s.zoom
     wx0, wy0, wx1, wy1 = viewer.view_window(s, (1760, 1760))
     assert wx0 <= x0 and x1 <= wx1 and wy0 <= y0 and y1 <= wy1, "the ROI is in view"
