@@ -91,16 +91,30 @@ def _roi_caption(page) -> str:
 
 def _drag_roi(page, canvas: dict, fx: float, fy: float, fw: float, fh: float) -> list[int]:
     """Drag a rectangle on the canvas (fractions of its box: corner fx, fy; size fw, fh), wait for
-    the ROI caption to change, and return the ROI it shows (x0, x1, y0, y1 in stored pixels)."""
+    the ROI caption to change, and return the ROI it shows (x0, x1, y0, y1 in stored pixels).
+
+    One retry: on 2 loaded cores a drag can land while the page is still re-rendering the canvas
+    (fabric.js then drops it). A canvas that never draws fails both tries."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect
 
     before = _roi_caption(page)
-    x0, y0 = canvas["x"] + canvas["width"] * fx, canvas["y"] + canvas["height"] * fy
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x0 + canvas["width"] * fw, y0 + canvas["height"] * fh, steps=8)
-    page.mouse.up()
-    expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(before)
+    for attempt in (1, 2):
+        x0, y0 = canvas["x"] + canvas["width"] * fx, canvas["y"] + canvas["height"] * fy
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x0 + canvas["width"] * fw, y0 + canvas["height"] * fh, steps=8)
+        page.mouse.up()
+        try:
+            expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(
+                before, timeout=45_000 if attempt == 1 else 120_000)
+            break
+        except (AssertionError, PlaywrightError):
+            if attempt == 2:
+                raise
+            page.wait_for_load_state("networkidle")
+            fresh = page.locator("canvas.upper-canvas").first.bounding_box()
+            canvas = fresh or canvas
     after = _roi_caption(page)
     return [int(v) for v in re.findall(r"x (\d+)-(\d+), y (\d+)-(\d+)", after)[0]]
 
