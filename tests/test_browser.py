@@ -85,6 +85,16 @@ def streamlit_server(env: dict, tmp: Path):
                 proc.wait(timeout=20)
 
 
+def _shots(server) -> Path:
+    """Playwright's slow-machine timeout and the screenshot folder (BROWSER_SHOTS to keep them)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=120_000)  # first render imports torch/timm: slow on 2 cores
+    shots = Path(os.environ.get("BROWSER_SHOTS", server["tmp"]))
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
 def _roi_caption(page) -> str:
     return page.get_by_text(re.compile(r"ROI in stored pixels")).first.inner_text()
 
@@ -123,9 +133,7 @@ def test_upload_draw_predict_heatmaps_pdf(server):
     from playwright.sync_api import expect, sync_playwright
     from pydicom.data import get_testdata_file
 
-    expect.set_options(timeout=120_000)  # first render imports torch/timm: slow on 2 cores
-    shots = Path(os.environ.get("BROWSER_SHOTS", server["tmp"]))
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = _shots(server)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
@@ -311,11 +319,9 @@ def test_viewer_fits_and_draws_at_three_screen_sizes(server):
     """Issue 17: at 1024x768, 1440x900 and 768x1024 the page has no horizontal scroll, the
     drawing canvas covers none of the ROI controls, the window/level panel, the header
     panel or the sidebar, and drawing a box sets the ROI. One server for all three sizes."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
-    expect.set_options(timeout=120_000)
-    shots = Path(os.environ.get("BROWSER_SHOTS", server["tmp"]))
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = _shots(server)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -360,9 +366,7 @@ def test_zoom_2x_draw_maps_to_stored_pixels(server):
     canvas px); back at 1x the box stays on the same stored pixels, redrawn at its new place."""
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=120_000)
-    shots = Path(os.environ.get("BROWSER_SHOTS", server["tmp"]))
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = _shots(server)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

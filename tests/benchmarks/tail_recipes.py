@@ -28,8 +28,10 @@ import numpy as np
 from training import fit as F
 from training import fit_heads as H
 from training import fit_tails as T
-from training import stats
 from training.config import load_config
+
+# run as a script from the repo root: this folder is on sys.path
+from head_recipes import auc_text  # noqa: E402  (AUC with DeLong CI, the same cell format)
 
 FLIPS = ["h", "v", "hv"]
 
@@ -44,11 +46,6 @@ def recipe_views(name: str) -> list[str]:
             H.check_view_name(part)
             views.append(part)
     return views
-
-
-def auc_text(y: np.ndarray, s: np.ndarray) -> str:
-    r = stats.delong_auc(y, s)
-    return f"{r.auc:.3f} ({r.ci[0]:.2f}-{r.ci[1]:.2f})"
 
 
 def main() -> None:

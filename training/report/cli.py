@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
+from model_zoo.cli_logging import setup_cli_logging
 from model_zoo.errors import InputError
 from training.report.inputs import prepare, read_predictions
 from training.report.writer import METRICS_JSON, REPORT_HTML, write_analysis
+
+LOG = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 unusable input or arguments, 1 write failure)."""
+    setup_cli_logging()
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -53,16 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         context = {"predictions": str(Path(args.predictions))}
         metrics = write_analysis(analysis, Path(args.out), args.threshold, None, args.title, context)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        LOG.error("error: %s", err)
         return 2
     except OSError as err:
-        print(f"error: cannot write the report to {args.out}: {err.strerror or err}", file=sys.stderr)
+        LOG.error("error: cannot write the report to %s: %s", args.out, err.strerror or err)
         return 1
     excluded = sum(analysis.excluded.values())
     if excluded:
-        print(f"note: {excluded} row(s) excluded (no label, or a missing score/read)", file=sys.stderr)
-    print(
-        f"wrote {Path(args.out) / METRICS_JSON} and {Path(args.out) / REPORT_HTML} "
-        f"(n={metrics['n']}, models={len(metrics['models'])}, readers={len(metrics['readers'])})"
+        LOG.warning("note: %d row(s) excluded (no label, or a missing score/read)", excluded)
+    LOG.info(
+        "wrote %s and %s (n=%d, models=%d, readers=%d)",
+        Path(args.out) / METRICS_JSON, Path(args.out) / REPORT_HTML,
+        metrics["n"], len(metrics["models"]), len(metrics["readers"]),
     )
     return 0
