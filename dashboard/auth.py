@@ -36,9 +36,9 @@ DEFAULT_ITERATIONS = 600_000  # OWASP 2023 guidance for PBKDF2-HMAC-SHA256
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    mode: str                      # "none" | "password" | "oidc"
+    mode: str  # "none" | "password" | "oidc"
     password_hash: str | None = None
-    provider: str | None = None    # OIDC provider name for st.login (None = the [auth] defaults)
+    provider: str | None = None  # OIDC provider name for st.login (None = the [auth] defaults)
 
 
 def hash_password(password: str, *, salt: bytes | None = None, iterations: int = DEFAULT_ITERATIONS) -> str:
@@ -54,16 +54,19 @@ def parse_password_hash(encoded: str) -> tuple[int, bytes, bytes]:
     """(iterations, salt, digest) of an encoded hash; InputError saying what is wrong otherwise."""
     parts = str(encoded).strip().split("$")
     if len(parts) != 4 or parts[0] != SCHEME:
-        raise InputError(f"the configured dashboard password hash is not of the form "
-                         f"{SCHEME}$<iterations>$<salt>$<hash>; make one with `python -m dashboard.auth`")
+        raise InputError(
+            f"the configured dashboard password hash is not of the form "
+            f"{SCHEME}$<iterations>$<salt>$<hash>; make one with `python -m dashboard.auth`"
+        )
     try:
         iterations, salt, digest = int(parts[1]), bytes.fromhex(parts[2]), bytes.fromhex(parts[3])
     except ValueError:
-        raise InputError("the configured dashboard password hash has a non-numeric iteration count "
-                         "or non-hex salt/hash; make a new one with `python -m dashboard.auth`") from None
+        raise InputError(
+            "the configured dashboard password hash has a non-numeric iteration count "
+            "or non-hex salt/hash; make a new one with `python -m dashboard.auth`"
+        ) from None
     if iterations < 1 or not salt or len(digest) != 32:
-        raise InputError("the configured dashboard password hash is incomplete; make a new one "
-                         "with `python -m dashboard.auth`")
+        raise InputError("the configured dashboard password hash is incomplete; make a new one with `python -m dashboard.auth`")
     return iterations, salt, digest
 
 
@@ -89,8 +92,9 @@ def access_policy(secrets_map: Mapping[str, Any], environ: Mapping[str, str] | N
     if isinstance(auth, Mapping) and auth:
         missing = [k for k in ("redirect_uri", "cookie_secret") if not auth.get(k)]
         if missing:
-            raise InputError("[auth] in secrets.toml is missing " + ", ".join(missing)
-                             + " (needed for OIDC sign-in; see README, Deployment)")
+            raise InputError(
+                "[auth] in secrets.toml is missing " + ", ".join(missing) + " (needed for OIDC sign-in; see README, Deployment)"
+            )
         return AccessPolicy("oidc", provider=_oidc_provider(auth))
     dashboard = secrets_map.get("dashboard") if hasattr(secrets_map, "get") else None
     encoded = (dashboard or {}).get("password_hash") if isinstance(dashboard, Mapping) else None

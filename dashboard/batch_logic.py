@@ -49,8 +49,7 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     return PurePosixPath(*[p for p in parts if p not in (".", "")])
 
 
-def safe_extract_zip(data: bytes, dest: Path, *, max_files: int = MAX_FILES,
-                     max_total_bytes: int = MAX_TOTAL_BYTES) -> list[str]:
+def safe_extract_zip(data: bytes, dest: Path, *, max_files: int = MAX_FILES, max_total_bytes: int = MAX_TOTAL_BYTES) -> list[str]:
     """Extract a zip's regular files into ``dest``; return their relative paths.
 
     Raises
@@ -186,8 +185,7 @@ def uploaded_case_table(csv_bytes: bytes, zip_bytes: bytes | None) -> Iterator[U
         csv_path = csv_dir / CSV_NAME
         csv_path.write_bytes(csv_bytes)
         outside = _confine_images(csv_path, root)
-        yield UploadedTable(csv_path=csv_path, work_dir=Path(tmp), outside=outside, files_in_zip=len(names),
-                            root=root)
+        yield UploadedTable(csv_path=csv_path, work_dir=Path(tmp), outside=outside, files_in_zip=len(names), root=root)
 
 
 CSV_NAME = "__cases__.csv"  # the uploaded table's name inside the temporary folder
@@ -226,10 +224,19 @@ class UploadedTable:
         return frame
 
 
-def run_batch(zoo: Zoo, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: str = "given",
-              progress: Callable[[int, int], None] | None = None, with_reports: bool = False,
-              csv_name: str | None = None, block_flagged: bool = True,
-              report_image_names: bool = False, allow_ood: bool = False) -> BatchResult:
+def run_batch(
+    zoo: Zoo,
+    csv_bytes: bytes,
+    zip_bytes: bytes | None,
+    *,
+    roi_mode: str = "given",
+    progress: Callable[[int, int], None] | None = None,
+    with_reports: bool = False,
+    csv_name: str | None = None,
+    block_flagged: bool = True,
+    report_image_names: bool = False,
+    allow_ood: bool = False,
+) -> BatchResult:
     """Predict every row of an uploaded case table with images from an uploaded zip; with
     ``with_reports`` also a zip of PDF case reports (progress reported as a second pass).
 
@@ -249,17 +256,24 @@ def run_batch(zoo: Zoo, csv_bytes: bytes, zip_bytes: bytes | None, *, roi_mode: 
         raise InputError(f"ROI mode {roi_mode!r} is not one of {', '.join(ROI_MODES)}")
     with uploaded_case_table(csv_bytes, zip_bytes) as up:
         try:
-            frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode=roi_mode,
-                                  progress=progress, block_flagged=block_flagged, allow_ood=allow_ood)
+            frame = predict_cases(
+                zoo,
+                up.csv_path,
+                up.work_dir / "predictions.csv",
+                roi_mode=roi_mode,
+                progress=progress,
+                block_flagged=block_flagged,
+                allow_ood=allow_ood,
+            )
         except InputError as err:  # the table itself is unusable: say so in the user's terms
             raise InputError(up.public_message(str(err), csv_name)) from None
         frame = up.fix_errors(frame)
-        pdf_zip = (reports_zip(zoo, frame, progress=progress, image_names=report_image_names)
-                   if with_reports else None)  # images still on disk here
+        pdf_zip = (
+            reports_zip(zoo, frame, progress=progress, image_names=report_image_names) if with_reports else None
+        )  # images still on disk here
     frame = frame.drop(columns=[c for c in ("image_path",) if c in frame.columns])
     n_failed = int((frame["error"].astype(str) != "").sum())
-    return BatchResult(frame=frame, n_rows=len(frame), n_failed=n_failed, files_in_zip=up.files_in_zip,
-                       pdf_zip=pdf_zip)
+    return BatchResult(frame=frame, n_rows=len(frame), n_failed=n_failed, files_in_zip=up.files_in_zip, pdf_zip=pdf_zip)
 
 
 def report_name(row_number: int, image: Any, *, with_image: bool) -> str:
@@ -275,8 +289,13 @@ def report_name(row_number: int, image: Any, *, with_image: bool) -> str:
     return base + ".pdf"
 
 
-def reports_zip(zoo: Zoo, frame: pd.DataFrame, max_side: int = 1024,
-                progress: Callable[[int, int], None] | None = None, image_names: bool = False) -> bytes:
+def reports_zip(
+    zoo: Zoo,
+    frame: pd.DataFrame,
+    max_side: int = 1024,
+    progress: Callable[[int, int], None] | None = None,
+    image_names: bool = False,
+) -> bytes:
     """A zip of PDF case reports, one per successful row with a prediction word (an
     out-of-distribution row without one gets none), named by row number.
 
@@ -312,19 +331,28 @@ def reports_zip(zoo: Zoo, frame: pd.DataFrame, max_side: int = 1024,
                 return None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else v
 
             report = CaseReport(
-                zoo_name=zoo.release_name, zoo_version=zoo.version, p_members=members,
+                zoo_name=zoo.release_name,
+                zoo_version=zoo.version,
+                p_members=members,
                 call=zoo.call(float(row["p_ensemble"])),  # the Case page's framing (no jitter run in batch)
-                radiograph=shown, image_size_wh=(w, h),
+                radiograph=shown,
+                image_size_wh=(w, h),
                 roi_box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
-                image_sha256=sha256_bytes(data), roi_source=str(row.get("roi_source", "")),
+                image_sha256=sha256_bytes(data),
+                roi_source=str(row.get("roi_source", "")),
                 threshold_rule=zoo.threshold_rule,
                 p_clinic=None if value("p_clinic") is None else float(row["p_clinic"]),
                 disagreement=float(max(members.values()) - min(members.values())) if members else None,
-                age=None if value("age") is None else float(row["age"]), sex=value("sex"), site=value("site"),
-                zoo_files=zoo.files, intended_use=zoo.intended_use,
+                age=None if value("age") is None else float(row["age"]),
+                sex=value("sex"),
+                site=value("site"),
+                zoo_files=zoo.files,
+                intended_use=zoo.intended_use,
                 image_tags={"Case table row": str(i + 1)},
                 identifiers={"Image": str(row["image"])} if image_names and value("image") is not None else None,
             )
-            zf.writestr(report_name(i + 1, row.get("image"), with_image=image_names),
-                        build_case_report(report, include_identifiers=image_names))
+            zf.writestr(
+                report_name(i + 1, row.get("image"), with_image=image_names),
+                build_case_report(report, include_identifiers=image_names),
+            )
     return buf.getvalue()

@@ -97,8 +97,15 @@ class MemberJob(Generic[T]):
             fraction = 1.0 if total == 0 else min(1.0, (done + (self._member_fraction if running else 0.0)) / total)
             if self._state == "done":
                 fraction = 1.0
-            return JobStatus(state=self._state, done=done, total=total, member=self._member if running else None,
-                             fraction=fraction, message=self._message, results=dict(self._results))
+            return JobStatus(
+                state=self._state,
+                done=done,
+                total=total,
+                member=self._member if running else None,
+                fraction=fraction,
+                message=self._message,
+                results=dict(self._results),
+            )
 
     # -- worker -------------------------------------------------------------------------------
 
@@ -127,7 +134,10 @@ class MemberJob(Generic[T]):
         except Exception as err:  # noqa: BLE001 - the page shows a message, the log the traceback
             ref = uuid.uuid4().hex[:8]
             LOG.error("%s job failed [ref %s]", self.what, ref, exc_info=(type(err), err, err.__traceback__))
-            self._finish("failed", f"{self.what} failed ({type(err).__name__}). Reference {ref}: the details are "
-                                   "in the server log. The rest of the page is unaffected.")
+            self._finish(
+                "failed",
+                f"{self.what} failed ({type(err).__name__}). Reference {ref}: the details are "
+                "in the server log. The rest of the page is unaffected.",
+            )
         else:
             self._finish("done")

@@ -86,8 +86,7 @@ def image_quality(pixels: np.ndarray, meta: ImageMeta) -> Quality:
     for w in meta.warnings:
         if any(s in w.lower() for s in _SERIOUS):
             if "colour" in w.lower() or "cmyk" in w.lower():
-                blocking.append(f"{w}: radiographs are greyscale - is this a photo, a screenshot "
-                                "or an annotated image?")
+                blocking.append(f"{w}: radiographs are greyscale - is this a photo, a screenshot or an annotated image?")
             else:
                 blocking.append(w)
         else:
@@ -158,8 +157,7 @@ def box_key(box: Sequence[float]) -> Box:
     return (x0, y0, x1, y1)
 
 
-def load_case(data: bytes, name: str, *, sample: Mapping[str, Any] | None = None,
-              label: str | None = None) -> CaseState:
+def load_case(data: bytes, name: str, *, sample: Mapping[str, Any] | None = None, label: str | None = None) -> CaseState:
     """Decode an upload (or the sample case, with its description, ROI and clinical values)
     into a :class:`CaseState`. Raises ``InputError`` for a file that cannot be read."""
     from model_zoo.zoo import sha256_bytes
@@ -170,17 +168,27 @@ def load_case(data: bytes, name: str, *, sample: Mapping[str, Any] | None = None
     pre = prefill(image.meta, header)
     initial: Box | None = None
     if sample is not None:
-        pre = Prefill(age=sample["age"], sex=sample["sex"], site=sample["site"],
-                      notes=pre.notes + ("sample case: clinical values from its description",))
+        pre = Prefill(
+            age=sample["age"],
+            sex=sample["sex"],
+            site=sample["site"],
+            notes=pre.notes + ("sample case: clinical values from its description",),
+        )
         x0, y0, x1, y1 = (float(v) for v in sample["roi_box"])
         initial = (x0, y0, x1, y1)
     full = roi.full_image_box((w, h))
     return CaseState(
-        sha256=sha256_bytes(data), pixels_hash=imaging.image_hash(image.pixels),
+        sha256=sha256_bytes(data),
+        pixels_hash=imaging.image_hash(image.pixels),
         label=label or (SAMPLE_LABEL if sample is not None else "uploaded image"),
         description=str(sample["description"]) if sample is not None else "",
-        image=image, size=(w, h), presets=window_presets(image.pixels, image.meta), prefill=pre,
-        header_gate=header, quality=image_quality(image.pixels, image.meta), initial_box=initial,
+        image=image,
+        size=(w, h),
+        presets=window_presets(image.pixels, image.meta),
+        prefill=pre,
+        header_gate=header,
+        quality=image_quality(image.pixels, image.meta),
+        initial_box=initial,
         box=initial if initial is not None else (float(full[0]), float(full[1]), float(full[2]), float(full[3])),
     )
 
@@ -208,8 +216,10 @@ def case_widget_defaults(case: CaseState) -> dict[str, Any]:
         "case_ood_override": False,
         "case_roi_mode": case.start_mode,
         # Window/level has two widgets per value (slider for the mouse, number for the keyboard).
-        "case_wc": float(center), "case_wc_num": float(center),
-        "case_ww": float(width), "case_ww_num": float(width),
+        "case_wc": float(center),
+        "case_wc_num": float(center),
+        "case_ww": float(width),
+        "case_ww_num": float(width),
     }
     values.update(box_widget_values(case.box))
     return values
@@ -233,8 +243,9 @@ def keep_widgets(state: MutableMapping[str, Any], defaults: Mapping[str, Any]) -
 # ----------------------------------------------------------------------------- display
 
 
-def display_size(width: int, height: int, max_width: int = 640, max_height: int = 640,
-                 min_side: int = 320) -> tuple[int, int, float]:
+def display_size(
+    width: int, height: int, max_width: int = 640, max_height: int = 640, min_side: int = 320
+) -> tuple[int, int, float]:
     """(display_w, display_h, scale) fitting an image into a box; scale = display / stored.
 
     Large images shrink to fit; small ones grow until their long side reaches ``min_side``
@@ -301,13 +312,15 @@ def window_presets(pixels: np.ndarray, meta: ImageMeta) -> tuple[imaging.WindowP
     starting window ("Header window" for DICOM with one, else "Default"), each limited to the
     sliders' range."""
     c0, w0, lo, hi, _ = window_units(meta)
-    start = imaging.WindowPreset("Header window" if meta.window is not None else "Default", c0, w0,
-                                 "the window the image opened with")
+    start = imaging.WindowPreset(
+        "Header window" if meta.window is not None else "Default", c0, w0, "the window the image opened with"
+    )
     found = imaging.window_presets(window_values(pixels, meta), bright_is_high=not _high_is_dark(meta))
     max_width = max(hi - lo, w0, 2.0)
     return (start,) + tuple(
         imaging.WindowPreset(p.name, float(np.clip(p.center, lo, hi)), float(np.clip(p.width, 1.0, max_width)), p.note)
-        for p in found)
+        for p in found
+    )
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
@@ -339,8 +352,9 @@ def draw_box(gray: np.ndarray, box: Sequence[float], scale: float, colour=(255, 
     u8 = g if g.dtype == np.uint8 else imaging.to_uint8(g)
     img = Image.fromarray(u8).convert("RGB")
     x0, y0, x1, y1 = (float(v) * scale for v in box)
-    ImageDraw.Draw(img).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour,
-                                  width=max(2, round(max(img.size) / 250)))
+    ImageDraw.Draw(img).rectangle(
+        [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=max(2, round(max(img.size) / 250))
+    )
     return np.asarray(img)
 
 
@@ -359,8 +373,7 @@ def canvas_rect(json_data: Mapping[str, Any] | None) -> Box | None:
     """
     if not json_data:
         return None
-    rects = [o for o in json_data.get("objects", []) or []
-             if str(o.get("type", "")).lower() in ("rect", "labeledrect")]
+    rects = [o for o in json_data.get("objects", []) or [] if str(o.get("type", "")).lower() in ("rect", "labeledrect")]
     if not rects:
         return None
     o = rects[-1]
@@ -391,17 +404,29 @@ def canvas_drawing(box: Sequence[float] | None, scale: float, stroke: str = "#ff
     if box is None:
         return {"objects": []}
     x0, y0, x1, y1 = (float(v) * scale for v in box)
-    return {"objects": [{
-        "type": "rect", "left": x0, "top": y0, "width": x1 - x0, "height": y1 - y0,
-        "originX": "left", "originY": "top", "scaleX": 1, "scaleY": 1, "angle": 0,
-        "fill": "rgba(255, 40, 40, 0.08)", "stroke": stroke, "strokeWidth": 2,
-        "strokeUniform": True,
-    }]}
+    return {
+        "objects": [
+            {
+                "type": "rect",
+                "left": x0,
+                "top": y0,
+                "width": x1 - x0,
+                "height": y1 - y0,
+                "originX": "left",
+                "originY": "top",
+                "scaleX": 1,
+                "scaleY": 1,
+                "angle": 0,
+                "fill": "rgba(255, 40, 40, 0.08)",
+                "stroke": stroke,
+                "strokeWidth": 2,
+                "strokeUniform": True,
+            }
+        ]
+    }
 
 
 # ----------------------------------------------------------------------------- results
-
-
 
 
 def disagreement_sentence(disagreement: float) -> str:
@@ -419,16 +444,21 @@ def calibration_note(manifest: Manifest) -> str:
     ]
     cal = manifest.calibration
     if cal is not None:
-        parts.append(f"The headline probability is that output after Platt calibration, fitted on {cal.n} "
-                     f"internal cases ({_FIT_ON.get(cal.fit_on, cal.fit_on)}); it has not been recalibrated "
-                     "for your hospital, so treat values near the threshold as uncertain.")
+        parts.append(
+            f"The headline probability is that output after Platt calibration, fitted on {cal.n} "
+            f"internal cases ({_FIT_ON.get(cal.fit_on, cal.fit_on)}); it has not been recalibrated "
+            "for your hospital, so treat values near the threshold as uncertain."
+        )
     else:
-        parts.append("It has not been recalibrated for your population: read it as a ranking score, and treat "
-                     "values near the threshold as uncertain.")
+        parts.append(
+            "It has not been recalibrated for your population: read it as a ranking score, and treat "
+            "values near the threshold as uncertain."
+        )
     if thr:
-        parts.append(f"The threshold {thr.value:.2f} was chosen by the "
-                     f"{thr.rule or '?'} rule on the {thr.chosen_on or '?'} split"
-                     + (f" (n = {val['n']})." if val.get("n") else "."))
+        parts.append(
+            f"The threshold {thr.value:.2f} was chosen by the "
+            f"{thr.rule or '?'} rule on the {thr.chosen_on or '?'} split" + (f" (n = {val['n']})." if val.get("n") else ".")
+        )
     parts.append("See the Zoo page for the reliability (calibration) plot.")
     return " ".join(parts)
 
@@ -449,15 +479,19 @@ def external_validation_line(manifest: Manifest) -> str | None:
         return None
     external = external_blocks(manifest.evaluation)
     if not external:
-        return ("This release was not validated outside its training hospital: its performance at a new "
-                "hospital is unknown and likely lower than its internal test numbers.")
+        return (
+            "This release was not validated outside its training hospital: its performance at a new "
+            "hospital is unknown and likely lower than its internal test numbers."
+        )
     name, b = external[0]
-    auc = ((b.get("models") or {}).get("ensemble") or {})
+    auc = (b.get("models") or {}).get("ensemble") or {}
     ens = b.get("ensemble") or {}
     sens, spec = finite_or_none(ens.get("sensitivity")), finite_or_none(ens.get("specificity"))
     ss = "n/a" if sens is None or spec is None else f"{sens:.2f}/{spec:.2f}"
-    return (f"Measured on {b.get('n', '?')} cases from a hospital this model never saw ({name}): "
-            f"AUC {fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}.")
+    return (
+        f"Measured on {b.get('n', '?')} cases from a hospital this model never saw ({name}): "
+        f"AUC {fmt_ci(auc.get('auc'), auc.get('auc_ci'))}; sensitivity/specificity at this threshold {ss}."
+    )
 
 
 def times_in(x: float) -> str:
@@ -498,14 +532,19 @@ def ppv_npv_sentence(manifest: Manifest, positive_class: str, negative_class: st
     if ppv is None or npv is None:
         return None
     n, n_pos = b.get("n"), b.get("n_positive")
-    mix = (f" (there {n_pos} of {n} tumours were {positive_class}; with a different mix these rates change)"
-           if isinstance(n, int) and isinstance(n_pos, int) and n > 0 else "")
-    return (f"At a hospital the model had not seen ({name}), a '{positive_class}' call was right {times_in(ppv)} "
-            f"and a '{negative_class}' call {times_in(npv)}{mix}.")
+    mix = (
+        f" (there {n_pos} of {n} tumours were {positive_class}; with a different mix these rates change)"
+        if isinstance(n, int) and isinstance(n_pos, int) and n > 0
+        else ""
+    )
+    return (
+        f"At a hospital the model had not seen ({name}), a '{positive_class}' call was right {times_in(ppv)} "
+        f"and a '{negative_class}' call {times_in(npv)}{mix}."
+    )
 
 
 def outside_members(p_ensemble: float, p_members: Mapping[str, float]) -> str | None:
-    """"above" / "below" when the ensemble lies strictly above / below every member, else None."""
+    """ "above" / "below" when the ensemble lies strictly above / below every member, else None."""
     values = [float(v) for v in p_members.values()]
     if not values:
         return None
@@ -516,29 +555,41 @@ def outside_members(p_ensemble: float, p_members: Mapping[str, float]) -> str | 
     return None
 
 
-def outside_members_caption(p_ensemble: float, p_members: Mapping[str, float], p_clinic: float | None,
-                            positive_class: str) -> str | None:
+def outside_members_caption(
+    p_ensemble: float, p_members: Mapping[str, float], p_clinic: float | None, positive_class: str
+) -> str | None:
     """Why the ensemble can lie outside its members (None when it lies within their range)."""
     side = outside_members(p_ensemble, p_members)
     if side is None:
         return None
     edge = max(p_members.values()) if side == "above" else min(p_members.values())
     which = "highest" if side == "above" else "lowest"
-    clinic = (f" (the clinic-only model, from age, sex and site alone, gives P({positive_class}) = {p_clinic:.2f})"
-              if p_clinic is not None else "")
-    return (f"The ensemble ({p_ensemble:.2f}) lies {side} every image member ({which} {edge:.2f}): the stacker "
-            f"also weighs age, sex and site{clinic} and is a learned combination fitted on out-of-fold scores, "
-            "not an average, so it can lie outside the members' range.")
+    clinic = (
+        f" (the clinic-only model, from age, sex and site alone, gives P({positive_class}) = {p_clinic:.2f})"
+        if p_clinic is not None
+        else ""
+    )
+    return (
+        f"The ensemble ({p_ensemble:.2f}) lies {side} every image member ({which} {edge:.2f}): the stacker "
+        f"also weighs age, sex and site{clinic} and is a learned combination fitted on out-of-fold scores, "
+        "not an average, so it can lie outside the members' range."
+    )
 
 
 def localiser_caution(metrics: Mapping[str, Any] | None) -> str:
     """What to tell a clinician about an auto-crop box, from the localiser's recorded test metrics."""
     test = (metrics or {}).get("test") or {}
     hit, n = test.get("frac_iou_gt_0_3"), test.get("n_lesion")
-    evidence = (f" On the internal test split its box overlapped the annotator's (IoU > 0.3) for "
-                f"{hit:.0%} of {n} lesions." if isinstance(hit, (int, float)) and n else "")
-    return ("Check the proposed box before reading the result: it should enclose the whole lesion."
-            + evidence + " Use \"Edit this box\" or draw one if it does not.")
+    evidence = (
+        f" On the internal test split its box overlapped the annotator's (IoU > 0.3) for {hit:.0%} of {n} lesions."
+        if isinstance(hit, (int, float)) and n
+        else ""
+    )
+    return (
+        "Check the proposed box before reading the result: it should enclose the whole lesion."
+        + evidence
+        + ' Use "Edit this box" or draw one if it does not.'
+    )
 
 
 def whole_image_caution(manifest: Manifest) -> str:
@@ -557,43 +608,53 @@ def whole_image_caution(manifest: Manifest) -> str:
     whole, boxed, auto = (finite_or_none(test.get(k)) for k in ("whole_image", "annotator", "localiser"))
     advice = " Draw a box around the lesion for the answer the models were validated for."
     if whole is None or boxed is None:
-        return ("Whole image: the models were trained on boxes around the lesion; on the whole image the lesion "
-                "is small in what they see and the answer is less reliable. This release did not record how "
-                "much less." + advice)
+        return (
+            "Whole image: the models were trained on boxes around the lesion; on the whole image the lesion "
+            "is small in what they see and the answer is less reliable. This release did not record how "
+            "much less." + advice
+        )
     n = test.get("n")
-    on = f"{int(n)} internal test cases" if isinstance(n, (int, float)) and not isinstance(n, bool) else \
-        "its internal test split"
+    on = f"{int(n)} internal test cases" if isinstance(n, (int, float)) and not isinstance(n, bool) else "its internal test split"
     also = f", {auto:.2f} with auto-crop boxes" if auto is not None else ""
-    return (f"Whole image: this release measured a lower AUC with whole images. On {on} the ensemble's AUC was "
-            f"{whole:.2f} on the whole image against {boxed:.2f} with the annotators' boxes{also}." + advice)
+    return (
+        f"Whole image: this release measured a lower AUC with whole images. On {on} the ensemble's AUC was "
+        f"{whole:.2f} on the whole image against {boxed:.2f} with the annotators' boxes{also}." + advice
+    )
 
 
 def ood_message(score: float, threshold: float) -> str:
     """What the Case page says when the release's out-of-distribution check flags the crop."""
-    return (f"This image does not look like the radiographs the model was trained on (out-of-distribution score "
-            f"{score:.2f}, above this release's threshold {threshold:.2f}). The models were fitted on crops of "
-            "bone radiographs; on other images their probability means nothing, so no probability or call is "
-            "shown.")
+    return (
+        f"This image does not look like the radiographs the model was trained on (out-of-distribution score "
+        f"{score:.2f}, above this release's threshold {threshold:.2f}). The models were fitted on crops of "
+        "bone radiographs; on other images their probability means nothing, so no probability or call is "
+        "shown."
+    )
 
 
 def ood_override_note(score: float, threshold: float) -> str:
     """The warning that goes with a result shown after the user overrode the check (page and PDF)."""
-    return (f"Out of distribution: this image does not look like the radiographs the model was trained on "
-            f"(score {score:.2f} > threshold {threshold:.2f}); the result is shown only because the user "
-            "overrode the check (logged), and its probability may mean nothing.")
+    return (
+        f"Out of distribution: this image does not look like the radiographs the model was trained on "
+        f"(score {score:.2f} > threshold {threshold:.2f}); the result is shown only because the user "
+        "overrode the check (logged), and its probability may mean nothing."
+    )
 
 
 def ood_passed_note(score: float | None, threshold: float | None) -> str | None:
     """A one-line caption for a crop that passed the check (None when the release has none)."""
     if score is None or threshold is None:
         return None
-    return (f"Out-of-distribution check passed: score {score:.2f} is within this release's threshold "
-            f"{threshold:.2f} (the crop looks like the training radiographs).")
+    return (
+        f"Out-of-distribution check passed: score {score:.2f} is within this release's threshold "
+        f"{threshold:.2f} (the crop looks like the training radiographs)."
+    )
 
 
 def member_frame_rows(p_members: Mapping[str, float], threshold: float) -> list[dict[str, Any]]:
-    return [{"member": mid, "probability": float(p), "call": "above" if p >= threshold else "below"}
-            for mid, p in p_members.items()]
+    return [
+        {"member": mid, "probability": float(p), "call": "above" if p >= threshold else "below"} for mid, p in p_members.items()
+    ]
 
 
 # ----------------------------------------------------------------------------- compute (library calls)
@@ -639,12 +700,19 @@ def cam_view_geometry(crops: Mapping[str, tuple[np.ndarray, Box]], side: int) ->
     return view_box, (vw, vh)
 
 
-def roi_view_gray(pixels: np.ndarray, meta: ImageMeta, view_box: Sequence[float], view_wh: tuple[int, int],
-                  center: float, width: float, *, invert: bool = False) -> np.ndarray:
+def roi_view_gray(
+    pixels: np.ndarray,
+    meta: ImageMeta,
+    view_box: Sequence[float],
+    view_wh: tuple[int, int],
+    center: float,
+    width: float,
+    *,
+    invert: bool = False,
+) -> np.ndarray:
     """The ROI view at stored resolution, shrunk to ``view_wh``, in the main view's window."""
     vx0, vy0, vx1, vy1 = (int(v) for v in view_box)
-    return rewindow(downscale(np.ascontiguousarray(pixels[vy0:vy1, vx0:vx1]), view_wh), meta, center, width,
-                    invert=invert)
+    return rewindow(downscale(np.ascontiguousarray(pixels[vy0:vy1, vx0:vx1]), view_wh), meta, center, width, invert=invert)
 
 
 def union_box(boxes: Sequence[Sequence[float]]) -> Box:
@@ -658,15 +726,25 @@ def paste(values: np.ndarray, box: Sequence[float], view_box: Sequence[float]) -
     vx0, vy0, vx1, vy1 = (int(round(float(v))) for v in view_box)
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     out = np.zeros((vy1 - vy0, vx1 - vx0), dtype=np.float32)
-    out[y0 - vy0:y1 - vy0, x0 - vx0:x1 - vx0] = values
+    out[y0 - vy0 : y1 - vy0, x0 - vx0 : x1 - vx0] = values
     return out
 
 
-def member_cam(zoo: Zoo, member_index: int, pixels: np.ndarray, box: Sequence[float], method: str,
-               view_box: Sequence[float], view_wh: tuple[int, int], display_wh: tuple[int, int], *,
-               cache: Any = None, pixels_hash: str | None = None,
-               should_stop: Callable[[], bool] | None = None,
-               progress: Callable[[int, int], None] | None = None) -> CamView:
+def member_cam(
+    zoo: Zoo,
+    member_index: int,
+    pixels: np.ndarray,
+    box: Sequence[float],
+    method: str,
+    view_box: Sequence[float],
+    view_wh: tuple[int, int],
+    display_wh: tuple[int, int],
+    *,
+    cache: Any = None,
+    pixels_hash: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CamView:
     """``explain.explain_member`` for one member, shrunk to display resolution.
 
     Full-image maps are 4 bytes x H x W each; only the display-size copies are kept.
@@ -677,16 +755,30 @@ def member_cam(zoo: Zoo, member_index: int, pixels: np.ndarray, box: Sequence[fl
     from model_zoo import explain
 
     m = zoo.members[member_index]
-    ex = explain.explain_member(m.spec, m.model, pixels, tuple(float(v) for v in box), method=method,
-                                cache=cache, pixels_hash=pixels_hash, should_stop=should_stop, progress=progress)
+    ex = explain.explain_member(
+        m.spec,
+        m.model,
+        pixels,
+        tuple(float(v) for v in box),
+        method=method,
+        cache=cache,
+        pixels_hash=pixels_hash,
+        should_stop=should_stop,
+        progress=progress,
+    )
     roi_view = downscale(paste(ex.roi_map, ex.crop_box, view_box), view_wh)
     full_small = downscale(ex.image_map, display_wh)
     note = str(ex.heatmap.details.get("blank_reason") or "")
     if not note and ex.heatmap.details.get("empty"):
         note = explain.BLANK_ZERO
     # float16 halves the cache footprint; display needs far less than its 3 significant digits.
-    return CamView(title=f"{m.spec.member_id}: {ex.heatmap.method}", roi_map=roi_view.astype(np.float16),
-                   full_map=full_small.astype(np.float16), seconds=float(ex.heatmap.seconds), note=note)
+    return CamView(
+        title=f"{m.spec.member_id}: {ex.heatmap.method}",
+        roi_map=roi_view.astype(np.float16),
+        full_map=full_small.astype(np.float16),
+        seconds=float(ex.heatmap.seconds),
+        note=note,
+    )
 
 
 def ensemble_cam(views: Mapping[str, CamView], weights: Mapping[str, float], method_label: str) -> CamView:
@@ -697,9 +789,13 @@ def ensemble_cam(views: Mapping[str, CamView], weights: Mapping[str, float], met
     full = explain.ensemble_heatmap({k: v.full_map for k, v in views.items()}, w, base_method=method_label)
     roi_e = explain.ensemble_heatmap({k: v.roi_map for k, v in views.items()}, w, base_method=method_label)
     blank = bool(views) and all(v.note for v in views.values())
-    return CamView(title=full.method, roi_map=np.asarray(roi_e.values), full_map=np.asarray(full.values),
-                   seconds=sum(v.seconds for v in views.values()),
-                   note="every member's map is blank at its layer" if blank else "")
+    return CamView(
+        title=full.method,
+        roi_map=np.asarray(roi_e.values),
+        full_map=np.asarray(full.values),
+        seconds=sum(v.seconds for v in views.values()),
+        note="every member's map is blank at its layer" if blank else "",
+    )
 
 
 HEATMAP_HOW_TO = (
@@ -711,7 +807,8 @@ HEATMAP_HOW_TO = (
     "(fast, coarse: one cell per 14-32 pixels of the model input); ScoreCAM scores masked inputs "
     "(slower; on these members often close to where activations are strong). Where the release "
     "quotes measured numbers, compare them with the random map's: if the maps fall in the lesion box "
-    "no more often than a random map, read them as a picture of the network, not of the lesion.")
+    "no more often than a random map, read them as a picture of the network, not of the lesion."
+)
 
 
 def explain_sentence(report: Any, view: str) -> str | None:
@@ -741,9 +838,12 @@ def explain_sentence(report: Any, view: str) -> str | None:
     score = pct(s.metric(view, "ensemble", "scorecam", "pointing_box"))
     where = "external" if s.kind == "external" else "internal test" if s.kind == "internal" else ""
     how = "with the ROI drawn around the lesion" if view == "roi" else "with the whole radiograph as input"
-    return (f"Measured on {grad.n} {where + ' ' if where else ''}lesions ({s.name}), {how}: the ensemble GradCAM "
-            f"peak fell inside the annotator's lesion box in {pct(grad)}{ci} of cases"
-            + (f" (ScoreCAM: {score})" if score else "") + f"; a random map: {pct(rand)}.")
+    return (
+        f"Measured on {grad.n} {where + ' ' if where else ''}lesions ({s.name}), {how}: the ensemble GradCAM "
+        f"peak fell inside the annotator's lesion box in {pct(grad)}{ci} of cases"
+        + (f" (ScoreCAM: {score})" if score else "")
+        + f"; a random map: {pct(rand)}."
+    )
 
 
 # ----------------------------------------------------------------------------- PDF
@@ -766,9 +866,20 @@ class CaseView:
     opacity: float = 0.5
 
 
-def case_pdf(zoo: Zoo, case: CaseState, box: Sequence[float], source: str, inputs: Mapping[str, Any],
-             pred: Prediction, jitter: JitterSummary | None, warnings: Sequence[str], *,
-             view: CaseView | None = None, reference: str = "", include_identifiers: bool = False) -> bytes:
+def case_pdf(
+    zoo: Zoo,
+    case: CaseState,
+    box: Sequence[float],
+    source: str,
+    inputs: Mapping[str, Any],
+    pred: Prediction,
+    jitter: JitterSummary | None,
+    warnings: Sequence[str],
+    *,
+    view: CaseView | None = None,
+    reference: str = "",
+    include_identifiers: bool = False,
+) -> bytes:
     """The PDF case report (``model_zoo.report_pdf``) from what the case page computed.
 
     ``view`` is what the page showed (the displayed radiograph, crops and heatmaps: the
@@ -788,22 +899,37 @@ def case_pdf(zoo: Zoo, case: CaseState, box: Sequence[float], source: str, input
         roi_gray, full_gray = view.cam_gray
         ens = ensemble_cam(views, zoo.cam_weights, label)
         heatmaps.append(report_pdf.HeatmapFigure(f"{label} ensemble-weighted, ROI", overlay(roi_gray, ens.roi_map, opacity)))
-        heatmaps.append(report_pdf.HeatmapFigure(f"{label} ensemble-weighted, full image",
-                                                 overlay(full_gray, ens.full_map, opacity)))
+        heatmaps.append(
+            report_pdf.HeatmapFigure(f"{label} ensemble-weighted, full image", overlay(full_gray, ens.full_map, opacity))
+        )
         for mid, v in views.items():
             heatmaps.append(report_pdf.HeatmapFigure(f"{label} {mid}, ROI", overlay(roi_gray, v.roi_map, opacity)))
     meta = case.image.meta
     call = zoo.call(pred.p_ensemble, jitter)
     rep = report_pdf.CaseReport(
-        zoo_name=zoo.release_name, zoo_version=zoo.version, call=call, threshold_rule=zoo.threshold_rule,
-        p_members=pred.p_members, p_clinic=pred.p_clinic,
+        zoo_name=zoo.release_name,
+        zoo_version=zoo.version,
+        call=call,
+        threshold_rule=zoo.threshold_rule,
+        p_members=pred.p_members,
+        p_clinic=pred.p_clinic,
         external_validation=external_validation_line(zoo.manifest) or "",
-        disagreement=pred.disagreement, radiograph=view.radiograph if view is not None else case.image.pixels,
-        image_size_wh=case.size, roi_box=tuple(box), roi_source=source, image_sha256=case.sha256,
-        age=inputs.get("age"), sex=inputs.get("sex"), site=inputs.get("site"),
+        disagreement=pred.disagreement,
+        radiograph=view.radiograph if view is not None else case.image.pixels,
+        image_size_wh=case.size,
+        roi_box=tuple(box),
+        roi_source=source,
+        image_sha256=case.sha256,
+        age=inputs.get("age"),
+        sex=inputs.get("sex"),
+        site=inputs.get("site"),
         crops={k: c for k, (c, _) in (view.crops if view is not None else {}).items()},
-        heatmaps=heatmaps, jitter=jitter, warnings=list(warnings), calibration_note=calibration_note(zoo.manifest),
-        zoo_files=zoo.files, manifest_sha256=zoo.manifest_sha256,
+        heatmaps=heatmaps,
+        jitter=jitter,
+        warnings=list(warnings),
+        calibration_note=calibration_note(zoo.manifest),
+        zoo_files=zoo.files,
+        manifest_sha256=zoo.manifest_sha256,
         intended_use=zoo.intended_use,
         image_tags={k: v for k, v in meta.display_tags.items() if k in ("Modality", "BodyPartExamined", "ViewPosition")},
         created=_dt.datetime.now(_dt.timezone.utc),

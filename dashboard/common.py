@@ -87,8 +87,10 @@ def get_zoo(*, show_missing: bool = True) -> Zoo | None:
         return None
     if not path.exists():
         if show_missing:
-            st.error(f"The model zoo folder {path} does not exist. Set {ZOO_ENV} to a release "
-                     "folder, or put a release under assets/zoo.")
+            st.error(
+                f"The model zoo folder {path} does not exist. Set {ZOO_ENV} to a release "
+                "folder, or put a release under assets/zoo."
+            )
         return None
     return _load_zoo(str(path.resolve()))
 
@@ -113,8 +115,10 @@ def show_error(err: BaseException) -> None:
         return
     ref = uuid.uuid4().hex[:8]
     LOG.error("dashboard error [ref %s]", ref, exc_info=(type(err), err, err.__traceback__))
-    st.error(f"Something went wrong ({type(err).__name__}). Reference {ref}: the details are in "
-             "the server log. Please try again or report the reference.")
+    st.error(
+        f"Something went wrong ({type(err).__name__}). Reference {ref}: the details are in "
+        "the server log. Please try again or report the reference."
+    )
 
 
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>#|~$])")
@@ -166,8 +170,7 @@ def secrets_dict() -> dict[str, Any]:
         present = [str(f) for f in st.get_option("secrets.files") if Path(f).exists()]
         if not present:
             return {}
-        raise InputError(f"could not read {', '.join(present)} ({type(err).__name__}); "
-                         "fix its TOML syntax") from None
+        raise InputError(f"could not read {', '.join(present)} ({type(err).__name__}); fix its TOML syntax") from None
 
 
 def require_access() -> bool:
@@ -192,8 +195,7 @@ def require_access() -> bool:
             return True
         st.title("Bone radiograph model zoo")
         st.info("Sign in with your organisation account to use this dashboard.")
-        st.button("Sign in", type="primary", on_click=st.login,
-                  args=(policy.provider,) if policy.provider else ())
+        st.button("Sign in", type="primary", on_click=st.login, args=(policy.provider,) if policy.provider else ())
         return False
     if st.session_state.get(ACCESS_KEY):
         with st.sidebar:

@@ -24,8 +24,19 @@ from dashboard import common
 from model_zoo import audit
 from model_zoo.errors import InputError
 from model_zoo.framing import JitterSummary
-from model_zoo.pacs import (InstanceResult, PacsClient, PacsError, PacsSettings, SeriesResult, StudyQuery,
-                            StudyResult, load_settings, open_instance, prepare_writeback, write_back)
+from model_zoo.pacs import (
+    InstanceResult,
+    PacsClient,
+    PacsError,
+    PacsSettings,
+    SeriesResult,
+    StudyQuery,
+    StudyResult,
+    load_settings,
+    open_instance,
+    prepare_writeback,
+    write_back,
+)
 from model_zoo.pacs.writeback import manifest_sha256, result_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,7 +52,10 @@ class CaseLoader(Protocol):
 
 MODALITY_CHOICES = {
     "Radiographs (CR/DX/DR/RF)": "radiographs",
-    "CR": "CR", "DX": "DX", "DR": "DR", "RF": "RF",
+    "CR": "CR",
+    "DX": "DX",
+    "DR": "DR",
+    "RF": "RF",
     "Any modality": "any",
 }
 PACS_FILE_NAME = "pacs.dcm"  # the name handed to the loader: never a patient's file name
@@ -103,8 +117,10 @@ def open_from_pacs_panel(load_case: CaseLoader) -> None:
     if settings is None:
         return
     with st.expander("Open from PACS", expanded=st.session_state.get("pacs_studies") is not None):
-        st.caption(f"PACS: {settings.display_url} (DICOMweb). Radiographs (CR/DX/DR/RF) open as a case; "
-                   "other modalities are listed but cannot be opened.")
+        st.caption(
+            f"PACS: {settings.display_url} (DICOMweb). Radiographs (CR/DX/DR/RF) open as a case; "
+            "other modalities are listed but cannot be opened."
+        )
         if settings.transport_warning:
             st.warning(f"Note: {settings.transport_warning}.")
         try:
@@ -127,8 +143,9 @@ def _search(settings: PacsSettings) -> None:
         submitted = st.form_submit_button("Search the PACS")
     if not submitted:
         return
-    query = StudyQuery(patient_id=pid, patient_name=name, accession=acc, date_from=lo, date_to=hi,
-                       modality=MODALITY_CHOICES[modality])
+    query = StudyQuery(
+        patient_id=pid, patient_name=name, accession=acc, date_from=lo, date_to=hi, modality=MODALITY_CHOICES[modality]
+    )
     for k in ("pacs_studies", "pacs_series", "pacs_pick", "pacs_study_idx", "pacs_instance_cache", "pacs_thumb_cache"):
         st.session_state.pop(k, None)
     with st.spinner("Searching the PACS ..."):
@@ -143,8 +160,7 @@ def _results(settings: PacsSettings, load_case: CaseLoader) -> None:
         st.info("No study matches this search.")
         return
     st.caption(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} found (newest first).")
-    idx = st.selectbox("Study", list(range(len(studies))), format_func=lambda i: study_label(studies[i]),
-                       key="pacs_study_idx")
+    idx = st.selectbox("Study", list(range(len(studies))), format_func=lambda i: study_label(studies[i]), key="pacs_study_idx")
     study = studies[int(idx)]
     cache: dict[str, list[SeriesResult]] = st.session_state.setdefault("pacs_series", {})
     if study.study_uid not in cache:
@@ -166,8 +182,9 @@ def _results(settings: PacsSettings, load_case: CaseLoader) -> None:
             else:
                 st.markdown(f":gray[{series_label(s)} - {reason}]")
         with c_button:
-            if st.button("Choose", key=f"pacs_series_{i}", disabled=reason is not None,
-                         help=reason or "List the images of this series"):
+            if st.button(
+                "Choose", key=f"pacs_series_{i}", disabled=reason is not None, help=reason or "List the images of this series"
+            ):
                 pick = st.session_state["pacs_pick"] = (study.study_uid, s.series_uid)
     if not pick or pick[0] != study.study_uid:
         return
@@ -202,8 +219,16 @@ def _images(settings: PacsSettings, series: SeriesResult, load_case: CaseLoader)
 
     c_pick, c_thumb = st.columns([3, 1])
     with c_pick:
-        i = st.selectbox(f"Image in series #{series.number}", list(range(len(instances))), format_func=label,
-                         key=f"pacs_instance_{_short(series.series_uid)}") if len(instances) > 1 else 0
+        i = (
+            st.selectbox(
+                f"Image in series #{series.number}",
+                list(range(len(instances))),
+                format_func=label,
+                key=f"pacs_instance_{_short(series.series_uid)}",
+            )
+            if len(instances) > 1
+            else 0
+        )
         clicked = st.button("Open this image as the case", key="pacs_open", type="primary")
     with c_thumb:
         thumbs = st.session_state.setdefault("pacs_thumb_cache", {})
@@ -227,8 +252,10 @@ def _open(client: PacsClient, instance: InstanceResult, load_case: CaseLoader) -
     load_case(opened.data, PACS_FILE_NAME, label="image from the PACS")
     st.session_state["pacs_source"] = {"header": opened.header, "sha256": opened.sha256}
     try:
-        audit.append_event(None, {"event": "pacs_open", "source": "dashboard", "image_sha256": opened.sha256,
-                                  "modality": opened.image.meta.modality})
+        audit.append_event(
+            None,
+            {"event": "pacs_open", "source": "dashboard", "image_sha256": opened.sha256, "modality": opened.image.meta.modality},
+        )
     except OSError as err:
         st.warning(f"The audit log could not be written ({err.strerror or type(err).__name__}).")
     st.success("Opened from the PACS. Check the ROI and clinical inputs below.")
@@ -237,19 +264,31 @@ def _open(client: PacsClient, instance: InstanceResult, load_case: CaseLoader) -
 # ----------------------------------------------------------------------------- write back
 
 
-def write_back_panel(zoo: Zoo, case: CaseState, box: tuple, source: str, inputs: dict, pred: Prediction,
-                     jitter: JitterSummary | None, warnings: list[str], view: CaseView | None = None) -> None:
+def write_back_panel(
+    zoo: Zoo,
+    case: CaseState,
+    box: tuple,
+    source: str,
+    inputs: dict,
+    pred: Prediction,
+    jitter: JitterSummary | None,
+    warnings: list[str],
+    view: CaseView | None = None,
+) -> None:
     """Button: SR + PDF into the case's own study. Shown only for a case opened from the PACS."""
     settings = pacs_settings(quiet=True)
     src = st.session_state.get("pacs_source")
     if settings is None or not src or src.get("sha256") != case.sha256:
         return
     st.subheader("6. Write back to the PACS")
-    st.caption("Stores a DICOM Structured Report (probabilities, the call, the ROI on this image, the zoo "
-               "release) and the PDF report above in this patient's study, each as a new series. "
-               "Writing the same result again does not create a duplicate.")
-    key = result_key(str(src["header"].SOPInstanceUID), manifest_sha256(zoo), box, inputs.get("age"),
-                     inputs.get("sex"), inputs.get("site"))
+    st.caption(
+        "Stores a DICOM Structured Report (probabilities, the call, the ROI on this image, the zoo "
+        "release) and the PDF report above in this patient's study, each as a new series. "
+        "Writing the same result again does not create a duplicate."
+    )
+    key = result_key(
+        str(src["header"].SOPInstanceUID), manifest_sha256(zoo), box, inputs.get("age"), inputs.get("sex"), inputs.get("site")
+    )
     done: dict[str, str] = st.session_state.setdefault("pacs_written", {})
     if not st.button("Write the result to the PACS", key="pacs_write"):
         if key in done:
@@ -260,8 +299,16 @@ def write_back_panel(zoo: Zoo, case: CaseState, box: tuple, source: str, inputs:
     with st.spinner("Writing to the PACS and confirming ..."):
         try:
             pdf = cl.case_pdf(zoo, case, box, source, inputs, pred, jitter, warnings, view=view)
-            objects, key = prepare_writeback(src["header"], zoo, pred, box=box, roi_source=source,
-                                             inputs=inputs, pdf=pdf, call=zoo.call(pred.p_ensemble, jitter))
+            objects, key = prepare_writeback(
+                src["header"],
+                zoo,
+                pred,
+                box=box,
+                roi_source=source,
+                inputs=inputs,
+                pdf=pdf,
+                call=zoo.call(pred.p_ensemble, jitter),
+            )
             result = write_back(_client(settings), objects, key=key)
         except PacsError as err:
             st.error(f"PACS write-back: {err}.")
@@ -269,8 +316,16 @@ def write_back_panel(zoo: Zoo, case: CaseState, box: tuple, source: str, inputs:
     done[key] = result.message
     st.success(f"PACS: {result.message}.")
     try:
-        audit.append_event(None, {"event": "pacs_write", "source": "dashboard", "image_sha256": case.sha256,
-                                  "result_key": key, "written": list(result.written),
-                                  "already_present": list(result.already_present)})
+        audit.append_event(
+            None,
+            {
+                "event": "pacs_write",
+                "source": "dashboard",
+                "image_sha256": case.sha256,
+                "result_key": key,
+                "written": list(result.written),
+                "already_present": list(result.already_present),
+            },
+        )
     except OSError as err:
         st.warning(f"The audit log could not be written ({err.strerror or type(err).__name__}).")

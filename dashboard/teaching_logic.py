@@ -70,8 +70,7 @@ def _display_png(pixels: np.ndarray, box: tuple[float, float, float, float]) -> 
     return buf.getvalue()
 
 
-def cam_with_box_png(zoo: Zoo, pixels: np.ndarray, box: tuple[float, float, float, float],
-                     annotator: bool) -> tuple[bytes, str]:
+def cam_with_box_png(zoo: Zoo, pixels: np.ndarray, box: tuple[float, float, float, float], annotator: bool) -> tuple[bytes, str]:
     """The Case page's ensemble-weighted GradCAM on the ROI view (``case_logic.member_cam`` /
     ``ensemble_cam``), with the ROI drawn in white when it is the annotator's box. Returns the
     PNG and the blank-map note ("" when the map shows something)."""
@@ -83,8 +82,10 @@ def cam_with_box_png(zoo: Zoo, pixels: np.ndarray, box: tuple[float, float, floa
     vx0, vy0, vx1, vy1 = (int(v) for v in view_box)
     vw, vh, vscale = cl.display_size(vx1 - vx0, vy1 - vy0, CAM_SIDE, CAM_SIDE)
     dw, dh, _ = cl.display_size(w, h, CAM_SIDE, CAM_SIDE)
-    views = {m.spec.member_id: cl.member_cam(zoo, i, pixels, box, "gradcam", view_box, (vw, vh), (dw, dh))
-             for i, m in enumerate(zoo.members)}
+    views = {
+        m.spec.member_id: cl.member_cam(zoo, i, pixels, box, "gradcam", view_box, (vw, vh), (dw, dh))
+        for i, m in enumerate(zoo.members)
+    }
     ens = cl.ensemble_cam(views, zoo.cam_weights, "GradCAM")
     gray = cl.downscale(np.ascontiguousarray(pixels[vy0:vy1, vx0:vx1]), (vw, vh))
     rgb = cl.overlay(gray, ens.roi_map, 0.5)
@@ -96,9 +97,15 @@ def cam_with_box_png(zoo: Zoo, pixels: np.ndarray, box: tuple[float, float, floa
     return buf.getvalue(), ens.note
 
 
-def load_case_set(zoo: Zoo, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: int = 0,
-                  progress: Callable[[int, int], None] | None = None,
-                  with_cams: bool = False) -> tuple[list[TeachingCase], list[str]]:
+def load_case_set(
+    zoo: Zoo,
+    csv_bytes: bytes,
+    zip_bytes: bytes | None,
+    *,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    with_cams: bool = False,
+) -> tuple[list[TeachingCase], list[str]]:
     """Predict a labelled case table and keep display images in memory.
 
     ``with_cams`` also prepares each case's ensemble GradCAM with the annotator's box (rows
@@ -116,8 +123,7 @@ def load_case_set(zoo: Zoo, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
     skipped: list[str] = []
     with batch_logic.uploaded_case_table(csv_bytes, zip_bytes) as up:
         try:
-            frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode="given",
-                                  progress=progress)
+            frame = predict_cases(zoo, up.csv_path, up.work_dir / "predictions.csv", roi_mode="given", progress=progress)
         except InputError as err:  # no temp-folder path or internal file name in the message
             raise InputError(up.public_message(str(err))) from None
         frame = up.fix_errors(frame)
@@ -140,16 +146,20 @@ def load_case_set(zoo: Zoo, csv_bytes: bytes, zip_bytes: bytes | None, *, seed: 
             box = tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1"))
             annotator = str(row.get("roi_source", "")) == "given"
             cam_png, cam_note = cam_with_box_png(zoo, image.pixels, box, annotator) if with_cams else (None, "")
-            cases.append({
-                "cam_png": cam_png, "annotator_box": annotator and cam_png is not None, "cam_note": cam_note,
-                "png": _display_png(image.pixels, box), "label": int(row["label"]),
-                "p_ensemble": float(row["p_ensemble"]),
-                "age": None if _missing(row.get("age")) else float(row["age"]),
-                "sex": None if _missing(row.get("sex")) else str(row["sex"]),
-                "site": None if _missing(row.get("site")) else str(row["site"]),
-                "subtype": None if subtype_column is None or _missing(row.get(subtype_column))
-                else str(row[subtype_column]),
-            })
+            cases.append(
+                {
+                    "cam_png": cam_png,
+                    "annotator_box": annotator and cam_png is not None,
+                    "cam_note": cam_note,
+                    "png": _display_png(image.pixels, box),
+                    "label": int(row["label"]),
+                    "p_ensemble": float(row["p_ensemble"]),
+                    "age": None if _missing(row.get("age")) else float(row["age"]),
+                    "sex": None if _missing(row.get("sex")) else str(row["sex"]),
+                    "site": None if _missing(row.get("site")) else str(row["site"]),
+                    "subtype": None if subtype_column is None or _missing(row.get(subtype_column)) else str(row[subtype_column]),
+                }
+            )
     order = np.random.default_rng(seed).permutation(len(cases))
     width = max(2, len(str(len(cases))))
     out = [TeachingCase(case_id=f"C{i + 1:0{width}d}", **cases[j]) for i, j in enumerate(order)]
@@ -182,8 +192,9 @@ def complete_readers(answers: Mapping[str, Mapping[str, Any]], cases: list[Teach
     return [r for r, per in answers.items() if ids <= set(per)]
 
 
-def study_frame(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]],
-                readers: list[str]) -> pd.DataFrame:
+def study_frame(
+    cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]], readers: list[str]
+) -> pd.DataFrame:
     """``case, label, p_ensemble, reader_<name>...`` for the readers given (complete ones)."""
     data: dict[str, list[Any]] = {
         "case": [c.case_id for c in cases],
@@ -218,15 +229,25 @@ def rater_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     ens = (metrics.get("models") or {}).get("ensemble")
     kappas = metrics.get("cohen_kappa") or {}
     if ens:
-        rows.append({"rater": "model (ensemble)", **{k: _ci(ens.get(k), ens.get(f"{k}_ci"))
-                                                      for k in ("accuracy", "sensitivity", "specificity")},
-                     "Cohen kappa vs model": "-", "Cochran Q p vs model": "-"})
+        rows.append(
+            {
+                "rater": "model (ensemble)",
+                **{k: _ci(ens.get(k), ens.get(f"{k}_ci")) for k in ("accuracy", "sensitivity", "specificity")},
+                "Cohen kappa vs model": "-",
+                "Cochran Q p vs model": "-",
+            }
+        )
     for name, m in (metrics.get("readers") or {}).items():
         k = kappas.get(f"ensemble|{name}")
         q = m.get("cochran_q_p_vs_ensemble")
-        rows.append({"rater": name, **{p: _ci(m.get(p), m.get(f"{p}_ci")) for p in ("accuracy", "sensitivity", "specificity")},
-                     "Cohen kappa vs model": "-" if k is None else f"{float(k):.2f}",
-                     "Cochran Q p vs model": "-" if q is None else f"{float(q):.3f}"})
+        rows.append(
+            {
+                "rater": name,
+                **{p: _ci(m.get(p), m.get(f"{p}_ci")) for p in ("accuracy", "sensitivity", "specificity")},
+                "Cohen kappa vs model": "-" if k is None else f"{float(k):.2f}",
+                "Cochran Q p vs model": "-" if q is None else f"{float(q):.3f}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -235,14 +256,14 @@ def agreement_lines(metrics: Mapping[str, Any]) -> list[str]:
     lines = []
     fk, fci = metrics.get("fleiss_kappa"), metrics.get("fleiss_kappa_ci") or [None, None]
     if fk is None:
-        lines.append("Fleiss kappa among readers: not defined (needs at least two readers who disagree somewhere "
-                     "or vary across cases).")
+        lines.append(
+            "Fleiss kappa among readers: not defined (needs at least two readers who disagree somewhere or vary across cases)."
+        )
     else:
         ci = f" (95 % CI {fci[0]:.2f} to {fci[1]:.2f})" if None not in fci else ""
         lines.append(f"Fleiss kappa among readers: {fk:.2f}{ci}.")
     q = metrics.get("cochran_q_p")
-    lines.append("Cochran's Q (correctness of the model and all readers): "
-                 + ("not defined." if q is None else f"p = {q:.3f}."))
+    lines.append("Cochran's Q (correctness of the model and all readers): " + ("not defined." if q is None else f"p = {q:.3f}."))
     for pair, k in (metrics.get("cohen_kappa") or {}).items():
         if not pair.startswith("ensemble|"):
             lines.append(f"Cohen kappa {pair.replace('|', ' vs ')}: " + ("not defined" if k is None else f"{k:.2f}"))
@@ -267,8 +288,9 @@ def confidence_rating(read_positive: int, confidence: int) -> int:
     return levels + int(confidence) if read_positive else levels + 1 - int(confidence)
 
 
-def reader_ratings(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]],
-                   readers: list[str]) -> dict[str, list[int]]:
+def reader_ratings(
+    cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]], readers: list[str]
+) -> dict[str, list[int]]:
     """Each (complete) reader's 1-10 ratings in the order of ``cases``."""
     return {r: [confidence_rating(*answers[r][c.case_id]) for c in cases] for r in readers}
 
@@ -324,8 +346,7 @@ def roc_table(rocs: list[RaterROC]) -> pd.DataFrame:
     rows = []
     for r in rocs:
         ci = f" ({r.ci[0]:.2f}-{r.ci[1]:.2f})" if all(np.isfinite(r.ci)) else ""
-        rows.append({"rater": r.rater, "AUC (DeLong 95% CI)": f"{r.auc:.2f}{ci}",
-                     "DeLong p vs model": _p_text(r.p_vs_model)})
+        rows.append({"rater": r.rater, "AUC (DeLong 95% CI)": f"{r.auc:.2f}{ci}", "DeLong p vs model": _p_text(r.p_vs_model)})
     return pd.DataFrame(rows)
 
 
@@ -337,11 +358,23 @@ def roc_figure(rocs: list[RaterROC], title: str) -> Any:
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(color="grey", dash="dot")))
     for r in rocs:
         model = r.rater == MODEL_RATER
-        fig.add_trace(go.Scatter(x=list(r.fpr), y=list(r.tpr), mode="lines" if model else "lines+markers",
-                                 name=f"{r.rater} (AUC {r.auc:.2f})", line=dict(width=3 if model else 2)))
-    fig.update_layout(title=title, xaxis=dict(range=[0, 1], title="1 - specificity"),
-                      yaxis=dict(range=[0, 1.02], title="sensitivity", scaleanchor="x"),
-                      height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+        fig.add_trace(
+            go.Scatter(
+                x=list(r.fpr),
+                y=list(r.tpr),
+                mode="lines" if model else "lines+markers",
+                name=f"{r.rater} (AUC {r.auc:.2f})",
+                line=dict(width=3 if model else 2),
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis=dict(range=[0, 1], title="1 - specificity"),
+        yaxis=dict(range=[0, 1.02], title="sensitivity", scaleanchor="x"),
+        height=420,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.2),
+    )
     return fig
 
 
@@ -395,8 +428,9 @@ class CaseReveal:
     answers: tuple[RaterAnswer, ...]  # the model first, then the readers
 
 
-def case_reveal(case: TeachingCase, answers: Mapping[str, Mapping[str, tuple[int, int]]], readers: list[str],
-                zoo: Zoo) -> CaseReveal:
+def case_reveal(
+    case: TeachingCase, answers: Mapping[str, Mapping[str, tuple[int, int]]], readers: list[str], zoo: Zoo
+) -> CaseReveal:
     """The reveal of one case for the readers given (those who read it)."""
     positive_class, negative_class = zoo.positive_class, zoo.negative_class
     model = model_call(case, zoo)
@@ -407,16 +441,30 @@ def case_reveal(case: TeachingCase, answers: Mapping[str, Mapping[str, tuple[int
             continue
         call, conf = read
         rows.append(RaterAnswer(r, positive_class if call else negative_class, int(conf), verdict(call, case.label)))
-    return CaseReveal(case.case_id, positive_class if case.label else negative_class,
-                      case.subtype or "not given", format_age(case.age), model, tuple(rows))
+    return CaseReveal(
+        case.case_id,
+        positive_class if case.label else negative_class,
+        case.subtype or "not given",
+        format_age(case.age),
+        model,
+        tuple(rows),
+    )
 
 
 def reveal_table(reveal: CaseReveal) -> pd.DataFrame:
     """The reveal's answers as a table, each marked right or wrong."""
     mark = {RIGHT: "right", WRONG: "WRONG", NO_CALL: NO_CALL}
-    return pd.DataFrame([{"rater": a.rater, "answer": a.answer,
-                          "confidence": "-" if a.confidence is None else str(a.confidence),
-                          "": mark[a.verdict]} for a in reveal.answers])
+    return pd.DataFrame(
+        [
+            {
+                "rater": a.rater,
+                "answer": a.answer,
+                "confidence": "-" if a.confidence is None else str(a.confidence),
+                "": mark[a.verdict],
+            }
+            for a in reveal.answers
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- export
@@ -426,8 +474,9 @@ READS_COLUMNS = ["reader", "case", "age", "sex", "site", "read", "read_positive"
 REVEALED_COLUMNS = ["truth", "subtype", "read_correct", "p_ensemble", "model_answer", "model_correct"]
 
 
-def reads_frame(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]], zoo: Zoo,
-                *, revealed: bool = False) -> pd.DataFrame:
+def reads_frame(
+    cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tuple[int, int]]], zoo: Zoo, *, revealed: bool = False
+) -> pd.DataFrame:
     """The session's reads, one row per reader and case, for the CSV download.
 
     Blind (``revealed=False``) it holds only what the readers saw and answered; once revealed
@@ -443,15 +492,27 @@ def reads_frame(cases: list[TeachingCase], answers: Mapping[str, Mapping[str, tu
             if case is None:
                 continue
             row: dict[str, Any] = {
-                "reader": reader, "case": cid, "age": age_text(case.age), "sex": case.sex or "",
-                "site": case.site or "", "read": positive_class if call else negative_class,
-                "read_positive": int(call), "confidence": int(conf), "rating": confidence_rating(call, conf)}
+                "reader": reader,
+                "case": cid,
+                "age": age_text(case.age),
+                "sex": case.sex or "",
+                "site": case.site or "",
+                "read": positive_class if call else negative_class,
+                "read_positive": int(call),
+                "confidence": int(conf),
+                "rating": confidence_rating(call, conf),
+            }
             if revealed:
                 model = model_call(case, zoo)
-                row.update({
-                    "truth": positive_class if case.label else negative_class, "subtype": case.subtype or "",
-                    "read_correct": int(int(call) == case.label), "p_ensemble": round(case.p_ensemble, 4),
-                    "model_answer": model.head.sentence,
-                    "model_correct": "" if model.call is None else int(model.call == case.label)})
+                row.update(
+                    {
+                        "truth": positive_class if case.label else negative_class,
+                        "subtype": case.subtype or "",
+                        "read_correct": int(int(call) == case.label),
+                        "p_ensemble": round(case.p_ensemble, 4),
+                        "model_answer": model.head.sentence,
+                        "model_correct": "" if model.call is None else int(model.call == case.label),
+                    }
+                )
             rows.append(row)
     return pd.DataFrame(rows, columns=READS_COLUMNS + (REVEALED_COLUMNS if revealed else []))

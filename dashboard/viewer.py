@@ -108,8 +108,9 @@ def pan(state: MutableMapping[str, Any], dx: int, dy: int) -> ViewerSettings:
     (``dx`` +1 right / -1 left, ``dy`` +1 down / -1 up), stopping at the image's edge."""
     s = current(state)
     step = PAN_STEP / s.zoom
-    state[SETTINGS_KEY] = s = replace(s, pan_x=_clamp_pan(s.pan_x + dx * step, s.zoom),
-                                      pan_y=_clamp_pan(s.pan_y + dy * step, s.zoom))
+    state[SETTINGS_KEY] = s = replace(
+        s, pan_x=_clamp_pan(s.pan_x + dx * step, s.zoom), pan_y=_clamp_pan(s.pan_y + dy * step, s.zoom)
+    )
     return s
 
 
@@ -136,8 +137,9 @@ def zoom_to_box(state: MutableMapping[str, Any], box: Sequence[float], image_siz
     x0, y0, x1, y1 = roi.as_box(box)
     w, h = image_size_wh
     z = zoom_for_box((x0, y0, x1, y1), (w, h))
-    state[SETTINGS_KEY] = s = replace(current(state), zoom=z, pan_x=_clamp_pan((x0 + x1) / 2.0 / w, z),
-                                      pan_y=_clamp_pan((y0 + y1) / 2.0 / h, z))
+    state[SETTINGS_KEY] = s = replace(
+        current(state), zoom=z, pan_x=_clamp_pan((x0 + x1) / 2.0 / w, z), pan_y=_clamp_pan((y0 + y1) / 2.0 / h, z)
+    )
     state[WIDGET_KEYS["zoom"]] = s.zoom
     return s
 
@@ -148,8 +150,9 @@ def view_pixels(pixels: np.ndarray, window: Sequence[float], view_wh: tuple[int,
     return cl.downscale(np.ascontiguousarray(roi.crop(pixels, window)), view_wh)
 
 
-def canvas_image_box(json_data: Mapping[str, Any] | None, window: Sequence[float], view_wh: tuple[int, int],
-                     image_size_wh: tuple[int, int]) -> Box | None:
+def canvas_image_box(
+    json_data: Mapping[str, Any] | None, window: Sequence[float], view_wh: tuple[int, int], image_size_wh: tuple[int, int]
+) -> Box | None:
     """The canvas's last rectangle in stored-image pixels (None if none), for a canvas of
     ``view_wh`` showing ``window``: clamped to the image (not to the window: a box that
     runs past the view keeps the part the user cannot see) and rounded to 0.1 px."""
@@ -168,29 +171,31 @@ def canvas_drawing(box: Sequence[float] | None, window: Sequence[float], view_wh
     return cl.canvas_drawing(roi.box_image_to_view(box, window, view_wh), 1.0)
 
 
-def overview(display: np.ndarray, window: Sequence[float], image_size_wh: tuple[int, int],
-             side: int = OVERVIEW_PX) -> np.ndarray:
+def overview(display: np.ndarray, window: Sequence[float], image_size_wh: tuple[int, int], side: int = OVERVIEW_PX) -> np.ndarray:
     """A thumbnail of the whole (display) image, long side ``side``, with ``window`` framed
     in red: where the zoomed view is. Drawn at thumbnail size so the frame stays visible."""
     w, h = image_size_wh
     tw, th, _ = cl.display_size(w, h, side, side, min_side=side)
-    return cl.draw_box(cl.downscale(display, (tw, th)), roi.box_image_to_view(window, roi.full_image_box((w, h)),
-                                                                              (tw, th)), 1.0)
+    return cl.draw_box(cl.downscale(display, (tw, th)), roi.box_image_to_view(window, roi.full_image_box((w, h)), (tw, th)), 1.0)
 
 
 def view_caption(settings: ViewerSettings, window: Sequence[float]) -> str:
     """Under a zoomed canvas: what part of the stored image it shows."""
     x0, y0, x1, y1 = window
-    return (f"Zoom {settings.zoom:g}x: showing x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of the stored image "
-            f"(the red frame on the overview).")
+    return (
+        f"Zoom {settings.zoom:g}x: showing x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} of the stored image "
+        f"(the red frame on the overview)."
+    )
 
 
 # ----------------------------------------------------------------------------- legend
 
 LEGEND_BACKGROUND = 0.5  # mid grey: what a heatmap is blended onto, on average
 LEGEND_WIDTH = 400  # px on screen: fits a 768-px tablet
-LEGEND_CAPTION = ("Colour scale at this opacity: grey (left) = no evidence, then blue, green, yellow, red (right) = "
-                  "the strongest evidence in that map (each map is scaled to its own maximum).")
+LEGEND_CAPTION = (
+    "Colour scale at this opacity: grey (left) = no evidence, then blue, green, yellow, red (right) = "
+    "the strongest evidence in that map (each map is scaled to its own maximum)."
+)
 
 
 def heat_legend(opacity: float, width: int = 256, height: int = 18) -> np.ndarray:

@@ -30,8 +30,16 @@ from model_zoo.validation_text import (
     unseen_hospital_sentence,
 )
 
-__all__ = ["best_member", "ece_text", "evaluation_blocks", "evaluation_rows", "external_blocks", "fmt_ci",
-           "plain_summary", "unseen_hospital_sentence"]
+__all__ = [
+    "best_member",
+    "ece_text",
+    "evaluation_blocks",
+    "evaluation_rows",
+    "external_blocks",
+    "fmt_ci",
+    "plain_summary",
+    "unseen_hospital_sentence",
+]
 
 PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 
@@ -59,20 +67,22 @@ def members_table(manifest: Manifest) -> pd.DataFrame:
     rows = []
     for entry in manifest.members:
         spec = entry.spec
-        rows.append({
-            "member": spec.member_id,
-            "family": spec.family,
-            "architecture": spec.arch,
-            "input (px)": spec.input_size,
-            "ROI margin": spec.roi_margin,
-            "mean": _first(spec.mean),
-            "std": _first(spec.std),
-            "CAM layer": spec.cam_layer,
-            "start": start_text(entry),
-            "best epoch": entry.best_epoch,
-            "val AUC (training)": entry.best_val_auc,
-            "weights sha256": (files.get(entry.weights, "") or "")[:16] + "...",
-        })
+        rows.append(
+            {
+                "member": spec.member_id,
+                "family": spec.family,
+                "architecture": spec.arch,
+                "input (px)": spec.input_size,
+                "ROI margin": spec.roi_margin,
+                "mean": _first(spec.mean),
+                "std": _first(spec.std),
+                "CAM layer": spec.cam_layer,
+                "start": start_text(entry),
+                "best epoch": entry.best_epoch,
+                "val AUC (training)": entry.best_val_auc,
+                "weights sha256": (files.get(entry.weights, "") or "")[:16] + "...",
+            }
+        )
         if "trainable" not in entry.absent:  # releases from before head-only training do not say
             rows[-1]["trained"] = trained_text(entry.trainable)
     return pd.DataFrame(rows)
@@ -173,11 +183,22 @@ def auc_figure(metrics: Mapping[str, Any], title: str) -> Any:
         aucs.append(float(m["auc"]))
         lo.append(float(m["auc"]) - float(ci[0]) if ci[0] is not None else 0.0)
         hi.append(float(ci[1]) - float(m["auc"]) if ci[1] is not None else 0.0)
-    fig = go.Figure(go.Scatter(x=aucs, y=names, mode="markers", marker=dict(size=10, color="#4a78c2"),
-                               error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo)))
+    fig = go.Figure(
+        go.Scatter(
+            x=aucs,
+            y=names,
+            mode="markers",
+            marker=dict(size=10, color="#4a78c2"),
+            error_x=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+        )
+    )
     fig.add_vline(x=0.5, line_dash="dot", line_color="grey")
-    fig.update_layout(title=title, xaxis=dict(range=[0, 1.02], title="ROC AUC (DeLong 95% CI)"),
-                      height=60 + 40 * max(len(names), 1), margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(
+        title=title,
+        xaxis=dict(range=[0, 1.02], title="ROC AUC (DeLong 95% CI)"),
+        height=60 + 40 * max(len(names), 1),
+        margin=dict(l=10, r=10, t=40, b=10),
+    )
     return fig
 
 
@@ -220,19 +241,29 @@ def reliability_figure(name: str, block: Mapping[str, Any]) -> Any | None:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                             line=dict(color="grey", dash="dot")))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(color="grey", dash="dot")))
     colours = {"raw": "#c0392b", "calibrated": "#2e8b57"}
     biggest = max(max(t["n"]) for t in traces)
     for t in traces:
-        fig.add_trace(go.Scatter(
-            x=t["x"], y=t["y"], mode="lines+markers", name=f"{t['name']} ensemble probability",
-            marker=dict(size=[6 + 24 * (k / biggest) ** 0.5 for k in t["n"]], color=colours.get(t["name"])),
-            line=dict(color=colours.get(t["name"])), customdata=t["n"],
-            hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n = %{customdata}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=t["x"],
+                y=t["y"],
+                mode="lines+markers",
+                name=f"{t['name']} ensemble probability",
+                marker=dict(size=[6 + 24 * (k / biggest) ** 0.5 for k in t["n"]], color=colours.get(t["name"])),
+                line=dict(color=colours.get(t["name"])),
+                customdata=t["n"],
+                hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n = %{customdata}<extra></extra>",
+            )
+        )
     kind = "internal test" if block.get("kind") != "external" else "external"
-    fig.update_layout(title=f"Reliability on {name} ({kind}, n = {block.get('n', '?')})",
-                      xaxis=dict(range=[0, 1], title="predicted probability (bin mean)"),
-                      yaxis=dict(range=[0, 1.02], title="observed fraction positive", scaleanchor="x"),
-                      height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(
+        title=f"Reliability on {name} ({kind}, n = {block.get('n', '?')})",
+        xaxis=dict(range=[0, 1], title="predicted probability (bin mean)"),
+        yaxis=dict(range=[0, 1.02], title="observed fraction positive", scaleanchor="x"),
+        height=380,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.2),
+    )
     return fig

@@ -22,8 +22,9 @@ LOG = logging.getLogger(__name__)
 
 
 def _add_zoo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--zoo", type=Path, default=None,
-                   help="zoo release folder (default: $MODEL_ZOO_DIR or the newest bundled release)")
+    p.add_argument(
+        "--zoo", type=Path, default=None, help="zoo release folder (default: $MODEL_ZOO_DIR or the newest bundled release)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=Path, required=True, help="case CSV (contract 2.1) or BTXRD metadata.csv")
     p.add_argument("--out", type=Path, required=True, help="output CSV")
     _add_zoo(p)
-    p.add_argument("--roi", choices=ROI_MODES, default="given",
-                   help="given: the ROI columns (auto where a row has none); auto: the localiser; full: whole image")
+    p.add_argument(
+        "--roi",
+        choices=ROI_MODES,
+        default="given",
+        help="given: the ROI columns (auto where a row has none); auto: the localiser; full: whole image",
+    )
     p.add_argument("--resume", action="store_true", help="keep finished rows of an existing --out and fill the rest")
-    p.add_argument("--allow-ood", action="store_true",
-                   help="give the prediction word for rows the release's out-of-distribution check flags "
-                        "(they are still marked in the 'ood' column); default: 'prediction' left empty")
+    p.add_argument(
+        "--allow-ood",
+        action="store_true",
+        help="give the prediction word for rows the release's out-of-distribution check flags "
+        "(they are still marked in the 'ood' column); default: 'prediction' left empty",
+    )
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("info", help="print a release's manifest summary")
@@ -52,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--naive-repeats", type=int, default=1,
-                   help="repeats of plain pytorch-grad-cam ScoreCAM (slow: one forward per channel)")
+    p.add_argument(
+        "--naive-repeats", type=int, default=1, help="repeats of plain pytorch-grad-cam ScoreCAM (slow: one forward per channel)"
+    )
 
     p = sub.add_parser("explain-eval", help="measure where GradCAM/ScoreCAM point (lesion boxes) and how faithful they are")
     p.add_argument("--cases", type=Path, required=True, help="case CSV with ROI (lesion box) columns, or BTXRD metadata.csv")
@@ -138,20 +147,25 @@ def _predict(args: argparse.Namespace) -> int:
         return 2
     zoo = load_zoo(args.zoo)
     progress, close_bar = _case_progress("predict", args.quiet)
-    out = predict_cases(zoo, args.cases, args.out, roi_mode=args.roi, resume=args.resume, progress=progress,
-                        allow_ood=args.allow_ood)
+    out = predict_cases(
+        zoo, args.cases, args.out, roi_mode=args.roi, resume=args.resume, progress=progress, allow_ood=args.allow_ood
+    )
     close_bar()
     failed = int((out["error"] != "").sum())
     flagged = int(((out["warning"] != "") & (out["error"] == "")).sum())
     n_ood = int(out["ood"].eq(True).sum()) if "ood" in out else 0  # object column: None on failed rows
     ood_note = ""
     if n_ood:
-        ood_note = (f"; {n_ood} out of distribution (see the 'ood' column"
-                    + (")" if args.allow_ood else "; no prediction word without --allow-ood)"))
-    print(f"{len(out) - failed}/{len(out)} rows predicted with {zoo.name} -> {args.out}"
-          + (f"; {failed} failed (see the 'error' column)" if failed else "")
-          + (f"; {flagged} predicted with an input warning (see the 'warning' column)" if flagged else "")
-          + ood_note, file=sys.stderr)
+        ood_note = f"; {n_ood} out of distribution (see the 'ood' column" + (
+            ")" if args.allow_ood else "; no prediction word without --allow-ood)"
+        )
+    print(
+        f"{len(out) - failed}/{len(out)} rows predicted with {zoo.name} -> {args.out}"
+        + (f"; {failed} failed (see the 'error' column)" if failed else "")
+        + (f"; {flagged} predicted with an input warning (see the 'warning' column)" if flagged else "")
+        + ood_note,
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -162,21 +176,30 @@ def _explain_eval(args: argparse.Namespace) -> int:
     def split_list(text: str) -> tuple[str, ...]:
         return tuple(v.strip() for v in str(text).split(",") if v.strip())
 
-    options = EvalOptions(methods=split_list(args.methods), views=split_list(args.views), steps=args.steps,
-                          faithfulness=not args.no_faithfulness, seed=args.seed, n_boot=args.n_boot,
-                          max_cases=args.max_cases)
+    options = EvalOptions(
+        methods=split_list(args.methods),
+        views=split_list(args.views),
+        steps=args.steps,
+        faithfulness=not args.no_faithfulness,
+        seed=args.seed,
+        n_boot=args.n_boot,
+        max_cases=args.max_cases,
+    )
     if not args.cases.is_file():
         LOG.error(f"error: case table not found: {args.cases}")
         return 2
     zoo = load_zoo(args.zoo)
     progress, close_bar = _case_progress("explain-eval", args.quiet)
-    summary = run_explain_eval(zoo, args.cases, args.out, split=args.split, name=args.name, options=options,
-                               resume=args.resume, progress=progress)
+    summary = run_explain_eval(
+        zoo, args.cases, args.out, split=args.split, name=args.name, options=options, resume=args.resume, progress=progress
+    )
     close_bar()
     failed = len(summary["failed"])
-    print(f"{summary['n_cases']} cases of {summary['set']} ({summary['kind']}) evaluated with {zoo.name} -> "
-          f"{args.out / 'summary.json'}" + (f"; {failed} failed (listed in the summary)" if failed else ""),
-          file=sys.stderr)
+    print(
+        f"{summary['n_cases']} cases of {summary['set']} ({summary['kind']}) evaluated with {zoo.name} -> "
+        f"{args.out / 'summary.json'}" + (f"; {failed} failed (listed in the summary)" if failed else ""),
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -190,8 +213,9 @@ def _info(args: argparse.Namespace) -> int:
     for e in m.members:
         s = e.spec
         print(f"  member {s.member_id:<10} {s.arch:<32} {s.input_size} px  init={e.init}")
-    print(f"stacker: {m.stacker.chosen} on {m.stacker.score_source} scores; "
-          f"threshold {m.threshold.value:.4f} ({m.threshold.rule})")
+    print(
+        f"stacker: {m.stacker.chosen} on {m.stacker.score_source} scores; threshold {m.threshold.value:.4f} ({m.threshold.rule})"
+    )
     for split, block in m.metrics.items():
         print(f"  {split} AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in block["auc"].items() if v is not None))
     return 0

@@ -40,13 +40,32 @@ AUDIT_ENV = "MODEL_ZOO_AUDIT_LOG"
 # Lower-cased key names that identify a person, an accession or an institution. Checked
 # at every nesting level. File names are included: uploads are often named after the
 # patient. (A bare "name" is allowed: the zoo release has one.)
-FORBIDDEN_KEYS = frozenset({
-    "patient_name", "patientname", "patient_id", "patientid", "mrn",
-    "accession", "accession_number", "accessionnumber", "birth_date", "birthdate",
-    "patient_birth_date", "patientbirthdate", "address", "phone", "institution",
-    "institution_name", "institutionname", "referring_physician", "identifiers",
-    "identifier", "file_name", "filename",
-})
+FORBIDDEN_KEYS = frozenset(
+    {
+        "patient_name",
+        "patientname",
+        "patient_id",
+        "patientid",
+        "mrn",
+        "accession",
+        "accession_number",
+        "accessionnumber",
+        "birth_date",
+        "birthdate",
+        "patient_birth_date",
+        "patientbirthdate",
+        "address",
+        "phone",
+        "institution",
+        "institution_name",
+        "institutionname",
+        "referring_physician",
+        "identifiers",
+        "identifier",
+        "file_name",
+        "filename",
+    }
+)
 
 
 def default_audit_path() -> Path:

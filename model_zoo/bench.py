@@ -83,8 +83,9 @@ def bench_cams(
     if warmup:
         for spec, model in members:
             explain.gradcam(spec, model, inputs[spec.member_id])
-            explain.scorecam(spec, model, inputs[spec.member_id], top_k=min(batch_size, top_k or batch_size),
-                             batch_size=batch_size)
+            explain.scorecam(
+                spec, model, inputs[spec.member_id], top_k=min(batch_size, top_k or batch_size), batch_size=batch_size
+            )
 
     def timed(fn: Any, n: int) -> tuple[list[float], dict[str, list[float]], dict[str, str]]:
         totals: list[float] = []
@@ -168,8 +169,7 @@ def bench_full_variants(
         model = spec.build_model().eval()
         members.append((spec, model))
         inputs[spec.member_id] = torch.randn(1, 3, input_size, input_size)
-    result = bench_cams(members, inputs, repeats, naive_repeats=naive_repeats, top_k=top_k,
-                        exact_repeats=exact_repeats)
+    result = bench_cams(members, inputs, repeats, naive_repeats=naive_repeats, top_k=top_k, exact_repeats=exact_repeats)
     result["input_size"] = input_size
     result["weights"] = "random (timing only)"
     return result
@@ -190,12 +190,18 @@ def _paste(values: np.ndarray, box: Sequence[float], view_box: Sequence[float]) 
     vx0, vy0, vx1, vy1 = (int(round(float(v))) for v in view_box)
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     out = np.zeros((vy1 - vy0, vx1 - vx0), dtype=np.float32)
-    out[y0 - vy0:y1 - vy0, x0 - vx0:x1 - vx0] = values
+    out[y0 - vy0 : y1 - vy0, x0 - vx0 : x1 - vx0] = values
     return out
 
 
-def bench_page_cams(zoo: Any, pixels: np.ndarray, box: Sequence[float] | None, repeats: int = 3, *,
-                    methods: Sequence[str] = ("gradcam", "scorecam")) -> dict[str, Any]:
+def bench_page_cams(
+    zoo: Any,
+    pixels: np.ndarray,
+    box: Sequence[float] | None,
+    repeats: int = 3,
+    *,
+    methods: Sequence[str] = ("gradcam", "scorecam"),
+) -> dict[str, Any]:
     """Time what the Case page computes for one case, per CAM method, end to end.
 
     For every member ``explain.explain_member`` (the CAM on the ROI crop, mapped onto the ROI
@@ -223,15 +229,21 @@ def bench_page_cams(zoo: Any, pixels: np.ndarray, box: Sequence[float] | None, r
                 t1 = time.perf_counter()
                 results[m.spec.member_id] = explain.explain_member(m.spec, m.model, pixels, box, method=method)
                 per[m.spec.member_id].append(time.perf_counter() - t1)
-            view_box = (min(r.crop_box[0] for r in results.values()), min(r.crop_box[1] for r in results.values()),
-                        max(r.crop_box[2] for r in results.values()), max(r.crop_box[3] for r in results.values()))
+            view_box = (
+                min(r.crop_box[0] for r in results.values()),
+                min(r.crop_box[1] for r in results.values()),
+                max(r.crop_box[2] for r in results.values()),
+                max(r.crop_box[3] for r in results.values()),
+            )
             weights = {mid: zoo.cam_weights[mid] for mid in results}
             explain.ensemble_heatmap({mid: r.image_map for mid, r in results.items()}, weights)
-            explain.ensemble_heatmap({mid: _paste(r.roi_map, r.crop_box, view_box) for mid, r in results.items()},
-                                     weights)
+            explain.ensemble_heatmap({mid: _paste(r.roi_map, r.crop_box, view_box) for mid, r in results.items()}, weights)
             totals.append(time.perf_counter() - t0)
-            blank = {mid: str(r.heatmap.details.get("blank_reason") or "") for mid, r in results.items()
-                     if r.heatmap.details.get("blank_reason")}
+            blank = {
+                mid: str(r.heatmap.details.get("blank_reason") or "")
+                for mid, r in results.items()
+                if r.heatmap.details.get("blank_reason")
+            }
         out[method] = {
             "first_s": totals[0],
             "median_s": _median(totals[1:]),
@@ -248,8 +260,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_bench(zoo_dir: Any = None, *, repeats: int = 3, naive_repeats: int = 1,
-              top_k: int | None = explain.DEFAULT_TOP_K) -> dict[str, Any]:
+def run_bench(
+    zoo_dir: Any = None, *, repeats: int = 3, naive_repeats: int = 1, top_k: int | None = explain.DEFAULT_TOP_K
+) -> dict[str, Any]:
     """Contract 2.4: load, one-case prediction and CAM timings for a zoo, medians over repeats.
 
     The case is the dashboard's sample case (pydicom-data's RG3 radiograph with its ROI), so

@@ -27,11 +27,11 @@ def logit(p: np.ndarray | float) -> np.ndarray:
 class Calibration:
     """``p_cal = sigmoid(slope * logit(p) + intercept)``."""
 
-    method: str          # "platt"
+    method: str  # "platt"
     slope: float
     intercept: float
-    fit_on: str          # "oof" | "val": which internal predictions it was fitted on
-    n: int               # cases it was fitted on
+    fit_on: str  # "oof" | "val": which internal predictions it was fitted on
+    n: int  # cases it was fitted on
     n_positive: int
 
     def apply(self, p: np.ndarray | float) -> np.ndarray:
@@ -46,8 +46,14 @@ class Calibration:
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         if d.get("method") != "platt":
             raise ValueError(f"unknown calibration method {d.get('method')!r} (this version reads 'platt')")
-        return cls(method="platt", slope=float(d["slope"]), intercept=float(d["intercept"]),
-                   fit_on=str(d["fit_on"]), n=int(d["n"]), n_positive=int(d["n_positive"]))
+        return cls(
+            method="platt",
+            slope=float(d["slope"]),
+            intercept=float(d["intercept"]),
+            fit_on=str(d["fit_on"]),
+            n=int(d["n"]),
+            n_positive=int(d["n_positive"]),
+        )
 
 
 def fit_platt(y: np.ndarray, p: np.ndarray, *, fit_on: str) -> Calibration:
@@ -59,5 +65,11 @@ def fit_platt(y: np.ndarray, p: np.ndarray, *, fit_on: str) -> Calibration:
         raise ValueError("calibration needs both classes")
     x = logit(p).reshape(-1, 1)
     model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000).fit(x, y)
-    return Calibration(method="platt", slope=float(model.coef_[0, 0]), intercept=float(model.intercept_[0]),
-                       fit_on=fit_on, n=int(len(y)), n_positive=int(y.sum()))
+    return Calibration(
+        method="platt",
+        slope=float(model.coef_[0, 0]),
+        intercept=float(model.intercept_[0]),
+        fit_on=fit_on,
+        n=int(len(y)),
+        n_positive=int(y.sum()),
+    )

@@ -526,9 +526,7 @@ def read_case_table(
     present_roi = [c for c in ROI_COLUMNS if c in frame.columns]
     if present_roi and len(present_roi) < 4:
         absent = [c for c in ROI_COLUMNS if c not in frame.columns]
-        raise InputError(
-            f"case table {csv_path.name} has ROI column(s) {', '.join(present_roi)} but not {', '.join(absent)}"
-        )
+        raise InputError(f"case table {csv_path.name} has ROI column(s) {', '.join(present_roi)} but not {', '.join(absent)}")
     _validate_label_map(label_map)
     for col in ["age", "sex", "site", *ROI_COLUMNS]:
         if col not in frame.columns:

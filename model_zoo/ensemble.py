@@ -43,20 +43,25 @@ def clinical_vector(age: Any, sex: Any, site: Any, *, age_fill: float) -> list[f
     """
     age, sex, site = validate_clinical(age, sex, site)
     return [
-        float(age_fill) if age is None else age, float(age is None),
-        0.5 if sex is None else float(sex == "M"), float(sex is None),
-        0.5 if site is None else float(site == "axial"), float(site is None),
+        float(age_fill) if age is None else age,
+        float(age is None),
+        0.5 if sex is None else float(sex == "M"),
+        float(sex is None),
+        0.5 if site is None else float(site == "axial"),
+        float(site is None),
     ]
 
 
-def stacker_matrix(member_probs: np.ndarray, ages: Sequence[Any], sexes: Sequence[Any],
-                   sites: Sequence[Any], *, age_fill: float) -> np.ndarray:
+def stacker_matrix(
+    member_probs: np.ndarray, ages: Sequence[Any], sexes: Sequence[Any], sites: Sequence[Any], *, age_fill: float
+) -> np.ndarray:
     """(n, n_members) member probabilities + clinical values -> (n, n_members + 6) features."""
     member_probs = np.asarray(member_probs, dtype=np.float64)
     if member_probs.ndim != 2:
         raise ValueError("member_probs must be 2-D (cases x members)")
-    clinical = np.array([clinical_vector(a, s, t, age_fill=age_fill)
-                         for a, s, t in zip(ages, sexes, sites, strict=True)], dtype=np.float64)
+    clinical = np.array(
+        [clinical_vector(a, s, t, age_fill=age_fill) for a, s, t in zip(ages, sexes, sites, strict=True)], dtype=np.float64
+    )
     clinical = clinical.reshape(len(member_probs), len(CLINICAL_FEATURES))
     return np.hstack([member_probs, clinical])
 
@@ -99,8 +104,7 @@ class Prediction:
 class Zoo:
     """A verified, loaded release. Thread-safe for concurrent ``predict`` calls."""
 
-    def __init__(self, root: Path, manifest: Manifest, members: list[LoadedMember],
-                 stacker: Any, clinic_model: Any):
+    def __init__(self, root: Path, manifest: Manifest, members: list[LoadedMember], stacker: Any, clinic_model: Any):
         self.root = root
         self.manifest = manifest
         self.members = members
@@ -242,13 +246,28 @@ class Zoo:
         (``model_zoo.framing``): calibrated scale when the release has a calibration, the
         release's band, and the ROI-jitter result when it has been run."""
         cal = self.calibration
-        return frame_call(p_raw, self.threshold, self.positive_class, self.negative_class,
-                          p_calibrated=float(cal.apply(p_raw)) if cal else None,
-                          threshold_calibrated=self.threshold_calibrated, band=self.indeterminate_band,
-                          jitter=jitter)
+        return frame_call(
+            p_raw,
+            self.threshold,
+            self.positive_class,
+            self.negative_class,
+            p_calibrated=float(cal.apply(p_raw)) if cal else None,
+            threshold_calibrated=self.threshold_calibrated,
+            band=self.indeterminate_band,
+            jitter=jitter,
+        )
 
-    def jitter_probs(self, pixels: np.ndarray, box: roi.Box, *, age: Any = None, sex: Any = None,
-                     site: Any = None, n: int = JITTER_BOXES, seed: int = 0) -> list[float]:
+    def jitter_probs(
+        self,
+        pixels: np.ndarray,
+        box: roi.Box,
+        *,
+        age: Any = None,
+        sex: Any = None,
+        site: Any = None,
+        n: int = JITTER_BOXES,
+        seed: int = 0,
+    ) -> list[float]:
         """Ensemble probabilities for ``n`` jittered copies of the ROI (``roi.jitter_boxes``).
 
         The same numbers as ``predict(pixels, b, ...).p_ensemble`` for each jittered box ``b``,
@@ -273,8 +292,9 @@ class Zoo:
         logits, crop_boxes, _ = self.member_outputs(pixels, box)
         return logits, crop_boxes
 
-    def member_outputs(self, pixels: np.ndarray, box: roi.Box, *, features: bool = True
-                       ) -> tuple[dict[str, float], dict[str, roi.Box], dict[str, np.ndarray]]:
+    def member_outputs(
+        self, pixels: np.ndarray, box: roi.Box, *, features: bool = True
+    ) -> tuple[dict[str, float], dict[str, roi.Box], dict[str, np.ndarray]]:
         """Each member's logit, crop box and pooled pre-logit features (one forward pass each:
         the features are what the classifier reads, see ``ood.logits_and_features``; with
         ``features=False`` they are not copied out and the third dict is empty)."""
@@ -312,11 +332,12 @@ class Zoo:
         p_ens = float(self.stacker.predict_proba(features)[0, 1])
         p_clinic = None
         if self.clinic_model is not None:
-            p_clinic = float(self.clinic_model.predict_proba(features[:, len(self.member_ids):])[0, 1])
+            p_clinic = float(self.clinic_model.predict_proba(features[:, len(self.member_ids) :])[0, 1])
         return p_ens, p_clinic
 
-    def predict(self, pixels: np.ndarray, box: roi.Box | None, *, age: Any = None,
-                sex: Any = None, site: Any = None) -> Prediction:
+    def predict(
+        self, pixels: np.ndarray, box: roi.Box | None, *, age: Any = None, sex: Any = None, site: Any = None
+    ) -> Prediction:
         start = time.perf_counter()
         h, w = pixels.shape[:2]
         box = roi.full_image_box((w, h)) if box is None else roi.validate_box(box, (w, h))
@@ -327,12 +348,18 @@ class Zoo:
         probs = list(p_members.values())
         cal = self.calibration
         return Prediction(
-            p_ensemble=p_ens, p_members=p_members, p_clinic=p_clinic, threshold=self.threshold,
-            label=self.label_for(p_ens), roi_box=box,  # roi.Box: already four floats
-            crop_boxes=crop_boxes, seconds=time.perf_counter() - start,
+            p_ensemble=p_ens,
+            p_members=p_members,
+            p_clinic=p_clinic,
+            threshold=self.threshold,
+            label=self.label_for(p_ens),
+            roi_box=box,  # roi.Box: already four floats
+            crop_boxes=crop_boxes,
+            seconds=time.perf_counter() - start,
             disagreement=float(max(probs) - min(probs)) if probs else 0.0,
             p_calibrated=float(cal.apply(p_ens)) if cal else None,
-            ood_score=ood_score, ood=ood,
+            ood_score=ood_score,
+            ood=ood,
         )
 
 

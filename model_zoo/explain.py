@@ -226,9 +226,7 @@ def _check_input(spec: MemberSpec, x: Any) -> torch.Tensor:
         raise InputError(f"{spec.member_id}: CAM input must be a torch tensor, got {type(x).__name__}")
     s = spec.input_size
     if tuple(x.shape) != (1, 3, s, s):
-        raise InputError(
-            f"{spec.member_id}: CAM input must have shape (1, 3, {s}, {s}), got {tuple(x.shape)}"
-        )
+        raise InputError(f"{spec.member_id}: CAM input must have shape (1, 3, {s}, {s}), got {tuple(x.shape)}")
     if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
         raise InputError(f"{spec.member_id}: CAM input must be finite floating-point values")
     return x.detach()
@@ -244,8 +242,7 @@ def _check_model(spec: MemberSpec, model: Any) -> torch.nn.Module:
 def _single_output(captured: list[Any], spec: MemberSpec) -> Any:
     if len(captured) != 1:
         raise ValueError(
-            f"{spec.member_id}: CAM layer {spec.cam_layer!r} ran {len(captured)} times in one "
-            "forward; it must run exactly once"
+            f"{spec.member_id}: CAM layer {spec.cam_layer!r} ran {len(captured)} times in one forward; it must run exactly once"
         )
     out = captured[0]
     if isinstance(out, (tuple, list)):
@@ -256,9 +253,7 @@ def _single_output(captured: list[Any], spec: MemberSpec) -> Any:
 def _logits(out: torch.Tensor, n: int, spec: MemberSpec) -> torch.Tensor:
     """(n,) logits from a single-logit model's output; the CAM target is the logit itself."""
     if out.numel() != n:
-        raise ValueError(
-            f"{spec.member_id}: CAM targets need a single-logit model; output shape {tuple(out.shape)}"
-        )
+        raise ValueError(f"{spec.member_id}: CAM targets need a single-logit model; output shape {tuple(out.shape)}")
     return out.reshape(n)
 
 
@@ -351,24 +346,24 @@ def gradcam(spec: MemberSpec, model: torch.nn.Module, x: torch.Tensor) -> Heatma
         input_map=_frozen(input_map),
         seconds=time.perf_counter() - start,
         approximate=False,
-        details=MappingProxyType({
-            "target": TARGET_DESCRIPTION,
-            "logit": float(logit.detach()),
-            "layer": spec.cam_layer,
-            "grid": tuple(int(v) for v in acts.shape[2:]),
-            "channels": int(acts.shape[1]),
-            "empty": bool(cam.max() <= 0),
-            "blank_reason": blank_reason(cam),
-        }),
+        details=MappingProxyType(
+            {
+                "target": TARGET_DESCRIPTION,
+                "logit": float(logit.detach()),
+                "layer": spec.cam_layer,
+                "grid": tuple(int(v) for v in acts.shape[2:]),
+                "channels": int(acts.shape[1]),
+                "empty": bool(cam.max() <= 0),
+                "blank_reason": blank_reason(cam),
+            }
+        ),
     )
 
 
 # ----------------------------------------------------------------------------- ScoreCAM
 
 
-def _capture_activations(
-    spec: MemberSpec, model: torch.nn.Module, x: torch.Tensor
-) -> tuple[torch.Tensor, float]:
+def _capture_activations(spec: MemberSpec, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(1, C, h, w) float activations at the CAM layer and the input's logit (no grad)."""
     import torch
 
@@ -400,8 +395,13 @@ def check_stop(should_stop: StopCheck | None, what: str = "computation") -> None
 
 
 def _channel_scores(
-    spec: MemberSpec, model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, batch_size: int,
-    should_stop: StopCheck | None = None, progress: Progress | None = None,
+    spec: MemberSpec,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    masks: torch.Tensor,
+    batch_size: int,
+    should_stop: StopCheck | None = None,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Positive-class logit of ``x * mask`` for every mask, in batches; returns (scores, forwards).
 
@@ -518,20 +518,22 @@ def scorecam(
         input_map=_frozen(_scale_to_input(cam, spec.input_size)),
         seconds=time.perf_counter() - start,
         approximate=approximate,
-        details=MappingProxyType({
-            "target": TARGET_DESCRIPTION,
-            "logit": logit,
-            "layer": spec.cam_layer,
-            "grid": tuple(int(v) for v in acts.shape[2:]),
-            "channels": n_channels,
-            "top_k": None if not approximate else int(top_k),  # type: ignore[arg-type]
-            "selection": "all channels" if not approximate else "top-k by mean activation",
-            "scored_channels": int(len(channels)),
-            "forwards": forwards,
-            "batch_size": int(batch_size),
-            "empty": bool(cam.max() <= 0),
-            "blank_reason": blank_reason(cam),
-        }),
+        details=MappingProxyType(
+            {
+                "target": TARGET_DESCRIPTION,
+                "logit": logit,
+                "layer": spec.cam_layer,
+                "grid": tuple(int(v) for v in acts.shape[2:]),
+                "channels": n_channels,
+                "top_k": None if not approximate else int(top_k),  # type: ignore[arg-type]
+                "selection": "all channels" if not approximate else "top-k by mean activation",
+                "scored_channels": int(len(channels)),
+                "forwards": forwards,
+                "batch_size": int(batch_size),
+                "empty": bool(cam.max() <= 0),
+                "blank_reason": blank_reason(cam),
+            }
+        ),
     )
 
 
@@ -639,15 +641,11 @@ def ensemble_heatmap(
     total = sum(w.values())
     if total <= 0:
         raise InputError("ensemble heatmap: all weights are zero")
-    arrays = {
-        mid: (m.input_map if isinstance(m, Heatmap) else np.asarray(m, dtype=np.float32))
-        for mid, m in maps.items()
-    }
+    arrays = {mid: (m.input_map if isinstance(m, Heatmap) else np.asarray(m, dtype=np.float32)) for mid, m in maps.items()}
     shapes = {a.shape for a in arrays.values()}
     if len(shapes) != 1:
         raise InputError(
-            f"ensemble heatmap: member maps have different shapes {sorted(shapes)}; "
-            "map them onto the full image first"
+            f"ensemble heatmap: member maps have different shapes {sorted(shapes)}; map them onto the full image first"
         )
     if base_method is None:
         methods = {m.method for m in maps.values() if isinstance(m, Heatmap)}
@@ -739,14 +737,16 @@ def scorecam_topk_agreement(
     for k, rows in per_k.items():
         pear = np.array([r["pearson"] for r in rows], dtype=float)
         ious = np.array([r["top_iou"] for r in rows], dtype=float)
-        results.append({
-            "top_k": k,
-            "pearson_median": float(np.nanmedian(pear)) if np.isfinite(pear).any() else float("nan"),
-            "pearson_min": float(np.nanmin(pear)) if np.isfinite(pear).any() else float("nan"),
-            "top_iou_median": float(np.nanmedian(ious)) if np.isfinite(ious).any() else float("nan"),
-            "top_iou_min": float(np.nanmin(ious)) if np.isfinite(ious).any() else float("nan"),
-            "per_case": [{"pearson": r["pearson"], "top_iou": r["top_iou"]} for r in rows],
-        })
+        results.append(
+            {
+                "top_k": k,
+                "pearson_median": float(np.nanmedian(pear)) if np.isfinite(pear).any() else float("nan"),
+                "pearson_min": float(np.nanmin(pear)) if np.isfinite(pear).any() else float("nan"),
+                "top_iou_median": float(np.nanmedian(ious)) if np.isfinite(ious).any() else float("nan"),
+                "top_iou_min": float(np.nanmin(ious)) if np.isfinite(ious).any() else float("nan"),
+                "per_case": [{"pearson": r["pearson"], "top_iou": r["top_iou"]} for r in rows],
+            }
+        )
     return {
         "member_id": spec.member_id,
         "n_cases": len(inputs),
@@ -760,7 +760,11 @@ def scorecam_topk_agreement(
 
 
 def cam_cache_key(
-    image_hash: str, roi_box: Sequence[float] | None, spec: MemberSpec, model: Any, method: str,
+    image_hash: str,
+    roi_box: Sequence[float] | None,
+    spec: MemberSpec,
+    model: Any,
+    method: str,
     top_k: int | None = None,
 ) -> tuple[Hashable, ...]:
     """Key of one member's CAM of one case: (image, ROI, member + model object, method)."""
@@ -817,8 +821,7 @@ class CamCache:
         with self._lock:
             self._data.clear()
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any],
-                       should_stop: StopCheck | None = None) -> Any:
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any], should_stop: StopCheck | None = None) -> Any:
         """The cached value, else ``compute()``'s (stored). A caller that finds another
         computing the same key waits for its result; ``should_stop`` is asked while waiting
         (True raises :class:`Cancelled`). When the computing caller is cancelled, a waiting
@@ -917,5 +920,9 @@ def explain_member(
         key = cam_cache_key(pixels_hash or imaging.image_hash(pixels), box, spec, model, method, top_k)
         heat = cache.get_or_compute(key, compute, should_stop)
     roi_map, image_map = to_roi_and_image(heat, crop_box, (w, h))
-    return MemberExplanation(heatmap=heat, crop_box=crop_box,  # roi.Box: already four floats
-                             roi_map=roi_map, image_map=image_map)
+    return MemberExplanation(
+        heatmap=heat,
+        crop_box=crop_box,  # roi.Box: already four floats
+        roi_map=roi_map,
+        image_map=image_map,
+    )

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model_zoo.errors import InputError, ZooError
+
 # The release's typed report lives in model_zoo.explain_report (a loaded Zoo reads it).
 from model_zoo.explain_report import ExplainReport, MetricSummary, release_fingerprint
 
@@ -89,20 +90,31 @@ METHODS = ("gradcam", "scorecam")
 METHOD_LABELS = {"gradcam": "GradCAM", "scorecam": "ScoreCAM", "random": "random map", "centre": "centre prior"}
 BASELINES = ("random", "centre")
 VIEWS = ("roi", "image")
-VIEW_LABELS = {"roi": "ROI = lesion box (the crop the models saw)",
-               "image": "ROI = whole image (the whole radiograph)"}
+VIEW_LABELS = {"roi": "ROI = lesion box (the crop the models saw)", "image": "ROI = whole image (the whole radiograph)"}
 ENSEMBLE = "ensemble"
 # Per-case metrics (cases.csv columns) summarised in summary.json.
-METRICS = ("pointing_box", "energy_box", "iou_box", "pointing_mask", "energy_mask", "iou_mask",
-           "deletion_auc", "insertion_auc")
+METRICS = ("pointing_box", "energy_box", "iou_box", "pointing_mask", "energy_mask", "iou_mask", "deletion_auc", "insertion_auc")
 TOP_FRAC = 0.2
 RANDOM_GRID = 7  # the random baseline's grid: the EfficientNet members' CAM grid at 224 px
 CENTRE_SIGMA = 0.25  # centre prior: Gaussian with sigma = 0.25 x the region's width / height
 BLUR_SIGMA = 0.1  # deletion / insertion reference: Gaussian blur, sigma = 0.1 x the region's longer side
 SUMMARY_FORMAT = 1
 
-CSV_COLUMNS = ["set", "case", "image", "label", "view", "target", "method", "blank", "box_share",
-               "mask_share", *METRICS, "p_original", "cam_seconds"]
+CSV_COLUMNS = [
+    "set",
+    "case",
+    "image",
+    "label",
+    "view",
+    "target",
+    "method",
+    "blank",
+    "box_share",
+    "mask_share",
+    *METRICS,
+    "p_original",
+    "cam_seconds",
+]
 
 
 # ============================================================================= pure metrics
@@ -221,8 +233,7 @@ def centre_prior_map(shape: tuple[int, int], sigma_frac: float = CENTRE_SIGMA) -
     return np.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
 
 
-def reference_image(image: np.ndarray, region: Sequence[int] | None = None,
-                    sigma_frac: float = BLUR_SIGMA) -> np.ndarray:
+def reference_image(image: np.ndarray, region: Sequence[int] | None = None, sigma_frac: float = BLUR_SIGMA) -> np.ndarray:
     """The "removed information" image for deletion / insertion: a Gaussian blur of ``image``
     with sigma = ``sigma_frac`` x the region's longer side (whole image when ``region`` is None)."""
     import cv2
@@ -328,14 +339,12 @@ def perturbation_curve(
     return PerturbationCurve(mode=mode, fractions=fractions, scores=scores, auc=curve_auc(fractions, scores))
 
 
-def deletion_curve(image: np.ndarray, heat: np.ndarray, score_fn: ScoreFn,
-                   **kwargs: Any) -> PerturbationCurve:
+def deletion_curve(image: np.ndarray, heat: np.ndarray, score_fn: ScoreFn, **kwargs: Any) -> PerturbationCurve:
     """:func:`perturbation_curve` with ``mode="deletion"`` (lower area = the map found what the score needs)."""
     return perturbation_curve(image, heat, score_fn, mode="deletion", **kwargs)
 
 
-def insertion_curve(image: np.ndarray, heat: np.ndarray, score_fn: ScoreFn,
-                    **kwargs: Any) -> PerturbationCurve:
+def insertion_curve(image: np.ndarray, heat: np.ndarray, score_fn: ScoreFn, **kwargs: Any) -> PerturbationCurve:
     """:func:`perturbation_curve` with ``mode="insertion"`` (higher area = more faithful)."""
     return perturbation_curve(image, heat, score_fn, mode="insertion", **kwargs)
 
@@ -372,8 +381,7 @@ def _summary(values: Iterable[float], n_boot: int, seed: int) -> dict[str, Any]:
     v = np.asarray(list(values), dtype=np.float64)
     finite = v[np.isfinite(v)]
     ci = bootstrap_ci(finite, n_boot=n_boot, seed=seed)
-    return {"mean": float(finite.mean()) if finite.size else None, "ci": list(ci) if ci else None,
-            "n": int(finite.size)}
+    return {"mean": float(finite.mean()) if finite.size else None, "ci": list(ci) if ci else None, "n": int(finite.size)}
 
 
 # ============================================================================= runner
@@ -455,7 +463,7 @@ class _Scorer:
         todo = [i for i, k in enumerate(keys) if (mid, k) not in self._cache]
         m = next(m for m in self.zoo.members if m.spec.member_id == mid)
         for s in range(0, len(todo), self.batch):
-            idx = todo[s:s + self.batch]
+            idx = todo[s : s + self.batch]
             x = torch.cat([preprocess.member_input(m.spec, images[i], self.box)[0] for i in idx])
             with model_lock(m.model), torch.inference_mode():
                 logits = m.model(x).reshape(-1).float().numpy()
@@ -506,18 +514,27 @@ def _union(boxes: Iterable[Sequence[float]]) -> tuple[int, int, int, int]:
 
 def _localisation(heat: np.ndarray, box_t: np.ndarray, mask_t: np.ndarray | None, top_frac: float) -> dict[str, float]:
     nan = float("nan")
-    out = {"pointing_box": pointing_game(heat, box_t), "energy_box": energy_inside(heat, box_t),
-           "iou_box": top_iou(heat, box_t, top_frac)}
+    out = {
+        "pointing_box": pointing_game(heat, box_t),
+        "energy_box": energy_inside(heat, box_t),
+        "iou_box": top_iou(heat, box_t, top_frac),
+    }
     if mask_t is not None:
-        out.update({"pointing_mask": pointing_game(heat, mask_t), "energy_mask": energy_inside(heat, mask_t),
-                    "iou_mask": top_iou(heat, mask_t, top_frac)})
+        out.update(
+            {
+                "pointing_mask": pointing_game(heat, mask_t),
+                "energy_mask": energy_inside(heat, mask_t),
+                "iou_mask": top_iou(heat, mask_t, top_frac),
+            }
+        )
     else:
         out.update({"pointing_mask": nan, "energy_mask": nan, "iou_mask": nan})
     return out
 
 
-def evaluate_case(zoo: Zoo, pixels: np.ndarray, case: CaseInput, options: EvalOptions,
-                  mask: np.ndarray | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def evaluate_case(
+    zoo: Zoo, pixels: np.ndarray, case: CaseInput, options: EvalOptions, mask: np.ndarray | None = None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """All rows of one case (views x targets x maps) and its seconds per method / faithfulness.
 
     Maps are computed as the Case page computes them: ``explain.explain_member`` for each
@@ -569,26 +586,40 @@ def evaluate_case(zoo: Zoo, pixels: np.ndarray, case: CaseInput, options: EvalOp
                 cam_s[(t, b)] = 0.0
         scorer = _Scorer(zoo, box, (case.age, case.sex, case.site))
         reference = reference_image(pixels, region)
-        base = {"set": "", "case": case.case, "image": case.image, "label": case.label, "view": view,
-                "box_share": float(box_t.mean()),
-                "mask_share": float(mask_t.mean()) if mask_t is not None else float("nan")}
+        base = {
+            "set": "",
+            "case": case.case,
+            "image": case.image,
+            "label": case.label,
+            "view": view,
+            "box_share": float(box_t.mean()),
+            "mask_share": float(mask_t.mean()) if mask_t is not None else float("nan"),
+        }
         for t in targets:
             p0 = float("nan")
             if options.faithfulness:
                 p0 = float(scorer.fn(t)([np.asarray(pixels, dtype=np.float32)])[0])
             for method in (*options.methods, *BASELINES):
                 heat = region_maps[(t, method)]
-                row = dict(base, target=t, method=method, blank=int(blank[(t, method)]), p_original=p0,
-                           cam_seconds=cam_s[(t, method)])
+                row = dict(
+                    base, target=t, method=method, blank=int(blank[(t, method)]), p_original=p0, cam_seconds=cam_s[(t, method)]
+                )
                 row.update(_localisation(heat, box_t, mask_t, options.top_frac))
                 row["deletion_auc"] = row["insertion_auc"] = float("nan")
                 if options.faithfulness and not blank[(t, method)]:
                     t0 = time.perf_counter()
                     for mode in ("deletion", "insertion"):
                         # The same tie-break for both curves of a map (a fresh generator each).
-                        curve = perturbation_curve(pixels, heat, scorer.fn(t), mode=mode, reference=reference,
-                                                   region=region, steps=options.steps,
-                                                   rng=np.random.default_rng([options.seed, case.case, 1]))
+                        curve = perturbation_curve(
+                            pixels,
+                            heat,
+                            scorer.fn(t),
+                            mode=mode,
+                            reference=reference,
+                            region=region,
+                            steps=options.steps,
+                            rng=np.random.default_rng([options.seed, case.case, 1]),
+                        )
                         row[f"{mode}_auc"] = curve.auc
                     seconds["faithfulness"] += time.perf_counter() - t0
                 rows.append(row)
@@ -620,8 +651,9 @@ def _eligible(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[ok]
 
 
-def select_cases(zoo: Zoo, cases_path: Path, *, split: str | None,
-                 options: EvalOptions) -> tuple[list[CaseInput], dict[str, Any]]:
+def select_cases(
+    zoo: Zoo, cases_path: Path, *, split: str | None, options: EvalOptions
+) -> tuple[list[CaseInput], dict[str, Any]]:
     """Rows with a lesion box (and no row error), restricted to the release's ``split`` when
     given (matched by the image file's sha256), then a seeded random subset of
     ``options.max_cases``. Returns the cases and a record of the selection."""
@@ -658,15 +690,19 @@ def select_cases(zoo: Zoo, cases_path: Path, *, split: str | None,
         if isinstance(mask, str) and mask.strip():
             mp = Path(mask.strip())
             mask_path = str(mp if mp.is_absolute() else root / mp)
-        out.append(CaseInput(
-            case=int(idx) + 1, image=str(row["image"]), image_path=str(row["image_path"]),
-            label=None if _nan(row.get("label")) else int(row["label"]),
-            box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),  # type: ignore[arg-type]
-            mask_path=mask_path,
-            age=None if _nan(row.get("age")) else float(row["age"]),
-            sex=None if _nan(row.get("sex")) else str(row["sex"]),
-            site=None if _nan(row.get("site")) else str(row["site"]),
-        ))
+        out.append(
+            CaseInput(
+                case=int(idx) + 1,
+                image=str(row["image"]),
+                image_path=str(row["image_path"]),
+                label=None if _nan(row.get("label")) else int(row["label"]),
+                box=tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),  # type: ignore[arg-type]
+                mask_path=mask_path,
+                age=None if _nan(row.get("age")) else float(row["age"]),
+                sex=None if _nan(row.get("sex")) else str(row["sex"]),
+                site=None if _nan(row.get("site")) else str(row["site"]),
+            )
+        )
     info["selected_cases"] = [c.case for c in out]
     info["hashes"] = hashes
     return out, info
@@ -719,7 +755,8 @@ def summarise_rows(rows: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0) -> 
                 paired = gm.set_index("case")
                 entry["vs_random"] = {
                     m: _summary((paired[m] - random_rows[m].reindex(paired.index)).to_numpy(), n_boot, seed)
-                    for m in ("pointing_box", "energy_box", "iou_box", "deletion_auc", "insertion_auc") if m in paired
+                    for m in ("pointing_box", "energy_box", "iou_box", "deletion_auc", "insertion_auc")
+                    if m in paired
                 }
             block[str(method)] = entry
     return results
@@ -743,10 +780,13 @@ def markdown_tables(report: ExplainReport) -> str:
     lines: list[str] = []
     views = [v for v in VIEWS if any(v in s.views for s in report.sets)]
     for view in views:
-        lines += [f"**{VIEW_LABELS[view]}**", "",
-                  "| set | map | pointing (box) | energy in box | top-20 % IoU (box) | pointing (mask) "
-                  "| deletion AUC (lower better) | insertion AUC (higher better) | blank |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**{VIEW_LABELS[view]}**",
+            "",
+            "| set | map | pointing (box) | energy in box | top-20 % IoU (box) | pointing (mask) "
+            "| deletion AUC (lower better) | insertion AUC (higher better) | blank |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for s in report.sets:
             if view not in s.views:
                 continue
@@ -762,7 +802,8 @@ def markdown_tables(report: ExplainReport) -> str:
                         f"| {_pct(s.metric(view, t, m, 'pointing_mask'))} "
                         f"| {_val(s.metric(view, t, m, 'deletion_auc'))} "
                         f"| {_val(s.metric(view, t, m, 'insertion_auc'))} "
-                        f"| {_pct(s.metric(view, t, m, 'blank'))} |")
+                        f"| {_pct(s.metric(view, t, m, 'blank'))} |"
+                    )
         lines.append("")
     return "\n".join(lines)
 
@@ -865,10 +906,14 @@ def run_explain_eval(
         "split": split,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "n_cases": n_done,
-        "selection": {**info, "max_cases": options.max_cases, "seed": options.seed,
-                      "rule": "rows with a lesion box and no row error"
-                              + (f", in the release's {split} split (image sha256)" if split else "")
-                              + (f"; a seeded random subset of {options.max_cases}" if info["subset"] else "")},
+        "selection": {
+            **info,
+            "max_cases": options.max_cases,
+            "seed": options.seed,
+            "rule": "rows with a lesion box and no row error"
+            + (f", in the release's {split} split (image sha256)" if split else "")
+            + (f"; a seeded random subset of {options.max_cases}" if info["subset"] else ""),
+        },
         "failed": failed,
         "methods": list(options.methods),
         "views": list(options.views),
@@ -879,26 +924,32 @@ def run_explain_eval(
         "definitions": {
             "pointing": "share of the map's maximum pixels inside the lesion (1 = peak inside); blank maps excluded",
             "energy": "share of the map's positive mass inside the lesion",
-            "iou": f"IoU of the map's top {options.top_frac:.0%} (at/above its quantile, positive pixels) "
-                   "with the lesion",
+            "iou": f"IoU of the map's top {options.top_frac:.0%} (at/above its quantile, positive pixels) with the lesion",
             "deletion_auc": "area under the target's probability as the region's most-highlighted pixels are replaced "
-                            f"by a blurred copy (sigma {BLUR_SIGMA} x region side), {options.steps} steps; "
-                            "lower = more faithful",
+            f"by a blurred copy (sigma {BLUR_SIGMA} x region side), {options.steps} steps; "
+            "lower = more faithful",
             "insertion_auc": "area under the probability as pixels are restored into the blurred region, most "
-                             "highlighted first; higher = more faithful",
+            "highlighted first; higher = more faithful",
             "random": f"uniform noise on a {RANDOM_GRID}x{RANDOM_GRID} grid, bilinear (seeded per case)",
             "centre": f"Gaussian centred on the region, sigma {CENTRE_SIGMA} x width/height",
             "ci": f"percentile bootstrap over cases, {options.n_boot} resamples, seed {options.seed}, 95 %",
             "box": "the case table's ROI columns (the annotator's lesion box)",
             "mask": "the table's 'mask' column image, where present",
         },
-        "options": {"steps": options.steps, "faithfulness": options.faithfulness, "top_frac": options.top_frac,
-                    "n_boot": options.n_boot},
+        "options": {
+            "steps": options.steps,
+            "faithfulness": options.faithfulness,
+            "top_frac": options.top_frac,
+            "n_boot": options.n_boot,
+        },
         "seconds_per_case": timing,
         "wall_seconds": wall,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_start": load_start,
-                    "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        },
         "results": results,
     }
     summary = _json_safe(summary)

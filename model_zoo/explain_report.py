@@ -41,8 +41,7 @@ class MetricSummary:
         ci_pair = None
         if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
             ci_pair = (float(ci[0]), float(ci[1]))
-        return cls(mean=float(mean) if isinstance(mean, (int, float)) else None,
-                   ci=ci_pair, n=int(d.get("n") or 0))
+        return cls(mean=float(mean) if isinstance(mean, (int, float)) else None, ci=ci_pair, n=int(d.get("n") or 0))
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class ExplainSet:
     def metric(self, view: str, target: str, method: str, metric: str) -> MetricSummary | None:
         """``view`` (roi/image), ``target`` (member id or "ensemble"), ``method`` (gradcam,
         scorecam, random, centre), ``metric`` (see ``model_zoo.explain_eval.METRICS``, or ``blank``)."""
-        block = (((self.results.get(view) or {}).get(target) or {}).get(method) or {})
+        block = ((self.results.get(view) or {}).get(target) or {}).get(method) or {}
         return MetricSummary.from_dict(block.get(metric))
 
 
@@ -75,9 +74,16 @@ class ExplainReport:
         for name, s in (d.get("sets") or {}).items():
             if not isinstance(s, Mapping):
                 continue
-            sets.append(ExplainSet(name=str(name), kind=str(s.get("kind") or "unknown"),
-                                   n_cases=int(s.get("n_cases") or 0), views=tuple(s.get("views") or ()),
-                                   methods=tuple(s.get("methods") or ()), results=s.get("results") or {}))
+            sets.append(
+                ExplainSet(
+                    name=str(name),
+                    kind=str(s.get("kind") or "unknown"),
+                    n_cases=int(s.get("n_cases") or 0),
+                    views=tuple(s.get("views") or ()),
+                    methods=tuple(s.get("methods") or ()),
+                    results=s.get("results") or {},
+                )
+            )
         return cls(sets=tuple(sets))
 
     def headline_set(self) -> ExplainSet | None:

@@ -104,7 +104,6 @@ def probability_sentence(p: float, threshold: float, positive_class: str, negati
     return f"Probability of {positive_class}: {a} (threshold {b} -> {side}: {call})"
 
 
-
 # ----------------------------------------------------------------------------- ROI jitter
 
 
@@ -139,18 +138,28 @@ def jitter_summary(p_ref: float, probs: Sequence[float], threshold: float) -> Ji
         return JitterSummary(n=0, n_flips=0, p_min=None, p_max=None, p_sd=None)
     ref_call = p_ref >= threshold
     return JitterSummary(
-        n=int(p.size), n_flips=int(np.sum((p >= threshold) != ref_call)), p_min=float(p.min()),
-        p_max=float(p.max()), p_sd=float(p.std(ddof=1)) if p.size > 1 else 0.0, probs=tuple(float(v) for v in p))
+        n=int(p.size),
+        n_flips=int(np.sum((p >= threshold) != ref_call)),
+        p_min=float(p.min()),
+        p_max=float(p.max()),
+        p_sd=float(p.std(ddof=1)) if p.size > 1 else 0.0,
+        probs=tuple(float(v) for v in p),
+    )
 
 
 def jitter_sentence(j: JitterSummary | None) -> str:
     """What the jitter check found, in one sentence."""
     if j is None or not j.n:
         return "ROI-jitter check not run."
-    return (f"With {j.n} slightly shifted/resized boxes the probability ranged "
-            f"{j.p_min:.2f}-{j.p_max:.2f} (SD {j.p_sd:.3f}); the class call "
-            + ("never changed." if not j.n_flips else f"changed for {j.n_flips} of {j.n} boxes: "
-               "the answer depends on where the box is drawn."))
+    return (
+        f"With {j.n} slightly shifted/resized boxes the probability ranged "
+        f"{j.p_min:.2f}-{j.p_max:.2f} (SD {j.p_sd:.3f}); the class call "
+        + (
+            "never changed."
+            if not j.n_flips
+            else f"changed for {j.n_flips} of {j.n} boxes: the answer depends on where the box is drawn."
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- the call
@@ -201,13 +210,22 @@ class Call:
         if not self.indeterminate:
             return probability_sentence(self.p, self.threshold, self.positive_class, self.negative_class)
         a, b = format_probability(self.p, self.threshold)
-        return (f"Probability of {self.positive_class}: {a} (threshold {b}) -> {INDETERMINATE} - the call "
-                + " / ".join(self.reasons))
+        return f"Probability of {self.positive_class}: {a} (threshold {b}) -> {INDETERMINATE} - the call " + " / ".join(
+            self.reasons
+        )
 
 
-def frame_call(p_raw: float, threshold: float, positive_class: str, negative_class: str, *,
-               p_calibrated: float | None = None, threshold_calibrated: float | None = None,
-               band: float = DEFAULT_INDETERMINATE_BAND, jitter: JitterSummary | None = None) -> Call:
+def frame_call(
+    p_raw: float,
+    threshold: float,
+    positive_class: str,
+    negative_class: str,
+    *,
+    p_calibrated: float | None = None,
+    threshold_calibrated: float | None = None,
+    band: float = DEFAULT_INDETERMINATE_BAND,
+    jitter: JitterSummary | None = None,
+) -> Call:
     """The call for one probability (see the module docstring for the rule).
 
     Pass ``jitter=None`` when the jitter check has not run (yet): the band alone decides.
@@ -220,8 +238,10 @@ def frame_call(p_raw: float, threshold: float, positive_class: str, negative_cla
         if (pc >= tc) == (p_raw >= threshold):
             a, b = format_probability(p_raw, threshold)
             p, t, calibrated = pc, tc, True
-            note = (f"Calibrated probability (Platt scaling fitted on internal data). Raw stacker output {a} "
-                    f"against its threshold {b}: the same call.")
+            note = (
+                f"Calibrated probability (Platt scaling fitted on internal data). Raw stacker output {a} "
+                f"against its threshold {b}: the same call."
+            )
         else:  # a decreasing (broken) calibration: never show a flipped call
             note = "The release's calibration disagrees with its own call here, so the raw stacker output is shown."
     reasons = []
@@ -230,9 +250,19 @@ def frame_call(p_raw: float, threshold: float, positive_class: str, negative_cla
     if in_threshold_band(p, t, band):
         reasons.append(REASON_BAND)
     word = INDETERMINATE if reasons else (positive_class if p >= t else negative_class)
-    return Call(word=word, p=p, threshold=t, calibrated=calibrated, band=band, reasons=tuple(reasons),
-                positive_class=positive_class, negative_class=negative_class, p_raw=p_raw,
-                threshold_raw=threshold, scale_note=note)
+    return Call(
+        word=word,
+        p=p,
+        threshold=t,
+        calibrated=calibrated,
+        band=band,
+        reasons=tuple(reasons),
+        positive_class=positive_class,
+        negative_class=negative_class,
+        p_raw=p_raw,
+        threshold_raw=threshold,
+        scale_note=note,
+    )
 
 
 def jitter_note(call: Call, jitter: JitterSummary | None) -> str | None:
@@ -240,6 +270,8 @@ def jitter_note(call: Call, jitter: JitterSummary | None) -> str | None:
     if jitter is None or not jitter.flips:
         return None
     other = call.negative_class if call.p_raw >= call.threshold_raw else call.positive_class
-    return (f"Indeterminate - the call depends on the exact box: {jitter.n_flips} of {jitter.n} slightly "
-            f"shifted/resized boxes gave '{other}'. Read the result as neither {call.negative_class} nor "
-            f"{call.positive_class}.")
+    return (
+        f"Indeterminate - the call depends on the exact box: {jitter.n_flips} of {jitter.n} slightly "
+        f"shifted/resized boxes gave '{other}'. Read the result as neither {call.negative_class} nor "
+        f"{call.positive_class}."
+    )

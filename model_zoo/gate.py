@@ -49,16 +49,30 @@ __all__ = [
 ACCEPTED_MODALITIES = frozenset({"CR", "DX", "DR", "RF"})
 WARN_MODALITIES = {
     "RG": "DICOM Modality RG (film/screen radiograph, often a digitised film): the models were trained on "
-          "digital radiographs; check the image quality",
+    "digital radiographs; check the image quality",
     "OT": "DICOM Modality OT ('other', often a scanned film or a screenshot): check that this is a bone "
-          "radiograph before reading the result",
+    "radiograph before reading the result",
 }
 _MODALITY_NAMES = {
-    "CT": "computed tomography", "MR": "magnetic resonance", "US": "ultrasound", "NM": "nuclear medicine",
-    "PT": "PET", "MG": "mammography", "XA": "X-ray angiography", "IO": "intra-oral X-ray",
-    "PX": "panoramic dental X-ray", "DG": "diaphanography", "ES": "endoscopy", "XC": "external camera photo",
-    "SM": "slide microscopy", "OP": "ophthalmic photo", "SR": "structured report", "DOC": "document",
-    "SEG": "segmentation", "RTIMAGE": "radiotherapy image", "BMD": "bone densitometry",
+    "CT": "computed tomography",
+    "MR": "magnetic resonance",
+    "US": "ultrasound",
+    "NM": "nuclear medicine",
+    "PT": "PET",
+    "MG": "mammography",
+    "XA": "X-ray angiography",
+    "IO": "intra-oral X-ray",
+    "PX": "panoramic dental X-ray",
+    "DG": "diaphanography",
+    "ES": "endoscopy",
+    "XC": "external camera photo",
+    "SM": "slide microscopy",
+    "OP": "ophthalmic photo",
+    "SR": "structured report",
+    "DOC": "document",
+    "SEG": "segmentation",
+    "RTIMAGE": "radiotherapy image",
+    "BMD": "bone densitometry",
 }
 
 
@@ -71,15 +85,18 @@ def check_modality(modality: str | None, *, source_format: str = "dicom") -> tup
         return None, None
     m = str(modality or "").strip().upper()
     if not m:
-        return None, ("the DICOM header has no Modality: check that this is a projection radiograph of bone "
-                      "before reading the result")
+        return None, (
+            "the DICOM header has no Modality: check that this is a projection radiograph of bone before reading the result"
+        )
     if m in ACCEPTED_MODALITIES:
         return None, None
     if m in WARN_MODALITIES:
         return None, WARN_MODALITIES[m]
     what = f" ({_MODALITY_NAMES[m]})" if m in _MODALITY_NAMES else ""
-    return (f"DICOM Modality {m}{what} is not a projection radiograph: the models were trained on bone "
-            f"radiographs ({', '.join(sorted(ACCEPTED_MODALITIES))}) only, so no prediction is made"), None
+    return (
+        f"DICOM Modality {m}{what} is not a projection radiograph: the models were trained on bone "
+        f"radiographs ({', '.join(sorted(ACCEPTED_MODALITIES))}) only, so no prediction is made"
+    ), None
 
 
 # ----------------------------------------------------------------------------- body part
@@ -88,21 +105,102 @@ def check_modality(modality: str | None, *, source_format: str = "dicom") -> tup
 # and common free-text variants) -> site. The demo task's "axial" is the pelvis/spine/trunk
 # skeleton; limbs and girdles are appendicular. Matching is on upper-case substrings with
 # spaces and underscores removed.
-_AXIAL_TERMS = ("PELVIS", "SACRUM", "COCCYX", "SPINE", "VERTEBRA", "RIB", "STERNUM", "HIPBONE", "ILIUM",
-                "ISCHIUM", "PUBIS", "ACETABUL", "SIJOINT", "SACROILIAC")
-_APPENDICULAR_TERMS = ("EXTREMITY", "ARM", "LEG", "KNEE", "ANKLE", "FOOT", "TOE", "HAND", "FINGER", "THUMB",
-                       "WRIST", "ELBOW", "SHOULDER", "HUMER", "FOREARM", "RADIUS", "ULNA", "FEMUR", "FEMOR",
-                       "THIGH", "TIBIA", "FIBULA", "CALCANEUS", "HEEL", "CLAVICLE", "SCAPULA", "LIMB",
-                       "PATELLA", "METACARP", "METATARS", "CARPUS", "TARSUS", "PHALANX")
+_AXIAL_TERMS = (
+    "PELVIS",
+    "SACRUM",
+    "COCCYX",
+    "SPINE",
+    "VERTEBRA",
+    "RIB",
+    "STERNUM",
+    "HIPBONE",
+    "ILIUM",
+    "ISCHIUM",
+    "PUBIS",
+    "ACETABUL",
+    "SIJOINT",
+    "SACROILIAC",
+)
+_APPENDICULAR_TERMS = (
+    "EXTREMITY",
+    "ARM",
+    "LEG",
+    "KNEE",
+    "ANKLE",
+    "FOOT",
+    "TOE",
+    "HAND",
+    "FINGER",
+    "THUMB",
+    "WRIST",
+    "ELBOW",
+    "SHOULDER",
+    "HUMER",
+    "FOREARM",
+    "RADIUS",
+    "ULNA",
+    "FEMUR",
+    "FEMOR",
+    "THIGH",
+    "TIBIA",
+    "FIBULA",
+    "CALCANEUS",
+    "HEEL",
+    "CLAVICLE",
+    "SCAPULA",
+    "LIMB",
+    "PATELLA",
+    "METACARP",
+    "METATARS",
+    "CARPUS",
+    "TARSUS",
+    "PHALANX",
+)
 # Regions that are not a bone/limb/pelvis film (chest, head, abdomen and their organs) or
 # not a patient at all: a loud warning and no site suggestion.
-_NOT_BONE_TERMS = ("CHEST", "THORAX", "LUNG", "HEART", "BREAST", "MAMMA", "HEAD", "BRAIN", "SKULL", "FACE",
-                   "ORBIT", "SINUS", "SELLA", "TMJ", "JAW", "MANDIBLE", "MAXILLA", "ZYGOMA", "NOSE",
-                   "NECK", "ABDOMEN", "ABD", "KIDNEY", "LIVER", "BLADDER", "PROSTATE", "UTERUS", "COLON",
-                   "BOWEL", "STOMACH", "KUB", "DENTAL", "TOOTH", "TEETH", "WHOLEBODY", "PHANTOM")
+_NOT_BONE_TERMS = (
+    "CHEST",
+    "THORAX",
+    "LUNG",
+    "HEART",
+    "BREAST",
+    "MAMMA",
+    "HEAD",
+    "BRAIN",
+    "SKULL",
+    "FACE",
+    "ORBIT",
+    "SINUS",
+    "SELLA",
+    "TMJ",
+    "JAW",
+    "MANDIBLE",
+    "MAXILLA",
+    "ZYGOMA",
+    "NOSE",
+    "NECK",
+    "ABDOMEN",
+    "ABD",
+    "KIDNEY",
+    "LIVER",
+    "BLADDER",
+    "PROSTATE",
+    "UTERUS",
+    "COLON",
+    "BOWEL",
+    "STOMACH",
+    "KUB",
+    "DENTAL",
+    "TOOTH",
+    "TEETH",
+    "WHOLEBODY",
+    "PHANTOM",
+)
 # "<bone> head/neck" names a part of a bone, not the head or neck.
-_BONE_PART = re.compile(r"(FEMOR(AL)?|FEMUR|HUMER(AL|US)|RADI(AL|US)|FIBUL(AR|A)|METACARPAL|METATARSAL|RIB|TALAR|"
-                        r"TALUS)(HEAD|NECK)")
+_BONE_PART = re.compile(
+    r"(FEMOR(AL)?|FEMUR|HUMER(AL|US)|RADI(AL|US)|FIBUL(AR|A)|METACARPAL|METATARSAL|RIB|TALAR|"
+    r"TALUS)(HEAD|NECK)"
+)
 
 
 def check_body_part(body_part: str | None) -> tuple[str | None, str, str | None]:
@@ -117,21 +215,34 @@ def check_body_part(body_part: str | None) -> tuple[str | None, str, str | None]
     shown = str(body_part).strip()
     bp = shown.upper().replace(" ", "").replace("_", "").replace("-", "")
     if any(term in _BONE_PART.sub("", bp) for term in _NOT_BONE_TERMS):
-        return None, f"BodyPartExamined {shown} is not a bone, limb or pelvis region: site not pre-filled", (
-            f"BodyPartExamined is {shown}: the models were trained on radiographs of bone lesions in the limbs "
-            "and pelvis, not on this region. A probability for this image means little.")
+        return (
+            None,
+            f"BodyPartExamined {shown} is not a bone, limb or pelvis region: site not pre-filled",
+            (
+                f"BodyPartExamined is {shown}: the models were trained on radiographs of bone lesions in the limbs "
+                "and pelvis, not on this region. A probability for this image means little."
+            ),
+        )
     if bp == "HIP" or bp.startswith("HIP") and not bp.startswith("HIPBONE"):
-        return "axial", (f"BodyPartExamined {shown} suggests axial (pelvis); choose appendicular if the lesion "
-                         "is in the femur"), None
+        return (
+            "axial",
+            (f"BodyPartExamined {shown} suggests axial (pelvis); choose appendicular if the lesion is in the femur"),
+            None,
+        )
     for term in _AXIAL_TERMS:
         if term in bp:
             return "axial", f"BodyPartExamined {shown} suggests axial", None
     for term in _APPENDICULAR_TERMS:
         if term in bp:
             return "appendicular", f"BodyPartExamined {shown} suggests appendicular", None
-    return None, f"BodyPartExamined {shown} is not a recognised bone region: site not pre-filled", (
-        f"BodyPartExamined is {shown}, not a recognised bone, limb or pelvis region: check that this is a "
-        "radiograph of a bone lesion before reading the result.")
+    return (
+        None,
+        f"BodyPartExamined {shown} is not a recognised bone region: site not pre-filled",
+        (
+            f"BodyPartExamined is {shown}, not a recognised bone, limb or pelvis region: check that this is a "
+            "radiograph of a bone lesion before reading the result."
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- age
@@ -199,9 +310,15 @@ def check_header(meta: ImageMeta) -> GateResult:
     refusal, modality_warning = check_modality(meta.modality, source_format=meta.source_format)
     site, site_note, site_warning = check_body_part(meta.body_part)
     age, age_note = check_age(meta.age_raw, None if meta.age_raw else meta.age)
-    return GateResult(refusal=refusal, blocking=(site_warning,) if site_warning else (),
-                      warnings=(modality_warning,) if modality_warning else (), age=age, age_note=age_note,
-                      site=site, site_note=site_note)
+    return GateResult(
+        refusal=refusal,
+        blocking=(site_warning,) if site_warning else (),
+        warnings=(modality_warning,) if modality_warning else (),
+        age=age,
+        age_note=age_note,
+        site=site,
+        site_note=site_note,
+    )
 
 
 # ----------------------------------------------------------------------------- ROI
@@ -215,8 +332,10 @@ def roi_quality(pixels: np.ndarray, box: Sequence[float]) -> list[str]:
     x0, y0, x1, y1 = (float(v) for v in box)
     out = []
     if (x1 - x0) < MIN_ROI_SIDE or (y1 - y0) < MIN_ROI_SIDE:
-        out.append(f"the ROI is tiny ({x1 - x0:.0f} x {y1 - y0:.0f} px; at least {MIN_ROI_SIDE} px a side "
-                   "is needed): the models would mostly see upsampled margin")
+        out.append(
+            f"the ROI is tiny ({x1 - x0:.0f} x {y1 - y0:.0f} px; at least {MIN_ROI_SIDE} px a side "
+            "is needed): the models would mostly see upsampled margin"
+        )
         return out
     ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
     ix1, iy1 = min(pixels.shape[1], math.ceil(x1)), min(pixels.shape[0], math.ceil(y1))

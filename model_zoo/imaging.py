@@ -138,9 +138,7 @@ class LoadedImage:
 # --------------------------------------------------------------------------------------
 
 
-def apply_window(
-    pixels_raw: np.ndarray, center: float, width: float, *, function: str = "LINEAR"
-) -> np.ndarray:
+def apply_window(pixels_raw: np.ndarray, center: float, width: float, *, function: str = "LINEAR") -> np.ndarray:
     """Apply a DICOM VOI window and return float32 values in ``[0, 1]``.
 
     Implements PS3.3 C.11.2.1.2 with output range ``y_min = 0``, ``y_max = 1``:
@@ -212,8 +210,7 @@ PRESET_PERCENTILES: dict[str, tuple[float, float, str]] = {
 }
 
 
-def window_presets(values: np.ndarray, *, bright_is_high: bool = True,
-                   min_width: float = 1.0) -> tuple[WindowPreset, ...]:
+def window_presets(values: np.ndarray, *, bright_is_high: bool = True, min_width: float = 1.0) -> tuple[WindowPreset, ...]:
     """Display window presets from an image's own value distribution.
 
     ``values`` are the pixels in the units the window is set in (e.g. DICOM header units, or
@@ -401,9 +398,7 @@ def _check_size(width: int, height: int, *, min_side: int, max_pixels: int, name
         )
 
 
-def _finish(
-    values: np.ndarray, meta_kwargs: dict[str, Any], warn: list[str], name: str | None
-) -> LoadedImage:
+def _finish(values: np.ndarray, meta_kwargs: dict[str, Any], warn: list[str], name: str | None) -> LoadedImage:
     """Shared tail: finite check, constant-image warning, float32 in [0, 1]."""
     if not np.all(np.isfinite(values)):
         raise _fail(name, "decoded image contains NaN or infinite values")
@@ -481,9 +476,7 @@ def load_image(
 # --------------------------------------------------------------------------------------
 
 
-def _guard_dicom(
-    data: bytes, parsed: Dataset | None, *, max_pixels: int, min_side: int, name: str | None
-) -> LoadedImage:
+def _guard_dicom(data: bytes, parsed: Dataset | None, *, max_pixels: int, min_side: int, name: str | None) -> LoadedImage:
     """Run the DICOM loader, turning pydicom's late errors on malformed headers into one line.
 
     pydicom converts element values lazily, so a malformed value (a text in an integer
@@ -494,13 +487,21 @@ def _guard_dicom(
             # Header-validity chatter (odd UIDs, VR lengths) is not the user's problem;
             # decoder warnings are recorded into the metadata inside _load_dicom.
             warnings.simplefilter("ignore")
-            return _load_dicom(
-                data, max_pixels=max_pixels, min_side=min_side, name=name, parsed=parsed
-            )
+            return _load_dicom(data, max_pixels=max_pixels, min_side=min_side, name=name, parsed=parsed)
     except InputError:
         raise
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
-            NotImplementedError, EOFError, OSError, struct.error) as err:
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        OverflowError,
+        NotImplementedError,
+        EOFError,
+        OSError,
+        struct.error,
+    ) as err:
         msg = " ".join(str(err).split())[:300]
         raise _fail(name, f"malformed DICOM file ({type(err).__name__}: {msg})") from None
 
@@ -559,9 +560,7 @@ def _ybr_full_to_rgb(arr: np.ndarray, bits: int) -> np.ndarray:
     y = arr[..., 0].astype(np.float64)
     cb = arr[..., 1].astype(np.float64) - half
     cr = arr[..., 2].astype(np.float64) - half
-    rgb = np.stack(
-        [y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1
-    )
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
     return np.clip(rgb, 0, 2.0**bits - 1)
 
 
@@ -582,16 +581,13 @@ def _load_dicom(
         ds = parsed if parsed is not None else pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as err:  # noqa: BLE001 - pydicom raises many types on corrupt input
         msg = " ".join(str(err).split())[:300]
-        raise _fail(
-            name, f"corrupt or truncated DICOM file ({type(err).__name__}: {msg})"
-        ) from None
+        raise _fail(name, f"corrupt or truncated DICOM file ({type(err).__name__}: {msg})") from None
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         if "Rows" in ds and "Columns" in ds:
             raise _fail(
                 name,
-                "DICOM file declares an image (Rows/Columns) but has no pixel data: "
-                "it is truncated or incomplete",
+                "DICOM file declares an image (Rows/Columns) but has no pixel data: it is truncated or incomplete",
             )
         sop = ds.get("SOPClassUID")
         what = f" (SOP class: {UID(str(sop)).name})" if sop else ""
@@ -609,11 +605,7 @@ def _load_dicom(
         else:
             ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.2")  # Explicit VR BE
     tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
-    ts_label = (
-        f"{tsyntax.name} ({tsyntax})"
-        if tsyntax.name != str(tsyntax)
-        else f"{tsyntax} (unknown or private UID)"
-    )
+    ts_label = f"{tsyntax.name} ({tsyntax})" if tsyntax.name != str(tsyntax) else f"{tsyntax} (unknown or private UID)"
 
     try:
         decoder = pydicom.pixels.get_decoder(tsyntax)
@@ -674,8 +666,7 @@ def _load_dicom(
     else:
         raise _fail(
             name,
-            f"unsupported DICOM pixel layout: {decoded_pi or 'no PhotometricInterpretation'}, "
-            f"shape {arr.shape}",
+            f"unsupported DICOM pixel layout: {decoded_pi or 'no PhotometricInterpretation'}, shape {arr.shape}",
         )
 
     display = {k: str(ds.get(k)).strip() for k in _DISPLAY_KEYWORDS if ds.get(k) is not None}
@@ -709,9 +700,7 @@ def _load_dicom(
     return _finish(values, meta, warn, name)
 
 
-def _voi(
-    modality: np.ndarray, ds: Dataset, warn: list[str]
-) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _voi(modality: np.ndarray, ds: Dataset, warn: list[str]) -> tuple[np.ndarray, tuple[float, float] | None]:
     """VOI stage: LUT sequence, else first header window, else min-max. Output in [0, 1]."""
     import pydicom.pixels
 
@@ -723,9 +712,7 @@ def _voi(
         lut_out = pydicom.pixels.apply_voi(np.rint(modality).astype(np.int64), ds, index=0)
         # Normalise by the LUT's own output range (read back through pydicom's parser):
         # descriptors often overstate the bit depth, which would leave the image dark.
-        table = pydicom.pixels.apply_voi(
-            np.arange(first_map, first_map + n_entries, dtype=np.int64), ds, index=0
-        )
+        table = pydicom.pixels.apply_voi(np.arange(first_map, first_map + n_entries, dtype=np.int64), ds, index=0)
         lo, hi = float(np.min(table)), float(np.max(table))
         if hi > lo:
             return (np.asarray(lut_out, dtype=np.float64) - lo) / (hi - lo), None
@@ -758,9 +745,7 @@ def _png_declared_size(data: bytes) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-def _load_pillow(
-    data: bytes, kind: str, *, max_pixels: int, min_side: int, name: str | None
-) -> LoadedImage:
+def _load_pillow(data: bytes, kind: str, *, max_pixels: int, min_side: int, name: str | None) -> LoadedImage:
     label = kind.upper()
     if kind == "png":
         declared = _png_declared_size(data)
@@ -856,9 +841,7 @@ def _pil_to_gray(img: Image.Image, warn: list[str]) -> tuple[np.ndarray, int]:
 
     # Everything else goes through RGB(A). Palette images with a transparency entry and
     # LA/PA keep their alpha so it can be composited on black like RGBA.
-    has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or (
-        mode == "P" and "transparency" in img.info
-    )
+    has_alpha = mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in img.info)
     if mode == "CMYK":
         warn.append("CMYK image converted to RGB (no colour profile applied)")
     rgba = np.asarray(img.convert("RGBA" if has_alpha else "RGB")).astype(np.float64)

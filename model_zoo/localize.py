@@ -29,7 +29,7 @@ class LocaliserSpec:
     input_size: int = 128
     base_channels: int = 16
     threshold: float = 0.5
-    min_area_frac: float = 0.001   # ignore specks smaller than this fraction of the image
+    min_area_frac: float = 0.001  # ignore specks smaller than this fraction of the image
     mean: float = 0.5
     std: float = 0.25
 
@@ -43,9 +43,9 @@ class LocaliserSpec:
 
 @dataclass(frozen=True)
 class Proposal:
-    box: roi.Box            # stored-image pixels
-    confidence: float       # peak lesion probability in [0, 1]
-    found: bool             # False when no region passed the threshold (fallback box)
+    box: roi.Box  # stored-image pixels
+    confidence: float  # peak lesion probability in [0, 1]
+    found: bool  # False when no region passed the threshold (fallback box)
     seconds: float
 
 
@@ -56,17 +56,25 @@ def build_unet(spec: LocaliserSpec) -> Any:
 
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
         )
 
     class UNet(nn.Module):
         def __init__(self, c: int):
             super().__init__()
             self.enc = nn.ModuleList([block(1, c), block(c, 2 * c), block(2 * c, 4 * c), block(4 * c, 8 * c)])
-            self.up = nn.ModuleList([nn.ConvTranspose2d(8 * c, 4 * c, 2, stride=2),
-                                     nn.ConvTranspose2d(4 * c, 2 * c, 2, stride=2),
-                                     nn.ConvTranspose2d(2 * c, c, 2, stride=2)])
+            self.up = nn.ModuleList(
+                [
+                    nn.ConvTranspose2d(8 * c, 4 * c, 2, stride=2),
+                    nn.ConvTranspose2d(4 * c, 2 * c, 2, stride=2),
+                    nn.ConvTranspose2d(2 * c, c, 2, stride=2),
+                ]
+            )
             self.dec = nn.ModuleList([block(8 * c, 4 * c), block(4 * c, 2 * c), block(2 * c, c)])
             self.head = nn.Conv2d(c, 1, 1)
 
@@ -92,8 +100,7 @@ def prepare(spec: LocaliserSpec, pixels: np.ndarray) -> np.ndarray:
     return np.clip(roi.resize(pixels.astype(np.float32, copy=False), spec.input_size), 0, 1)
 
 
-def mask_to_box(prob: np.ndarray, threshold: float, min_area: int,
-                secondary_ratio: float = 0.5) -> tuple[roi.Box, bool]:
+def mask_to_box(prob: np.ndarray, threshold: float, min_area: int, secondary_ratio: float = 0.5) -> tuple[roi.Box, bool]:
     """Bounding box (map pixels, x1/y1 exclusive) of the dominant lesion region.
 
     Regions are connected components of ``prob >= threshold`` with at least ``min_area``
@@ -108,8 +115,9 @@ def mask_to_box(prob: np.ndarray, threshold: float, min_area: int,
     binary = (prob >= threshold).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     masses = np.bincount(labels.ravel(), weights=np.asarray(prob, np.float64).ravel(), minlength=n)
-    regions = [(float(masses[i]), tuple(int(v) for v in stats[i, :4]))
-               for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    regions = [
+        (float(masses[i]), tuple(int(v) for v in stats[i, :4])) for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area
+    ]
     found = bool(regions)
     if regions:
         top = max(mass for mass, _ in regions)

@@ -36,14 +36,31 @@ from model_zoo.localize import LocaliserSpec
 from model_zoo.members import MemberSpec
 
 __all__ = [
-    "FORMAT_VERSION", "MIN_FORMAT_VERSION", "DataInfo", "DerivedFrom", "ExplainInfo", "ExternalData",
-    "LocaliserInfo", "Manifest", "MemberEntry", "OOD_COMBINES", "OOD_METHODS", "OOD_TRANSFORMS", "OodInfo",
-    "OodMember", "StackerInfo", "Task", "ThresholdInfo",
-    "UnsupportedFormatError", "check_format_version", "manifest_from_json", "read_manifest_file",
+    "FORMAT_VERSION",
+    "MIN_FORMAT_VERSION",
+    "DataInfo",
+    "DerivedFrom",
+    "ExplainInfo",
+    "ExternalData",
+    "LocaliserInfo",
+    "Manifest",
+    "MemberEntry",
+    "OOD_COMBINES",
+    "OOD_METHODS",
+    "OOD_TRANSFORMS",
+    "OodInfo",
+    "OodMember",
+    "StackerInfo",
+    "Task",
+    "ThresholdInfo",
+    "UnsupportedFormatError",
+    "check_format_version",
+    "manifest_from_json",
+    "read_manifest_file",
 ]
 
-FORMAT_VERSION = 1       # written by this library
-MIN_FORMAT_VERSION = 1   # the oldest layout this library still reads
+FORMAT_VERSION = 1  # written by this library
+MIN_FORMAT_VERSION = 1  # the oldest layout this library still reads
 MANIFEST_FILE = "manifest.json"
 
 _EMPTY: tuple[Any, ...] = (None, {}, [], "")
@@ -108,17 +125,27 @@ class Task:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "positive_class": self.positive_class, "negative_class": self.negative_class,
-               "class_names": list(self.class_names), "label_map": _copy(self.label_map)}
+        out = {
+            "name": self.name,
+            "positive_class": self.positive_class,
+            "negative_class": self.negative_class,
+            "class_names": list(self.class_names),
+            "label_map": _copy(self.label_map),
+        }
         return _finish(out, self.absent, self.extra)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Task:
         absent, extra = _split(cls, d)
-        return cls(name=str(d.get("name", "")), positive_class=str(d["positive_class"]),
-                   negative_class=str(d["negative_class"]),
-                   class_names=tuple(str(c) for c in d.get("class_names") or ()),
-                   label_map=_copy(d.get("label_map")), absent=absent, extra=extra)
+        return cls(
+            name=str(d.get("name", "")),
+            positive_class=str(d["positive_class"]),
+            negative_class=str(d["negative_class"]),
+            class_names=tuple(str(c) for c in d.get("class_names") or ()),
+            label_map=_copy(d.get("label_map")),
+            absent=absent,
+            extra=extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -134,7 +161,7 @@ class MemberEntry:
     init: str | None = None
     weights_dtype: str | None = None
     init_provenance: Mapping[str, Any] | None = None  # where a converted pretrained start came from
-    trainable: str | None = None                       # "all", "head" or "tail"
+    trainable: str | None = None  # "all", "head" or "tail"
     absent: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -143,21 +170,37 @@ class MemberEntry:
         return self.spec.member_id
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"spec": self.spec.to_dict(), "weights": self.weights, "best_epoch": self.best_epoch,
-               "best_val_auc": self.best_val_auc, "train_images_per_second": self.train_images_per_second,
-               "epochs_run": self.epochs_run, "init": self.init, "weights_dtype": self.weights_dtype,
-               "init_provenance": _copy(self.init_provenance), "trainable": self.trainable}
+        out = {
+            "spec": self.spec.to_dict(),
+            "weights": self.weights,
+            "best_epoch": self.best_epoch,
+            "best_val_auc": self.best_val_auc,
+            "train_images_per_second": self.train_images_per_second,
+            "epochs_run": self.epochs_run,
+            "init": self.init,
+            "weights_dtype": self.weights_dtype,
+            "init_provenance": _copy(self.init_provenance),
+            "trainable": self.trainable,
+        }
         return _finish(out, self.absent, self.extra)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MemberEntry:
         absent, extra = _split(cls, d)
-        return cls(spec=MemberSpec.from_dict(d["spec"]), weights=str(d["weights"]),
-                   best_epoch=_opt_int(d.get("best_epoch")), best_val_auc=_opt_float(d.get("best_val_auc")),
-                   train_images_per_second=_opt_float(d.get("train_images_per_second")),
-                   epochs_run=_opt_int(d.get("epochs_run")), init=_opt_str(d.get("init")),
-                   weights_dtype=_opt_str(d.get("weights_dtype")), init_provenance=_copy(d.get("init_provenance")),
-                   trainable=_opt_str(d.get("trainable")), absent=absent, extra=extra)
+        return cls(
+            spec=MemberSpec.from_dict(d["spec"]),
+            weights=str(d["weights"]),
+            best_epoch=_opt_int(d.get("best_epoch")),
+            best_val_auc=_opt_float(d.get("best_val_auc")),
+            train_images_per_second=_opt_float(d.get("train_images_per_second")),
+            epochs_run=_opt_int(d.get("epochs_run")),
+            init=_opt_str(d.get("init")),
+            weights_dtype=_opt_str(d.get("weights_dtype")),
+            init_provenance=_copy(d.get("init_provenance")),
+            trainable=_opt_str(d.get("trainable")),
+            absent=absent,
+            extra=extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -180,24 +223,41 @@ class StackerInfo:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"file": self.file, "chosen": self.chosen, "age_fill": self.age_fill, "features": list(self.features),
-               "comparison": [_copy(dict(r)) for r in self.comparison], "selection": self.selection,
-               "score_source": self.score_source, "folds": self.folds, "member_scores": self.member_scores,
-               "imputation": self.imputation, "cam_weights": dict(self.cam_weights),
-               "cam_weights_rule": self.cam_weights_rule}
+        out = {
+            "file": self.file,
+            "chosen": self.chosen,
+            "age_fill": self.age_fill,
+            "features": list(self.features),
+            "comparison": [_copy(dict(r)) for r in self.comparison],
+            "selection": self.selection,
+            "score_source": self.score_source,
+            "folds": self.folds,
+            "member_scores": self.member_scores,
+            "imputation": self.imputation,
+            "cam_weights": dict(self.cam_weights),
+            "cam_weights_rule": self.cam_weights_rule,
+        }
         return _finish(out, self.absent, self.extra)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StackerInfo:
         absent, extra = _split(cls, d)
-        return cls(file=str(d["file"]), chosen=str(d.get("chosen", "stacker")), age_fill=float(d["age_fill"]),
-                   features=tuple(str(f) for f in d.get("features") or ()),
-                   comparison=tuple(_copy(dict(r)) for r in d.get("comparison") or ()),
-                   selection=str(d.get("selection", "")), score_source=str(d.get("score_source", "")),
-                   folds=_opt_int(d.get("folds")), member_scores=str(d.get("member_scores", "probability")),
-                   imputation=str(d.get("imputation", "")),
-                   cam_weights={str(k): float(v) for k, v in (d.get("cam_weights") or {}).items()},
-                   cam_weights_rule=str(d.get("cam_weights_rule", "")), absent=absent, extra=extra)
+        return cls(
+            file=str(d["file"]),
+            chosen=str(d.get("chosen", "stacker")),
+            age_fill=float(d["age_fill"]),
+            features=tuple(str(f) for f in d.get("features") or ()),
+            comparison=tuple(_copy(dict(r)) for r in d.get("comparison") or ()),
+            selection=str(d.get("selection", "")),
+            score_source=str(d.get("score_source", "")),
+            folds=_opt_int(d.get("folds")),
+            member_scores=str(d.get("member_scores", "probability")),
+            imputation=str(d.get("imputation", "")),
+            cam_weights={str(k): float(v) for k, v in (d.get("cam_weights") or {}).items()},
+            cam_weights_rule=str(d.get("cam_weights_rule", "")),
+            absent=absent,
+            extra=extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -208,23 +268,35 @@ class ThresholdInfo:
     rule: str = ""
     chosen_on: str = ""
     per_model: Mapping[str, float] = field(default_factory=dict)  # each model's own threshold (reports)
-    value_calibrated: float | None = None     # the same threshold on the calibrated scale
-    indeterminate_band: float | None = None   # half-width of the "indeterminate" band; None: library default
+    value_calibrated: float | None = None  # the same threshold on the calibrated scale
+    indeterminate_band: float | None = None  # half-width of the "indeterminate" band; None: library default
     absent: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"value": self.value, "rule": self.rule, "chosen_on": self.chosen_on, "per_model": dict(self.per_model),
-               "value_calibrated": self.value_calibrated, "indeterminate_band": self.indeterminate_band}
+        out = {
+            "value": self.value,
+            "rule": self.rule,
+            "chosen_on": self.chosen_on,
+            "per_model": dict(self.per_model),
+            "value_calibrated": self.value_calibrated,
+            "indeterminate_band": self.indeterminate_band,
+        }
         return _finish(out, self.absent, self.extra)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ThresholdInfo:
         absent, extra = _split(cls, d)
-        return cls(value=float(d["value"]), rule=str(d.get("rule", "")), chosen_on=str(d.get("chosen_on", "")),
-                   per_model={str(k): float(v) for k, v in (d.get("per_model") or {}).items()},
-                   value_calibrated=_opt_float(d.get("value_calibrated")),
-                   indeterminate_band=_opt_float(d.get("indeterminate_band")), absent=absent, extra=extra)
+        return cls(
+            value=float(d["value"]),
+            rule=str(d.get("rule", "")),
+            chosen_on=str(d.get("chosen_on", "")),
+            per_model={str(k): float(v) for k, v in (d.get("per_model") or {}).items()},
+            value_calibrated=_opt_float(d.get("value_calibrated")),
+            indeterminate_band=_opt_float(d.get("indeterminate_band")),
+            absent=absent,
+            extra=extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -243,8 +315,7 @@ class ExternalData:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExternalData:
         absent, extra = _split(cls, d)
-        return cls(source=str(d.get("source", "")), n=int(d.get("n", 0)), rows=str(d.get("rows", "")),
-                   absent=absent, extra=extra)
+        return cls(source=str(d.get("source", "")), n=int(d.get("n", 0)), rows=str(d.get("rows", "")), absent=absent, extra=extra)
 
 
 @dataclass(frozen=True)
@@ -269,19 +340,29 @@ class DataInfo:
         return self.extra.get(key)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"source": self.source, "fingerprint": self.fingerprint, "n_cases": self.n_cases,
-               "splits": _copy(dict(self.splits)), "rows": self.rows,
-               "external": {k: v.to_dict() for k, v in self.external.items()}}
+        out = {
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "n_cases": self.n_cases,
+            "splits": _copy(dict(self.splits)),
+            "rows": self.rows,
+            "external": {k: v.to_dict() for k, v in self.external.items()},
+        }
         return _finish(out, self.absent, self.extra)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataInfo:
         absent, extra = _split(cls, d)
-        return cls(source=str(d.get("source", "")), fingerprint=str(d.get("fingerprint", "")),
-                   n_cases=_opt_int(d.get("n_cases")), splits=_copy(dict(d.get("splits") or {})),
-                   rows=str(d.get("rows", "")),
-                   external={str(k): ExternalData.from_dict(v) for k, v in (d.get("external") or {}).items()},
-                   absent=absent, extra=extra)
+        return cls(
+            source=str(d.get("source", "")),
+            fingerprint=str(d.get("fingerprint", "")),
+            n_cases=_opt_int(d.get("n_cases")),
+            splits=_copy(dict(d.get("splits") or {})),
+            rows=str(d.get("rows", "")),
+            external={str(k): ExternalData.from_dict(v) for k, v in (d.get("external") or {}).items()},
+            absent=absent,
+            extra=extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -300,28 +381,39 @@ class LocaliserInfo:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"weights": self.weights, "spec": self.spec.to_dict(), "architecture": self.architecture,
-               "data": self.data, "metrics": _copy(dict(self.metrics)),
-               "ensemble_auc_by_roi_source": _copy(dict(self.ensemble_auc_by_roi_source)),
-               "external": _copy(dict(self.external)),
-               "proposal_seconds_median": _copy(dict(self.proposal_seconds_median))}
+        out = {
+            "weights": self.weights,
+            "spec": self.spec.to_dict(),
+            "architecture": self.architecture,
+            "data": self.data,
+            "metrics": _copy(dict(self.metrics)),
+            "ensemble_auc_by_roi_source": _copy(dict(self.ensemble_auc_by_roi_source)),
+            "external": _copy(dict(self.external)),
+            "proposal_seconds_median": _copy(dict(self.proposal_seconds_median)),
+        }
         return _finish(out, self.absent, self.extra)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LocaliserInfo:
         absent, extra = _split(cls, d)
-        return cls(weights=str(d["weights"]), spec=LocaliserSpec.from_dict(dict(d.get("spec") or {})),
-                   architecture=str(d.get("architecture", "")), data=str(d.get("data", "")),
-                   metrics=_copy(dict(d.get("metrics") or {})),
-                   ensemble_auc_by_roi_source=_copy(dict(d.get("ensemble_auc_by_roi_source") or {})),
-                   external=_copy(dict(d.get("external") or {})),
-                   proposal_seconds_median=_copy(dict(d.get("proposal_seconds_median") or {})),
-                   absent=absent, extra=extra)
+        return cls(
+            weights=str(d["weights"]),
+            spec=LocaliserSpec.from_dict(dict(d.get("spec") or {})),
+            architecture=str(d.get("architecture", "")),
+            data=str(d.get("data", "")),
+            metrics=_copy(dict(d.get("metrics") or {})),
+            ensemble_auc_by_roi_source=_copy(dict(d.get("ensemble_auc_by_roi_source") or {})),
+            external=_copy(dict(d.get("external") or {})),
+            proposal_seconds_median=_copy(dict(d.get("proposal_seconds_median") or {})),
+            absent=absent,
+            extra=extra,
+        )
 
 
 OOD_METHODS = ("knn", "mahalanobis")
 OOD_COMBINES = ("max", "mean")
 OOD_TRANSFORMS = ("none", "sqrt")
+
 
 @dataclass(frozen=True)
 class OodMember:
@@ -329,19 +421,23 @@ class OodMember:
 
     member_id: str
     dim: int
-    loc: float    # median of the member's raw score on the validation crops
+    loc: float  # median of the member's raw score on the validation crops
     scale: float  # IQR / 1.349 of the same
     shrinkage: float | None = None  # Ledoit-Wolf shrinkage (mahalanobis only)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"member_id": self.member_id, "dim": self.dim, "loc": self.loc, "scale": self.scale,
-                "shrinkage": self.shrinkage}
+        return {"member_id": self.member_id, "dim": self.dim, "loc": self.loc, "scale": self.scale, "shrinkage": self.shrinkage}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> OodMember:
         shrink = d.get("shrinkage")
-        return cls(member_id=str(d["member_id"]), dim=int(d["dim"]), loc=float(d["loc"]),
-                   scale=float(d["scale"]), shrinkage=None if shrink is None else float(shrink))
+        return cls(
+            member_id=str(d["member_id"]),
+            dim=int(d["dim"]),
+            loc=float(d["loc"]),
+            scale=float(d["scale"]),
+            shrinkage=None if shrink is None else float(shrink),
+        )
 
 
 @dataclass(frozen=True)
@@ -406,13 +502,22 @@ class OodInfo:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown OOD manifest keys: {sorted(unknown)}")
-        return cls(method=str(d["method"]), file=str(d["file"]), combine=str(d["combine"]),
-                   members=tuple(OodMember.from_dict(m) for m in d["members"]),
-                   threshold=float(d["threshold"]), val_quantile=float(d["val_quantile"]),
-                   val_false_alarm=float(d["val_false_alarm"]), n_fit=int(d["n_fit"]),
-                   n_val=int(d["n_val"]), fit_on=str(d["fit_on"]), val_on=str(d["val_on"]),
-                   k=None if d.get("k") is None else int(d["k"]), transform=str(d.get("transform", "none")),
-                   measured=dict(d.get("measured") or {}))
+        return cls(
+            method=str(d["method"]),
+            file=str(d["file"]),
+            combine=str(d["combine"]),
+            members=tuple(OodMember.from_dict(m) for m in d["members"]),
+            threshold=float(d["threshold"]),
+            val_quantile=float(d["val_quantile"]),
+            val_false_alarm=float(d["val_false_alarm"]),
+            n_fit=int(d["n_fit"]),
+            n_val=int(d["n_val"]),
+            fit_on=str(d["fit_on"]),
+            val_on=str(d["val_on"]),
+            k=None if d.get("k") is None else int(d["k"]),
+            transform=str(d.get("transform", "none")),
+            measured=dict(d.get("measured") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -450,8 +555,13 @@ class DerivedFrom:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DerivedFrom:
         absent, extra = _split(cls, d)
-        return cls(release=str(d["release"]), manifest_sha256=str(d.get("manifest_sha256", "")),
-                   change=str(d.get("change", "")), absent=absent, extra=extra)
+        return cls(
+            release=str(d["release"]),
+            manifest_sha256=str(d.get("manifest_sha256", "")),
+            change=str(d.get("change", "")),
+            absent=absent,
+            extra=extra,
+        )
 
 
 # ----------------------------------------------------------------------------- the manifest
@@ -483,7 +593,7 @@ class Manifest:
     seed: int | None = None
     intended_use: str = ""
     preprocessing: Mapping[str, str] = field(default_factory=dict)  # prose, one line per step
-    clinic_model: Mapping[str, Any] | None = None                   # the clinical-only comparison model
+    clinic_model: Mapping[str, Any] | None = None  # the clinical-only comparison model
     calibration: Calibration | None = None
     evaluation: Mapping[str, Mapping[str, Any]] | None = None  # set -> block (model_zoo.validation_text)
     metrics: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # split -> {"auc": {...}, "n", ...}
@@ -499,7 +609,7 @@ class Manifest:
     # -- convenience (typed views used by the zoo, CLIs and dashboard) -----------------------
     @property
     def title(self) -> str:
-        """"<name> <version>", as reports and model cards name a release."""
+        """ "<name> <version>", as reports and model cards name a release."""
         return f"{self.name} {self.version}"
 
     @property
@@ -520,15 +630,25 @@ class Manifest:
     # -- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "format_version": self.format_version, "name": self.name, "version": self.version,
-            "files": dict(self.files), "created": self.created, "profile": self.profile, "seed": self.seed,
-            "intended_use": self.intended_use, "task": self.task.to_dict(),
-            "preprocessing": dict(self.preprocessing), "members": [m.to_dict() for m in self.members],
-            "stacker": self.stacker.to_dict(), "clinic_model": _copy(self.clinic_model),
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version,
+            "files": dict(self.files),
+            "created": self.created,
+            "profile": self.profile,
+            "seed": self.seed,
+            "intended_use": self.intended_use,
+            "task": self.task.to_dict(),
+            "preprocessing": dict(self.preprocessing),
+            "members": [m.to_dict() for m in self.members],
+            "stacker": self.stacker.to_dict(),
+            "clinic_model": _copy(self.clinic_model),
             "threshold": self.threshold.to_dict(),
             "calibration": self.calibration.to_dict() if self.calibration else None,
-            "evaluation": _copy(self.evaluation), "metrics": _copy(dict(self.metrics)),
-            "data": self.data.to_dict(), "library_versions": dict(self.library_versions),
+            "evaluation": _copy(self.evaluation),
+            "metrics": _copy(dict(self.metrics)),
+            "data": self.data.to_dict(),
+            "library_versions": dict(self.library_versions),
             "localiser": self.localiser.to_dict() if self.localiser else None,
             "ood": self.ood.to_dict() if self.ood else None,
             "explain": self.explain.to_dict() if self.explain else None,
@@ -554,21 +674,31 @@ class Manifest:
             return parse(value) if value else None
 
         return cls(
-            format_version=int(d["format_version"]), name=str(d["name"]), version=str(d["version"]),
+            format_version=int(d["format_version"]),
+            name=str(d["name"]),
+            version=str(d["version"]),
             files={str(k): str(v) for k, v in (d.get("files") or {}).items()},
-            created=_opt_str(d.get("created")), profile=_opt_str(d.get("profile")), seed=_opt_int(d.get("seed")),
-            intended_use=str(d.get("intended_use") or ""), task=Task.from_dict(d["task"]),
+            created=_opt_str(d.get("created")),
+            profile=_opt_str(d.get("profile")),
+            seed=_opt_int(d.get("seed")),
+            intended_use=str(d.get("intended_use") or ""),
+            task=Task.from_dict(d["task"]),
             preprocessing={str(k): str(v) for k, v in (d.get("preprocessing") or {}).items()},
             members=tuple(MemberEntry.from_dict(m) for m in d.get("members") or ()),
-            stacker=StackerInfo.from_dict(d["stacker"]), clinic_model=_copy(d.get("clinic_model")),
+            stacker=StackerInfo.from_dict(d["stacker"]),
+            clinic_model=_copy(d.get("clinic_model")),
             threshold=ThresholdInfo.from_dict(d["threshold"]),
             calibration=part("calibration", Calibration.from_dict),
-            evaluation=_copy(d.get("evaluation")), metrics=_copy(dict(d.get("metrics") or {})),
+            evaluation=_copy(d.get("evaluation")),
+            metrics=_copy(dict(d.get("metrics") or {})),
             data=DataInfo.from_dict(d.get("data") or {}),
             library_versions={str(k): str(v) for k, v in (d.get("library_versions") or {}).items()},
-            localiser=part("localiser", LocaliserInfo.from_dict), ood=part("ood", OodInfo.from_dict),
-            explain=part("explain", ExplainInfo.from_dict), derived_from=part("derived_from", DerivedFrom.from_dict),
-            absent=absent, extra=extra,
+            localiser=part("localiser", LocaliserInfo.from_dict),
+            ood=part("ood", OodInfo.from_dict),
+            explain=part("explain", ExplainInfo.from_dict),
+            derived_from=part("derived_from", DerivedFrom.from_dict),
+            absent=absent,
+            extra=extra,
         )
 
 
@@ -576,16 +706,19 @@ def check_format_version(value: Any, where: str = "manifest.json") -> int:
     """The manifest's ``format_version`` if this library reads it; else a one-line
     :class:`UnsupportedFormatError` saying whether the release is newer or older."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UnsupportedFormatError(f"{where}: format_version {value!r} is not a whole number; "
-                                     "this is not a model_zoo release manifest")
+        raise UnsupportedFormatError(
+            f"{where}: format_version {value!r} is not a whole number; this is not a model_zoo release manifest"
+        )
     if value > FORMAT_VERSION:
         raise UnsupportedFormatError(
             f"{where}: format_version {value} is newer than this model_zoo reads (up to {FORMAT_VERSION}); "
-            "update model_zoo to use this release")
+            "update model_zoo to use this release"
+        )
     if value < MIN_FORMAT_VERSION:
         raise UnsupportedFormatError(
             f"{where}: format_version {value} is older than this model_zoo reads (from {MIN_FORMAT_VERSION}); "
-            "use an older model_zoo or re-export the release")
+            "use an older model_zoo or re-export the release"
+        )
     return value
 
 

@@ -121,8 +121,7 @@ class MemberSpec:
             root = math.isqrt(max(spatial, 0))
             raise ValueError(
                 f"{self.member_id}: {n_tokens} tokens minus {self.num_prefix_tokens} prefix "
-                f"do not form the expected {side}x{side} grid"
-                + (f" (they form {root}x{root})" if root * root == spatial else "")
+                f"do not form the expected {side}x{side} grid" + (f" (they form {root}x{root})" if root * root == spatial else "")
             )
         return side, side
 
@@ -154,10 +153,7 @@ class MemberSpec:
     def normalise(self, crop_resized: np.ndarray) -> np.ndarray:
         """(S, S) float image in [0, 1] -> (3, S, S) float32 normalised with the spec's mean/std."""
         if crop_resized.shape != (self.input_size, self.input_size):
-            raise ValueError(
-                f"{self.member_id}: expected a {self.input_size}x{self.input_size} crop, "
-                f"got {crop_resized.shape}"
-            )
+            raise ValueError(f"{self.member_id}: expected a {self.input_size}x{self.input_size} crop, got {crop_resized.shape}")
         img = np.repeat(crop_resized[None].astype(np.float32), 3, axis=0)
         mean = np.asarray(self.mean, np.float32)[:, None, None]
         std = np.asarray(self.std, np.float32)[:, None, None]
@@ -187,6 +183,7 @@ def resolve_module(model: torch.nn.Module, dotted: str) -> torch.nn.Module:
 # records what was actually used.
 # --------------------------------------------------------------------------------------------
 
+
 def _effnet(member_id: str, family: str, arch: str, input_size: int, **kw: Any) -> MemberSpec:
     # blocks[-1] is the last stage's feature map (384 ch for B3, 448 for B4), on the same grid
     # as bn2 (1,536 / 1,792 ch after the 1x1 head conv). Exact ScoreCAM costs one forward per
@@ -200,8 +197,16 @@ def _vit(member_id: str, arch: str, input_size: int, patch_size: int = 16, **kw:
     model_kwargs = dict(kw.pop("model_kwargs", {}))
     model_kwargs.setdefault("img_size", input_size)
     return MemberSpec(
-        member_id, "vit", arch, input_size, cam_layer="blocks.-1.norm1", cam_layout="tokens",
-        patch_size=patch_size, num_prefix_tokens=1, model_kwargs=model_kwargs, **kw,
+        member_id,
+        "vit",
+        arch,
+        input_size,
+        cam_layer="blocks.-1.norm1",
+        cam_layout="tokens",
+        patch_size=patch_size,
+        num_prefix_tokens=1,
+        model_kwargs=model_kwargs,
+        **kw,
     )
 
 
@@ -211,8 +216,15 @@ def _swin(member_id: str, arch: str, input_size: int, window_size: int, **kw: An
     model_kwargs.setdefault("img_size", input_size)
     model_kwargs.setdefault("window_size", window_size)
     return MemberSpec(
-        member_id, "swin", arch, input_size, cam_layer="norm", cam_layout="bhwc", patch_size=4,
-        model_kwargs=model_kwargs, **kw,
+        member_id,
+        "swin",
+        arch,
+        input_size,
+        cam_layer="norm",
+        cam_layout="bhwc",
+        patch_size=4,
+        model_kwargs=model_kwargs,
+        **kw,
     )
 
 
@@ -244,12 +256,14 @@ def family_spec(family: str, *, variant: str = "full", input_size: int | None = 
         if family == "efficientnet_b3":
             return _effnet("effnet_b3", family, "test_efficientnet", size)
         if family == "efficientnet_b4":
-            return _effnet("effnet_b4", family, "test_efficientnet", size,
-                           model_kwargs={"channel_multiplier": 1.1})
+            return _effnet("effnet_b4", family, "test_efficientnet", size, model_kwargs={"channel_multiplier": 1.1})
         if family == "vit":
             return _vit("vit", "test_vit", size)
         return _swin(
-            "swin", "swin_tiny_patch4_window7_224", size, window_size=4,
+            "swin",
+            "swin_tiny_patch4_window7_224",
+            size,
+            window_size=4,
             model_kwargs={"embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2)},
         )
     raise InputError(f"unknown variant {variant!r}; choose 'full' or 'tiny'")

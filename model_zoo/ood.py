@@ -74,8 +74,13 @@ def logits_and_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.
     return logits, feats
 
 
-def crop_features(zoo: Any, items: Iterable[tuple[np.ndarray, Sequence[float]]], *, batch_size: int = 16,
-                  progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+def crop_features(
+    zoo: Any,
+    items: Iterable[tuple[np.ndarray, Sequence[float]]],
+    *,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
     """Pooled features of many (pixels, ROI box) pairs, member_id -> (N, D), in batches.
 
     Each crop is cut by ``preprocess.member_input`` (the product's one crop path) and goes
@@ -155,9 +160,9 @@ def knn_distance(x: np.ndarray, bank: np.ndarray, k: int, *, exclude_self: bool 
     if kk > len(b):
         raise ValueError(f"k={k} needs at least {kk} reference features, the bank has {len(b)}")
     for start in range(0, len(q), 512):  # (512, N) similarity blocks keep memory flat
-        sims = q[start:start + 512] @ b.T
+        sims = q[start : start + 512] @ b.T
         d2 = np.clip(2.0 - 2.0 * sims, 0.0, None)
-        out[start:start + 512] = np.sqrt(np.partition(d2, kk - 1, axis=1)[:, kk - 1])
+        out[start : start + 512] = np.sqrt(np.partition(d2, kk - 1, axis=1)[:, kk - 1])
     return out
 
 
@@ -226,8 +231,7 @@ class OodModel:
             if x.shape[1] != m.dim:
                 raise ValueError(f"{m.member_id}: features of width {x.shape[1]}, the OOD model expects {m.dim}")
             if self.info.method == "mahalanobis":
-                out[m.member_id] = mahalanobis_sq(x, self._state[f"{m.member_id}.mean"],
-                                                  self._state[f"{m.member_id}.precision"])
+                out[m.member_id] = mahalanobis_sq(x, self._state[f"{m.member_id}.mean"], self._state[f"{m.member_id}.precision"])
             else:
                 out[m.member_id] = knn_distance(x, self._state[f"{m.member_id}.bank"], int(self.info.k or 1))
         return out
@@ -252,8 +256,7 @@ class OodModel:
     def state_bytes(self) -> bytes:
         from safetensors.numpy import save
 
-        return save({k: np.ascontiguousarray(v) for k, v in sorted(self.arrays.items())},
-                    metadata={"method": self.info.method})
+        return save({k: np.ascontiguousarray(v) for k, v in sorted(self.arrays.items())}, metadata={"method": self.info.method})
 
 
 def load_ood(root: Path, manifest: Manifest) -> OodModel:
@@ -275,14 +278,23 @@ def _fit_member_state(method: str, x: np.ndarray, k: int) -> tuple[dict[str, np.
         from sklearn.covariance import LedoitWolf
 
         lw = LedoitWolf(assume_centered=False).fit(np.asarray(x, dtype=np.float64))
-        return ({"mean": lw.location_.astype(np.float32), "precision": lw.precision_.astype(np.float32)},
-                float(lw.shrinkage_))
+        return ({"mean": lw.location_.astype(np.float32), "precision": lw.precision_.astype(np.float32)}, float(lw.shrinkage_))
     return {"bank": l2_normalise(x).astype(np.float16)}, None
 
 
-def fit_ood(train: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray], *, method: str = "knn",
-            combine: str = "max", k: int = 20, transform: str = "sqrt", val_quantile: float = 0.99,
-            fit_on: str = "", val_on: str = "", file: str = OOD_FILE) -> OodModel:
+def fit_ood(
+    train: Mapping[str, np.ndarray],
+    val: Mapping[str, np.ndarray],
+    *,
+    method: str = "knn",
+    combine: str = "max",
+    k: int = 20,
+    transform: str = "sqrt",
+    val_quantile: float = 0.99,
+    fit_on: str = "",
+    val_on: str = "",
+    file: str = OOD_FILE,
+) -> OodModel:
     """Fit the reference state on ``train`` features and standardise + threshold on ``val``.
 
     ``train`` / ``val``: member_id -> (N, D) pooled features (same members, same order).
@@ -308,10 +320,20 @@ def fit_ood(train: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray], *, m
         state, shrink[mid] = _fit_member_state(method, transform_features(x, transform), k)
         arrays.update({f"{mid}.{key}": value for key, value in state.items()})
     provisional = OodInfo(
-        method=method, file=file, combine=combine,
+        method=method,
+        file=file,
+        combine=combine,
         members=tuple(OodMember(mid, int(np.asarray(x).shape[1]), 0.0, 1.0, shrink[mid]) for mid, x in train.items()),
-        threshold=0.0, val_quantile=val_quantile, val_false_alarm=0.0, n_fit=int(n_fit or 0), n_val=0,
-        fit_on=fit_on, val_on=val_on, k=k if method == "knn" else None, transform=transform)
+        threshold=0.0,
+        val_quantile=val_quantile,
+        val_false_alarm=0.0,
+        n_fit=int(n_fit or 0),
+        n_val=0,
+        fit_on=fit_on,
+        val_on=val_on,
+        k=k if method == "knn" else None,
+        transform=transform,
+    )
     model = OodModel(provisional, arrays)
     raw = model.raw_scores(val)
     members = []
@@ -321,8 +343,9 @@ def fit_ood(train: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray], *, m
     model = model.with_info(members=tuple(members))
     val_scores = model.score(val)
     threshold = quantile_threshold(val_scores, val_quantile)
-    return model.with_info(threshold=threshold, val_false_alarm=float(np.mean(val_scores > threshold)),
-                           n_val=int(len(val_scores)))
+    return model.with_info(
+        threshold=threshold, val_false_alarm=float(np.mean(val_scores > threshold)), n_val=int(len(val_scores))
+    )
 
 
 def detection_summary(scores: Sequence[float], threshold: float) -> dict[str, Any]:

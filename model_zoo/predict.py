@@ -81,8 +81,9 @@ def has_ood(zoo: Any) -> bool:
 def ood_warning(score: float, threshold: float, allowed: bool) -> str:
     from model_zoo.ood import OOD_MESSAGE
 
-    return (f"out of distribution: {OOD_MESSAGE} (OOD score {score:.2f} > threshold {threshold:.2f}); "
-            + ("predicted anyway (allow-ood)" if allowed else "no prediction word given"))
+    return f"out of distribution: {OOD_MESSAGE} (OOD score {score:.2f} > threshold {threshold:.2f}); " + (
+        "predicted anyway (allow-ood)" if allowed else "no prediction word given"
+    )
 
 
 def call_basis(call: Call) -> str:
@@ -103,8 +104,7 @@ def call_columns(zoo: Zoo, p_ensemble: float) -> dict[str, str]:
     return {"prediction": call.word, "call_basis": call_basis(call)}
 
 
-def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = False,
-                allow_ood: bool = False) -> dict[str, Any]:
+def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = False, allow_ood: bool = False) -> dict[str, Any]:
     """One row's results; raises InputError for a refused modality (and, with ``block_flagged``,
     for input the gate flags). An out-of-distribution crop gets ``ood`` True and an empty
     ``prediction`` unless ``allow_ood``."""
@@ -139,6 +139,7 @@ def predict_row(zoo: Zoo, row: pd.Series, mode: str, *, block_flagged: bool = Fa
 
 def _same_inputs(prev: dict[str, Any], row: pd.Series, mode: str) -> bool:
     """Would ``row`` under ``mode`` be predicted from exactly what produced ``prev``?"""
+
     def num(v: Any) -> float | None:
         return None if is_missing(v) else round(float(v), 6)
 
@@ -164,10 +165,18 @@ def _same_inputs(prev: dict[str, Any], row: pd.Series, mode: str) -> bool:
     return source == "full" if mode == "full" else source != "given"
 
 
-def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str = "given",
-                  resume: bool = False, flush_every: int = 25,
-                  progress: Callable[[int, int], None] | None = None,
-                  block_flagged: bool = False, allow_ood: bool = False) -> pd.DataFrame:
+def predict_cases(
+    zoo: Zoo,
+    cases_path: Path,
+    out_path: Path,
+    *,
+    roi_mode: str = "given",
+    resume: bool = False,
+    flush_every: int = 25,
+    progress: Callable[[int, int], None] | None = None,
+    block_flagged: bool = False,
+    allow_ood: bool = False,
+) -> pd.DataFrame:
     """Predict every row of a case table into ``out_path``; returns the output frame.
 
     ``block_flagged``: rows the input gate flags get an ``error`` instead of a prediction.
@@ -176,10 +185,14 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
     """
     table = read_case_table(cases_path, label_map=zoo.task.label_map, check_files=True)
     frame = table.frame.copy()
-    result_cols = (["p_ensemble"] + (["calibrated_p_ensemble"] if zoo.calibration else [])
-                   + [f"p_{m}" for m in zoo.member_ids]
-                   + ["p_clinic", "prediction"] + (["ood_score", "ood"] if has_ood(zoo) else [])
-                   + ["call_basis", *ROI_COLUMNS, "roi_source", "warning", "error"])
+    result_cols = (
+        ["p_ensemble"]
+        + (["calibrated_p_ensemble"] if zoo.calibration else [])
+        + [f"p_{m}" for m in zoo.member_ids]
+        + ["p_clinic", "prediction"]
+        + (["ood_score", "ood"] if has_ood(zoo) else [])
+        + ["call_basis", *ROI_COLUMNS, "roi_source", "warning", "error"]
+    )
     # Resume: a finished row is reused only at the same position with the same inputs (image,
     # age, sex, site, and the ROI this mode would use), so duplicated paths, an edited table
     # or another --roi mode are recomputed, not mixed up.
@@ -189,8 +202,11 @@ def predict_cases(zoo: Zoo, cases_path: Path, out_path: Path, *, roi_mode: str =
         if "image_path" in previous and "p_ensemble" in previous:
             for pos, prev in enumerate(previous.to_dict("records")):
                 # Out-of-distribution rows are recomputed: whether they get a word depends on allow_ood.
-                if (str(prev.get("error", "")) == "" and str(prev["p_ensemble"]) != ""
-                        and str(prev.get("ood", "")).strip().lower() != "true"):
+                if (
+                    str(prev.get("error", "")) == ""
+                    and str(prev["p_ensemble"]) != ""
+                    and str(prev.get("ood", "")).strip().lower() != "true"
+                ):
                     done[pos] = prev
     rows = []
     for i, (_, row) in enumerate(frame.iterrows()):

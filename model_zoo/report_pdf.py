@@ -39,9 +39,21 @@ DISCLAIMER = (
 )
 
 _REPLACEMENTS = {
-    "\u2265": ">=", "\u2264": "<=", "\u2192": "->", "\u2190": "<-", "\u2013": "-",
-    "\u2014": "-", "\u2212": "-", "\u2026": "...", "\u2018": "'", "\u2019": "'",
-    "\u201c": '"', "\u201d": '"', "\u00a0": " ", "\u2248": "~", "\u2022": "-",
+    "\u2265": ">=",
+    "\u2264": "<=",
+    "\u2192": "->",
+    "\u2190": "<-",
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2212": "-",
+    "\u2026": "...",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u00a0": " ",
+    "\u2248": "~",
+    "\u2022": "-",
 }
 
 # Longest image side embedded in the PDF: enough for print, keeps the file small.
@@ -185,8 +197,7 @@ class _Doc:
         pdf.multi_cell(0, size * 0.5, pdf_text(text), new_x="LMARGIN", new_y="NEXT")
         pdf.set_font("Helvetica", "", 9)
 
-    def rows(self, rows: Sequence[tuple[str, str]], key_width: float = 48, mono: bool = False,
-             size: int = 9) -> None:
+    def rows(self, rows: Sequence[tuple[str, str]], key_width: float = 48, mono: bool = False, size: int = 9) -> None:
         pdf = self.pdf
         for key, value in rows:
             pdf.set_font("Helvetica", "B", size)
@@ -201,7 +212,7 @@ class _Doc:
         gap = 4.0
         cell_w = (self.width - gap * (per_row - 1)) / per_row
         for start in range(0, len(items), per_row):
-            chunk = items[start:start + per_row]
+            chunk = items[start : start + per_row]
             heights = [min(max_height, cell_w * img.size[1] / img.size[0]) for _, img in chunk]
             row_h = max(heights) + 9
             if pdf.get_y() + row_h > pdf.h - pdf.b_margin:
@@ -262,42 +273,57 @@ def build_case_report(report: CaseReport, *, include_identifiers: bool = False) 
     call = report.call
     doc.para(call.sentence + (" (calibrated)" if call.calibrated else ""), size=11, style="B")
     if call.indeterminate:
-        doc.para(f"Indeterminate: read the result as neither {call.negative_class} nor {call.positive_class}. "
-                 f"The call {' and '.join(call.reasons)} (band +/- {call.band:.2f} around the threshold on the "
-                 f"{call.scale} scale; any ROI-jitter box that changes the call).", size=9)
+        doc.para(
+            f"Indeterminate: read the result as neither {call.negative_class} nor {call.positive_class}. "
+            f"The call {' and '.join(call.reasons)} (band +/- {call.band:.2f} around the threshold on the "
+            f"{call.scale} scale; any ROI-jitter box that changes the call).",
+            size=9,
+        )
     if report.external_validation:
         doc.para(report.external_validation, size=9)
     rows = []
     if call.calibrated:
-        rows.append(("Raw stacker output", f"{call.p_raw:.3f} (threshold {call.threshold_raw:.3f}; "
-                                           "uncalibrated, same side)"))
+        rows.append(("Raw stacker output", f"{call.p_raw:.3f} (threshold {call.threshold_raw:.3f}; uncalibrated, same side)"))
     rows += [(f"Member {mid}", f"{p:.3f}") for mid, p in report.p_members.items()]
     if report.disagreement is not None:
         rows.append(("Member disagreement", f"{report.disagreement:.3f} (max - min of member probabilities)"))
     if report.p_clinic is not None:
         rows.append(("Clinic-only model", f"{report.p_clinic:.3f} (age, sex, site only)"))
-    rows.append(("Operating threshold", f"{call.threshold_raw:.3f}" + (f" ({report.threshold_rule})" if report.threshold_rule else "")))
+    rows.append(
+        ("Operating threshold", f"{call.threshold_raw:.3f}" + (f" ({report.threshold_rule})" if report.threshold_rule else ""))
+    )
     if report.jitter is not None and report.jitter.n:
         j = report.jitter
-        rows.append(("ROI-jitter check", (
-            f"{j.n} jittered boxes: p from {_fmt(j.p_min)} to {_fmt(j.p_max)} "
-            f"(SD {_fmt(j.p_sd)}); same class call in {j.same_call} of {j.n}"
-        )))
+        rows.append(
+            (
+                "ROI-jitter check",
+                (
+                    f"{j.n} jittered boxes: p from {_fmt(j.p_min)} to {_fmt(j.p_max)} "
+                    f"(SD {_fmt(j.p_sd)}); same class call in {j.same_call} of {j.n}"
+                ),
+            )
+        )
     doc.rows(rows)
     if report.calibration_note:
         doc.para(report.calibration_note, size=8, style="I")
 
     doc.heading("Inputs")
     x0, y0, x1, y1 = (float(v) for v in report.roi_box)
-    doc.rows([
-        ("Age", "not given" if report.age is None else f"{report.age:g} years"),
-        ("Sex", report.sex or "not given"),
-        ("Site", report.site or "not given"),
-        ("ROI (stored pixels)", f"x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} ({x1 - x0:.0f} x {y1 - y0:.0f} px)"
-                                + (f"; {report.roi_source}" if report.roi_source else "")),
-        ("Image size", f"{report.image_size_wh[0]} x {report.image_size_wh[1]} px"),
-        ("Image sha256", report.image_sha256),
-    ] + [(k, str(v)) for k, v in report.image_tags.items()])
+    doc.rows(
+        [
+            ("Age", "not given" if report.age is None else f"{report.age:g} years"),
+            ("Sex", report.sex or "not given"),
+            ("Site", report.site or "not given"),
+            (
+                "ROI (stored pixels)",
+                f"x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} ({x1 - x0:.0f} x {y1 - y0:.0f} px)"
+                + (f"; {report.roi_source}" if report.roi_source else ""),
+            ),
+            ("Image size", f"{report.image_size_wh[0]} x {report.image_size_wh[1]} px"),
+            ("Image sha256", report.image_sha256),
+        ]
+        + [(k, str(v)) for k, v in report.image_tags.items()]
+    )
     if report.warnings:
         doc.heading("Input quality warnings")
         for w in report.warnings:
@@ -320,8 +346,7 @@ def build_case_report(report: CaseReport, *, include_identifiers: bool = False) 
         rows.append(("manifest.json sha256", report.manifest_sha256))
     doc.rows(rows, mono=False)
     if report.zoo_files:
-        doc.rows([(path, digest) for path, digest in sorted(report.zoo_files.items())],
-                 key_width=62, mono=True, size=6)
+        doc.rows([(path, digest) for path, digest in sorted(report.zoo_files.items())], key_width=62, mono=True, size=6)
     if report.intended_use:
         doc.heading("Intended use", size=10)
         doc.para(report.intended_use, size=8)

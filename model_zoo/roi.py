@@ -224,9 +224,7 @@ def fit_box_inside(box: Sequence[float], image_size_wh: Sequence[int]) -> Box:
     return (nx0, ny0, nx1, ny1)
 
 
-def roi_crop_box(
-    box: Sequence[float], image_size_wh: Sequence[int], margin: float, square: bool = True
-) -> Box:
+def roi_crop_box(box: Sequence[float], image_size_wh: Sequence[int], margin: float, square: bool = True) -> Box:
     """The crop actually cut from the image for an ROI (paper-style context crop).
 
     Steps: validate (and clamp) the ROI, add ``margin`` per side, make it square (optional),
@@ -343,9 +341,7 @@ def _crop_scale(crop_box: Sequence[float], input_size: Sequence[int] | int) -> t
     return iw / (cx1 - cx0), ih / (cy1 - cy0)
 
 
-def box_crop_to_input(
-    box: Sequence[float], crop_box: Sequence[float], input_size: Sequence[int] | int
-) -> Box:
+def box_crop_to_input(box: Sequence[float], crop_box: Sequence[float], input_size: Sequence[int] | int) -> Box:
     """Crop coordinates -> network-input coordinates after resizing the crop.
 
     ``input_size`` is an int (square) or ``(width, height)``.
@@ -355,9 +351,7 @@ def box_crop_to_input(
     return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
 
-def box_input_to_crop(
-    box: Sequence[float], crop_box: Sequence[float], input_size: Sequence[int] | int
-) -> Box:
+def box_input_to_crop(box: Sequence[float], crop_box: Sequence[float], input_size: Sequence[int] | int) -> Box:
     """Network-input coordinates -> crop coordinates (inverse of :func:`box_crop_to_input`)."""
     x0, y0, x1, y1 = _as_box(box)
     sx, sy = _crop_scale(crop_box, input_size)
@@ -371,9 +365,7 @@ def _round_half_up(v: float) -> int:
     return math.floor(v + 0.5)  # not round(): banker's rounding would move a window by parity
 
 
-def view_window(
-    image_size_wh: Sequence[int], zoom: float, center: Sequence[float] | None = None
-) -> Box:
+def view_window(image_size_wh: Sequence[int], zoom: float, center: Sequence[float] | None = None) -> Box:
     """The part of the stored image a viewer shows at ``zoom`` around ``center``.
 
     ``zoom >= 1`` is the magnification over the whole image: the window is
@@ -479,9 +471,7 @@ def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     return out
 
 
-def heatmap_to_image(
-    heatmap: np.ndarray, crop_box: Sequence[float], image_size_wh: Sequence[int]
-) -> np.ndarray:
+def heatmap_to_image(heatmap: np.ndarray, crop_box: Sequence[float], image_size_wh: Sequence[int]) -> np.ndarray:
     """Place a heatmap defined over a crop into a full-image float32 map (zeros elsewhere).
 
     The ``(h, w)`` heatmap may be on any grid (a 7 x 7 CAM, the 224 x 224 input); it is

@@ -51,8 +51,7 @@ def evaluation_blocks(evaluation: Mapping[str, Any] | None) -> list[tuple[str, d
     if not isinstance(evaluation, Mapping):
         return []
     blocks = [(str(k), dict(b)) for k, b in evaluation.items() if isinstance(b, Mapping)]
-    return ([(k, b) for k, b in blocks if b.get("kind") != "external"]
-            + [(k, b) for k, b in blocks if b.get("kind") == "external"])
+    return [(k, b) for k, b in blocks if b.get("kind") != "external"] + [(k, b) for k, b in blocks if b.get("kind") == "external"]
 
 
 def external_blocks(evaluation: Mapping[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
@@ -60,13 +59,16 @@ def external_blocks(evaluation: Mapping[str, Any] | None) -> list[tuple[str, dic
 
 
 def _auc(block: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    return ((block.get("models") or {}).get(name) or {})
+    return (block.get("models") or {}).get(name) or {}
 
 
 def best_member(block: Mapping[str, Any]) -> tuple[str, float] | None:
     """The member (not ``ensemble``/``clinic``) with the highest AUC on this set."""
-    scored = [(name, finite_or_none(m.get("auc"))) for name, m in (block.get("models") or {}).items()
-              if name not in ("ensemble", "clinic") and isinstance(m, Mapping)]
+    scored = [
+        (name, finite_or_none(m.get("auc")))
+        for name, m in (block.get("models") or {}).items()
+        if name not in ("ensemble", "clinic") and isinstance(m, Mapping)
+    ]
     found = [(n, a) for n, a in scored if a is not None]
     return max(found, key=lambda na: na[1]) if found else None
 
@@ -85,18 +87,22 @@ def evaluation_rows(evaluation: Mapping[str, Any] | None) -> list[dict[str, Any]
         ens = b.get("ensemble") or {}
         best = best_member(b)
         ens_auc = _auc(b, "ensemble")
-        rows.append({
-            "set": name,
-            "kind": "internal test" if b.get("kind") == "internal" else "external (unseen hospital)",
-            "n (positive)": f"{b.get('n', '?')} ({b.get('n_positive', '?')})",
-            "ensemble AUC [95% CI]": fmt_ci(ens_auc.get("auc"), ens_auc.get("auc_ci")),
-            "best member AUC": "n/a" if best is None else f"{best[1]:.2f} ({best[0]})",
-            "clinic-only AUC": fmt_ci(_auc(b, "clinic").get("auc"), None),
-            "ECE raw -> calibrated": ece_text(ens),
-            "threshold": "n/a" if finite_or_none(ens.get("threshold")) is None else f"{finite_or_none(ens.get('threshold')):.3f}",
-            "sensitivity [95% CI]": fmt_ci(ens.get("sensitivity"), ens.get("sensitivity_ci")),
-            "specificity [95% CI]": fmt_ci(ens.get("specificity"), ens.get("specificity_ci")),
-        })
+        rows.append(
+            {
+                "set": name,
+                "kind": "internal test" if b.get("kind") == "internal" else "external (unseen hospital)",
+                "n (positive)": f"{b.get('n', '?')} ({b.get('n_positive', '?')})",
+                "ensemble AUC [95% CI]": fmt_ci(ens_auc.get("auc"), ens_auc.get("auc_ci")),
+                "best member AUC": "n/a" if best is None else f"{best[1]:.2f} ({best[0]})",
+                "clinic-only AUC": fmt_ci(_auc(b, "clinic").get("auc"), None),
+                "ECE raw -> calibrated": ece_text(ens),
+                "threshold": "n/a"
+                if finite_or_none(ens.get("threshold")) is None
+                else f"{finite_or_none(ens.get('threshold')):.3f}",
+                "sensitivity [95% CI]": fmt_ci(ens.get("sensitivity"), ens.get("sensitivity_ci")),
+                "specificity [95% CI]": fmt_ci(ens.get("specificity"), ens.get("specificity_ci")),
+            }
+        )
     return rows
 
 
@@ -123,16 +129,18 @@ def unseen_hospital_sentence(evaluation: Mapping[str, Any] | None) -> str | None
     else:
         internal_text = ""
     if not external:
-        return ("This release was not validated outside its training hospital: no row here estimates "
-                "performance at a hospital whose images the model has never seen"
-                + (f", and {internal_text} is likely to be optimistic there." if internal_text else "."))
+        return (
+            "This release was not validated outside its training hospital: no row here estimates "
+            "performance at a hospital whose images the model has never seen"
+            + (f", and {internal_text} is likely to be optimistic there." if internal_text else ".")
+        )
     parts = "; ".join(f"{k}: {_auc_phrase(b)}, n = {b.get('n', '?')}" for k, b in external)
     rows = "row" if len(external) == 1 else "rows"
     text = f"At a hospital whose images the model has never seen, expect numbers like the external {rows} ({parts})"
     text += f", not {internal_text}." if internal_text else "."
     small = [k for k, b in external if isinstance(b.get("n_positive"), int) and b["n_positive"] < 50]
     if small:
-        text += (f" Few positive cases in {', '.join(small)}: the confidence intervals are wide.")
+        text += f" Few positive cases in {', '.join(small)}: the confidence intervals are wide."
     return text
 
 
@@ -185,8 +193,15 @@ class CallCounts:
             return None
         if min(tn, fp, fn, tp) < 0 or tn + fp + fn + tp == 0:
             return None
-        return cls(n=tn + fp + fn + tp, n_positive=fn + tp, flagged=tp, negative_calls=tn + fn,
-                   wrong_negative_calls=fn, positive_calls=tp + fp, wrong_positive_calls=fp)
+        return cls(
+            n=tn + fp + fn + tp,
+            n_positive=fn + tp,
+            flagged=tp,
+            negative_calls=tn + fn,
+            wrong_negative_calls=fn,
+            positive_calls=tp + fp,
+            wrong_positive_calls=fp,
+        )
 
 
 def _calls_sentence(where: str, set_name: str, c: CallCounts, positive: str, negative: str) -> str:
@@ -195,8 +210,7 @@ def _calls_sentence(where: str, set_name: str, c: CallCounts, positive: str, neg
     in 17), and 28 of its 63 'malignant' calls (about 4 in 10)."""
     text = f"{where} ({set_name}: {c.n} tumours, {c.n_positive} {positive})"
     if c.n_positive:
-        text += (f" it flagged {c.flagged} of the {c.n_positive} {positive} tumours "
-                 f"({share_words(c.flagged, c.n_positive)})")
+        text += f" it flagged {c.flagged} of the {c.n_positive} {positive} tumours ({share_words(c.flagged, c.n_positive)})"
     else:
         text += f" there was no {positive} tumour to flag"
     wrong = []
@@ -208,13 +222,14 @@ def _calls_sentence(where: str, set_name: str, c: CallCounts, positive: str, neg
 
 
 def _wrong_calls(k: int, n: int, word: str, with_verb: bool) -> str:
-    """"12 of its 206 'benign' calls were wrong (about 1 in 17)", or without "were wrong"."""
+    """ "12 of its 206 'benign' calls were wrong (about 1 in 17)", or without "were wrong"."""
     verb = ("was wrong " if k == 1 else "were wrong ") if with_verb else ""
     return f"{k} of its {n} '{word}' calls {verb}({share_words(k, n)})"
 
 
-def plain_summary(evaluation: Mapping[str, Any] | None, positive_class: str | None = None,
-                  negative_class: str | None = None) -> str | None:
+def plain_summary(
+    evaluation: Mapping[str, Any] | None, positive_class: str | None = None, negative_class: str | None = None
+) -> str | None:
     """Plain sentences for a clinician, before any statistic (five with one external hospital,
     one more per further hospital): what the model does,
     how often it is wrong at its threshold in its own hospital (the internal test block) and at
@@ -235,17 +250,18 @@ def plain_summary(evaluation: Mapping[str, Any] | None, positive_class: str | No
     external = counted(external_blocks(evaluation))
     if not internal and not external:
         return None
-    sentences = [f"This model looks at a box drawn around a bone tumour on a radiograph, together with the "
-                 f"patient's age, sex and the tumour's site, and says, by a fixed cut-off on its probability, "
-                 f"whether the tumour looks {positive} or {negative}; it is for research and teaching, not for "
-                 "diagnosis."]
+    sentences = [
+        f"This model looks at a box drawn around a bone tumour on a radiograph, together with the "
+        f"patient's age, sex and the tumour's site, and says, by a fixed cut-off on its probability, "
+        f"whether the tumour looks {positive} or {negative}; it is for research and teaching, not for "
+        "diagnosis."
+    ]
     # The internal test split ("test") is the one the card quotes; other internal blocks add nothing plain.
     if internal:
         name, counts = next(((k, c) for k, c in internal if k == "test"), internal[0])
         sentences.append(_calls_sentence("In its own hospital", f"internal {name} set", counts, positive, negative))
     for name, counts in external:
-        sentences.append(_calls_sentence("At a hospital whose images it had never seen", name, counts,
-                                         positive, negative))
+        sentences.append(_calls_sentence("At a hospital whose images it had never seen", name, counts, positive, negative))
     tested = []
     if internal:
         tested.append("on held-out cases from the hospital it was trained on")

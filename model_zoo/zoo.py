@@ -150,8 +150,12 @@ class ReleaseWriter:
         """Seal the folder: the manifest gets this release's name, version, the current
         ``FORMAT_VERSION`` and every written file's sha256, then the folder is renamed into place."""
         files = sorted(_listed_files(self.tmp_dir) - {MANIFEST, MANIFEST_HASH})
-        manifest = manifest.replace(format_version=FORMAT_VERSION, name=self.name, version=self.version,
-                                    files={rel: sha256_file(self.tmp_dir / rel) for rel in files})
+        manifest = manifest.replace(
+            format_version=FORMAT_VERSION,
+            name=self.name,
+            version=self.version,
+            files={rel: sha256_file(self.tmp_dir / rel) for rel in files},
+        )
         blob = manifest.to_json_bytes()
         (self.tmp_dir / MANIFEST).write_bytes(blob)
         (self.tmp_dir / MANIFEST_HASH).write_text(sha256_bytes(blob) + "\n", encoding="ascii")
@@ -212,11 +216,14 @@ def verify_release(root: Path | str) -> Manifest:
     missing = sorted(set(files) - present)
     extra = sorted(present - set(files))
     if missing:
-        raise IntegrityError(f"{root.name}: file missing from the release: {missing[0]}"
-                             + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise IntegrityError(
+            f"{root.name}: file missing from the release: {missing[0]}"
+            + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     if extra:
-        raise IntegrityError(f"{root.name}: unexpected file in the release: {extra[0]}"
-                             + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise IntegrityError(
+            f"{root.name}: unexpected file in the release: {extra[0]}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
     for rel, digest in files.items():
         if not (root / rel).is_file():
             raise IntegrityError(f"{root.name}: {rel} is not a regular file")

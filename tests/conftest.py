@@ -56,11 +56,32 @@ def tiny_release(tmp_path_factory) -> dict[str, Path]:
     cases = write_case_table(tmp / "data", n=48, size=96, seed=1)
     # A second synthetic 'hospital', configured as an external set: scored, never fitted on.
     external = write_case_table(tmp / "external", n=20, size=96, seed=7)
-    assert localiser_main(["--cases", str(cases), "--out", str(tmp / "loc"), "--epochs", "1",
-                           "--input-size", "32", "--base-channels", "4"]) == 0
-    assert fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp / "zoo"),
-                     "--run-dir", str(tmp / "run"), "version=0.0.1", f"localiser.path={tmp / 'loc'}",
-                     "calibration.method=platt", f"external=[{{name: site2, cases: '{external}'}}]"]) == 0
+    assert (
+        localiser_main(
+            ["--cases", str(cases), "--out", str(tmp / "loc"), "--epochs", "1", "--input-size", "32", "--base-channels", "4"]
+        )
+        == 0
+    )
+    assert (
+        fit_main(
+            [
+                "--config",
+                "tiny",
+                "--quiet",
+                "--cases",
+                str(cases),
+                "--out",
+                str(tmp / "zoo"),
+                "--run-dir",
+                str(tmp / "run"),
+                "version=0.0.1",
+                f"localiser.path={tmp / 'loc'}",
+                "calibration.method=platt",
+                f"external=[{{name: site2, cases: '{external}'}}]",
+            ]
+        )
+        == 0
+    )
     releases = [p for p in (tmp / "zoo").iterdir() if not p.name.startswith(".")]
     assert len(releases) == 1, "exactly one release folder, no temp leftovers"
     return {"release": releases[0], "run_dir": tmp / "run", "cases": cases, "tmp": tmp, "external": external}

@@ -157,8 +157,7 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
 def _png_raw(width: int, height: int, rows: bytes, bit_depth: int = 8, colour: int = 0) -> bytes:
     """A PNG from raw filtered scanlines (lets us build sizes Pillow would refuse to hold)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
 
 
 def _png_bomb() -> bytes:
@@ -183,7 +182,7 @@ def _png_header_only() -> bytes:
 def _png_bad_crc() -> bytes:
     data = bytearray(png_bytes(noise_image()))
     idat = data.find(b"IDAT")
-    length = struct.unpack(">I", data[idat - 4:idat])[0]
+    length = struct.unpack(">I", data[idat - 4 : idat])[0]
     crc_at = idat + 4 + length
     data[crc_at] ^= 0xFF  # the IDAT chunk's CRC no longer matches
     return bytes(data)
@@ -195,11 +194,11 @@ def _png_flipped_bits() -> bytes:
     yy, xx = np.mgrid[0:128, 0:128]
     raw = png_bytes(Image.fromarray(((xx * 3 + yy * 2) % 256).astype(np.uint8)))
     idat = raw.find(b"IDAT")
-    length = struct.unpack(">I", raw[idat - 4:idat])[0]
-    body = bytearray(raw[idat + 4:idat + 4 + length])
+    length = struct.unpack(">I", raw[idat - 4 : idat])[0]
+    body = bytearray(raw[idat + 4 : idat + 4 + length])
     for i in range(int(len(body) * 0.6), len(body) - 4, 5):
         body[i] ^= 0x5A
-    return raw[:idat - 4] + png_chunk(b"IDAT", bytes(body)) + raw[idat + 8 + length:]
+    return raw[: idat - 4] + png_chunk(b"IDAT", bytes(body)) + raw[idat + 8 + length :]
 
 
 def _png_16bit() -> bytes:
@@ -247,8 +246,7 @@ def _ybr_422_jpeg_dicom() -> bytes:
     rgb[:, 32:, 1] = 170
     rgb[32:, :, 2] = 70
     frame = jpeg_bytes(Image.fromarray(rgb))  # Pillow writes YCbCr 4:2:0 by default
-    return dicom_bytes(rgb, photometric="YBR_FULL_422", transfer_syntax="1.2.840.10008.1.2.4.50",
-                       pixel_data=encapsulate([frame]))
+    return dicom_bytes(rgb, photometric="YBR_FULL_422", transfer_syntax="1.2.840.10008.1.2.4.50", pixel_data=encapsulate([frame]))
 
 
 def _rgb_dicom() -> bytes:
@@ -304,6 +302,7 @@ def _float_dicom() -> bytes:
 def _nested_sequence_bomb(depth: int = 3000) -> bytes:
     """A VOI LUT Sequence nested ``depth`` levels deep (defined lengths, so pydicom parses
     it lazily, when the loader reads the VOI stage): a recursion-depth attack."""
+
     def tag(group: int, element: int) -> bytes:
         return struct.pack("<HH", group, element)
 
@@ -353,19 +352,22 @@ IMAGE_CORPUS: list[Hostile] = [
     Hostile("empty_file", lambda: b"", _E + r"empty file \(0 bytes\)", "empty.dcm"),
     # A zero-filled file (interrupted copy, unwritten sparse file) must not be called text.
     Hostile("all_zero_bytes", lambda: b"\0" * 4096, _E + _NOT_IMAGE + r"(?!.*text file)", "zeros.dcm"),
-    Hostile("random_bytes", lambda: bytes(np.random.default_rng(10).integers(0, 256, 4096, dtype=np.uint8)),
-            _E + _NOT_IMAGE, "noise.png"),
+    Hostile(
+        "random_bytes",
+        lambda: bytes(np.random.default_rng(10).integers(0, 256, 4096, dtype=np.uint8)),
+        _E + _NOT_IMAGE,
+        "noise.png",
+    ),
     Hostile("dicom_preamble_only", lambda: b"\0" * 128 + b"DICM", _E + _DICOM_SPECIFIC, "header.dcm"),
     Hostile("dicom_magic_then_garbage", _dicm_then_garbage, _E + _DICOM_SPECIFIC, "garbage.dcm"),
     Hostile("dicom_truncated_in_pixels", _truncated(dicom_bytes, 0.6), _E + r"truncated", "cut.dcm"),
-    Hostile("dicom_truncated_in_header", lambda: dicom_bytes()[:300], _E + r"truncated|no pixel data|corrupt",
-            "cut_header.dcm"),
-    Hostile("png_truncated_half", _truncated(lambda: png_bytes(noise_image()), 0.5), _E + r"(truncated|corrupt).*PNG",
-            "cut.png"),
+    Hostile("dicom_truncated_in_header", lambda: dicom_bytes()[:300], _E + r"truncated|no pixel data|corrupt", "cut_header.dcm"),
+    Hostile("png_truncated_half", _truncated(lambda: png_bytes(noise_image()), 0.5), _E + r"(truncated|corrupt).*PNG", "cut.png"),
     Hostile("png_header_only", _png_header_only, _E + r"(truncated|corrupt).*PNG", "ihdr_only.png"),
     Hostile("png_signature_only", lambda: b"\x89PNG\r\n\x1a\n", _E + r"(truncated|corrupt).*PNG", "sig.png"),
-    Hostile("jpeg_truncated_half", _truncated(lambda: jpeg_bytes(noise_image()), 0.5),
-            _E + r"(truncated|corrupt).*JPEG", "cut.jpg"),
+    Hostile(
+        "jpeg_truncated_half", _truncated(lambda: jpeg_bytes(noise_image()), 0.5), _E + r"(truncated|corrupt).*JPEG", "cut.jpg"
+    ),
     Hostile("jpeg_soi_then_garbage", _jpeg_garbage, _E + r"(truncated|corrupt).*JPEG", "garbage.jpg"),
     Hostile("png_bad_crc", _png_bad_crc, _E + r"corrupt.*PNG", "crc.png"),
     Hostile("png_corrupt_zlib_stream", _png_flipped_bits, _E + r"(truncated|corrupt).*PNG", "bits.png"),
@@ -373,56 +375,87 @@ IMAGE_CORPUS: list[Hostile] = [
     Hostile("png_trailing_zero_padding", _trailing_zeros(lambda: png_bytes(noise_image())), LOADS, "padded.png"),
     Hostile("jpeg_trailing_zero_padding", _trailing_zeros(lambda: jpeg_bytes(noise_image())), LOADS, "padded.jpg"),
     # --- other formats under an image name
-    Hostile("pdf_named_dcm", lambda: b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n",
-            _E + _NOT_IMAGE + r".*PDF document", "scan.dcm"),
+    Hostile(
+        "pdf_named_dcm",
+        lambda: b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n",
+        _E + _NOT_IMAGE + r".*PDF document",
+        "scan.dcm",
+    ),
     Hostile("zip_named_png", _zip_bytes, _E + _NOT_IMAGE + r".*ZIP archive", "scan.png"),
-    Hostile("html_named_dcm", lambda: b"<!DOCTYPE html>\n<html><body><form>PACS login</form></body></html>\n",
-            _E + _NOT_IMAGE + r".*HTML page", "study.dcm"),
+    Hostile(
+        "html_named_dcm",
+        lambda: b"<!DOCTYPE html>\n<html><body><form>PACS login</form></body></html>\n",
+        _E + _NOT_IMAGE + r".*HTML page",
+        "study.dcm",
+    ),
     Hostile("gif_named_png", _gif_bytes, _E + _NOT_IMAGE + r".*GIF", "scan.png"),
-    Hostile("jpeg2000_named_jpg", lambda: b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\0" * 200,
-            _E + _NOT_IMAGE + r".*JPEG 2000", "scan.jpg"),
+    Hostile(
+        "jpeg2000_named_jpg",
+        lambda: b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\0" * 200,
+        _E + _NOT_IMAGE + r".*JPEG 2000",
+        "scan.jpg",
+    ),
     Hostile("csv_named_png", lambda: b"image,age\nscan.png,40\n", _E + _NOT_IMAGE + r".*text", "table.png"),
     Hostile("gzip_named_dcm", lambda: b"\x1f\x8b\x08\x00" + b"\0" * 100, _E + _NOT_IMAGE + r".*gzip", "scan.dcm"),
     # --- DICOM without usable pixel data / with lying headers
     Hostile("dicom_sr_no_pixel_data", _sr_dicom, _E + r"no pixel data.*Basic Text SR", "report.dcm"),
-    Hostile("dicom_image_without_pixel_data", lambda: dicom_bytes(omit_pixel_data=True),
-            _E + r"declares an image.*no pixel data", "nopix.dcm"),
+    Hostile(
+        "dicom_image_without_pixel_data",
+        lambda: dicom_bytes(omit_pixel_data=True),
+        _E + r"declares an image.*no pixel data",
+        "nopix.dcm",
+    ),
     Hostile("dicom_float_pixel_data", _float_dicom, _E + r"float pixel data.*not supported", "float.dcm"),
-    Hostile("dicom_bits_stored_gt_allocated",
-            lambda: dicom_bytes(gray_pixels(hi=255).astype(np.uint8), BitsStored=12, HighBit=11),
-            _E + r"DICOM.*(bits|Bits)", "bits.dcm"),
-    Hostile("dicom_bits_stored_zero", lambda: dicom_bytes(BitsStored=0, HighBit=0), _E + r"DICOM.*(bits|Bits)",
-            "bits0.dcm"),
-    Hostile("dicom_pixel_data_short", lambda: dicom_bytes(Rows=128, Columns=128), _E + r"truncated DICOM pixel data",
-            "short.dcm"),
+    Hostile(
+        "dicom_bits_stored_gt_allocated",
+        lambda: dicom_bytes(gray_pixels(hi=255).astype(np.uint8), BitsStored=12, HighBit=11),
+        _E + r"DICOM.*(bits|Bits)",
+        "bits.dcm",
+    ),
+    Hostile("dicom_bits_stored_zero", lambda: dicom_bytes(BitsStored=0, HighBit=0), _E + r"DICOM.*(bits|Bits)", "bits0.dcm"),
+    Hostile(
+        "dicom_pixel_data_short", lambda: dicom_bytes(Rows=128, Columns=128), _E + r"truncated DICOM pixel data", "short.dcm"
+    ),
     Hostile("dicom_pixel_data_long", lambda: dicom_bytes(Rows=32, Columns=64), LOADS, "long.dcm"),
-    Hostile("dicom_frames_declared_not_present", lambda: dicom_bytes(NumberOfFrames=1000), _E + r"truncated",
-            "frames.dcm"),
+    Hostile("dicom_frames_declared_not_present", lambda: dicom_bytes(NumberOfFrames=1000), _E + r"truncated", "frames.dcm"),
     Hostile("dicom_zero_rows", lambda: dicom_bytes(Rows=0), _E + r"empty size|0x|no Rows", "rows0.dcm"),
-    Hostile("dicom_huge_dimensions", lambda: dicom_bytes(Rows=60000, Columns=60000),
-            _E + r"too large: 60000x60000 = 3,600,000,000 pixels", "huge.dcm"),
-    Hostile("dicom_mpeg2_transfer_syntax", _mpeg2_dicom, _E + r"unsupported DICOM transfer syntax: MPEG2",
-            "video.dcm"),
-    Hostile("dicom_private_transfer_syntax", _private_ts_dicom,
-            _E + r"unsupported DICOM transfer syntax: 1\.2\.3\.4\.5\.6\.7\.8\.9\.0", "private.dcm"),
-    Hostile("dicom_unknown_photometric", lambda: dicom_bytes(photometric="HSV"), _E + r"unsupported DICOM",
-            "hsv.dcm"),
-    Hostile("dicom_palette_without_lut", lambda: dicom_bytes(gray_pixels(hi=255).astype(np.uint8),
-                                                             photometric="PALETTE COLOR"),
-            _E + _DICOM_SPECIFIC, "palette.dcm"),
+    Hostile(
+        "dicom_huge_dimensions",
+        lambda: dicom_bytes(Rows=60000, Columns=60000),
+        _E + r"too large: 60000x60000 = 3,600,000,000 pixels",
+        "huge.dcm",
+    ),
+    Hostile("dicom_mpeg2_transfer_syntax", _mpeg2_dicom, _E + r"unsupported DICOM transfer syntax: MPEG2", "video.dcm"),
+    Hostile(
+        "dicom_private_transfer_syntax",
+        _private_ts_dicom,
+        _E + r"unsupported DICOM transfer syntax: 1\.2\.3\.4\.5\.6\.7\.8\.9\.0",
+        "private.dcm",
+    ),
+    Hostile("dicom_unknown_photometric", lambda: dicom_bytes(photometric="HSV"), _E + r"unsupported DICOM", "hsv.dcm"),
+    Hostile(
+        "dicom_palette_without_lut",
+        lambda: dicom_bytes(gray_pixels(hi=255).astype(np.uint8), photometric="PALETTE COLOR"),
+        _E + _DICOM_SPECIFIC,
+        "palette.dcm",
+    ),
     Hostile("dicom_nested_sequence_bomb", _nested_sequence_bomb, _E + _DICOM_SPECIFIC, "nested.dcm"),
-    Hostile("dicom_rescale_overflow", lambda: dicom_bytes(RescaleSlope="1e308", RescaleIntercept="1e308"),
-            _E + r"NaN or infinite", "slope.dcm"),
+    Hostile(
+        "dicom_rescale_overflow",
+        lambda: dicom_bytes(RescaleSlope="1e308", RescaleIntercept="1e308"),
+        _E + r"NaN or infinite",
+        "slope.dcm",
+    ),
     # --- valid but odd DICOM: must load
     Hostile("dicom_rgb", _rgb_dicom, LOADS, "rgb.dcm"),
     Hostile("dicom_ybr_full_422_jpeg", _ybr_422_jpeg_dicom, LOADS, "ybr.dcm"),
     Hostile("dicom_multiframe", _multiframe_dicom, LOADS, "cine.dcm"),
-    Hostile("dicom_signed_16bit", lambda: dicom_bytes((gray_pixels().astype(np.int32) - 2048).astype(np.int16)),
-            LOADS, "signed.dcm"),
+    Hostile(
+        "dicom_signed_16bit", lambda: dicom_bytes((gray_pixels().astype(np.int32) - 2048).astype(np.int16)), LOADS, "signed.dcm"
+    ),
     Hostile("dicom_no_preamble", lambda: dicom_bytes(preamble=False), LOADS, "raw.dcm"),
     Hostile("dicom_deflated", lambda: dicom_bytes(transfer_syntax="1.2.840.10008.1.2.1.99"), LOADS, "deflate.dcm"),
-    Hostile("dicom_bad_window_width", lambda: dicom_bytes(WindowCenter="100", WindowWidth="-5"), LOADS,
-            "window.dcm"),
+    Hostile("dicom_bad_window_width", lambda: dicom_bytes(WindowCenter="100", WindowWidth="-5"), LOADS, "window.dcm"),
     # --- PNG / JPEG: odd but valid, and size attacks
     Hostile("png_16bit", _png_16bit, LOADS, "deep.png"),
     Hostile("png_palette", _png_palette, LOADS, "palette.png"),
@@ -432,11 +465,16 @@ IMAGE_CORPUS: list[Hostile] = [
     Hostile("png_100000x10", _png_wide, _E + r"too small: 100000x10", "strip.png"),
     Hostile("png_decompression_bomb", _png_bomb, _E + r"too large: 8000x8000 = 64,000,000 pixels", "bomb.png"),
     Hostile("jpeg_decompression_bomb", lambda: _jpeg_declared(65000, 65000), _E + r"too large", "bomb.jpg"),
-    Hostile("jpeg_declared_9000x9000", lambda: _jpeg_declared(9000, 9000),
-            _E + r"too large: 9000x9000 = 81,000,000 pixels", "big.jpg"),
+    Hostile(
+        "jpeg_declared_9000x9000", lambda: _jpeg_declared(9000, 9000), _E + r"too large: 9000x9000 = 81,000,000 pixels", "big.jpg"
+    ),
     Hostile("png_text_chunk_bomb", _png_text_bomb, _E + r"(corrupt|truncated).*PNG file", "text.png"),
-    Hostile("png_declared_zero_width", lambda: _png_raw(0, 64, zlib.compress(b"\0" * 64)),
-            _E + r"empty size|too small|corrupt", "zero.png"),
+    Hostile(
+        "png_declared_zero_width",
+        lambda: _png_raw(0, 64, zlib.compress(b"\0" * 64)),
+        _E + r"empty size|too small|corrupt",
+        "zero.png",
+    ),
 ]
 
 # ----------------------------------------------------------------------------- rows
@@ -452,26 +490,37 @@ ROW_CORPUS: list[HostileRow] = [
     HostileRow("sex_unknown", {"image": GOOD, "sex": "X"}, r"sex 'X' is not M or F"),
     HostileRow("sex_unknown_word", {"image": GOOD, "sex": "unknown"}, r"sex 'unknown' is not M or F"),
     HostileRow("site_unknown", {"image": GOOD, "site": "skull"}, r"site 'skull' is not appendicular or axial"),
-    HostileRow("roi_outside_image", {"image": GOOD, "roi_x0": 500, "roi_y0": 500, "roi_x1": 600, "roi_y1": 600},
-               r"lies entirely outside the 96x96 image"),
-    HostileRow("roi_zero_area", {"image": GOOD, "roi_x0": 10, "roi_y0": 10, "roi_x1": 10, "roi_y1": 40},
-               r"zero or negative area"),
-    HostileRow("roi_inverted", {"image": GOOD, "roi_x0": 60, "roi_y0": 60, "roi_x1": 20, "roi_y1": 20},
-               r"zero or negative area"),
+    HostileRow(
+        "roi_outside_image",
+        {"image": GOOD, "roi_x0": 500, "roi_y0": 500, "roi_x1": 600, "roi_y1": 600},
+        r"lies entirely outside the 96x96 image",
+    ),
+    HostileRow(
+        "roi_zero_area", {"image": GOOD, "roi_x0": 10, "roi_y0": 10, "roi_x1": 10, "roi_y1": 40}, r"zero or negative area"
+    ),
+    HostileRow("roi_inverted", {"image": GOOD, "roi_x0": 60, "roi_y0": 60, "roi_x1": 20, "roi_y1": 20}, r"zero or negative area"),
     HostileRow("roi_incomplete", {"image": GOOD, "roi_x0": 10, "roi_y0": 10}, r"ROI is incomplete"),
-    HostileRow("roi_not_a_number", {"image": GOOD, "roi_x0": "left", "roi_y0": 1, "roi_x1": 30, "roi_y1": 30},
-               r"roi_x0 'left' is not a number"),
-    HostileRow("roi_infinite", {"image": GOOD, "roi_x0": 0, "roi_y0": 0, "roi_x1": "inf", "roi_y1": 30},
-               r"roi_x1 'inf' is not a finite number"),
+    HostileRow(
+        "roi_not_a_number",
+        {"image": GOOD, "roi_x0": "left", "roi_y0": 1, "roi_x1": 30, "roi_y1": 30},
+        r"roi_x0 'left' is not a number",
+    ),
+    HostileRow(
+        "roi_infinite",
+        {"image": GOOD, "roi_x0": 0, "roi_y0": 0, "roi_x1": "inf", "roi_y1": 30},
+        r"roi_x1 'inf' is not a finite number",
+    ),
     HostileRow("path_traversal_relative", {"image": "../../etc/passwd"}, r"not found|not a DICOM, PNG or JPEG"),
-    HostileRow("path_traversal_to_etc_passwd", {"image": "../" * 40 + "etc/passwd"},
-               r"passwd: not a DICOM, PNG or JPEG image"),
+    HostileRow("path_traversal_to_etc_passwd", {"image": "../" * 40 + "etc/passwd"}, r"passwd: not a DICOM, PNG or JPEG image"),
     HostileRow("path_absolute_device", {"image": "/dev/zero"}, r"not a regular file"),
     HostileRow("path_is_a_folder", {"image": "."}, r"not a regular file"),
     HostileRow("path_missing_file", {"image": "images/nope.png"}, r"image file not found"),
     HostileRow("path_empty", {"image": ""}, r"image path is empty"),
-    HostileRow("several_problems_at_once", {"image": GOOD, "age": "200", "sex": "X", "site": "skull"},
-               r"age '200'.*; sex 'X'.*; site 'skull'"),
+    HostileRow(
+        "several_problems_at_once",
+        {"image": GOOD, "age": "200", "sex": "X", "site": "skull"},
+        r"age '200'.*; sex 'X'.*; site 'skull'",
+    ),
 ]
 
 # ----------------------------------------------------------------------------- whole tables
@@ -484,13 +533,20 @@ def _good_csv() -> str:
 TABLE_CORPUS: list[HostileTable] = [
     HostileTable("csv_utf16", lambda: _good_csv().encode("utf-16"), r"not a UTF-8 or Latin-1 text CSV"),
     HostileTable("csv_empty", lambda: b"", r"is empty"),
-    HostileTable("csv_missing_image_column", lambda: b"path_to_file,age\nimages/a.png,40\n",
-                 r"missing required column\(s\): image"),
-    HostileTable("csv_partial_roi_columns", lambda: b"image,roi_x0,roi_y0\nimages/a.png,1,2\n",
-                 r"has ROI column\(s\) roi_x0, roi_y0 but not roi_x1, roi_y1"),
+    HostileTable(
+        "csv_missing_image_column", lambda: b"path_to_file,age\nimages/a.png,40\n", r"missing required column\(s\): image"
+    ),
+    HostileTable(
+        "csv_partial_roi_columns",
+        lambda: b"image,roi_x0,roi_y0\nimages/a.png,1,2\n",
+        r"has ROI column\(s\) roi_x0, roi_y0 but not roi_x1, roi_y1",
+    ),
     HostileTable("csv_binary_garbage", lambda: png_bytes(noise_image()), r"not a UTF-8 or Latin-1 text CSV"),
-    HostileTable("csv_ragged_rows", lambda: b'image,age\n"images/a.png,40\nimages/b.png,1,2,3\n',
-                 r"cannot parse case table|missing required|not found"),
+    HostileTable(
+        "csv_ragged_rows",
+        lambda: b'image,age\n"images/a.png,40\nimages/b.png,1,2,3\n',
+        r"cannot parse case table|missing required|not found",
+    ),
 ]
 
 if __name__ == "__main__":  # quick look: python tests/hostile.py

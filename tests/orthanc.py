@@ -82,13 +82,24 @@ class Orthanc:
         storage.mkdir(parents=True, exist_ok=True)
         (self.root / "filter.lua").write_text(_LUA, encoding="ascii")
         config = {
-            "Name": self.name, "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-            "HttpPort": self.port, "HttpBindAddress": "127.0.0.1", "RemoteAccessAllowed": False,
-            "DicomServerEnabled": False, "DicomPort": free_port(),
-            "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-            "Plugins": [dicomweb_plugin()], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "LuaScripts": [str(self.root / "filter.lua")], "HttpTimeout": 10, "StableAge": 1,
-            "ConcurrentJobs": 1, "HttpThreadsCount": 8, "SaveJobs": False,
+            "Name": self.name,
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "HttpPort": self.port,
+            "HttpBindAddress": "127.0.0.1",
+            "RemoteAccessAllowed": False,
+            "DicomServerEnabled": False,
+            "DicomPort": free_port(),
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {USER: PASSWORD},
+            "Plugins": [dicomweb_plugin()],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "LuaScripts": [str(self.root / "filter.lua")],
+            "HttpTimeout": 10,
+            "StableAge": 1,
+            "ConcurrentJobs": 1,
+            "HttpThreadsCount": 8,
+            "SaveJobs": False,
         }
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(config, indent=1), encoding="utf-8")
@@ -100,8 +111,9 @@ class Orthanc:
         for _attempt in range(3):  # a free port can be taken between probe and bind: retry
             self.port = self.fixed_port or free_port()
             log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - closed in stop()
-            self.proc = subprocess.Popen([orthanc_binary(), str(self._config())], cwd=self.root, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [orthanc_binary(), str(self._config())], cwd=self.root, stdout=log, stderr=subprocess.STDOUT
+            )
             self._log = log
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -142,8 +154,9 @@ class Orthanc:
         return r.json()
 
     def count(self, study_uid: str, modality: str) -> int:
-        r = requests.get(f"{self.dicomweb_url}/studies/{study_uid}/instances", params={"Modality": modality},
-                         auth=(USER, PASSWORD), timeout=10)
+        r = requests.get(
+            f"{self.dicomweb_url}/studies/{study_uid}/instances", params={"Modality": modality}, auth=(USER, PASSWORD), timeout=10
+        )
         return 0 if r.status_code == 204 or not r.text.strip() else len(r.json())
 
 
@@ -160,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"error: {reason}")
         return 2
+
     def _interrupt(signum, frame):  # SIGTERM too: always stop the server and delete its storage
         raise KeyboardInterrupt
 
@@ -169,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name in ("RG3_UNCR.dcm", "CT_small.dcm", "MR_small.dcm"):
                 server.upload(Path(get_testdata_file(name)).read_bytes())
-            print(f"Orthanc on {server.url} with 3 sample studies (RG3 radiograph: patient ID 11RG3). Use:\n"
-                  f"  MODEL_ZOO_PACS_URL={server.dicomweb_url} MODEL_ZOO_PACS_USERNAME={USER} "
-                  f"MODEL_ZOO_PACS_PASSWORD={PASSWORD}\nCtrl-C stops it.", flush=True)
+            print(
+                f"Orthanc on {server.url} with 3 sample studies (RG3 radiograph: patient ID 11RG3). Use:\n"
+                f"  MODEL_ZOO_PACS_URL={server.dicomweb_url} MODEL_ZOO_PACS_USERNAME={USER} "
+                f"MODEL_ZOO_PACS_PASSWORD={PASSWORD}\nCtrl-C stops it.",
+                flush=True,
+            )
             while server.proc is not None and server.proc.poll() is None:
                 time.sleep(1)
         except KeyboardInterrupt:

@@ -32,14 +32,17 @@ def test_each_hash_gets_a_fresh_salt():
     assert a != b and auth.verify_password("pw", a) and auth.verify_password("pw", b)
 
 
-@pytest.mark.parametrize("encoded, words", [
-    ("plaintext-password", "not of the form"),
-    ("md5$1$00$00", "not of the form"),
-    ("pbkdf2_sha256$many$00ff$" + "00" * 32, "non-numeric"),
-    ("pbkdf2_sha256$1000$zz$" + "00" * 32, "non-hex"),
-    ("pbkdf2_sha256$1000$00ff$00", "incomplete"),
-    ("pbkdf2_sha256$0$00ff$" + "00" * 32, "incomplete"),
-])
+@pytest.mark.parametrize(
+    "encoded, words",
+    [
+        ("plaintext-password", "not of the form"),
+        ("md5$1$00$00", "not of the form"),
+        ("pbkdf2_sha256$many$00ff$" + "00" * 32, "non-numeric"),
+        ("pbkdf2_sha256$1000$zz$" + "00" * 32, "non-hex"),
+        ("pbkdf2_sha256$1000$00ff$00", "incomplete"),
+        ("pbkdf2_sha256$0$00ff$" + "00" * 32, "incomplete"),
+    ],
+)
 def test_malformed_hash_is_refused_with_a_reason(encoded, words):
     with pytest.raises(InputError, match=words):
         auth.verify_password("x", encoded)
@@ -59,16 +62,19 @@ def test_policy_open_when_nothing_configured():
 
 def test_policy_password_from_secrets_or_environment():
     encoded = auth.hash_password("pw", iterations=FAST)
-    assert auth.access_policy({"dashboard": {"password_hash": encoded}}, environ={}) == \
-        auth.AccessPolicy("password", password_hash=encoded)
+    assert auth.access_policy({"dashboard": {"password_hash": encoded}}, environ={}) == auth.AccessPolicy(
+        "password", password_hash=encoded
+    )
     assert auth.access_policy({}, environ={auth.PASSWORD_ENV: encoded}).password_hash == encoded
 
 
 def test_policy_oidc_wins_and_picks_the_provider():
     base = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "s"}
     assert auth.access_policy({"auth": {**base, "client_id": "c"}}, environ={}) == auth.AccessPolicy("oidc")
-    named = {"auth": {**base, "microsoft": {"client_id": "c"}},
-             "dashboard": {"password_hash": auth.hash_password("pw", iterations=FAST)}}
+    named = {
+        "auth": {**base, "microsoft": {"client_id": "c"}},
+        "dashboard": {"password_hash": auth.hash_password("pw", iterations=FAST)},
+    }
     assert auth.access_policy(named, environ={}) == auth.AccessPolicy("oidc", provider="microsoft")
 
 
@@ -142,9 +148,15 @@ def test_password_gate_from_environment(app_env, monkeypatch):
 
 
 def test_oidc_configured_shows_only_sign_in(app_env):
-    secrets = {"auth": {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
-                        "client_id": "id", "client_secret": "secret",
-                        "server_metadata_url": "https://login.example.org/.well-known/openid-configuration"}}
+    secrets = {
+        "auth": {
+            "redirect_uri": "http://localhost:8501/oauth2callback",
+            "cookie_secret": "x" * 32,
+            "client_id": "id",
+            "client_secret": "secret",
+            "server_metadata_url": "https://login.example.org/.well-known/openid-configuration",
+        }
+    }
     at = _app(secrets).run()
     assert not at.exception
     assert [b for b in at.button if b.label == "Sign in"]

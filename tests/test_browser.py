@@ -22,8 +22,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -48,8 +55,7 @@ def server(tiny_release, tmp_path_factory):
     except ImportError:
         _skip("playwright is not installed")
     tmp = tmp_path_factory.mktemp("browser")
-    env = dict(os.environ, MODEL_ZOO_DIR=str(tiny_release["release"]),
-               MODEL_ZOO_AUDIT_LOG=str(tmp / "audit.jsonl"))
+    env = dict(os.environ, MODEL_ZOO_DIR=str(tiny_release["release"]), MODEL_ZOO_AUDIT_LOG=str(tmp / "audit.jsonl"))
     with streamlit_server(env, tmp) as url:
         yield {"url": url, "tmp": tmp, "audit": tmp / "audit.jsonl"}
 
@@ -60,9 +66,24 @@ def streamlit_server(env: dict, tmp: Path):
     port = _free_port()
     with open(tmp / "server.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "dashboard/app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -117,7 +138,8 @@ def _drag_roi(page, canvas: dict, fx: float, fy: float, fw: float, fh: float) ->
         page.mouse.up()
         try:
             expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(
-                before, timeout=45_000 if attempt == 1 else 120_000)
+                before, timeout=45_000 if attempt == 1 else 120_000
+            )
             break
         except (AssertionError, PlaywrightError):
             if attempt == 2:
@@ -325,8 +347,7 @@ def test_viewer_fits_and_draws_at_three_screen_sizes(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            expanded = [check_viewer_at(browser, server["url"], width, height, shots)
-                         for width, height in VIEWER_SIZES]
+            expanded = [check_viewer_at(browser, server["url"], width, height, shots) for width, height in VIEWER_SIZES]
             assert any(expanded), "the sidebar was collapsed at every size: the overlap check never ran"
         finally:
             browser.close()
@@ -394,11 +415,15 @@ def test_zoom_2x_draw_maps_to_stored_pixels(server):
             browser.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "streamlit-drawable-canvas 0.13.0 cannot draw a rectangle by touch: the touch events reach "
-    "fabric.js 7.4 (touchstart/touchmove/touchend on the upper canvas, which fires mouse:down), "
-    "but the component's rect tool adds the new rectangle only when event.button === 0, and a "
-    "TouchEvent has no button. Strict: this fails loudly once a release fixes it."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "streamlit-drawable-canvas 0.13.0 cannot draw a rectangle by touch: the touch events reach "
+        "fabric.js 7.4 (touchstart/touchmove/touchend on the upper canvas, which fires mouse:down), "
+        "but the component's rect tool adds the new rectangle only when event.button === 0, and a "
+        "TouchEvent has no button. Strict: this fails loudly once a release fixes it."
+    ),
+)
 def test_touch_drag_draws_the_roi(server):
     """Touch drawing (tablets): with touch emulation on, a one-finger drag sent as CDP touch
     events (touchStart / touchMove / touchEnd) should draw the rectangle like a mouse drag.
@@ -418,11 +443,12 @@ def test_touch_drag_draws_the_roi(server):
             x1, y1 = x0 + 0.20 * c["width"], y0 + 0.10 * c["height"]
             cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x0, "y": y0}]})
             for i in range(1, 9):
-                cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [
-                    {"x": x0 + (x1 - x0) * i / 8, "y": y0 + (y1 - y0) * i / 8}]})
+                cdp.send(
+                    "Input.dispatchTouchEvent",
+                    {"type": "touchMove", "touchPoints": [{"x": x0 + (x1 - x0) * i / 8, "y": y0 + (y1 - y0) * i / 8}]},
+                )
             cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-            expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(before,
-                                                                                              timeout=20_000)
+            expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(before, timeout=20_000)
             after = _roi_caption(page)
             nums = [int(v) for v in re.findall(r"x (\d+)-(\d+), y (\d+)-(\d+)", after)[0]]
             expected = (0.30 * 1760, 0.50 * 1760, 0.40 * 1760, 0.50 * 1760)

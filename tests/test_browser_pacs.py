@@ -66,9 +66,14 @@ def app(pacs, request, tmp_path_factory):
     tiny_release = request.getfixturevalue("tiny_release")  # after the skips: ~40 s to build
     tmp = tmp_path_factory.mktemp("browser_pacs")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_ZOO_PACS_")}
-    env.update(MODEL_ZOO_DIR=str(tiny_release["release"]), MODEL_ZOO_AUDIT_LOG=str(tmp / "audit.jsonl"),
-               MODEL_ZOO_PACS_URL=pacs.dicomweb_url, MODEL_ZOO_PACS_USERNAME=orthanc_helper.USER,
-               MODEL_ZOO_PACS_PASSWORD=orthanc_helper.PASSWORD, MODEL_ZOO_PACS_TIMEOUT="30")
+    env.update(
+        MODEL_ZOO_DIR=str(tiny_release["release"]),
+        MODEL_ZOO_AUDIT_LOG=str(tmp / "audit.jsonl"),
+        MODEL_ZOO_PACS_URL=pacs.dicomweb_url,
+        MODEL_ZOO_PACS_USERNAME=orthanc_helper.USER,
+        MODEL_ZOO_PACS_PASSWORD=orthanc_helper.PASSWORD,
+        MODEL_ZOO_PACS_TIMEOUT="30",
+    )
     with streamlit_server(env, tmp) as url:
         yield {"url": url, "tmp": tmp, "audit": tmp / "audit.jsonl", "log": tmp / "server.log"}
 
@@ -77,8 +82,12 @@ def app(pacs, request, tmp_path_factory):
 
 
 def _study_instances(pacs, study_uid: str) -> list[dict]:
-    r = requests.get(f"{pacs.dicomweb_url}/studies/{study_uid}/instances", params={"includefield": "00080060"},
-                     auth=(orthanc_helper.USER, orthanc_helper.PASSWORD), timeout=10)
+    r = requests.get(
+        f"{pacs.dicomweb_url}/studies/{study_uid}/instances",
+        params={"includefield": "00080060"},
+        auth=(orthanc_helper.USER, orthanc_helper.PASSWORD),
+        timeout=10,
+    )
     r.raise_for_status()
     return r.json() if r.status_code == 200 and r.text.strip() else []
 
@@ -102,8 +111,9 @@ def _fetch(pacs, sop_uid: str):
 
 def _content_references(sr) -> set[str]:
     """Every ReferencedSOPInstanceUID in the SR's content tree (not its evidence sequences)."""
-    return {str(elem.value) for item in sr.ContentSequence for elem in item.iterall()
-            if elem.keyword == "ReferencedSOPInstanceUID"}
+    return {
+        str(elem.value) for item in sr.ContentSequence for elem in item.iterall() if elem.keyword == "ReferencedSOPInstanceUID"
+    }
 
 
 # -- the test -----------------------------------------------------------------------------
@@ -177,8 +187,7 @@ def test_open_from_pacs_predict_and_write_back(pacs, app):
     assert source_sop in _content_references(sr), "the SR's content references the opened image"
     assert doc.MIMETypeOfEncapsulatedDocument == "application/pdf"
     assert bytes(doc.EncapsulatedDocument).startswith(b"%PDF")
-    studies = requests.get(f"{pacs.url}/studies", auth=(orthanc_helper.USER, orthanc_helper.PASSWORD),
-                           timeout=10).json()
+    studies = requests.get(f"{pacs.url}/studies", auth=(orthanc_helper.USER, orthanc_helper.PASSWORD), timeout=10).json()
     assert len(studies) == 2, "no new study was created (RG3 + CT_small only)"
     events = app["audit"].read_text()
     assert '"pacs_open"' in events and '"pacs_write"' in events

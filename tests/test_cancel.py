@@ -32,8 +32,9 @@ def test_scorecam_reports_progress_and_equals_the_uncancelled_map(member):
     spec, model, x = member
     seen: list[tuple[int, int]] = []
     plain = explain.scorecam(spec, model, x, top_k=16, batch_size=4)
-    watched = explain.scorecam(spec, model, x, top_k=16, batch_size=4, should_stop=lambda: False,
-                               progress=lambda done, total: seen.append((done, total)))
+    watched = explain.scorecam(
+        spec, model, x, top_k=16, batch_size=4, should_stop=lambda: False, progress=lambda done, total: seen.append((done, total))
+    )
     np.testing.assert_array_equal(watched.input_map, plain.input_map)
     assert seen, "progress after every batch"
     totals = {t for _, t in seen}
@@ -45,12 +46,20 @@ def test_scorecam_stops_between_batches(member):
     spec, model, x = member
     batches: list[int] = []
     with pytest.raises(Cancelled):
-        explain.scorecam(spec, model, x, top_k=16, batch_size=4, should_stop=lambda: len(batches) >= 2,
-                         progress=lambda done, total: batches.append(done))
+        explain.scorecam(
+            spec,
+            model,
+            x,
+            top_k=16,
+            batch_size=4,
+            should_stop=lambda: len(batches) >= 2,
+            progress=lambda done, total: batches.append(done),
+        )
     assert len(batches) == 2, "stopped at the first check after the flag was raised, not at the end"
     with pytest.raises(Cancelled):  # asked before any forward pass, too
-        explain.scorecam(spec, model, x, top_k=16, should_stop=lambda: True,
-                         progress=lambda done, total: pytest.fail("no batch may run"))
+        explain.scorecam(
+            spec, model, x, top_k=16, should_stop=lambda: True, progress=lambda done, total: pytest.fail("no batch may run")
+        )
 
 
 def test_cancelled_explanation_is_not_cached(member):
@@ -58,11 +67,13 @@ def test_cancelled_explanation_is_not_cached(member):
     pixels = np.random.default_rng(3).random((120, 150)).astype(np.float32)
     cache = explain.CamCache(maxsize=4)
     with pytest.raises(Cancelled):
-        explain.explain_member(spec, model, pixels, (20, 20, 80, 90), method="scorecam", top_k=8, cache=cache,
-                               should_stop=lambda: True)
+        explain.explain_member(
+            spec, model, pixels, (20, 20, 80, 90), method="scorecam", top_k=8, cache=cache, should_stop=lambda: True
+        )
     assert len(cache) == 0
-    done = explain.explain_member(spec, model, pixels, (20, 20, 80, 90), method="scorecam", top_k=8, cache=cache,
-                                  should_stop=lambda: False)
+    done = explain.explain_member(
+        spec, model, pixels, (20, 20, 80, 90), method="scorecam", top_k=8, cache=cache, should_stop=lambda: False
+    )
     assert len(cache) == 1 and done.heatmap.method.startswith("ScoreCAM")
     with pytest.raises(InputError):  # argument errors stay what they were
         explain.explain_member(spec, model, pixels, (20, 20, 80, 90), method="lime", should_stop=lambda: False)
@@ -93,8 +104,7 @@ def test_cache_waiter_computes_when_the_owner_is_cancelled():
     t.start()
     assert started.wait(5)
     got: list[str] = []
-    waiter = threading.Thread(target=lambda: got.append(cache.get_or_compute("k", lambda: "mine",
-                                                                             should_stop=lambda: False)))
+    waiter = threading.Thread(target=lambda: got.append(cache.get_or_compute("k", lambda: "mine", should_stop=lambda: False)))
     waiter.start()
     time.sleep(0.2)
     assert not got, "the waiter waits while the owner computes"
@@ -138,6 +148,7 @@ def _task(result, seconds=0.0, steps=4):
             time.sleep(seconds / steps)
             progress(i + 1, steps)
         return result
+
     return run
 
 

@@ -26,20 +26,32 @@ DEMO_MANIFEST = default_zoo_dir() / "manifest.json"
 # ----------------------------------------------------------------------------- PPV / NPV
 
 
-@pytest.mark.parametrize("x, words", [
-    (0.28, "about 1 time in 4"), (0.93, "about 9 times in 10"), (0.10, "about 1 time in 10"),
-    (0.45, "about 1 time in 2"), (0.50, "about 5 times in 10"), (0.74, "about 7 times in 10"),
-    (0.97, "about 97 times in 100"), (0.999, "about 99 times in 100"), (0.0, "never"), (1.0, "every time"),
-])
+@pytest.mark.parametrize(
+    "x, words",
+    [
+        (0.28, "about 1 time in 4"),
+        (0.93, "about 9 times in 10"),
+        (0.10, "about 1 time in 10"),
+        (0.45, "about 1 time in 2"),
+        (0.50, "about 5 times in 10"),
+        (0.74, "about 7 times in 10"),
+        (0.97, "about 97 times in 100"),
+        (0.999, "about 99 times in 100"),
+        (0.0, "never"),
+        (1.0, "every time"),
+    ],
+)
 def test_times_in(x, words):
     assert cl.times_in(x) == words
 
 
 def _manifest(ppv=0.28, npv=0.93, kind="external", n=232, n_pos=31) -> Manifest:
-    return _demo().replace(evaluation={
-        "test": {"kind": "internal", "n": 269, "n_positive": 47, "ensemble": {"ppv": 0.56, "npv": 0.94}},
-        "centre3": {"kind": kind, "n": n, "n_positive": n_pos, "ensemble": {"ppv": ppv, "npv": npv}},
-    })
+    return _demo().replace(
+        evaluation={
+            "test": {"kind": "internal", "n": 269, "n_positive": 47, "ensemble": {"ppv": 0.56, "npv": 0.94}},
+            "centre3": {"kind": kind, "n": n, "n_positive": n_pos, "ensemble": {"ppv": ppv, "npv": npv}},
+        }
+    )
 
 
 def _demo() -> Manifest:
@@ -49,8 +61,10 @@ def _demo() -> Manifest:
 
 def test_ppv_npv_sentence_from_the_external_block():
     s = cl.ppv_npv_sentence(_manifest(), "malignant", "benign")
-    assert s.startswith("At a hospital the model had not seen (centre3), a 'malignant' call was right about 1 time "
-                        "in 4 and a 'benign' call about 9 times in 10")
+    assert s.startswith(
+        "At a hospital the model had not seen (centre3), a 'malignant' call was right about 1 time "
+        "in 4 and a 'benign' call about 9 times in 10"
+    )
     assert "31 of 232" in s
     # The words follow the numbers (none hard-coded), and the internal block is never quoted.
     s2 = cl.ppv_npv_sentence(_manifest(ppv=0.5, npv=0.7), "malignant", "benign")

@@ -147,9 +147,7 @@ def test_every_row_error_kind_has_its_message(imgdir: Path):
     assert err[13] == f"image path is not a regular file: {(imgdir / 'afifo').resolve()}"
     assert err[14] == "image path is empty"
     assert err[15] == "label 'yes' is not 0/1 (pass a label_map to map class names)"
-    assert err[16] == (
-        "age 'abc' is not a number; sex 'Q' is not M or F; site 'moon' is not appendicular or axial"
-    )
+    assert err[16] == ("age 'abc' is not a number; sex 'Q' is not M or F; site 'moon' is not appendicular or axial")
     # Bad rows are marked, not dropped, and the error list numbers data rows from 1.
     assert len(t.frame) == len(rows)
     assert t.errors[0] == f"row 2: {err[2]}"
@@ -285,11 +283,23 @@ def test_btxrd_adapter_synthetic(tmp_path: Path):
     csv = _btxrd_csv(
         tmp_path,
         [
-            dict(base, image_id="A", image="images/a.png", label="malignant", tumor_subtype="osteosarcoma",
-                 mask_bbox_256="[10, 20, 29, 59]"),  # fmt: skip
+            dict(
+                base,
+                image_id="A",
+                image="images/a.png",
+                label="malignant",
+                tumor_subtype="osteosarcoma",
+                mask_bbox_256="[10, 20, 29, 59]",
+            ),  # fmt: skip
             dict(base, image_id="N", image="images/a.png", label="normal", mask_bbox_256=""),
-            dict(base, image_id="B", image="images/big.png", label="benign", tumor_subtype="osteochondroma",
-                 mask_bbox_256="[10, 20, 29, 59]"),  # fmt: skip
+            dict(
+                base,
+                image_id="B",
+                image="images/big.png",
+                label="benign",
+                tumor_subtype="osteochondroma",
+                mask_bbox_256="[10, 20, 29, 59]",
+            ),  # fmt: skip
             dict(base, image_id="C", image="images/a.png", label="weird", mask_bbox_256="[1, 1, 5, 5]"),
             dict(base, image_id="D", image="images/a.png", label="benign", mask_bbox_256="[1, 2]"),
         ],
@@ -332,9 +342,7 @@ def test_btxrd_real_metadata(btxrd_dir: Path):
     for _, row in f.sample(25, random_state=0).iterrows():
         mask = np.asarray(Image.open(btxrd_dir / row["mask"])) > 0
         ys, xs = np.nonzero(mask)
-        assert [row["roi_x0"], row["roi_y0"], row["roi_x1"], row["roi_y1"]] == [
-            xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-        ]
+        assert [row["roi_x0"], row["roi_y0"], row["roi_x1"], row["roi_y1"]] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
 # ----------------------------------------------------------------------------- paper
@@ -399,8 +407,14 @@ def test_dicom_and_png_header_sizes(tmp_path: Path, rg3_paths):
 def test_btxrd_bbox_json_roundtrip_values():
     # The adapter is pure: no files touched, index kept.
     df = pd.DataFrame(
-        {"image_id": ["a"], "image": ["images/a.png"], "label": ["Malignant"], "site_group": ["axial"],
-         "mask_bbox_256": [json.dumps([0, 0, 255, 255])], "site": ["hip bone"]},  # fmt: skip
+        {
+            "image_id": ["a"],
+            "image": ["images/a.png"],
+            "label": ["Malignant"],
+            "site_group": ["axial"],
+            "mask_bbox_256": [json.dumps([0, 0, 255, 255])],
+            "site": ["hip bone"],
+        },  # fmt: skip
         index=[7],
     )
     out = btxrd_to_cases(df, Path("/data/btxrd"))
@@ -410,12 +424,30 @@ def test_btxrd_bbox_json_roundtrip_values():
     assert out["label"].iloc[0] == 1 and out["row_error"].iloc[0] == ""
 
 
-@pytest.mark.parametrize("value, missing", [
-    (None, True), (pd.NA, True), (float("nan"), True), (np.float32("nan"), True), (np.float64("nan"), True),
-    (pd.NaT, True), ("", True), ("  ", True), ("nan", False), (0, False), (0.0, False), ("M", False),
-    (np.float32(12.5), False), (np.array([np.nan]), False), (np.array(np.nan), True),
-    (np.datetime64("NaT"), True), (np.datetime64("2020-01-01"), False), (True, False), (pd.Timestamp("2020"), False),
-])
+@pytest.mark.parametrize(
+    "value, missing",
+    [
+        (None, True),
+        (pd.NA, True),
+        (float("nan"), True),
+        (np.float32("nan"), True),
+        (np.float64("nan"), True),
+        (pd.NaT, True),
+        ("", True),
+        ("  ", True),
+        ("nan", False),
+        (0, False),
+        (0.0, False),
+        ("M", False),
+        (np.float32(12.5), False),
+        (np.array([np.nan]), False),
+        (np.array(np.nan), True),
+        (np.datetime64("NaT"), True),
+        (np.datetime64("2020-01-01"), False),
+        (True, False),
+        (pd.Timestamp("2020"), False),
+    ],
+)
 def test_is_missing_covers_every_missing_marker(value, missing):
     """The pandas-free is_missing agrees with pandas' own notion on every scalar marker."""
     from model_zoo.clinical import is_missing
@@ -443,8 +475,9 @@ def test_inference_does_not_import_pandas():
     import sys
 
     code = "import sys, model_zoo.ensemble; print('pandas' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -452,5 +485,4 @@ def test_predict_treats_numpy_and_pandas_missing_like_none():
     """Zoo inputs may come straight from a DataFrame (pd.NA, float32 NaN): same encoding as None."""
     from model_zoo.ensemble import clinical_vector
 
-    assert clinical_vector(np.float32("nan"), pd.NA, None, age_fill=30.0) == \
-        clinical_vector(None, None, None, age_fill=30.0)
+    assert clinical_vector(np.float32("nan"), pd.NA, None, age_fill=30.0) == clinical_vector(None, None, None, age_fill=30.0)

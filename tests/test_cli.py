@@ -29,8 +29,17 @@ def test_training_dispatches_with_argparse_subcommands(capsys):
     assert main(["--help"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in COMMANDS)
-    assert set(COMMANDS) == {"fit", "report", "localiser", "throughput", "add-localiser", "add-explain",
-                             "add-ood", "evaluate", "pretrained"}
+    assert set(COMMANDS) == {
+        "fit",
+        "report",
+        "localiser",
+        "throughput",
+        "add-localiser",
+        "add-explain",
+        "add-ood",
+        "evaluate",
+        "pretrained",
+    }
 
 
 def test_a_command_gets_every_argument_after_its_name_and_logs_its_errors(capsys):

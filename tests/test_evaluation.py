@@ -30,29 +30,42 @@ def _frame(seed: int = 0, n: int = 80) -> pd.DataFrame:
     y = (rng.random(n) < 0.35).astype(int)
     y[:2] = [0, 1]
     p = np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)
-    return pd.DataFrame({
-        "label": y, "p_ensemble": p, "calibrated_p_ensemble": p ** 1.5,
-        "p_m1": np.round(rng.random(n) + 0.3 * y, 2),  # ties
-        "p_m2": rng.random(n), "p_clinic": rng.random(n),
-        "tumor_subtype": rng.choice(["a", "b", "c"], n), "error": "",
-    })
+    return pd.DataFrame(
+        {
+            "label": y,
+            "p_ensemble": p,
+            "calibrated_p_ensemble": p**1.5,
+            "p_m1": np.round(rng.random(n) + 0.3 * y, 2),  # ties
+            "p_m2": rng.random(n),
+            "p_clinic": rng.random(n),
+            "tumor_subtype": rng.choice(["a", "b", "c"], n),
+            "error": "",
+        }
+    )
 
 
 def test_block_matches_independent_references():
     df = _frame()
     # Rows that must be left out: a failed row, a row without label, a row without score.
-    bad = pd.DataFrame([
-        {**df.iloc[0].to_dict(), "error": "cannot read image", "p_ensemble": np.nan},
-        {**df.iloc[1].to_dict(), "label": np.nan},
-        {**df.iloc[2].to_dict(), "p_ensemble": np.nan},
-    ])
+    bad = pd.DataFrame(
+        [
+            {**df.iloc[0].to_dict(), "error": "cannot read image", "p_ensemble": np.nan},
+            {**df.iloc[1].to_dict(), "label": np.nan},
+            {**df.iloc[2].to_dict(), "p_ensemble": np.nan},
+        ]
+    )
     full = pd.concat([df, bad], ignore_index=True)
     t = 0.45
     b = evaluation_block(full, threshold=t, kind="external", source="synthetic")
     json.dumps(b, allow_nan=False)
     y, p = df["label"].to_numpy(), df["p_ensemble"].to_numpy()
-    assert (b["kind"], b["source"], b["n"], b["n_positive"], b["n_excluded"]) == \
-        ("external", "synthetic", len(df), int(y.sum()), 3)
+    assert (b["kind"], b["source"], b["n"], b["n_positive"], b["n_excluded"]) == (
+        "external",
+        "synthetic",
+        len(df),
+        int(y.sum()),
+        3,
+    )
     assert set(b["models"]) == {"ensemble", "m1", "m2", "clinic"}
     for name in b["models"]:
         s = df[f"p_{name}"].to_numpy()
@@ -64,13 +77,12 @@ def test_block_matches_independent_references():
     tp, fn = int((calls & (y == 1)).sum()), int((~calls & (y == 1)).sum())
     tn, fp = int((~calls & (y == 0)).sum()), int((calls & (y == 0)).sum())
     assert e["confusion"] == [[tn, fp], [fn, tp]] and e["threshold"] == t
-    for key, k, n in [("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp),
-                      ("ppv", tp, tp + fp), ("npv", tn, tn + fn)]:
+    for key, k, n in [("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp), ("ppv", tp, tp + fp), ("npv", tn, tn + fn)]:
         assert e[key] == pytest.approx(k / n)
         assert e[f"{key}_ci"] == pytest.approx(list(proportion_confint(k, n, method="wilson")), abs=1e-9)
     assert e["ece"] == pytest.approx(st.expected_calibration_error(y, p), abs=1e-12)
-    assert e["ece_calibrated"] == pytest.approx(st.expected_calibration_error(y, p ** 1.5), abs=1e-12)
-    assert e["reliability"] == st.ece_with_bins(y, p ** 1.5)[1]
+    assert e["ece_calibrated"] == pytest.approx(st.expected_calibration_error(y, p**1.5), abs=1e-12)
+    assert e["reliability"] == st.ece_with_bins(y, p**1.5)[1]
     assert e["reliability_raw"] == st.ece_with_bins(y, p)[1]
     # Subtypes: accuracy of the ensemble call, counted by hand.
     assert b["subtype_column"] == "tumor_subtype"
@@ -100,12 +112,15 @@ def test_block_one_class_no_calibration_and_subtype_label():
     assert evaluation_block(df, threshold=0.5, kind="internal", source="x")["models"]["clinic"]["auc"] is None
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda d: d.drop(columns=["label"]), "label"),
-    (lambda d: d.assign(label=2), "0/1"),
-    (lambda d: d.assign(p_m1="abc"), "numeric"),
-    (lambda d: d.assign(error="x"), "no usable rows"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d.drop(columns=["label"]), "label"),
+        (lambda d: d.assign(label=2), "0/1"),
+        (lambda d: d.assign(p_m1="abc"), "numeric"),
+        (lambda d: d.assign(error="x"), "no usable rows"),
+    ],
+)
 def test_block_rejects_unusable_input(change, match):
     with pytest.raises(InputError, match=match):
         evaluation_block(change(_frame()), threshold=0.5, kind="external", source="x")
@@ -164,13 +179,16 @@ def test_release_image_hashes_forms(tmp_path):
     assert release_image_hashes(tmp_path, _with_data({"image_hashes": by_split}))[0] == {h1, h2.lower()}
 
 
-@pytest.mark.parametrize("argv", [
-    [],
-    ["--zoo", "z", "--out", "o"],
-    ["--zoo", "z", "--out", "o", "--external", "noequals"],
-    ["--zoo", "z", "--out", "o", "--external", "a=/no/such.csv"],
-    ["--zoo", "z", "--out", "o", "--external", "bad name=x.csv"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--zoo", "z", "--out", "o"],
+        ["--zoo", "z", "--out", "o", "--external", "noequals"],
+        ["--zoo", "z", "--out", "o", "--external", "a=/no/such.csv"],
+        ["--zoo", "z", "--out", "o", "--external", "bad name=x.csv"],
+    ],
+)
 def test_cli_unusable_arguments_exit_2(argv, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -180,8 +198,7 @@ def test_cli_unusable_arguments_exit_2(argv, tmp_path, capsys):
 # ----------------------------------------------------------------------------- end to end
 
 
-def _resealed_copy(release: Path, dest: Path, *, calibration: dict | None = None,
-                   drop: tuple[str, ...] = ()) -> Path:
+def _resealed_copy(release: Path, dest: Path, *, calibration: dict | None = None, drop: tuple[str, ...] = ()) -> Path:
     """A copy of the release with a changed manifest (calibration set, files dropped), re-sealed."""
     from model_zoo.zoo import sha256_bytes
 
@@ -208,8 +225,7 @@ def test_cli_end_to_end(tiny_release, tmp_path, capsys):
     release = _resealed_copy(tiny_release["release"], tmp_path / "zoo-cal", calibration=calibration)
     external = write_case_table(tmp_path / "ext", n=12, size=96, seed=11)
     out = tmp_path / "eval"
-    rc = main(["--zoo", str(release), "--external", f"site2={external}", "--out", str(out),
-               "--internal-test", "--quiet"])
+    rc = main(["--zoo", str(release), "--external", f"site2={external}", "--out", str(out), "--internal-test", "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "leakage check: no image of site2" in captured.err
@@ -220,12 +236,12 @@ def test_cli_end_to_end(tiny_release, tmp_path, capsys):
         cal = Calibration.from_dict(json.loads((release / "manifest.json").read_text())["calibration"])
         np.testing.assert_allclose(pred["calibrated_p_ensemble"], cal.apply(pred["p_ensemble"]), atol=1e-9)
         block = json.loads((out / name / "evaluation.json").read_text())
-        again = evaluation_block(pred, threshold=block["ensemble"]["threshold"], kind=block["kind"],
-                                 source=block["source"])
+        again = evaluation_block(pred, threshold=block["ensemble"]["threshold"], kind=block["kind"], source=block["source"])
         assert block["models"] == again["models"] and block["ensemble"] == again["ensemble"]
         assert block["ensemble"]["ece_calibrated"] is not None
         assert block["ensemble"]["threshold"] == pytest.approx(
-            json.loads((release / "manifest.json").read_text())["threshold"]["value"])
+            json.loads((release / "manifest.json").read_text())["threshold"]["value"]
+        )
     assert json.loads((out / "site2" / "evaluation.json").read_text())["n"] == 12
     n_test = int((pd.read_csv(out / "internal-test" / "cases.csv")["split"] == "test").sum())
     assert json.loads((out / "internal-test" / "evaluation.json").read_text())["n"] == n_test
@@ -257,8 +273,7 @@ def test_cli_refuses_a_set_with_training_images(tiny_release, tmp_path, capsys, 
     rows["image"] = [str(tiny_release["cases"].parent / p) for p in rows["image"]]
     leaked = tmp_path / "leaked.csv"
     rows.to_csv(leaked, index=False)
-    rc = main(["--zoo", str(release), "--external", f"leaky={leaked}",
-               "--out", str(tmp_path / "eval"), "--quiet"])
+    rc = main(["--zoo", str(release), "--external", f"leaky={leaked}", "--out", str(tmp_path / "eval"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "refusing" in err and "Traceback" not in err
     assert not (tmp_path / "eval" / "leaky").exists()

@@ -37,8 +37,13 @@ def tiny() -> dict[str, tuple]:
 
 def _all_hooks_empty(model: torch.nn.Module) -> bool:
     for module in model.modules():
-        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                     "_backward_pre_hooks", "_forward_hooks_with_kwargs"):
+        for name in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+        ):
             if getattr(module, name, None):
                 return False
     return True
@@ -142,8 +147,7 @@ def test_gradcam_equals_pytorch_grad_cam(tiny, family):
     spec, model, xs = tiny[family]
     x = xs[1:2]
     ours = explain.gradcam(spec, model, x).input_map
-    with GradCAM(model=model, target_layers=[spec.cam_target_layer(model)],
-                 reshape_transform=spec.reshape_activations) as cam:
+    with GradCAM(model=model, target_layers=[spec.cam_target_layer(model)], reshape_transform=spec.reshape_activations) as cam:
         ref = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0]
     model.zero_grad(set_to_none=True)  # the library's backward wrote parameter grads
     np.testing.assert_allclose(ours, ref, atol=1e-4)
@@ -188,8 +192,9 @@ def test_topk_scorecam_equals_unbatched_reference(tiny):
     top = np.argsort(-acts.mean(axis=(1, 2)))[:k]
     scores, maps = [], []
     for c in top:
-        up = torch.nn.functional.interpolate(torch.from_numpy(acts[c][None, None]).float(), size=(S, S),
-                                             mode="bilinear", align_corners=True)[0, 0]
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(acts[c][None, None]).float(), size=(S, S), mode="bilinear", align_corners=True
+        )[0, 0]
         mask = (up - up.min()) / (up.max() - up.min() + 1e-8)
         with torch.no_grad():
             scores.append(float(model(x * mask)))
@@ -239,10 +244,9 @@ def test_threads_equal_serial_results(tiny):
     members = [tiny["efficientnet_b3"], tiny["vit"]]
 
     def work(spec, model, x):
-        return (explain.gradcam(spec, model, x).input_map,
-                explain.scorecam(spec, model, x, top_k=16, batch_size=8).input_map)
+        return (explain.gradcam(spec, model, x).input_map, explain.scorecam(spec, model, x, top_k=16, batch_size=8).input_map)
 
-    serial = {(s.member_id, i): work(s, m, xs[i:i + 1]) for s, m, xs in members for i in range(4)}
+    serial = {(s.member_id, i): work(s, m, xs[i : i + 1]) for s, m, xs in members for i in range(4)}
     results: dict = {}
     errors: list = []
     stop = threading.Event()
@@ -252,7 +256,7 @@ def test_threads_equal_serial_results(tiny):
         try:
             barrier.wait()
             for s, m, xs in members:
-                results[(s.member_id, i)] = work(s, m, xs[i:i + 1])
+                results[(s.member_id, i)] = work(s, m, xs[i : i + 1])
         except BaseException as err:  # pragma: no cover - reported below
             errors.append(err)
 
@@ -390,7 +394,7 @@ def test_gradcam_finds_the_signal_quadrant():
         # The premise: the net has learned the blob (every positive above every negative).
         assert model(x_test).min() > model(x_neg).max()
     for i in range(len(x_test)):
-        heat = explain.gradcam(spec, model, x_test[i:i + 1]).input_map
+        heat = explain.gradcam(spec, model, x_test[i : i + 1]).input_map
         r, c = np.unravel_index(np.argmax(heat), heat.shape)
         assert r < S // 2 and c >= S // 2, (i, r, c)
         quadrants = [heat[:32, :32].mean(), heat[:32, 32:].mean(), heat[32:, :32].mean(), heat[32:, 32:].mean()]
@@ -402,8 +406,11 @@ def test_gradcam_finds_the_signal_quadrant():
 
 def test_ensemble_heatmap_is_labelled_weighted_mean():
     rng = np.random.default_rng(0)
-    maps = {"a": rng.random((30, 20)).astype(np.float32), "b": rng.random((30, 20)).astype(np.float32),
-            "c": np.zeros((30, 20), np.float32)}
+    maps = {
+        "a": rng.random((30, 20)).astype(np.float32),
+        "b": rng.random((30, 20)).astype(np.float32),
+        "c": np.zeros((30, 20), np.float32),
+    }
     ens = explain.ensemble_heatmap(maps, {"a": 1.0, "b": 3.0, "c": 0.0}, base_method="GradCAM")
     np.testing.assert_allclose(ens.values, 0.25 * maps["a"] + 0.75 * maps["b"], atol=1e-6)
     assert ens.method.startswith("Ensemble-weighted GradCAM") and "a 0.25" in ens.method
@@ -514,8 +521,7 @@ def test_bench_cams_reports_medians_and_threads(tiny):
     assert out["threads"] == torch.get_num_threads()
     assert out["scorecam_method"][spec.member_id].startswith("ScoreCAM (approx.: top-k=8")
     assert out["per_member"][spec.member_id]["scorecam_s"] == out["scorecam_s"]  # one member
-    skipped = bench_cams([(spec, model)], {spec.member_id: xs[:1]}, repeats=1, naive_repeats=0,
-                         top_k=8, warmup=False)
+    skipped = bench_cams([(spec, model)], {spec.member_id: xs[:1]}, repeats=1, naive_repeats=0, top_k=8, warmup=False)
     assert skipped["scorecam_naive_s"] is None and skipped["speedup_vs_naive"] is None
     with pytest.raises(InputError, match="no benchmark input"):
         bench_cams([(spec, model)], {}, repeats=1)

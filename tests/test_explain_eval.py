@@ -107,8 +107,9 @@ def test_deletion_and_insertion_curves_of_a_known_model():
     worst = ee.deletion_curve(image, 1.0 - heat, score, reference=reference, steps=10)
     assert np.allclose(worst.scores, [1.0] * 10 + [0.0]) and worst.auc == pytest.approx(0.95)
     # A random map sits in between.
-    rnd = ee.deletion_curve(image, ee.random_map((10, 10), np.random.default_rng(0), grid=None), score,
-                            reference=reference, steps=10)
+    rnd = ee.deletion_curve(
+        image, ee.random_map((10, 10), np.random.default_rng(0), grid=None), score, reference=reference, steps=10
+    )
     assert dele.auc < rnd.auc < worst.auc
 
 
@@ -140,10 +141,28 @@ def test_curve_auc_and_bootstrap_ci():
 def test_summarise_rows_pairs_against_random():
     rows = []
     for case in range(1, 21):
-        rows.append({"case": case, "view": "roi", "target": "ensemble", "method": "gradcam", "blank": 0,
-                     "pointing_box": 1.0, "deletion_auc": 0.2})
-        rows.append({"case": case, "view": "roi", "target": "ensemble", "method": "random", "blank": 0,
-                     "pointing_box": float(case % 2), "deletion_auc": 0.5})
+        rows.append(
+            {
+                "case": case,
+                "view": "roi",
+                "target": "ensemble",
+                "method": "gradcam",
+                "blank": 0,
+                "pointing_box": 1.0,
+                "deletion_auc": 0.2,
+            }
+        )
+        rows.append(
+            {
+                "case": case,
+                "view": "roi",
+                "target": "ensemble",
+                "method": "random",
+                "blank": 0,
+                "pointing_box": float(case % 2),
+                "deletion_auc": 0.5,
+            }
+        )
     res = ee.summarise_rows(pd.DataFrame(rows), n_boot=500)
     g = res["roi"]["ensemble"]["gradcam"]
     assert g["pointing_box"]["mean"] == 1.0 and g["pointing_box"]["n"] == 20
@@ -166,21 +185,37 @@ def test_report_reader_and_case_sentence():
     def m(mean, ci=None, n=40):
         return {"mean": mean, "ci": ci, "n": n}
 
-    results = {"roi": {"ensemble": {"gradcam": {"pointing_box": m(0.8, [0.7, 0.9])},
-                                    "scorecam": {"pointing_box": m(0.75, [0.6, 0.85])},
-                                    "random": {"pointing_box": m(0.6, [0.5, 0.7])}}}}
-    blob = {"sets": {"test": {"kind": "internal", "n_cases": 50, "views": ["roi"], "methods": ["gradcam"],
-                              "results": results},
-                     "centre3": {"kind": "external", "n_cases": 40, "views": ["roi"],
-                                 "methods": ["gradcam", "scorecam"], "results": results}}}
+    results = {
+        "roi": {
+            "ensemble": {
+                "gradcam": {"pointing_box": m(0.8, [0.7, 0.9])},
+                "scorecam": {"pointing_box": m(0.75, [0.6, 0.85])},
+                "random": {"pointing_box": m(0.6, [0.5, 0.7])},
+            }
+        }
+    }
+    blob = {
+        "sets": {
+            "test": {"kind": "internal", "n_cases": 50, "views": ["roi"], "methods": ["gradcam"], "results": results},
+            "centre3": {
+                "kind": "external",
+                "n_cases": 40,
+                "views": ["roi"],
+                "methods": ["gradcam", "scorecam"],
+                "results": results,
+            },
+        }
+    }
     report = ee.ExplainReport.from_dict(blob)
     assert report.headline_set().name == "centre3"  # external first
     stat = report.sets[1].metric("roi", "ensemble", "gradcam", "pointing_box")
     assert stat == ee.MetricSummary(mean=0.8, ci=(0.7, 0.9), n=40)
     line = cl.explain_sentence(report, "roi")
-    assert line == ("Measured on 40 external lesions (centre3), with the ROI drawn around the lesion: the ensemble "
-                    "GradCAM peak fell inside the annotator's lesion box in 80 % [70-90 %] of cases (ScoreCAM: 75 %); "
-                    "a random map: 60 %.")
+    assert line == (
+        "Measured on 40 external lesions (centre3), with the ROI drawn around the lesion: the ensemble "
+        "GradCAM peak fell inside the annotator's lesion box in 80 % [70-90 %] of cases (ScoreCAM: 75 %); "
+        "a random map: 60 %."
+    )
     assert cl.explain_sentence(report, "image") is None  # that view was not measured
     assert cl.explain_sentence(None, "roi") is None  # a release without report/explain.json
     assert "| centre3 (external, n=40) | ensemble GradCAM | 80 % [70-90]" in ee.markdown_tables(report)
@@ -200,7 +235,7 @@ def evaluated(tiny_release, tmp_path_factory):
     masks = []
     for i, row in frame.iterrows():
         m = np.zeros((96, 96), np.uint8)
-        m[int(row.roi_y0):int(row.roi_y1), int(row.roi_x0):int(row.roi_x1)] = 255
+        m[int(row.roi_y0) : int(row.roi_y1), int(row.roi_x0) : int(row.roi_x1)] = 255
         name = f"masks/m{i}.png"
         (ext.parent / "masks").mkdir(exist_ok=True)
         from PIL import Image
@@ -241,7 +276,7 @@ def test_runner_writes_cases_and_summary(evaluated):
     f = rows[rows.blank == 0]
     assert f["deletion_auc"].between(0, 1).all() and f["insertion_auc"].between(0, 1).all()
     # The ROI view's box share is the chance level of a random peak; the image view's is smaller.
-    assert (rows[rows.view == "roi"]["box_share"].mean() > rows[rows.view == "image"]["box_share"].mean())
+    assert rows[rows.view == "roi"]["box_share"].mean() > rows[rows.view == "image"]["box_share"].mean()
     assert summary["release_fingerprint"] == ee.release_fingerprint(zoo.manifest)
 
 
@@ -254,8 +289,9 @@ def test_runner_maps_are_the_case_page_maps(evaluated):
     row = evaluated["frame"].iloc[case - 1]
     path = evaluated["cases"].parent / row["image"]
     pixels = imaging.load_image(path).pixels
-    maps = {m.spec.member_id: explain.explain_member(m.spec, m.model, pixels, None, method="gradcam").image_map
-            for m in zoo.members}
+    maps = {
+        m.spec.member_id: explain.explain_member(m.spec, m.model, pixels, None, method="gradcam").image_map for m in zoo.members
+    }
     ens = explain.ensemble_heatmap(maps, zoo.cam_weights).values
     box = ee.box_mask(ens.shape, (row.roi_x0, row.roi_y0, row.roi_x1, row.roi_y1))
     got = rows[(rows.case == case) & (rows.view == "image") & (rows.target == "ensemble") & (rows.method == "gradcam")]
@@ -266,9 +302,29 @@ def test_cli_split_selects_the_release_split(tiny_release, tmp_path):
     from model_zoo.__main__ import main
 
     out = tmp_path / "test"
-    rc = main(["explain-eval", "--cases", str(tiny_release["cases"]), "--zoo", str(tiny_release["release"]),
-               "--split", "test", "--out", str(out), "--methods", "gradcam", "--views", "roi", "--max-cases", "2",
-               "--no-faithfulness", "--n-boot", "100", "--quiet"])
+    rc = main(
+        [
+            "explain-eval",
+            "--cases",
+            str(tiny_release["cases"]),
+            "--zoo",
+            str(tiny_release["release"]),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--methods",
+            "gradcam",
+            "--views",
+            "roi",
+            "--max-cases",
+            "2",
+            "--no-faithfulness",
+            "--n-boot",
+            "100",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     splits = pd.read_csv(tiny_release["release"] / "data" / "cases.csv")
@@ -284,8 +340,22 @@ def test_cli_split_selects_the_release_split(tiny_release, tmp_path):
     by_hash = dict(zip(splits["sha256"], splits["split"]))
     for img in rows["image"].unique():
         assert by_hash[sha256_file(tiny_release["cases"].parent / img)] == "test"
-    assert main(["explain-eval", "--cases", str(tiny_release["cases"]), "--zoo", str(tiny_release["release"]),
-                 "--out", str(out), "--methods", "lime"]) == 2
+    assert (
+        main(
+            [
+                "explain-eval",
+                "--cases",
+                str(tiny_release["cases"]),
+                "--zoo",
+                str(tiny_release["release"]),
+                "--out",
+                str(out),
+                "--methods",
+                "lime",
+            ]
+        )
+        == 2
+    )
 
 
 # ----------------------------------------------------------------------------- add-explain
@@ -296,8 +366,7 @@ def explained_release(evaluated):
     from training.add_explain import add_explain
 
     release = evaluated["zoo"].root
-    return add_explain(release, {"site2": evaluated["out"] / "summary.json"}, evaluated["tmp"] / "zoo",
-                       log=lambda *a: None)
+    return add_explain(release, {"site2": evaluated["out"] / "summary.json"}, evaluated["tmp"] / "zoo", log=lambda *a: None)
 
 
 def test_add_explain_release_is_verified_and_members_byte_identical(evaluated, explained_release):

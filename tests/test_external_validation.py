@@ -65,8 +65,20 @@ def test_external_set_sharing_an_image_with_training_is_refused(tmp_path, tiny_r
     shutil.copytree(Path(tiny_release["external"]).parent, leaky)
     table = pd.read_csv(leaky / "cases.csv")
     shutil.copy(cases.parent / pd.read_csv(cases)["image"].iloc[0], leaky / table["image"].iloc[0])
-    rc = fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-                   "--run-dir", str(tmp_path / "run"), f"external=[{{name: leaky, cases: '{leaky / 'cases.csv'}'}}]"])
+    rc = fit_main(
+        [
+            "--config",
+            "tiny",
+            "--quiet",
+            "--cases",
+            str(cases),
+            "--out",
+            str(tmp_path / "zoo"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            f"external=[{{name: leaky, cases: '{leaky / 'cases.csv'}'}}]",
+        ]
+    )
     assert rc == 2
     assert "also in the training case table" in capsys.readouterr().err
     assert not (tmp_path / "run" / "jobs").exists(), "refused before any member trained"
@@ -110,8 +122,24 @@ def test_float16_release_reports_the_numbers_of_its_stored_weights(tmp_path):
     from training.fit import main as fit_main
 
     cases = write_case_table(tmp_path / "data", n=40, size=64, seed=9)
-    assert fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-                     "--run-dir", str(tmp_path / "run"), "members.families=[vit]", "output.fp16=true"]) == 0
+    assert (
+        fit_main(
+            [
+                "--config",
+                "tiny",
+                "--quiet",
+                "--cases",
+                str(cases),
+                "--out",
+                str(tmp_path / "zoo"),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "members.families=[vit]",
+                "output.fp16=true",
+            ]
+        )
+        == 0
+    )
     release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
     manifest = verify_release(release).to_dict()
     fit_pred = pd.read_csv(tmp_path / "run" / "predictions_test.csv")

@@ -11,8 +11,18 @@ from model_zoo.members import family_spec, load_init_weights
 from training import fit_members
 from training.config import load_config
 
-TRAIN_CFG = {"epochs": 3, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
-             "lr_step": 2, "lr_gamma": 0.1, "hflip": True, "vflip": True, "channels_last": True}
+TRAIN_CFG = {
+    "epochs": 3,
+    "batch_size": 8,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "lr_step": 2,
+    "lr_gamma": 0.1,
+    "hflip": True,
+    "vflip": True,
+    "channels_last": True,
+}
 
 
 def _data(n: int = 24, size: int = 32, seed: int = 0):
@@ -27,8 +37,9 @@ def _train(tmp_path, name: str, epochs: int, **kw):
     spec = family_spec("efficientnet_b3", variant="tiny", input_size=32)
     x, y = _data()
     cfg = dict(TRAIN_CFG, epochs=epochs)
-    return fit_members.train_member(spec, x[:16], y[:16], x[16:], y[16:], cfg, work_dir=tmp_path / name,
-                                    seed=7, progress=False, **kw)
+    return fit_members.train_member(
+        spec, x[:16], y[:16], x[16:], y[16:], cfg, work_dir=tmp_path / name, seed=7, progress=False, **kw
+    )
 
 
 def test_interrupted_run_resumes_to_same_result(tmp_path):
@@ -40,8 +51,7 @@ def test_interrupted_run_resumes_to_same_result(tmp_path):
     assert resumed.best_epoch == full.best_epoch
     for key, value in full.state_dict.items():
         torch.testing.assert_close(resumed.state_dict[key], value, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose([h["train_loss"] for h in resumed.history],
-                               [h["train_loss"] for h in full.history], rtol=1e-5)
+    np.testing.assert_allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in full.history], rtol=1e-5)
 
 
 def test_train_set_normalisation_recorded(tmp_path):
@@ -88,8 +98,13 @@ def test_config_inheritance_and_overrides():
     assert cfg["train"]["epochs"] == 3 and cfg["members"]["families"] == ["vit"]
     assert cfg["train"]["momentum"] == 0.9  # inherited from paper.yaml
     paper = load_config("paper")
-    assert (paper["members"]["input_size"], paper["train"]["lr"], paper["train"]["lr_step"],
-            paper["train"]["epochs"], paper["train"]["batch_size"]) == (224, 0.1, 30, 100, 128)
+    assert (
+        paper["members"]["input_size"],
+        paper["train"]["lr"],
+        paper["train"]["lr_step"],
+        paper["train"]["epochs"],
+        paper["train"]["batch_size"],
+    ) == (224, 0.1, 30, 100, 128)
     with pytest.raises(InputError, match="unknown key"):
         load_config("cpu", ["train.epochz=3"])
     with pytest.raises(InputError, match="not found"):
@@ -107,14 +122,26 @@ def test_ddp_ranks_agree(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-         str(repo / "tests" / "ddp_worker.py"), str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=240, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            str(repo / "tests" / "ddp_worker.py"),
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = dict(re.findall(r"RANK (\d) WORLD 2 CHECKSUM (\S+)", proc.stdout))
     assert set(found) == {"0", "1"} and found["0"] == found["1"]
     assert (tmp_path / "ddp" / "log.csv").is_file()  # rank 0 writes the log
-
 
 
 # ----------------------------------------------------------------------------- opt-in recipe
@@ -138,8 +165,7 @@ def test_augment_batch_is_seeded_and_off_by_default():
     x = torch.randn(4, 3, 16, 16)
     cfg = {"hflip": False, "vflip": False}
     torch.testing.assert_close(fit_members.augment_batch(x.clone(), torch.Generator().manual_seed(1), cfg), x)
-    cfg = {"affine": {"degrees": 10, "scale": [0.9, 1.1], "translate": 0.05},
-           "intensity": {"brightness": 0.1, "contrast": 0.1}}
+    cfg = {"affine": {"degrees": 10, "scale": [0.9, 1.1], "translate": 0.05}, "intensity": {"brightness": 0.1, "contrast": 0.1}}
     a = fit_members.augment_batch(x.clone(), torch.Generator().manual_seed(1), cfg)
     b = fit_members.augment_batch(x.clone(), torch.Generator().manual_seed(1), cfg)
     torch.testing.assert_close(a, b)
@@ -149,8 +175,7 @@ def test_augment_batch_is_seeded_and_off_by_default():
 def test_cosine_schedule_with_warmup_matches_formula():
     import math
 
-    cfg = {"lr": 0.5, "epochs": 10, "schedule": "cosine", "warmup_epochs": 2, "optimizer": "adamw",
-           "weight_decay": 0.01}
+    cfg = {"lr": 0.5, "epochs": 10, "schedule": "cosine", "warmup_epochs": 2, "optimizer": "adamw", "weight_decay": 0.01}
     opt = fit_members.make_optimizer(torch.nn.Linear(2, 1).parameters(), cfg)
     assert isinstance(opt, torch.optim.AdamW)
     sched = fit_members.make_scheduler(opt, cfg)
@@ -159,13 +184,11 @@ def test_cosine_schedule_with_warmup_matches_formula():
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    expected = [0.5 * (e + 1) / 3 for e in range(2)] + [0.5 * 0.5 * (1 + math.cos(math.pi * (e - 2) / 8))
-                                                        for e in range(2, 10)]
+    expected = [0.5 * (e + 1) / 3 for e in range(2)] + [0.5 * 0.5 * (1 + math.cos(math.pi * (e - 2) / 8)) for e in range(2, 10)]
     np.testing.assert_allclose(seen, expected, rtol=1e-9)
 
 
-@pytest.mark.parametrize("key, value, words", [("optimizer", "rmsprop", "sgd or adamw"),
-                                                ("schedule", "poly", "step or cosine")])
+@pytest.mark.parametrize("key, value, words", [("optimizer", "rmsprop", "sgd or adamw"), ("schedule", "poly", "step or cosine")])
 def test_unknown_recipe_names_are_refused(key, value, words):
     cfg = dict(TRAIN_CFG, **{key: value})
     with pytest.raises(ValueError, match=words):
@@ -175,17 +198,23 @@ def test_unknown_recipe_names_are_refused(key, value, words):
 
 def test_adamw_cosine_recipe_trains_and_resumes(tmp_path):
     """The opt-in recipe goes through the same resumable loop: interrupted == uninterrupted."""
-    recipe = {"optimizer": "adamw", "lr": 0.003, "schedule": "cosine", "warmup_epochs": 1,
-              "affine": {"degrees": 8, "scale": [0.9, 1.1], "translate": 0.05},
-              "intensity": {"brightness": 0.1, "contrast": 0.1}}
+    recipe = {
+        "optimizer": "adamw",
+        "lr": 0.003,
+        "schedule": "cosine",
+        "warmup_epochs": 1,
+        "affine": {"degrees": 8, "scale": [0.9, 1.1], "translate": 0.05},
+        "intensity": {"brightness": 0.1, "contrast": 0.1},
+    }
     spec = family_spec("vit", variant="tiny", input_size=32)
     x, y = _data()
 
     cfg = dict(TRAIN_CFG, **recipe, epochs=3)
 
     def run(name: str, **kw):
-        return fit_members.train_member(spec, x[:16], y[:16], x[16:], y[16:], cfg, work_dir=tmp_path / name,
-                                        seed=3, progress=False, **kw)
+        return fit_members.train_member(
+            spec, x[:16], y[:16], x[16:], y[16:], cfg, work_dir=tmp_path / name, seed=3, progress=False, **kw
+        )
 
     full = run("full")
     assert all(np.isfinite(h["train_loss"]) for h in full.history)

@@ -49,12 +49,24 @@ def _raw(p: float, t: float, **kw) -> framing.Call:
 # ----------------------------------------------------------------------------- the rule, raw scale
 
 
-@pytest.mark.parametrize("p, t, word", [
-    (0.53, 0.50, INDETERMINATE), (0.47, 0.50, INDETERMINATE), (0.50, 0.50, INDETERMINATE),
-    (0.45, 0.50, INDETERMINATE), (0.55, 0.50, INDETERMINATE),  # both edges count, despite float rounding
-    (0.449, 0.50, "benign"), (0.551, 0.50, "malignant"), (0.90, 0.50, "malignant"), (0.10, 0.50, "benign"),
-    (0.08, 0.13, INDETERMINATE), (0.18, 0.13, INDETERMINATE), (0.079, 0.13, "benign"), (0.181, 0.13, "malignant"),
-])
+@pytest.mark.parametrize(
+    "p, t, word",
+    [
+        (0.53, 0.50, INDETERMINATE),
+        (0.47, 0.50, INDETERMINATE),
+        (0.50, 0.50, INDETERMINATE),
+        (0.45, 0.50, INDETERMINATE),
+        (0.55, 0.50, INDETERMINATE),  # both edges count, despite float rounding
+        (0.449, 0.50, "benign"),
+        (0.551, 0.50, "malignant"),
+        (0.90, 0.50, "malignant"),
+        (0.10, 0.50, "benign"),
+        (0.08, 0.13, INDETERMINATE),
+        (0.18, 0.13, INDETERMINATE),
+        (0.079, 0.13, "benign"),
+        (0.181, 0.13, "malignant"),
+    ],
+)
 def test_rule_on_the_raw_scale(p, t, word):
     call = _raw(p, t)
     assert framing.DEFAULT_INDETERMINATE_BAND == 0.05
@@ -88,7 +100,8 @@ def test_sentences():
     called = ind.split("->", 1)[1]
     assert "malignant" not in called and "benign" not in called
     assert _raw(0.47, 0.50, jitter=_flips(2)).sentence.endswith(
-        "-> indeterminate - the call depends on the exact box / lies at the threshold")
+        "-> indeterminate - the call depends on the exact box / lies at the threshold"
+    )
 
 
 # ----------------------------------------------------------------------------- the rule, calibrated scale
@@ -163,8 +176,15 @@ def test_zoo_call_is_the_rule_with_the_release_facts(zoo):
     t = zoo.threshold
     for p in (0.01, t - 0.2, t - 0.01, t, t + 0.01, t + 0.2, 0.99):
         p = float(np.clip(p, 0.001, 0.999))
-        expected = frame_call(p, t, zoo.positive_class, zoo.negative_class, p_calibrated=float(cal.apply(p)),
-                              threshold_calibrated=zoo.threshold_calibrated, band=0.05)
+        expected = frame_call(
+            p,
+            t,
+            zoo.positive_class,
+            zoo.negative_class,
+            p_calibrated=float(cal.apply(p)),
+            threshold_calibrated=zoo.threshold_calibrated,
+            band=0.05,
+        )
         assert zoo.call(p) == expected
     at = zoo.call(t)
     assert at.word == INDETERMINATE and at.calibrated == (cal.slope > 0)
@@ -186,9 +206,14 @@ def test_release_without_the_field_uses_the_library_default(tmp_path):
 
     from model_zoo.manifest import Manifest, StackerInfo, Task, ThresholdInfo
 
-    base = Manifest(name="z", version="1.0.0", task=Task("t", "malignant", "benign"), members=(),
-                    stacker=StackerInfo(file="stacker.joblib", chosen="lr", age_fill=40.0),
-                    threshold=ThresholdInfo(value=0.4))
+    base = Manifest(
+        name="z",
+        version="1.0.0",
+        task=Task("t", "malignant", "benign"),
+        members=(),
+        stacker=StackerInfo(file="stacker.joblib", chosen="lr", age_fill=40.0),
+        threshold=ThresholdInfo(value=0.4),
+    )
     assert Zoo(tmp_path, base, [], None, None).indeterminate_band == framing.DEFAULT_INDETERMINATE_BAND
     stated = base.replace(threshold=ThresholdInfo(value=0.4, indeterminate_band=0.1))
     assert Zoo(tmp_path, stated, [], None, None).indeterminate_band == 0.1
@@ -288,8 +313,9 @@ def _at_threshold(zoo, pixels):
     """A real prediction moved onto the threshold: inside the band on either scale."""
     box = (10.0, 10.0, 60.0, 60.0)
     pred = zoo.predict(pixels, box, age=30.0, sex="F", site="appendicular")
-    return dataclasses.replace(pred, p_ensemble=zoo.threshold, p_calibrated=zoo.threshold_calibrated,
-                               label=zoo.label_for(zoo.threshold)), box
+    return dataclasses.replace(
+        pred, p_ensemble=zoo.threshold, p_calibrated=zoo.threshold_calibrated, label=zoo.label_for(zoo.threshold)
+    ), box
 
 
 def _rg3_header():
@@ -315,29 +341,31 @@ def test_pdf_and_sr_of_a_case_in_the_band(zoo):
     from model_zoo.pacs.study import prepare_writeback, simple_case_pdf
 
     header = _rg3_header()
-    image = imaging.LoadedImage(pixels=np.random.default_rng(0).random((96, 96)).astype(np.float32),
-                                meta=imaging.ImageMeta(source_format="png", original_size=(96, 96)))
+    image = imaging.LoadedImage(
+        pixels=np.random.default_rng(0).random((96, 96)).astype(np.float32),
+        meta=imaging.ImageMeta(source_format="png", original_size=(96, 96)),
+    )
     pred, box = _at_threshold(zoo, image.pixels)
     assert pred.label == zoo.positive_class, "the zoo's own label is a class word at the threshold"
     inputs = {"age": 30.0, "sex": "F", "site": "appendicular"}
     call = zoo.call(pred.p_ensemble)
     pdf = simple_case_pdf(zoo, image, box, "entered", inputs, pred, "a" * 64, call)
     assert "-> indeterminate - the call lies at the threshold" in _pdf_text(pdf)
-    objects, _ = prepare_writeback(header, zoo, pred, box=box, roi_source="entered", inputs=inputs, pdf=pdf,
-                                   call=call)
+    objects, _ = prepare_writeback(header, zoo, pred, box=box, roi_source="entered", inputs=inputs, pdf=pdf, call=call)
     assert _sr_call(objects["SR"]) == ("IND", INDETERMINATE)
 
     # Far from the threshold the SR codes the class word, as the page does; a flipping jitter box
     # makes that same case indeterminate in the SR too.
     far = 0.999 if zoo.threshold_calibrated < 0.9 else 0.001
-    far_pred = dataclasses.replace(pred, p_ensemble=far, p_calibrated=float(zoo.calibration.apply(far)),
-                                   label=zoo.label_for(far))
-    objects, _ = prepare_writeback(header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None,
-                                   call=zoo.call(far))
+    far_pred = dataclasses.replace(pred, p_ensemble=far, p_calibrated=float(zoo.calibration.apply(far)), label=zoo.label_for(far))
+    objects, _ = prepare_writeback(
+        header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None, call=zoo.call(far)
+    )
     word = zoo.call(far).word
     assert _sr_call(objects["SR"]) == ("POS" if word == zoo.positive_class else "NEG", word)
-    objects, _ = prepare_writeback(header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None,
-                                   call=zoo.call(far, _flips(2)))
+    objects, _ = prepare_writeback(
+        header, zoo, far_pred, box=box, roi_source="entered", inputs=inputs, pdf=None, call=zoo.call(far, _flips(2))
+    )
     assert _sr_call(objects["SR"]) == ("IND", INDETERMINATE)
 
 
@@ -353,10 +381,23 @@ def test_batch_pdf_uses_the_release_framing(wide, tmp_path):
     path = tmp_path / "case.png"
     Image.fromarray((np.random.default_rng(1).random((96, 96)) * 255).astype(np.uint8)).save(path)
     p = wide.threshold
-    row = {"image": "case.png", "image_path": str(path), "error": "", "prediction": wide.label_for(p),
-           "p_ensemble": p, "p_clinic": 0.5, "roi_x0": 10.0, "roi_y0": 10.0, "roi_x1": 60.0, "roi_y1": 60.0,
-           "roi_source": "given", "age": 30.0, "sex": "F", "site": "appendicular",
-           **{f"p_{mid}": 0.5 for mid in wide.member_ids}}
+    row = {
+        "image": "case.png",
+        "image_path": str(path),
+        "error": "",
+        "prediction": wide.label_for(p),
+        "p_ensemble": p,
+        "p_clinic": 0.5,
+        "roi_x0": 10.0,
+        "roi_y0": 10.0,
+        "roi_x1": 60.0,
+        "roi_y1": 60.0,
+        "roi_source": "given",
+        "age": 30.0,
+        "sex": "F",
+        "site": "appendicular",
+        **{f"p_{mid}": 0.5 for mid in wide.member_ids},
+    }
     with zipfile.ZipFile(io.BytesIO(reports_zip(wide, pd.DataFrame([row])))) as zf:
         (name,) = zf.namelist()
         text = _pdf_strings(zf.read(name))
@@ -443,8 +484,17 @@ def test_predict_csv_gives_the_framed_call_word(wide, zoo, tiny_release, tmp_pat
     for release in (wide, zoo):
         out = predict_cases(release, table, tmp_path / f"{release.version}.csv", roi_mode="given")
         written = pd.read_csv(tmp_path / f"{release.version}.csv", keep_default_na=False)
-        assert {"p_ensemble", "roi_x0", "roi_y0", "roi_x1", "roi_y1", "error", "prediction", "call_basis",
-                *[f"p_{m}" for m in release.member_ids]} <= set(written.columns)
+        assert {
+            "p_ensemble",
+            "roi_x0",
+            "roi_y0",
+            "roi_x1",
+            "roi_y1",
+            "error",
+            "prediction",
+            "call_basis",
+            *[f"p_{m}" for m in release.member_ids],
+        } <= set(written.columns)
         assert (written["error"] == "").all()
         calls = [release.call(p) for p in out["p_ensemble"]]
         assert list(written["prediction"]) == [c.word for c in calls]

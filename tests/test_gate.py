@@ -38,8 +38,13 @@ def test_modality_radiographs_pass_rg_ot_warn_others_refused():
     for m in ("RG", "OT"):
         refusal, warning = check_modality(m)
         assert refusal is None and warning and f"Modality {m}" in warning
-    for m, what in (("MR", "magnetic resonance"), ("CT", "computed tomography"), ("US", "ultrasound"),
-                    ("MG", "mammography"), ("XYZ", "")):
+    for m, what in (
+        ("MR", "magnetic resonance"),
+        ("CT", "computed tomography"),
+        ("US", "ultrasound"),
+        ("MG", "mammography"),
+        ("XYZ", ""),
+    ):
         refusal, warning = check_modality(m)
         assert warning is None and refusal.startswith(f"DICOM Modality {m}") and what in refusal, refusal
         assert "not a projection radiograph" in refusal
@@ -48,8 +53,10 @@ def test_modality_radiographs_pass_rg_ot_warn_others_refused():
     assert check_modality(None, source_format="png") == (None, None), "PNG/JPEG carry no modality"
 
 
-@pytest.mark.parametrize("body_part", ["CHEST", "HEAD", "BRAIN", "ABDOMEN", "SKULL", "CHESTABDPELVIS",
-                                       "Thorax", "HEADNECK", "PHANTOM", "SOMETHING ELSE"])
+@pytest.mark.parametrize(
+    "body_part",
+    ["CHEST", "HEAD", "BRAIN", "ABDOMEN", "SKULL", "CHESTABDPELVIS", "Thorax", "HEADNECK", "PHANTOM", "SOMETHING ELSE"],
+)
 def test_body_parts_that_are_not_bone_warn_and_prefill_no_site(body_part):
     from model_zoo.gate import check_body_part
 
@@ -58,11 +65,21 @@ def test_body_parts_that_are_not_bone_warn_and_prefill_no_site(body_part):
     assert warning and body_part in warning
 
 
-@pytest.mark.parametrize("body_part, site", [
-    ("EXTREMITY", "appendicular"), ("knee", "appendicular"), ("FOREARM", "appendicular"),
-    ("FEMORAL HEAD", "appendicular"), ("Humerus", "appendicular"), ("PELVIS", "axial"), ("LSPINE", "axial"),
-    ("CSPINE", "axial"), ("RIBS", "axial"), ("HIP", "axial"),
-])
+@pytest.mark.parametrize(
+    "body_part, site",
+    [
+        ("EXTREMITY", "appendicular"),
+        ("knee", "appendicular"),
+        ("FOREARM", "appendicular"),
+        ("FEMORAL HEAD", "appendicular"),
+        ("Humerus", "appendicular"),
+        ("PELVIS", "axial"),
+        ("LSPINE", "axial"),
+        ("CSPINE", "axial"),
+        ("RIBS", "axial"),
+        ("HIP", "axial"),
+    ],
+)
 def test_bone_body_parts_suggest_a_site_without_warning(body_part, site):
     from model_zoo.gate import check_body_part
 
@@ -85,8 +102,14 @@ def test_implausible_ages_are_not_prefilled():
     assert check_age("045Y") == (45.0, "age 45 y from PatientAge")
     assert check_age("006M")[0] == pytest.approx(0.5)
     assert check_age(None) == (None, "no PatientAge in the header")
-    for raw, why in (("000Y", "placeholder"), ("000D", "placeholder"), ("111Y", "implausible"),
-                     ("999Y", "implausible"), ("45", "not a DICOM age"), ("abc", "not a DICOM age")):
+    for raw, why in (
+        ("000Y", "placeholder"),
+        ("000D", "placeholder"),
+        ("111Y", "implausible"),
+        ("999Y", "implausible"),
+        ("45", "not a DICOM age"),
+        ("abc", "not a DICOM age"),
+    ):
         age, note = check_age(raw)
         assert age is None and why in note and raw in note, (raw, note)
     assert check_age(None, parsed=MAX_PLAUSIBLE_AGE + 1)[0] is None
@@ -149,25 +172,23 @@ def test_png_passes_the_header_gate():
 def gate_cases(tmp_path_factory) -> Path:
     """A case table over the four pydicom-data files plus RG3 with a 10 x 10 px ROI."""
     folder = tmp_path_factory.mktemp("gate_cases")
-    rows = [{"image": str(_dicom(n)), "kind": n} for n in ("MR_small.dcm", "CT_small.dcm", "RG1_UNCR.dcm",
-                                                            "RG3_UNCR.dcm")]
-    rows.append({"image": str(_dicom("RG3_UNCR.dcm")), "kind": "tiny_roi", "roi_x0": 800, "roi_y0": 1000,
-                 "roi_x1": 810, "roi_y1": 1010})
+    rows = [{"image": str(_dicom(n)), "kind": n} for n in ("MR_small.dcm", "CT_small.dcm", "RG1_UNCR.dcm", "RG3_UNCR.dcm")]
+    rows.append(
+        {"image": str(_dicom("RG3_UNCR.dcm")), "kind": "tiny_roi", "roi_x0": 800, "roi_y0": 1000, "roi_x1": 810, "roi_y1": 1010}
+    )
     rows[3].update({"roi_x0": 780, "roi_y0": 1000, "roi_x1": 940, "roi_y1": 1200})
     path = folder / "cases.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
 
-def test_predict_cli_refuses_other_modalities_and_flags_what_the_case_page_withholds(
-        tiny_release, gate_cases, tmp_path):
+def test_predict_cli_refuses_other_modalities_and_flags_what_the_case_page_withholds(tiny_release, gate_cases, tmp_path):
     from model_zoo.__main__ import main
 
     out = tmp_path / "out.csv"
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["predict", "--cases", str(gate_cases), "--out", str(out), "--zoo",
-                     str(tiny_release["release"]), "--quiet"])
+        code = main(["predict", "--cases", str(gate_cases), "--out", str(out), "--zoo", str(tiny_release["release"]), "--quiet"])
     assert code == 1, "two rows failed"
     frame = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("kind")
     assert frame.loc["MR_small.dcm", "error"].startswith("DICOM Modality MR")
@@ -184,8 +205,9 @@ def test_predict_cases_block_flagged_turns_flags_into_errors(tiny_release, gate_
     from model_zoo.ensemble import load_zoo
     from model_zoo.predict import predict_cases
 
-    frame = predict_cases(load_zoo(tiny_release["release"]), gate_cases, tmp_path / "out.csv",
-                          block_flagged=True).set_index("kind")
+    frame = predict_cases(load_zoo(tiny_release["release"]), gate_cases, tmp_path / "out.csv", block_flagged=True).set_index(
+        "kind"
+    )
     assert "no prediction made" in frame.loc["RG1_UNCR.dcm", "error"] and "CHEST" in frame.loc["RG1_UNCR.dcm", "error"]
     assert "ROI is tiny" in frame.loc["tiny_roi", "error"]
     assert frame.loc["RG3_UNCR.dcm", "error"] == "" and 0.0 <= float(frame.loc["RG3_UNCR.dcm", "p_ensemble"]) <= 1.0
@@ -207,9 +229,12 @@ def test_whole_image_caution_quotes_the_release_measurement():
     def with_by_source(by_source):
         return base.replace(localiser=dataclasses.replace(base.localiser, ensemble_auc_by_roi_source=by_source))
 
-    manifest = with_by_source({
-        "test": {"annotator": 0.873, "localiser": 0.791, "whole_image": 0.612, "n": 123},
-        "val": {"annotator": 0.9, "localiser": 0.9, "whole_image": 0.9, "n": 50}})
+    manifest = with_by_source(
+        {
+            "test": {"annotator": 0.873, "localiser": 0.791, "whole_image": 0.612, "n": 123},
+            "val": {"annotator": 0.9, "localiser": 0.9, "whole_image": 0.9, "n": 50},
+        }
+    )
     text = whole_image_caution(manifest)
     assert "lower AUC with whole images" in text
     assert "123 internal test cases" in text and "0.61 on the whole image" in text
@@ -220,8 +245,12 @@ def test_whole_image_caution_quotes_the_release_measurement():
     bundled = read_manifest_file(default_zoo_dir())
     test = bundled.localiser.ensemble_auc_by_roi_source["test"]
     assert f"{test['whole_image']:.2f} on the whole image" in whole_image_caution(bundled)
-    for absent in (base.replace(localiser=None), with_by_source({}), with_by_source({"val": {}}),
-                   with_by_source({"test": {"whole_image": None}})):
+    for absent in (
+        base.replace(localiser=None),
+        with_by_source({}),
+        with_by_source({"val": {}}),
+        with_by_source({"test": {"whole_image": None}}),
+    ):
         generic = whole_image_caution(absent)
         assert "did not record" in generic and "AUC" not in generic
 
@@ -247,10 +276,10 @@ def test_public_message_hides_the_temporary_folder(tmp_path):
     from dashboard.batch_logic import CSV_NAME, UploadedTable
 
     root = tmp_path / "bone-zoo-upload-abc" / "upload"
-    up = UploadedTable(csv_path=root / "myset" / CSV_NAME, work_dir=tmp_path / "bone-zoo-upload-abc", outside={},
-                       files_in_zip=1, root=root)
-    msg = up.public_message(f"image file not found: {root}/myset/MISSING.png; case table {CSV_NAME} bad",
-                            "cases.csv")
+    up = UploadedTable(
+        csv_path=root / "myset" / CSV_NAME, work_dir=tmp_path / "bone-zoo-upload-abc", outside={}, files_in_zip=1, root=root
+    )
+    msg = up.public_message(f"image file not found: {root}/myset/MISSING.png; case table {CSV_NAME} bad", "cases.csv")
     assert msg == "image file not found: MISSING.png; case table cases.csv bad"
     assert up.public_message(f"cannot open image {root}/other/x.png") == "cannot open image other/x.png"
 

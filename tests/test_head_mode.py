@@ -29,8 +29,7 @@ def _fake_start(folder: Path, family: str) -> Path:
     path = folder / f"{family}.safetensors"
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"name": family, "mean": START_MEAN, "std": START_STD,
-                                                      "licence": "test"}))
+    path.with_suffix(".json").write_text(json.dumps({"name": family, "mean": START_MEAN, "std": START_STD, "licence": "test"}))
     return path
 
 
@@ -44,9 +43,20 @@ def _fit_with_starts(tmp_path: Path, seed: int, *overrides: str) -> tuple[Path, 
 
     cases = write_case_table(tmp_path / "data", n=40, size=96, seed=seed)
     starts = {f: _fake_start(tmp_path / "starts", f) for f in ("efficientnet_b3", "vit")}
-    argv = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-            "--run-dir", str(tmp_path / "run"), "members.families=[efficientnet_b3, vit]",
-            "members.normalisation=init", *overrides]
+    argv = [
+        "--config",
+        "tiny",
+        "--quiet",
+        "--cases",
+        str(cases),
+        "--out",
+        str(tmp_path / "zoo"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "members.families=[efficientnet_b3, vit]",
+        "members.normalisation=init",
+        *overrides,
+    ]
     argv += [f"--init={f}={p}" for f, p in starts.items()]
     assert fit_main(argv) == 0
     release = next(p for p in (tmp_path / "zoo").iterdir() if not p.name.startswith("."))
@@ -74,8 +84,11 @@ def test_acquisition_views_match_independent_references():
 
     rng = np.random.default_rng(1)
     crops = rng.integers(40, 216, (4, 32, 32), dtype=np.uint8)
-    assert view_names({"hflip": False, "vflip": False, "acquisition_views": ["gamma0.7", "rot10", "gamma0.7"]}) \
-        == ["id", "gamma0.7", "rot10"]
+    assert view_names({"hflip": False, "vflip": False, "acquisition_views": ["gamma0.7", "rot10", "gamma0.7"]}) == [
+        "id",
+        "gamma0.7",
+        "rot10",
+    ]
     for bad in (["sharpen2"], ["gamma0"], ["zoom1.5"], ["rot90"], ["noisex"]):
         with pytest.raises(InputError):
             view_names({"acquisition_views": bad})
@@ -115,8 +128,7 @@ def test_head_mode_fit_keeps_the_backbone_and_uses_the_start_normalisation(tmp_p
 
     from model_zoo.ensemble import load_zoo
 
-    release, manifest, starts = _fit_with_starts(tmp_path, 2, "train.trainable=head",
-                                                 "train.resolution_jitter=[0.5]")
+    release, manifest, starts = _fit_with_starts(tmp_path, 2, "train.trainable=head", "train.resolution_jitter=[0.5]")
     for entry in manifest["members"]:
         assert entry["trainable"] == "head"
         assert tuple(entry["spec"]["mean"]) == START_MEAN and tuple(entry["spec"]["std"]) == START_STD
@@ -137,8 +149,21 @@ def test_head_mode_refuses_a_member_without_a_start(tmp_path):
     from training.fit import main as fit_main
 
     cases = write_case_table(tmp_path / "data", n=24, size=64, seed=2)
-    rc = fit_main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-                   "--run-dir", str(tmp_path / "run"), "members.families=[vit]", "train.trainable=head"])
+    rc = fit_main(
+        [
+            "--config",
+            "tiny",
+            "--quiet",
+            "--cases",
+            str(cases),
+            "--out",
+            str(tmp_path / "zoo"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "members.families=[vit]",
+            "train.trainable=head",
+        ]
+    )
     assert rc == 2
 
 
@@ -147,8 +172,9 @@ def test_tail_mode_fine_tunes_only_the_last_blocks(tmp_path):
     and only the last block(s) and the head differ from the start."""
     from safetensors.torch import load_file
 
-    release, manifest, starts = _fit_with_starts(tmp_path, 4, "train.trainable=tail", "train.tail_blocks=1",
-                                                 "train.tail_epochs=2", "train.tail_lr=0.01")
+    release, manifest, starts = _fit_with_starts(
+        tmp_path, 4, "train.trainable=tail", "train.tail_blocks=1", "train.tail_epochs=2", "train.tail_lr=0.01"
+    )
     import timm
 
     for entry in manifest["members"]:
@@ -157,8 +183,9 @@ def test_tail_mode_fine_tunes_only_the_last_blocks(tmp_path):
         shipped = load_file(str(release / entry["weights"]))
         model = timm.create_model(entry["spec"]["arch"], num_classes=1, **entry["spec"]["model_kwargs"])
         last = f"blocks.{len(model.blocks) - 1}."
-        changed = [k for k in start if k in shipped and not torch.allclose(
-            start[k].float(), shipped[k].float(), rtol=1e-3, atol=1e-5)]  # fp16 storage rounds
+        changed = [
+            k for k in start if k in shipped and not torch.allclose(start[k].float(), shipped[k].float(), rtol=1e-3, atol=1e-5)
+        ]  # fp16 storage rounds
         assert changed, "the tail trained"
         assert all(k.startswith((last, "classifier.", "head.", "conv_head.", "bn2.", "norm.")) for k in changed), changed
 
@@ -172,8 +199,8 @@ def test_head_is_not_hostage_to_a_near_constant_feature():
     n, d = 200, 16
     y = (rng.random(n) < 0.4).astype(int)
     x = rng.normal(size=(n, d)).astype(np.float32)
-    x[:, 0] += 1.5 * y                                  # an informative, normally scaled feature
-    x[:, 1] = 1e-4 * rng.normal(size=n) + 1e-4 * y      # near-constant, also a little informative
+    x[:, 0] += 1.5 * y  # an informative, normally scaled feature
+    x[:, 1] = 1e-4 * rng.normal(size=n) + 1e-4 * y  # near-constant, also a little informative
     spec = family_spec("vit", variant="tiny", input_size=32)
     bank = {"id": x}
     idx = np.arange(n)
@@ -209,10 +236,10 @@ def test_banks_and_prefix_maps_are_cached_per_view(tmp_path):
     spec = family_spec("efficientnet_b3", variant="tiny", input_size=64)
     crops = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
     rows = np.array([0, 2, 4])
-    for build in (lambda views, log: feature_bank(spec, str(start), crops, views, tmp_path / "c", "k",
-                                                  train_rows=rows, log=log),
-                  lambda views, log: prefix_maps(spec, str(start), crops, views, 2, rows, log=log,
-                                                 cache=(tmp_path / "c", "k"))):
+    for build in (
+        lambda views, log: feature_bank(spec, str(start), crops, views, tmp_path / "c", "k", train_rows=rows, log=log),
+        lambda views, log: prefix_maps(spec, str(start), crops, views, 2, rows, log=log, cache=(tmp_path / "c", "k")),
+    ):
         computed: list[str] = []
         first = build(["id", "h"], computed.append)
         assert len(computed) == 2

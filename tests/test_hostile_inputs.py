@@ -33,10 +33,21 @@ KNOWN_BUGS: dict[str, str] = {}  # all bugs this corpus found are fixed; add new
 
 # The worst kinds for the upload path (bombs, lying headers, other formats, empty).
 DASHBOARD_KINDS = [
-    "empty_file", "pdf_named_dcm", "zip_named_png", "html_named_dcm", "dicom_truncated_in_pixels",
-    "dicom_sr_no_pixel_data", "dicom_bits_stored_gt_allocated", "dicom_mpeg2_transfer_syntax",
-    "dicom_huge_dimensions", "dicom_nested_sequence_bomb", "png_decompression_bomb",
-    "jpeg_decompression_bomb", "png_100000x10", "png_text_chunk_bomb", "jpeg_truncated_half",
+    "empty_file",
+    "pdf_named_dcm",
+    "zip_named_png",
+    "html_named_dcm",
+    "dicom_truncated_in_pixels",
+    "dicom_sr_no_pixel_data",
+    "dicom_bits_stored_gt_allocated",
+    "dicom_mpeg2_transfer_syntax",
+    "dicom_huge_dimensions",
+    "dicom_nested_sequence_bomb",
+    "png_decompression_bomb",
+    "jpeg_decompression_bomb",
+    "png_100000x10",
+    "png_text_chunk_bomb",
+    "jpeg_truncated_half",
 ]
 
 _BY_KIND = {e.kind: e for e in IMAGE_CORPUS}
@@ -67,13 +78,37 @@ def test_corpus_is_broad_and_well_formed():
         re.compile(entry.expect or "")
         assert entry.build() == entry.build(), f"{entry.kind}: builders are deterministic"
     # The brief's named families are all present.
-    for needed in ("empty_file", "pdf_named_dcm", "zip_named_png", "html_named_dcm", "dicom_sr_no_pixel_data",
-                   "dicom_bits_stored_gt_allocated", "dicom_pixel_data_short", "dicom_rgb",
-                   "dicom_ybr_full_422_jpeg", "dicom_multiframe", "dicom_mpeg2_transfer_syntax",
-                   "dicom_huge_dimensions", "png_16bit", "png_palette", "jpeg_cmyk", "png_1x1", "png_100000x10",
-                   "png_decompression_bomb", "jpeg_decompression_bomb", "age_nan_is_missing", "age_negative",
-                   "age_200", "sex_unknown", "site_unknown", "roi_outside_image", "roi_zero_area", "csv_utf16",
-                   "csv_missing_image_column", "path_traversal_to_etc_passwd"):
+    for needed in (
+        "empty_file",
+        "pdf_named_dcm",
+        "zip_named_png",
+        "html_named_dcm",
+        "dicom_sr_no_pixel_data",
+        "dicom_bits_stored_gt_allocated",
+        "dicom_pixel_data_short",
+        "dicom_rgb",
+        "dicom_ybr_full_422_jpeg",
+        "dicom_multiframe",
+        "dicom_mpeg2_transfer_syntax",
+        "dicom_huge_dimensions",
+        "png_16bit",
+        "png_palette",
+        "jpeg_cmyk",
+        "png_1x1",
+        "png_100000x10",
+        "png_decompression_bomb",
+        "jpeg_decompression_bomb",
+        "age_nan_is_missing",
+        "age_negative",
+        "age_200",
+        "sex_unknown",
+        "site_unknown",
+        "roi_outside_image",
+        "roi_zero_area",
+        "csv_utf16",
+        "csv_missing_image_column",
+        "path_traversal_to_etc_passwd",
+    ):
         assert needed in kinds, needed
 
 
@@ -107,8 +142,10 @@ def test_load_image_loads_or_refuses_in_one_line(entry):
 def test_trailing_zero_padding_does_not_change_the_image():
     from model_zoo.imaging import load_image
 
-    for kind, clean in (("png_trailing_zero_padding", lambda: hostile.png_bytes(hostile.noise_image())),
-                        ("jpeg_trailing_zero_padding", lambda: hostile.jpeg_bytes(hostile.noise_image()))):
+    for kind, clean in (
+        ("png_trailing_zero_padding", lambda: hostile.png_bytes(hostile.noise_image())),
+        ("jpeg_trailing_zero_padding", lambda: hostile.jpeg_bytes(hostile.noise_image())),
+    ):
         padded = load_image(_BY_KIND[kind].build()).pixels
         np.testing.assert_array_equal(padded, load_image(clean()).pixels)
 
@@ -150,9 +187,19 @@ def _good_images(folder: Path, n: int = 3) -> list[dict]:
     for i in range(n):
         pixels, box = synthetic_image(rng, 96, positive=bool(i % 2))
         Image.fromarray(pixels).save(folder / "images" / f"good{i}.png")
-        rows.append({"kind": f"good_{i}", "image": f"images/good{i}.png", "age": str(20 + 10 * i),
-                     "sex": "MF"[i % 2], "site": "appendicular", "roi_x0": box[0], "roi_y0": box[1],
-                     "roi_x1": box[2], "roi_y1": box[3]})
+        rows.append(
+            {
+                "kind": f"good_{i}",
+                "image": f"images/good{i}.png",
+                "age": str(20 + 10 * i),
+                "sex": "MF"[i % 2],
+                "site": "appendicular",
+                "roi_x0": box[0],
+                "roi_y0": box[1],
+                "roi_x1": box[2],
+                "roi_y1": box[3],
+            }
+        )
     return rows
 
 
@@ -186,11 +233,17 @@ def batch_run(tiny_release, tmp_path_factory):
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["predict", "--cases", str(cases), "--out", str(out), "--zoo", str(tiny_release["release"]),
-                     "--quiet"])
+        code = main(["predict", "--cases", str(cases), "--out", str(out), "--zoo", str(tiny_release["release"]), "--quiet"])
     result = pd.read_csv(out, dtype=str, keep_default_na=False)
-    return {"code": code, "stderr": err.getvalue(), "out": result, "input": frame, "expect": expect,
-            "folder": folder, "release": tiny_release["release"]}
+    return {
+        "code": code,
+        "stderr": err.getvalue(),
+        "out": result,
+        "input": frame,
+        "expect": expect,
+        "folder": folder,
+        "release": tiny_release["release"],
+    }
 
 
 def test_batch_exit_code_and_summary(batch_run):
@@ -283,8 +336,7 @@ def test_unusable_case_tables_refused_in_one_line(table, tmp_path, tiny_release,
     _one_line(str(err.value))
     assert re.search(table.expect, str(err.value)), str(err.value)
     out = tmp_path / "out.csv"
-    assert main(["predict", "--cases", str(path), "--out", str(out), "--zoo", str(tiny_release["release"]),
-                 "--quiet"]) == 2
+    assert main(["predict", "--cases", str(path), "--out", str(out), "--zoo", str(tiny_release["release"]), "--quiet"]) == 2
     stderr = capsys.readouterr().err.strip()
     assert stderr == f"error: {err.value}", stderr
     assert not out.exists()

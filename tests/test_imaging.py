@@ -116,8 +116,7 @@ def test_rg3_display_tags_never_identify_the_patient(rg3_paths):
     meta = load_image(rg3_paths["RG3_UNCR.dcm"]).meta
     identifying = [
         str(ds.get(k))
-        for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-                  "InstitutionName")
+        for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName")
         if ds.get(k)
     ]
     assert identifying, "RG3 should carry some identifying tags for this test to bite"
@@ -148,9 +147,7 @@ def test_rg3_lossy_variant_close_to_uncompressed(rg3):
         pytest.skip("RG3_J2KI.dcm is not installed")
     diff = np.abs(rg3["RG3_J2KI.dcm"].pixels - rg3["RG3_UNCR.dcm"].pixels)
     assert diff.mean() < 0.02
-    assert np.corrcoef(rg3["RG3_J2KI.dcm"].pixels.ravel(), rg3["RG3_UNCR.dcm"].pixels.ravel())[
-        0, 1
-    ] > 0.99
+    assert np.corrcoef(rg3["RG3_J2KI.dcm"].pixels.ravel(), rg3["RG3_UNCR.dcm"].pixels.ravel())[0, 1] > 0.99
 
 
 def test_bytes_and_file_object_equal_path_input(rg3_paths, rg3):
@@ -196,15 +193,12 @@ def test_real_compressed_dicoms_match_uncompressed(name, reference, max_abs):
 
 def test_real_ybr_rct_and_palette_dicoms_against_pydicom_rgb():
     ds = pydicom.dcmread(_testdata("US1_J2KR.dcm"))  # JPEG 2000 lossless, YBR_RCT
-    np.testing.assert_allclose(
-        load_image(_testdata("US1_J2KR.dcm")).pixels, luma(ds.pixel_array) / 255.0, atol=1e-5
-    )
+    np.testing.assert_allclose(load_image(_testdata("US1_J2KR.dcm")).pixels, luma(ds.pixel_array) / 255.0, atol=1e-5)
     ds = pydicom.dcmread(_testdata("OBXXXX1A.dcm"))  # PALETTE COLOR, 16-bit LUT entries
     rgb = pydicom.pixels.apply_color_lut(ds.pixel_array, ds)
     img = load_image(_testdata("OBXXXX1A.dcm"))
     np.testing.assert_allclose(img.pixels, luma(rgb) / 65535.0, atol=1e-5)
     assert img.meta.photometric == "PALETTE COLOR"
-
 
 
 def test_monochrome1_is_inverse_of_monochrome2_with_minmax():
@@ -218,9 +212,7 @@ def test_monochrome1_is_inverse_of_monochrome2_with_minmax():
 
 def test_header_window_applied_with_first_value_of_multivalued():
     arr = ramp()
-    img = load_image(
-        make_dicom(arr, bits_stored=12, WindowCenter=[2048, 100], WindowWidth=[1000, 50])
-    )
+    img = load_image(make_dicom(arr, bits_stored=12, WindowCenter=[2048, 100], WindowWidth=[1000, 50]))
     np.testing.assert_allclose(img.pixels, window_reference(arr, 2048, 1000), atol=1e-6)
     assert img.meta.window == (2048.0, 1000.0)
     assert img.meta.display_tags["WindowCenter"] == "2048"
@@ -232,8 +224,12 @@ def test_rescale_slope_intercept_applied_before_window():
     arr = ramp(hi=1023)
     img = load_image(
         make_dicom(
-            arr, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1024,
-            WindowCenter=0, WindowWidth=800,
+            arr,
+            bits_stored=12,
+            RescaleSlope=2,
+            RescaleIntercept=-1024,
+            WindowCenter=0,
+            WindowWidth=800,
         )
     )
     hu = arr.astype(np.float64) * 2 - 1024
@@ -272,9 +268,7 @@ def test_rgb_dicom_to_luminance(planar):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
     data = rgb.transpose(2, 0, 1).tobytes() if planar else rgb.tobytes()
-    img = load_image(
-        make_dicom(rgb, photometric="RGB", pixel_data=data, PlanarConfiguration=planar)
-    )
+    img = load_image(make_dicom(rgb, photometric="RGB", pixel_data=data, PlanarConfiguration=planar))
     np.testing.assert_allclose(img.pixels, luma(rgb) / 255.0, atol=1e-5)
     assert "colour image converted to grayscale" in img.meta.warnings
     assert img.meta.photometric == "RGB"
@@ -300,7 +294,9 @@ def test_ybr_full_422_jpeg_baseline_dicom():
     rgb[32:, :, 2] = 60
     frame = jpeg_bytes(Image.fromarray(rgb), subsampling=0)
     data = make_dicom(
-        rgb, photometric="YBR_FULL_422", transfer_syntax=JPEGBaseline8Bit,
+        rgb,
+        photometric="YBR_FULL_422",
+        transfer_syntax=JPEGBaseline8Bit,
         pixel_data=encapsulate([frame]),
     )
     img = load_image(data)
@@ -365,8 +361,7 @@ def test_dicom_without_preamble_and_without_file_meta():
     raw = io.BytesIO()
     pydicom.dcmwrite(raw, ds, implicit_vr=True, little_endian=True)
     expected = (arr - arr.min()) / np.ptp(arr)
-    for data, ts in [(no_preamble.getvalue(), "Explicit VR Little Endian"),
-                     (raw.getvalue(), "Implicit VR Little Endian")]:
+    for data, ts in [(no_preamble.getvalue(), "Explicit VR Little Endian"), (raw.getvalue(), "Implicit VR Little Endian")]:
         img = load_image(data)
         assert img.meta.transfer_syntax == ts
         np.testing.assert_allclose(img.pixels, expected, atol=1e-6)
@@ -384,9 +379,13 @@ def test_dicom_size_limits_checked_before_decoding():
 
 def test_dicom_age_sex_spacing_and_constant_warning():
     data = make_dicom(
-        np.full((40, 40), 100, np.uint16), PatientAge="006M", PatientSex="M",
-        ImagerPixelSpacing=[0.15, 0.2], BodyPartExamined="KNEE",
-        PatientName="Doe^Jane", PatientID="ID-98765",
+        np.full((40, 40), 100, np.uint16),
+        PatientAge="006M",
+        PatientSex="M",
+        ImagerPixelSpacing=[0.15, 0.2],
+        BodyPartExamined="KNEE",
+        PatientName="Doe^Jane",
+        PatientID="ID-98765",
     )
     img = load_image(data)
     m = img.meta
@@ -408,8 +407,17 @@ def test_non_finite_after_rescale_refused():
 
 @pytest.mark.parametrize(
     ("text", "years"),
-    [("045Y", 45.0), ("006M", 0.5), ("010W", 70 / 365.25), ("003D", 3 / 365.25),
-     ("45Y", 45.0), ("", None), ("abc", None), (None, None), ("045X", None)],
+    [
+        ("045Y", 45.0),
+        ("006M", 0.5),
+        ("010W", 70 / 365.25),
+        ("003D", 3 / 365.25),
+        ("45Y", 45.0),
+        ("", None),
+        ("abc", None),
+        (None, None),
+        ("045X", None),
+    ],
 )
 def test_parse_dicom_age(text, years):
     if years is None:
@@ -438,12 +446,8 @@ def test_apply_window_matches_ps33_formula_and_boundaries():
 
 def test_apply_window_other_functions():
     x = np.array([-100.0, 0.0, 25.0, 100.0])
-    np.testing.assert_allclose(
-        apply_window(x, 0, 100, function="LINEAR_EXACT"), [0.0, 0.5, 0.75, 1.0], atol=1e-6
-    )
-    np.testing.assert_allclose(
-        apply_window(x, 0, 100, function="SIGMOID"), 1 / (1 + np.exp(-4 * x / 100)), atol=1e-6
-    )
+    np.testing.assert_allclose(apply_window(x, 0, 100, function="LINEAR_EXACT"), [0.0, 0.5, 0.75, 1.0], atol=1e-6)
+    np.testing.assert_allclose(apply_window(x, 0, 100, function="SIGMOID"), 1 / (1 + np.exp(-4 * x / 100)), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- PNG / JPEG
@@ -628,9 +632,7 @@ def test_image_hash_and_to_uint8():
     b = a.copy()
     b[3, 5] += 1e-6
     assert image_hash(a) != image_hash(b)
-    np.testing.assert_array_equal(
-        to_uint8(np.array([0.0, 0.5, 1.0, -1.0, 2.0])), [0, 128, 255, 0, 255]
-    )
+    np.testing.assert_array_equal(to_uint8(np.array([0.0, 0.5, 1.0, -1.0, 2.0])), [0, 128, 255, 0, 255])
     assert to_uint8(a).dtype == np.uint8
     with pytest.raises(InputError):
         to_uint8(np.array([np.nan]))
@@ -643,14 +645,12 @@ def test_meta_is_frozen():
         img.meta.age = 3  # type: ignore[misc]
 
 
-
 # ----------------------------------------------------------------------------- window presets
 
 
 def _three_tissues(rng: np.random.Generator, n: int = 20_000) -> np.ndarray:
     """Values like a radiograph in 0-255 units: 10 % air (~20), 45 % soft tissue (~100), 45 % bone (~200)."""
-    return np.concatenate([rng.normal(20, 3, n // 10), rng.normal(100, 10, n * 45 // 100),
-                           rng.normal(200, 10, n * 45 // 100)])
+    return np.concatenate([rng.normal(20, 3, n // 10), rng.normal(100, 10, n * 45 // 100), rng.normal(200, 10, n * 45 // 100)])
 
 
 def test_window_presets_follow_the_image_values():

@@ -32,7 +32,8 @@ def _is_type_checking_block(node: ast.AST) -> bool:
         return False
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
@@ -117,8 +118,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def upward_imports(graph: dict[str, set[str]], layers: tuple[str, ...] = LAYERS) -> list[str]:
     rank = {package: i for i, package in enumerate(layers)}
-    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
-                  if rank[b.split(".")[0]] > rank[a.split(".")[0]])
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if rank[b.split(".")[0]] > rank[a.split(".")[0]])
 
 
 # ----------------------------------------------------------------------------- the code base

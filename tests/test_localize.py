@@ -15,9 +15,9 @@ from synthetic import write_case_table
 
 def test_mask_to_box_unions_regions_above_threshold():
     prob = np.zeros((32, 32))
-    prob[2:5, 3:7] = 0.9     # lesion A: x 3..6, y 2..4
+    prob[2:5, 3:7] = 0.9  # lesion A: x 3..6, y 2..4
     prob[20:30, 10:12] = 0.8  # lesion B: x 10..11, y 20..29
-    prob[31, 31] = 0.95       # a 1-pixel speck, below min_area
+    prob[31, 31] = 0.95  # a 1-pixel speck, below min_area
     box, found = mask_to_box(prob, threshold=0.5, min_area=2)
     assert found and box == (3.0, 2.0, 12.0, 30.0)
 
@@ -51,8 +51,7 @@ def test_unet_shapes():
 def test_train_write_load_propose(tmp_path):
     cases = write_case_table(tmp_path / "data", n=30, size=64, seed=3)
     out = tmp_path / "loc"
-    assert main(["--cases", str(cases), "--out", str(out), "--epochs", "2", "--input-size", "32",
-                 "--batch-size", "8"]) == 0
+    assert main(["--cases", str(cases), "--out", str(out), "--epochs", "2", "--input-size", "32", "--batch-size", "8"]) == 0
     entry = json.loads((out / "localiser.json").read_text())
     assert entry["metrics"]["test"]["n_lesion"] > 0
     assert 0.0 <= entry["metrics"]["test"]["mean_iou"] <= 1.0
@@ -80,12 +79,33 @@ def test_init_continues_from_a_trained_localiser(tmp_path):
 
     cases = write_case_table(tmp_path / "data", n=30, size=64, seed=4)
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main(["--cases", str(cases), "--out", str(first), "--epochs", "1", "--input-size", "32",
-                 "--base-channels", "4", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "--cases",
+                str(cases),
+                "--out",
+                str(first),
+                "--epochs",
+                "1",
+                "--input-size",
+                "32",
+                "--base-channels",
+                "4",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     # lr 0: AdamW leaves the learned weights as loaded, so they must equal the first run's.
     # The width and input size come from --init, not from the (different) defaults.
-    assert main(["--cases", str(cases), "--out", str(second), "--init", str(first), "--epochs", "1",
-                 "--lr", "0", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            ["--cases", str(cases), "--out", str(second), "--init", str(first), "--epochs", "1", "--lr", "0", "--batch-size", "8"]
+        )
+        == 0
+    )
     a, b = load_file(str(first / "localiser.safetensors")), load_file(str(second / "localiser.safetensors"))
     learned = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert set(a) == set(b) and learned

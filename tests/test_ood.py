@@ -167,10 +167,8 @@ def ood_env(tiny_release, tmp_path_factory):
     non_bone = _small_non_bone()
     quiet = dict(quiet=True, log=lambda *_: None, non_bone=non_bone, features_cache=cache)
     plain = add_ood(tiny_release["release"], tmp / "zoo-plain", **quiet)
-    release = add_ood(tiny_release["release"], tmp / "zoo", external={"site2": str(tiny_release["external"])},
-                      **quiet)
-    return {"release": release, "plain": plain, "source": tiny_release["release"], "tmp": tmp,
-            "cases": tiny_release["cases"]}
+    release = add_ood(tiny_release["release"], tmp / "zoo", external={"site2": str(tiny_release["external"])}, **quiet)
+    return {"release": release, "plain": plain, "source": tiny_release["release"], "tmp": tmp, "cases": tiny_release["cases"]}
 
 
 def test_add_ood_writes_a_verified_release_with_identical_members(ood_env):
@@ -238,8 +236,14 @@ def test_add_ood_refuses_cases_that_are_not_the_release_rows(ood_env, tmp_path):
     (tmp_path / "images").symlink_to(Path(ood_env["cases"]).parent / "images")
     cases.to_csv(tmp_path / "cases.csv", index=False)
     with pytest.raises(InputError, match="fingerprint"):
-        add_ood(ood_env["source"], tmp_path / "out", cases=str(tmp_path / "cases.csv"), quiet=True,
-                log=lambda *_: None, non_bone=([], []))
+        add_ood(
+            ood_env["source"],
+            tmp_path / "out",
+            cases=str(tmp_path / "cases.csv"),
+            quiet=True,
+            log=lambda *_: None,
+            non_bone=([], []),
+        )
 
 
 # ----------------------------------------------------------------------------- product: predict
@@ -310,16 +314,21 @@ def _two_row_table(flagged_env) -> Path:
     folder = flagged_env["tmp"] / "table"
     folder.mkdir(exist_ok=True)
     table = folder / "cases.csv"
-    pd.DataFrame({"image": [str(flagged_env["case"]), str(flagged_env["doc"])], "age": [30, 30],
-                  "sex": ["F", "M"], "site": ["appendicular", "appendicular"]}).to_csv(table, index=False)
+    pd.DataFrame(
+        {
+            "image": [str(flagged_env["case"]), str(flagged_env["doc"])],
+            "age": [30, 30],
+            "sex": ["F", "M"],
+            "site": ["appendicular", "appendicular"],
+        }
+    ).to_csv(table, index=False)
     return table
 
 
 def test_predict_cli_writes_ood_columns_and_withholds_the_word(flagged_env, ood_env):
     table = _two_row_table(flagged_env)
     out = flagged_env["tmp"] / "pred.csv"
-    rc, err = _predict_cli(["--cases", str(table), "--out", str(out), "--zoo", str(flagged_env["release"]),
-                            "--roi", "full"])
+    rc, err = _predict_cli(["--cases", str(table), "--out", str(out), "--zoo", str(flagged_env["release"]), "--roi", "full"])
     assert rc == 0, err
     frame = pd.read_csv(out, keep_default_na=False)
     assert list(frame["ood"]) == [False, True]
@@ -329,14 +338,16 @@ def test_predict_cli_writes_ood_columns_and_withholds_the_word(flagged_env, ood_
     assert "out of distribution" in frame.loc[1, "warning"] and frame.loc[0, "warning"] == ""
     assert "1 out of distribution" in err and "--allow-ood" in err
     # --allow-ood: the word is given, the flag stays.
-    rc, _ = _predict_cli(["--cases", str(table), "--out", str(out), "--zoo", str(flagged_env["release"]),
-                          "--roi", "full", "--allow-ood"])
+    rc, _ = _predict_cli(
+        ["--cases", str(table), "--out", str(out), "--zoo", str(flagged_env["release"]), "--roi", "full", "--allow-ood"]
+    )
     allowed = pd.read_csv(out, keep_default_na=False)
     assert rc == 0 and allowed.loc[1, "prediction"] != "" and bool(allowed.loc[1, "ood"])
     assert "predicted anyway" in allowed.loc[1, "warning"]
     # --resume without --allow-ood recomputes the flagged row: no stale word is kept.
-    rc, _ = _predict_cli(["--cases", str(table), "--out", str(out), "--zoo", str(flagged_env["release"]),
-                          "--roi", "full", "--resume"])
+    rc, _ = _predict_cli(
+        ["--cases", str(table), "--out", str(out), "--zoo", str(flagged_env["release"]), "--roi", "full", "--resume"]
+    )
     assert pd.read_csv(out, keep_default_na=False).loc[1, "prediction"] == ""
 
 

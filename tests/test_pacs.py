@@ -76,9 +76,11 @@ def orthanc(tmp_path_factory):
             path = _testdata(name)
             server.upload(path.read_bytes())
             studies[key] = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
-        for key, data in (("refuse", _copy_of_rg3(orthanc_helper.REFUSE_PATIENT_ID)),
-                          ("broken", _copy_of_rg3("BROKEN-PIXELS", break_pixels=True)),
-                          ("dashboard", _copy_of_rg3("DASHBOARD-CASE"))):
+        for key, data in (
+            ("refuse", _copy_of_rg3(orthanc_helper.REFUSE_PATIENT_ID)),
+            ("broken", _copy_of_rg3("BROKEN-PIXELS", break_pixels=True)),
+            ("dashboard", _copy_of_rg3("DASHBOARD-CASE")),
+        ):
             server.upload(data)
             studies[key] = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID)
         server.studies = studies
@@ -143,8 +145,9 @@ def _predict_and_prepare(client, zoo, study_uid, box=None, inputs=None):
     pred = zoo.predict(opened.image.pixels, box, **inputs)
     call = zoo.call(pred.p_ensemble)
     pdf = simple_case_pdf(zoo, opened.image, box, "entered coordinates", inputs, pred, opened.sha256, call)
-    objects, key = prepare_writeback(opened.header, zoo, pred, box=box, roi_source="entered coordinates",
-                                     inputs=inputs, pdf=pdf, call=call)
+    objects, key = prepare_writeback(
+        opened.header, zoo, pred, box=box, roi_source="entered coordinates", inputs=inputs, pdf=pdf, call=call
+    )
     return opened, pred, box, pdf, objects, key
 
 
@@ -177,15 +180,21 @@ def test_settings_from_secrets_and_env_never_show_credentials():
     from model_zoo.pacs import PacsConfigError, load_settings
 
     assert load_settings({}, {}) is None, "no URL = not configured"
-    s = load_settings({"pacs": {"url": "https://pacs.example.org/dicom-web/", "username": "u", "password": "pw-SECRET-1"}},
-                      {"MODEL_ZOO_PACS_TIMEOUT": "7", "MODEL_ZOO_PACS_VERIFY": "false"})
+    s = load_settings(
+        {"pacs": {"url": "https://pacs.example.org/dicom-web/", "username": "u", "password": "pw-SECRET-1"}},
+        {"MODEL_ZOO_PACS_TIMEOUT": "7", "MODEL_ZOO_PACS_VERIFY": "false"},
+    )
     assert (s.timeout, s.verify, s.auth_kind, s.display_url) == (7.0, False, "basic", "https://pacs.example.org/dicom-web")
     assert "pw-SECRET-1" not in repr(s) and "pw-SECRET-1" not in str(s)
     t = load_settings({}, {"MODEL_ZOO_PACS_URL": "http://10.1.2.3:8042/dicom-web", "MODEL_ZOO_PACS_TOKEN": "tok-SECRET-2"})
     assert t.auth_kind == "token" and "tok-SECRET-2" not in repr(t)
     assert t.transport_warning and "https" in t.transport_warning, "credentials over plain http to another host"
-    assert load_settings({}, {"MODEL_ZOO_PACS_URL": "http://127.0.0.1:8042/dicom-web",
-                              "MODEL_ZOO_PACS_TOKEN": "x"}).transport_warning is None
+    assert (
+        load_settings(
+            {}, {"MODEL_ZOO_PACS_URL": "http://127.0.0.1:8042/dicom-web", "MODEL_ZOO_PACS_TOKEN": "x"}
+        ).transport_warning
+        is None
+    )
     bad = [
         ({"pacs": {"url": "https://u:pw-SECRET-3@pacs.example.org/dicom-web"}}, "user name or password"),
         ({"pacs": {"url": "ftp://pacs.example.org"}}, "https://"),
@@ -208,17 +217,32 @@ def test_query_params_follow_qido_and_orthanc_matching():
     from model_zoo.pacs import StudyQuery
     from model_zoo.pacs.client import _query_string
 
-    q = StudyQuery(patient_id="11RG3", patient_name=" doe ^jane ", accession="A1",
-                   date_from=dt.date(2004, 1, 1), date_to=dt.date(2004, 12, 31))
-    assert q.params() == {"PatientID": "11RG3", "PatientName": "doe*jane*", "AccessionNumber": "A1",
-                          "StudyDate": "20040101-20041231", "ModalitiesInStudy": "CR,DX,DR,RF"}
+    q = StudyQuery(
+        patient_id="11RG3",
+        patient_name=" doe ^jane ",
+        accession="A1",
+        date_from=dt.date(2004, 1, 1),
+        date_to=dt.date(2004, 12, 31),
+    )
+    assert q.params() == {
+        "PatientID": "11RG3",
+        "PatientName": "doe*jane*",
+        "AccessionNumber": "A1",
+        "StudyDate": "20040101-20041231",
+        "ModalitiesInStudy": "CR,DX,DR,RF",
+    }
     assert "PatientName=doe*jane*" in _query_string(q.params()), "wildcards are sent literally"
     assert "ModalitiesInStudy=CR,DX,DR,RF" in _query_string(q.params())
     assert StudyQuery(modality="any").params() == {}
-    assert StudyQuery(date_to=dt.date(2004, 2, 1), modality="ct").params() == {"StudyDate": "-20040201",
-                                                                                "ModalitiesInStudy": "CT"}
-    for bad in (StudyQuery(patient_id="a\\b"), StudyQuery(patient_name="x&PatientID=*"),
-                StudyQuery(date_from=dt.date(2005, 1, 1), date_to=dt.date(2004, 1, 1))):
+    assert StudyQuery(date_to=dt.date(2004, 2, 1), modality="ct").params() == {
+        "StudyDate": "-20040201",
+        "ModalitiesInStudy": "CT",
+    }
+    for bad in (
+        StudyQuery(patient_id="a\\b"),
+        StudyQuery(patient_name="x&PatientID=*"),
+        StudyQuery(date_from=dt.date(2005, 1, 1), date_to=dt.date(2004, 1, 1)),
+    ):
         with pytest.raises(InputError):
             bad.params()
     assert "11RG3" not in repr(q) and "doe" not in repr(q)
@@ -362,13 +386,19 @@ def test_sr_carries_calibrated_numbers_only_on_the_calibrated_scale(tiny_zoo, tm
         call = zoo.call(pred.p_ensemble)
     elif fallback == "calibration disagrees":  # a calibrated value on the other side of its threshold
         other = zoo.threshold_calibrated - 0.2 if pred.p_ensemble >= zoo.threshold else zoo.threshold_calibrated + 0.2
-        call = frame_call(pred.p_ensemble, zoo.threshold, zoo.positive_class, zoo.negative_class,
-                          p_calibrated=other, threshold_calibrated=zoo.threshold_calibrated, band=0.0)
+        call = frame_call(
+            pred.p_ensemble,
+            zoo.threshold,
+            zoo.positive_class,
+            zoo.negative_class,
+            p_calibrated=other,
+            threshold_calibrated=zoo.threshold_calibrated,
+            band=0.0,
+        )
     else:
         call = zoo.call(pred.p_ensemble)
     assert call.calibrated == (fallback == "calibrated")
-    objects, _ = prepare_writeback(header, zoo, pred, box=box, roi_source="entered", inputs=inputs, pdf=None,
-                                   call=call)
+    objects, _ = prepare_writeback(header, zoo, pred, box=box, roi_source="entered", inputs=inputs, pdf=None, call=call)
     buf = io.BytesIO()
     dcmwrite(buf, objects["SR"], enforce_file_format=False)
     sr = hd.sr.srread(io.BytesIO(buf.getvalue()))
@@ -476,8 +506,25 @@ def test_study_without_radiograph_and_undecodable_image(client, orthanc, pacs_en
     with pytest.raises(InputError) as info:
         open_instance(client, instance)
     assert str(info.value).startswith("PACS image")
-    assert main(["pacs", "predict", "--study", orthanc.studies["ct"], "--study", orthanc.studies["broken"],
-                 "--study", orthanc.studies["mr"], "--study", "not-a-uid", "--study", "1.2.3.999"]) == 1
+    assert (
+        main(
+            [
+                "pacs",
+                "predict",
+                "--study",
+                orthanc.studies["ct"],
+                "--study",
+                orthanc.studies["broken"],
+                "--study",
+                orthanc.studies["mr"],
+                "--study",
+                "not-a-uid",
+                "--study",
+                "1.2.3.999",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "study 4/5: error: a Study Instance UID is digits and dots" in err and "not-a-uid" not in err
     assert "study 5/5: error: the PACS has no study with this Study Instance UID" in err and "1.2.3.999" not in err
@@ -609,8 +656,7 @@ def test_cli_withholds_the_call_of_an_ood_image_unless_allowed(orthanc, tiny_zoo
 INDETERMINATE_WORD = "indeterminate"
 
 
-def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, client, tiny_release, pacs_env,
-                                                                    tmp_path, capsys):
+def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, client, tiny_release, pacs_env, tmp_path, capsys):
     """A release whose band holds this case: the CLI prints the Case page's sentence, and the SR
     and PDF read back from the PACS say indeterminate (coded IND), never a class word."""
     import highdicom as hd
@@ -641,9 +687,14 @@ def test_cli_pdf_and_sr_say_indeterminate_where_the_case_page_does(orthanc, clie
     (event,) = [e for e in _cli_events(pacs_env) if e["event"] == "case_prediction"]
     record = event["call"]
     assert record["word"] == INDETERMINATE_WORD and record["scale"] == expected.scale
-    assert record["jitter"] == {"boxes": jitter.n, "flips": jitter.n_flips, "same_call": jitter.same_call,
-                                "p_min": pytest.approx(jitter.p_min), "p_max": pytest.approx(jitter.p_max),
-                                "p_sd": pytest.approx(jitter.p_sd)}
+    assert record["jitter"] == {
+        "boxes": jitter.n,
+        "flips": jitter.n_flips,
+        "same_call": jitter.same_call,
+        "p_min": pytest.approx(jitter.p_min),
+        "p_max": pytest.approx(jitter.p_max),
+        "p_sd": pytest.approx(jitter.p_sd),
+    }
     found = {i.modality: i for i in client.list_instances(study) if i.modality in ("SR", "DOC")}
     sr = hd.sr.srread(io.BytesIO(client.retrieve_instance(found["SR"])))
     (group,) = sr.content.get_planar_roi_measurement_groups()
@@ -683,8 +734,9 @@ def test_pacs_paths_carry_no_identifier(orthanc, client, tiny_zoo, pacs_env, cap
     *_, objects, key = _predict_and_prepare(client, tiny_zoo, study, box=(8, 8, 56, 56))
     result = write_back(client, objects, key=key)
     messages += [result.message, repr(result)]
-    sr = pydicom.dcmread(io.BytesIO(client.retrieve_instance(
-        next(i for i in client.list_instances(study) if i.modality == "SR"))))
+    sr = pydicom.dcmread(
+        io.BytesIO(client.retrieve_instance(next(i for i in client.list_instances(study) if i.modality == "SR")))
+    )
     assert str(sr.PatientName) == "Doe^Jane^PHI", "positive control: the SR belongs to the patient's study"
 
     assert main(["pacs", "predict", "--study", study, "--write"]) == 0
@@ -696,8 +748,11 @@ def test_pacs_paths_carry_no_identifier(orthanc, client, tiny_zoo, pacs_env, cap
         bad_clients.append(PacsClient(_settings(f"http://127.0.0.1:{port}/dicom-web", timeout=0.5)))
         bad_clients.append(PacsClient(_settings(f"http://127.0.0.1:{orthanc_helper.free_port()}/dicom-web")))
         for bad in bad_clients:
-            for call in (lambda c: c.search_studies(StudyQuery(patient_id="PHI-123456", accession="ACC-PHI-999")),
-                         lambda c: c.list_series(study), lambda c: c.list_instances(study)):
+            for call in (
+                lambda c: c.search_studies(StudyQuery(patient_id="PHI-123456", accession="ACC-PHI-999")),
+                lambda c: c.list_series(study),
+                lambda c: c.list_instances(study),
+            ):
                 with pytest.raises(PacsError) as info:
                     call(bad)
                 messages.append(str(info.value))
@@ -710,8 +765,7 @@ def test_pacs_paths_carry_no_identifier(orthanc, client, tiny_zoo, pacs_env, cap
     assert "dicom-web" in logs or "127.0.0.1" in logs, "positive control: request logs were captured"
     audit_text = (pacs_env / "audit.jsonl").read_text(encoding="ascii")
     assert audit.read_events(pacs_env / "audit.jsonl"), "positive control: the audit log was written"
-    for where, text in (("CLI output", cli_text), ("messages", "\n".join(messages)),
-                        ("logs", logs), ("audit log", audit_text)):
+    for where, text in (("CLI output", cli_text), ("messages", "\n".join(messages)), ("logs", logs), ("audit log", audit_text)):
         assert test_phi.leaked(text) == [], f"{where}: {test_phi.leaked(text)}"
 
 

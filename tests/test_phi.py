@@ -63,17 +63,57 @@ PRIVATE_VALUE = "PHI-PRIVATE-555"
 
 # Strings searched for, case-insensitively (name parts, reformatted dates, the file name).
 TOKENS = [
-    "Doe^Jane", "Jane^PHI", "Jane Doe", "Doe Jane", "Doe, Jane", "DOE-JANE", "PHI-123456", "19700101",
-    "1970-01-01", "01/01/1970", "PHI-OTHER-77", "PHI-OTHER-88", "Phiroad", "Phicity", "555-0199",
-    "PHI-MOTHER", "PHI-COMMENT", "ACC-PHI-999", "PHI General Hospital", "Phimain", "Phitown",
-    "PHI Radiology", "PHIreferrer", "PHIperformer", "PHIrequester", "PHIoperator", "PHI-STUDY",
-    "PHI-SERIES", "PHI-IMAGE-COMMENT", "PHISTUDY42", "PHI-STATION", "PHI-SN-4242", "20230405",
-    "2023-04-05", "4242424242", "4242424243", PRIVATE_VALUE, "PHI-NONCE",
+    "Doe^Jane",
+    "Jane^PHI",
+    "Jane Doe",
+    "Doe Jane",
+    "Doe, Jane",
+    "DOE-JANE",
+    "PHI-123456",
+    "19700101",
+    "1970-01-01",
+    "01/01/1970",
+    "PHI-OTHER-77",
+    "PHI-OTHER-88",
+    "Phiroad",
+    "Phicity",
+    "555-0199",
+    "PHI-MOTHER",
+    "PHI-COMMENT",
+    "ACC-PHI-999",
+    "PHI General Hospital",
+    "Phimain",
+    "Phitown",
+    "PHI Radiology",
+    "PHIreferrer",
+    "PHIperformer",
+    "PHIrequester",
+    "PHIoperator",
+    "PHI-STUDY",
+    "PHI-SERIES",
+    "PHI-IMAGE-COMMENT",
+    "PHISTUDY42",
+    "PHI-STATION",
+    "PHI-SN-4242",
+    "20230405",
+    "2023-04-05",
+    "4242424242",
+    "4242424243",
+    PRIVATE_VALUE,
+    "PHI-NONCE",
 ]
 
 # Non-identifying facts the product is allowed (and expected) to use.
-SAFE_TAGS = {"Modality": "CR", "BodyPartExamined": "KNEE", "ViewPosition": "AP", "PatientAge": "045Y",
-             "PatientSex": "F", "Manufacturer": "Acme Imaging", "WindowCenter": "2048", "WindowWidth": "4096"}
+SAFE_TAGS = {
+    "Modality": "CR",
+    "BodyPartExamined": "KNEE",
+    "ViewPosition": "AP",
+    "PatientAge": "045Y",
+    "PatientSex": "F",
+    "Manufacturer": "Acme Imaging",
+    "WindowCenter": "2048",
+    "WindowWidth": "4096",
+}
 
 
 def leaked(text: str) -> list[str]:
@@ -148,8 +188,7 @@ def test_loader_meta_holds_no_identifier(phi_bytes):
     img = load_image(phi_bytes, name=UPLOAD_NAME)
     meta = img.meta
     assert leaked(repr(meta)) == [], leaked(repr(meta))
-    assert set(meta.display_tags) <= set(_DISPLAY_KEYWORDS) | {"TransferSyntax", "WindowCenter", "WindowWidth",
-                                                               "NumberOfFrames"}
+    assert set(meta.display_tags) <= set(_DISPLAY_KEYWORDS) | {"TransferSyntax", "WindowCenter", "WindowWidth", "NumberOfFrames"}
     # The non-identifying facts do come through (so the search above looked at real content).
     assert meta.age == pytest.approx(45.0) and meta.sex == "F" and meta.body_part == "KNEE"
     assert meta.display_tags["Manufacturer"] == "Acme Imaging" and meta.display_tags["Modality"] == "CR"
@@ -164,7 +203,7 @@ def test_loader_errors_never_echo_identifiers(phi_bytes):
     fragments = re.compile(r"PHI|Phi|Doe\^|Jane|ACC-|4242|PHISTUDY|Dr\^|Op\^")
     variants = [phi_bytes[:cut] for cut in range(0, len(phi_bytes), 7)]
     rows_at = phi_bytes.index(b"\x28\x00\x10\x00US\x02\x00") + 8  # (0028,0010) Rows, US, length 2
-    variants.append(phi_bytes[:rows_at] + (256).to_bytes(2, "little") + phi_bytes[rows_at + 2:])  # lies: 256 rows
+    variants.append(phi_bytes[:rows_at] + (256).to_bytes(2, "little") + phi_bytes[rows_at + 2 :])  # lies: 256 rows
     seen = 0
     for data in variants:
         try:
@@ -207,8 +246,7 @@ def _scan_tree(roots: list[Path], since: float, markers: list[bytes], max_bytes:
 
 def _roots(tmp: Path) -> list[Path]:
     home = Path.home()
-    roots = {Path(tempfile.gettempdir()), Path("/tmp"), REPO, home / ".cache", home / ".streamlit",
-             home / ".config", tmp}
+    roots = {Path(tempfile.gettempdir()), Path("/tmp"), REPO, home / ".cache", home / ".streamlit", home / ".config", tmp}
     return sorted(roots)
 
 
@@ -246,8 +284,15 @@ def page_run(tiny_release, tmp_path_factory, phi_bytes):
     # Unique to this session's upload: its random pixel noise and its nonce patient ID.
     markers = [phi_bytes[-512:], NONCE.encode()]
     hits = _scan_tree(_roots(tmp), since, markers)
-    return {"at": at, "audit": audit_log, "hits": hits, "since": since, "markers": markers, "tmp": tmp,
-            "temp_calls": page_temp_calls}
+    return {
+        "at": at,
+        "audit": audit_log,
+        "hits": hits,
+        "since": since,
+        "markers": markers,
+        "tmp": tmp,
+        "temp_calls": page_temp_calls,
+    }
 
 
 def _rendered_text(at) -> str:
@@ -315,8 +360,9 @@ def _case_pdf(page_run, tiny_release, *, reference: str, include: bool) -> bytes
     case = at.session_state["case"]
     inputs = {"age": 45.0, "sex": "F", "site": "appendicular"}
     pred = zoo.predict(case.image.pixels, case.box, **inputs)
-    return cl.case_pdf(zoo, case, case.box, "whole image", inputs, pred, None, [], reference=reference,
-                       include_identifiers=include)
+    return cl.case_pdf(
+        zoo, case, case.box, "whole image", inputs, pred, None, [], reference=reference, include_identifiers=include
+    )
 
 
 def test_pdf_report_default_has_no_identifier(page_run, tiny_release):
@@ -339,10 +385,17 @@ def test_report_builder_prints_identifiers_only_on_opt_in():
     from model_zoo.framing import frame_call
     from model_zoo.report_pdf import CaseReport, build_case_report
 
-    rep = CaseReport(zoo_name="z", zoo_version="1.0.0", call=frame_call(0.7, 0.5, "malignant", "benign"),
-                     p_members={"a": 0.7},
-                     radiograph=np.zeros((40, 40), np.float32), image_size_wh=(40, 40), roi_box=(0, 0, 40, 40),
-                     image_sha256="0" * 64, identifiers={"Patient": "Doe^Jane^PHI", "MRN": "PHI-123456"})
+    rep = CaseReport(
+        zoo_name="z",
+        zoo_version="1.0.0",
+        call=frame_call(0.7, 0.5, "malignant", "benign"),
+        p_members={"a": 0.7},
+        radiograph=np.zeros((40, 40), np.float32),
+        image_size_wh=(40, 40),
+        roi_box=(0, 0, 40, 40),
+        image_sha256="0" * 64,
+        identifiers={"Patient": "Doe^Jane^PHI", "MRN": "PHI-123456"},
+    )
     assert leaked(pdf_text(build_case_report(rep))) == []
     shown = leaked(pdf_text(build_case_report(rep, include_identifiers=True)))
     assert {"Doe^Jane", "Jane^PHI", "PHI-123456"} <= set(shown), shown
@@ -363,8 +416,9 @@ def test_batch_output_has_no_identifier_from_inside_the_dicom(tiny_release, tmp_
         (scans / "img002.dcm").write_bytes(phi_bytes[:-3000])  # truncated: an error row
         (scans / "img003.dcm").write_bytes(phi_bytes[:600])  # cut inside the identifiers
         cases = tmp_path / "cases.csv"
-        cases.write_text("image,age,sex,site\nscans/img001.dcm,45,F,appendicular\nscans/img002.dcm,,,\n"
-                         "scans/img003.dcm,,,\n", encoding="utf-8")
+        cases.write_text(
+            "image,age,sex,site\nscans/img001.dcm,45,F,appendicular\nscans/img002.dcm,,,\nscans/img003.dcm,,,\n", encoding="utf-8"
+        )
         out = tmp_path / "out.csv"
         err = io.StringIO()
         with contextlib.redirect_stderr(err):

@@ -9,9 +9,13 @@ from model_zoo.validation_text import CallCounts, plain_summary, share_words
 
 
 def _block(kind: str, tn: int, fp: int, fn: int, tp: int) -> dict:
-    return {"kind": kind, "n": tn + fp + fn + tp, "n_positive": fn + tp,
-            "ensemble": {"confusion": [[tn, fp], [fn, tp]], "sensitivity": tp / (tp + fn)},
-            "models": {"ensemble": {"auc": 0.8, "auc_ci": [0.7, 0.9]}}}
+    return {
+        "kind": kind,
+        "n": tn + fp + fn + tp,
+        "n_positive": fn + tp,
+        "ensemble": {"confusion": [[tn, fp], [fn, tp]], "sensitivity": tp / (tp + fn)},
+        "models": {"ensemble": {"auc": 0.8, "auc_ci": [0.7, 0.9]}},
+    }
 
 
 MANIFEST = {
@@ -39,16 +43,22 @@ def test_plain_summary_states_the_exact_counts():
     assert text is not None
     assert 3 <= len(_sentences(text)) <= 5, text
     assert text.startswith("This model looks at a box drawn around a bone tumour")
-    internal = ("In its own hospital (internal test set: 269 tumours, 47 malignant) it flagged 35 of the 47 "
-                "malignant tumours (about 7 in 10); 12 of its 206 'benign' calls were wrong (about 1 in 17), "
-                "and 28 of its 63 'malignant' calls (about 4 in 10).")
-    external = ("At a hospital whose images it had never seen (centre3: 232 tumours, 31 malignant) it flagged 20 "
-                "of the 31 malignant tumours (about 6 in 10); 11 of its 161 'benign' calls were wrong (about 1 in "
-                "15), and 51 of its 71 'malignant' calls (about 7 in 10).")
+    internal = (
+        "In its own hospital (internal test set: 269 tumours, 47 malignant) it flagged 35 of the 47 "
+        "malignant tumours (about 7 in 10); 12 of its 206 'benign' calls were wrong (about 1 in 17), "
+        "and 28 of its 63 'malignant' calls (about 4 in 10)."
+    )
+    external = (
+        "At a hospital whose images it had never seen (centre3: 232 tumours, 31 malignant) it flagged 20 "
+        "of the 31 malignant tumours (about 6 in 10); 11 of its 161 'benign' calls were wrong (about 1 in "
+        "15), and 51 of its 71 'malignant' calls (about 7 in 10)."
+    )
     assert internal in text and external in text
     assert text.index(internal) < text.index(external)
-    assert "tested on held-out cases from the hospital it was trained on and at one hospital never used to build " \
-           "it (centre3)" in text
+    assert (
+        "tested on held-out cases from the hospital it was trained on and at one hospital never used to build "
+        "it (centre3)" in text
+    )
     assert "Expect numbers like the unseen hospital's at yours" in text
 
 
@@ -64,9 +74,19 @@ def test_plain_summary_without_external_says_so_and_without_evaluation_is_none()
     assert "0 of its 5 'malignant' calls (none)" in _summary(one_wrong)
 
 
-@pytest.mark.parametrize("k, n, words", [
-    (0, 10, "none"), (10, 10, "all"), (35, 47, "about 7 in 10"), (12, 206, "about 1 in 17"),
-    (1, 5, "about 2 in 10"), (1, 6, "about 1 in 6"), (99, 100, "more than 9 in 10"), (5, 10, "about 5 in 10")])
+@pytest.mark.parametrize(
+    "k, n, words",
+    [
+        (0, 10, "none"),
+        (10, 10, "all"),
+        (35, 47, "about 7 in 10"),
+        (12, 206, "about 1 in 17"),
+        (1, 5, "about 2 in 10"),
+        (1, 6, "about 1 in 6"),
+        (99, 100, "more than 9 in 10"),
+        (5, 10, "about 5 in 10"),
+    ],
+)
 def test_share_words(k, n, words):
     assert share_words(k, n) == words
 

@@ -49,7 +49,8 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def test_interrupted_run_leaves_flushed_rows_and_resume_fills_only_the_rest(
-        tiny_release, cases_with_duplicates, reference, tmp_path, monkeypatch):
+    tiny_release, cases_with_duplicates, reference, tmp_path, monkeypatch
+):
     zoo = load_zoo(tiny_release["release"])
     out = tmp_path / "p.csv"
     real_predict_row = P.predict_row
@@ -84,8 +85,9 @@ def test_interrupted_run_leaves_flushed_rows_and_resume_fills_only_the_rest(
     assert resumed["roi_x1"].iloc[-1] == pytest.approx(40)
 
 
-def test_resume_recomputes_rows_that_failed_moved_or_changed(tiny_release, cases_with_duplicates, reference,
-                                                             tmp_path, monkeypatch):
+def test_resume_recomputes_rows_that_failed_moved_or_changed(
+    tiny_release, cases_with_duplicates, reference, tmp_path, monkeypatch
+):
     """Reused: finished rows with the same inputs. Recomputed: a failed row, a row whose
     position now holds another image, one whose age changed, one whose ROI changed; and
     every row when the ROI mode changes."""
@@ -100,7 +102,9 @@ def test_resume_recomputes_rows_that_failed_moved_or_changed(tiny_release, cases
     stale.loc[9, "roi_x1"] = float(stale.loc[9, "roi_x1"]) - 3  # ... and another ROI
     stale.to_csv(out, index=False)
     real_predict_row, calls = P.predict_row, []
-    monkeypatch.setattr(P, "predict_row", lambda zoo_, row, mode, **kw: calls.append(1) or real_predict_row(zoo_, row, mode, **kw))
+    monkeypatch.setattr(
+        P, "predict_row", lambda zoo_, row, mode, **kw: calls.append(1) or real_predict_row(zoo_, row, mode, **kw)
+    )
     resumed = P.predict_cases(zoo, cases_with_duplicates, out, resume=True)
     assert len(calls) == 4, "rows 3, 5, 7 and 9 only"
     _same(resumed, reference)
@@ -109,8 +113,7 @@ def test_resume_recomputes_rows_that_failed_moved_or_changed(tiny_release, cases
     assert len(calls) == len(reference), "a different --roi mode reuses nothing"
 
 
-def test_hard_killed_cli_run_resumes_to_the_uninterrupted_result(tiny_release, cases_with_duplicates,
-                                                                  reference, tmp_path):
+def test_hard_killed_cli_run_resumes_to_the_uninterrupted_result(tiny_release, cases_with_duplicates, reference, tmp_path):
     """The CLI process dies with os._exit (no cleanup, as under SIGKILL or power loss) after
     the 30th row; ``--resume`` then completes the file, equal to an uninterrupted run."""
     out = tmp_path / "p.csv"
@@ -127,18 +130,17 @@ def test_hard_killed_cli_run_resumes_to_the_uninterrupted_result(tiny_release, c
         from model_zoo.__main__ import main
         sys.exit(main(sys.argv[1:]))
     """)
-    args = ["predict", "--cases", str(cases_with_duplicates), "--out", str(out), "--zoo", str(tiny_release["release"]),
-            "--quiet"]
+    args = ["predict", "--cases", str(cases_with_duplicates), "--out", str(out), "--zoo", str(tiny_release["release"]), "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    died = subprocess.run([sys.executable, "-c", crash, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    died = subprocess.run([sys.executable, "-c", crash, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert died.returncode == 137, died.stderr
     partial = pd.read_csv(out, keep_default_na=False)
     flush_every = inspect.signature(P.predict_cases).parameters["flush_every"].default
     assert len(partial) == flush_every, "the last flush survives; the file is whole, not torn"
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "p.csv"]
     assert not leftovers, f"temporary files left behind: {leftovers}"
-    done = subprocess.run([sys.executable, "-m", "model_zoo", *args, "--resume"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "model_zoo", *args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     _same(pd.read_csv(out), reference)

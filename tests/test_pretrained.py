@@ -66,7 +66,8 @@ def _source_output(source: P.PretrainedSource, weights: Path, x: np.ndarray) -> 
     model = onnx.load(str(weights))
     del model.graph.output[:]
     model.graph.output.append(
-        onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0", onnx.TensorProto.FLOAT, None))
+        onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0", onnx.TensorProto.FLOAT, None)
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     options.log_severity_level = 3
@@ -82,8 +83,7 @@ def test_converted_weights_reproduce_the_source(name, converted):
 
     source = _require(name)
     path = converted(name)
-    model = timm.create_model(source.timm_arch, pretrained=False, num_classes=source.num_classes,
-                              **source.timm_kwargs).eval()
+    model = timm.create_model(source.timm_arch, pretrained=False, num_classes=source.num_classes, **source.timm_kwargs).eval()
     model.load_state_dict(load_file(str(path)), strict=True)
     x = P.check_input(source)
     with torch.no_grad():

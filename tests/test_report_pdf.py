@@ -41,25 +41,53 @@ def _pdf_text(pdf: bytes) -> str:
     return "\n".join(out).replace("\\(", "(").replace("\\)", ")").replace("\\\\", "\\")
 
 
-def _report(*, p_ensemble: float = 0.73, threshold: float = 0.41, p_calibrated: float | None = None,
-            threshold_calibrated: float | None = None, band: float = DEFAULT_INDETERMINATE_BAND, **over) -> CaseReport:
+def _report(
+    *,
+    p_ensemble: float = 0.73,
+    threshold: float = 0.41,
+    p_calibrated: float | None = None,
+    threshold_calibrated: float | None = None,
+    band: float = DEFAULT_INDETERMINATE_BAND,
+    **over,
+) -> CaseReport:
     """A full report whose call is framed by the product rule (``frame_call``) from the
     probabilities given and the report's jitter result, unless ``call`` is given."""
     rng = np.random.default_rng(0)
     jitter = over.get("jitter", JitterSummary(n=8, n_flips=0, p_min=0.65, p_max=0.79, p_sd=0.05))
-    call = frame_call(p_ensemble, threshold, "malignant", "benign", p_calibrated=p_calibrated,
-                      threshold_calibrated=threshold_calibrated, band=band, jitter=jitter)
+    call = frame_call(
+        p_ensemble,
+        threshold,
+        "malignant",
+        "benign",
+        p_calibrated=p_calibrated,
+        threshold_calibrated=threshold_calibrated,
+        band=band,
+        jitter=jitter,
+    )
     kw = dict(
-        zoo_name="tiny-zoo", zoo_version="0.0.1", call=call, p_members={"effnet_b3": 0.61, "vit": 0.88},
-        radiograph=rng.random((300, 200)).astype(np.float32), image_size_wh=(1000, 1500),
-        roi_box=(100.0, 200.0, 400.0, 600.0), image_sha256="a" * 64, roi_source="drawn on the image",
-        threshold_rule="youden", p_clinic=0.35, disagreement=0.27, age=14.0, sex="F", site="appendicular",
+        zoo_name="tiny-zoo",
+        zoo_version="0.0.1",
+        call=call,
+        p_members={"effnet_b3": 0.61, "vit": 0.88},
+        radiograph=rng.random((300, 200)).astype(np.float32),
+        image_size_wh=(1000, 1500),
+        roi_box=(100.0, 200.0, 400.0, 600.0),
+        image_sha256="a" * 64,
+        roi_source="drawn on the image",
+        threshold_rule="youden",
+        p_clinic=0.35,
+        disagreement=0.27,
+        age=14.0,
+        sex="F",
+        site="appendicular",
         crops={"effnet_b3": rng.random((64, 64)), "vit": rng.random((64, 64))},
         heatmaps=[HeatmapFigure(f"GradCAM {i}", (rng.random((50, 60, 3)) * 255).astype(np.uint8)) for i in range(3)],
         jitter=jitter,
-        warnings=["colour image converted to grayscale"], calibration_note="Not recalibrated.",
+        warnings=["colour image converted to grayscale"],
+        calibration_note="Not recalibrated.",
         zoo_files={"members/vit.safetensors": "b" * 64, "stacker.joblib": "c" * 64},
-        manifest_sha256="d" * 64, intended_use="Research and teaching only; not a medical device.",
+        manifest_sha256="d" * 64,
+        intended_use="Research and teaching only; not a medical device.",
         created=dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc),
         identifiers={"Case reference": "Smith^Jane 12345"},
     )
@@ -72,9 +100,23 @@ def test_pdf_contents():
     assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
     text = _pdf_text(pdf)
     assert "Probability of malignant: 0.73 (threshold 0.41 -> above: malignant)" in text
-    for needle in ("tiny-zoo 0.0.1", "b" * 64, "c" * 64, "d" * 64, "a" * 64, "not a medical device",
-                   "2026-01-02", "0.610", "0.880", "Clinic-only model", "youden", "x 100-400, y 200-600",
-                   "colour image converted", "same class call in 8 of 8", "14 years"):
+    for needle in (
+        "tiny-zoo 0.0.1",
+        "b" * 64,
+        "c" * 64,
+        "d" * 64,
+        "a" * 64,
+        "not a medical device",
+        "2026-01-02",
+        "0.610",
+        "0.880",
+        "Clinic-only model",
+        "youden",
+        "x 100-400, y 200-600",
+        "colour image converted",
+        "same class call in 8 of 8",
+        "14 years",
+    ):
         assert needle in text, needle
     # radiograph + 2 crops + 3 heatmaps, all distinct images
     assert len(re.findall(rb"/Subtype\s*/Image", pdf)) == 6
@@ -104,12 +146,15 @@ def test_pdf_survives_non_latin_text():
     assert pdf_text("病变") == "??"
 
 
-@pytest.mark.parametrize("p, t, expected", [
-    (0.73, 0.41, "Probability of malignant: 0.73 (threshold 0.41 -> above: malignant)"),
-    (0.20, 0.41, "Probability of malignant: 0.20 (threshold 0.41 -> below: benign)"),
-    (0.41, 0.41, "Probability of malignant: 0.41 (threshold 0.41 -> at: malignant)"),
-    (0.406, 0.409, "Probability of malignant: 0.406 (threshold 0.409 -> below: benign)"),
-])
+@pytest.mark.parametrize(
+    "p, t, expected",
+    [
+        (0.73, 0.41, "Probability of malignant: 0.73 (threshold 0.41 -> above: malignant)"),
+        (0.20, 0.41, "Probability of malignant: 0.20 (threshold 0.41 -> below: benign)"),
+        (0.41, 0.41, "Probability of malignant: 0.41 (threshold 0.41 -> at: malignant)"),
+        (0.406, 0.409, "Probability of malignant: 0.406 (threshold 0.409 -> below: benign)"),
+    ],
+)
 def test_probability_sentence(p, t, expected):
     assert probability_sentence(p, t, "malignant", "benign") == expected
 
@@ -120,9 +165,20 @@ def test_probability_sentence(p, t, expected):
 def test_audit_appends_one_json_line_per_event(tmp_path):
     log = tmp_path / "sub" / "audit.jsonl"
     ev = audit.prediction_event(
-        image_sha256="e" * 64, zoo_name="tiny-zoo", zoo_version="0.0.1", roi_box=(1, 2.345, 30, 40),
-        roi_source="drawn", age=float("nan"), sex="F", site=None, p_ensemble=np.float32(0.5),
-        p_members={"vit": 0.25}, p_clinic=None, threshold=0.4, label="malignant")
+        image_sha256="e" * 64,
+        zoo_name="tiny-zoo",
+        zoo_version="0.0.1",
+        roi_box=(1, 2.345, 30, 40),
+        roi_source="drawn",
+        age=float("nan"),
+        sex="F",
+        site=None,
+        p_ensemble=np.float32(0.5),
+        p_members={"vit": 0.25},
+        p_clinic=None,
+        threshold=0.4,
+        label="malignant",
+    )
     first = audit.append_event(log, ev)
     audit.append_event(log, {"event": "batch_prediction", "n_rows": np.int64(3)})
     lines = log.read_text().splitlines()
@@ -181,6 +237,13 @@ def test_pdf_reads_the_call_and_nothing_beside_it():
     assert "0.620 (threshold 0.500; uncalibrated, same side)" in text and "0.500 (youden)" in text
     assert "0.73" not in text, "nothing from the default probabilities leaks in"
     names = {f.name for f in dataclasses.fields(CaseReport)}
-    assert not names & {"label", "p_calibrated", "threshold_calibrated", "p_ensemble", "threshold",
-                        "positive_class", "negative_class"}
+    assert not names & {
+        "label",
+        "p_calibrated",
+        "threshold_calibrated",
+        "p_ensemble",
+        "threshold",
+        "positive_class",
+        "negative_class",
+    }
     assert not hasattr(CaseReport, "framed_call")

@@ -52,12 +52,7 @@ def _close(a, b, tol=1e-6):
 
 
 def _contains(outer, inner, tol=0.0):
-    return (
-        outer[0] <= inner[0] + tol
-        and outer[1] <= inner[1] + tol
-        and outer[2] >= inner[2] - tol
-        and outer[3] >= inner[3] - tol
-    )
+    return outer[0] <= inner[0] + tol and outer[1] <= inner[1] + tol and outer[2] >= inner[2] - tol and outer[3] >= inner[3] - tol
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -328,10 +323,14 @@ def test_heatmap_to_image_peak_hand_computed():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    st.integers(1, 8), st.integers(1, 8),  # heatmap grid
-    st.integers(0, 7), st.integers(0, 7),  # peak cell (clipped below)
-    st.integers(0, 3), st.integers(0, 3),  # odd scale factor 2k+1
-    st.integers(0, 50), st.integers(0, 50),  # crop corner
+    st.integers(1, 8),
+    st.integers(1, 8),  # heatmap grid
+    st.integers(0, 7),
+    st.integers(0, 7),  # peak cell (clipped below)
+    st.integers(0, 3),
+    st.integers(0, 3),  # odd scale factor 2k+1
+    st.integers(0, 50),
+    st.integers(0, 50),  # crop corner
 )
 def test_heatmap_peak_location_property(gh, gw, pr, pc, kx, ky, x0, y0):
     pr, pc = min(pr, gh - 1), min(pc, gw - 1)
@@ -383,10 +382,16 @@ def test_view_window_hand_computed():
     assert roi.view_window((3, 2), 100, (2.9, 1.9)) == (2, 1, 3, 2)
 
 
-@pytest.mark.parametrize("zoom, center, message", [
-    (0.5, None, "zoom 0.5 must be"), (math.nan, None, "zoom nan"), (math.inf, None, "zoom inf"),
-    (2, (math.nan, 3), "NaN or infinite"), (2, "middle", "not an \\(x, y\\) pair"),
-])
+@pytest.mark.parametrize(
+    "zoom, center, message",
+    [
+        (0.5, None, "zoom 0.5 must be"),
+        (math.nan, None, "zoom nan"),
+        (math.inf, None, "zoom inf"),
+        (2, (math.nan, 3), "NaN or infinite"),
+        (2, "middle", "not an \\(x, y\\) pair"),
+    ],
+)
 def test_view_window_refuses(zoom, center, message):
     with pytest.raises(InputError, match=message):
         roi.view_window((100, 100), zoom, center)
@@ -432,8 +437,13 @@ def test_view_window_properties(size, zoom, centre):
     assert roi.view_window(size, 1.0, centre) == (0, 0, w, h)
 
 
-@given(sizes, zooms, centres, st.tuples(st.integers(1, 2048), st.integers(1, 2048)),
-       st.tuples(*[st.floats(-1.5, 2.5, allow_nan=False)] * 4))
+@given(
+    sizes,
+    zooms,
+    centres,
+    st.tuples(st.integers(1, 2048), st.integers(1, 2048)),
+    st.tuples(*[st.floats(-1.5, 2.5, allow_nan=False)] * 4),
+)
 def test_view_image_round_trip(size, zoom, centre, view, frac):
     """Canvas -> image -> canvas and image -> canvas -> image give the box back (float rounding only)."""
     win = roi.view_window(size, zoom, centre)
@@ -446,8 +456,14 @@ def test_view_image_round_trip(size, zoom, centre, view, frac):
     assert _close(again, image_box, 1e-9)
 
 
-@given(st.integers(50, 3000), st.integers(50, 3000), st.sampled_from([1.5, 2.0, 3.0, 4.0]), centres,
-       st.tuples(*[st.floats(0.0, 1.0, allow_nan=False)] * 4), st.integers(200, 1024))
+@given(
+    st.integers(50, 3000),
+    st.integers(50, 3000),
+    st.sampled_from([1.5, 2.0, 3.0, 4.0]),
+    centres,
+    st.tuples(*[st.floats(0.0, 1.0, allow_nan=False)] * 4),
+    st.integers(200, 1024),
+)
 def test_zoomed_and_unzoomed_drawings_mark_the_same_pixels(w, h, zoom, centre, frac, display_px):
     """A region of the image drawn on the zoomed canvas and the same region drawn on the
     unzoomed canvas give the same stored-image box; on the zoomed canvas it is drawn
@@ -459,8 +475,12 @@ def test_zoomed_and_unzoomed_drawings_mark_the_same_pixels(w, h, zoom, centre, f
     # A region inside the window, in image pixels.
     fx0, fx1 = sorted(frac[0::2])
     fy0, fy1 = sorted(frac[1::2])
-    region = (win[0] + fx0 * (win[2] - win[0]), win[1] + fy0 * (win[3] - win[1]),
-              win[0] + fx1 * (win[2] - win[0]), win[1] + fy1 * (win[3] - win[1]))
+    region = (
+        win[0] + fx0 * (win[2] - win[0]),
+        win[1] + fy0 * (win[3] - win[1]),
+        win[0] + fx1 * (win[2] - win[0]),
+        win[1] + fy1 * (win[3] - win[1]),
+    )
     on_zoomed = roi.box_image_to_view(region, win, (dw, dh))
     on_full = roi.box_image_to_view(region, full, (dw, dh))
     assert all(-1e-6 <= v <= s + 1e-6 for v, s in zip(on_zoomed, (dw, dh, dw, dh))), "inside the zoomed canvas"

@@ -9,8 +9,12 @@ from training.config import StackerConfig
 from training.release import selection_rule
 from training.fit_stacker import choose_candidate, select_stacker
 
-RANKED = [{"name": "gbdt", "cv_auc": 0.951}, {"name": "rf", "cv_auc": 0.9505}, {"name": "lr", "cv_auc": 0.950},
-          {"name": "knn", "cv_auc": 0.932}]
+RANKED = [
+    {"name": "gbdt", "cv_auc": 0.951},
+    {"name": "rf", "cv_auc": 0.9505},
+    {"name": "lr", "cv_auc": 0.950},
+    {"name": "knn", "cv_auc": 0.932},
+]
 
 
 def test_best_wins_without_a_preference() -> None:
@@ -19,9 +23,9 @@ def test_best_wins_without_a_preference() -> None:
 
 
 def test_preferred_candidate_kept_only_within_the_tolerance() -> None:
-    assert choose_candidate(RANKED, "lr", 0.001) == "lr"      # 0.001 behind: boundary counts as within
+    assert choose_candidate(RANKED, "lr", 0.001) == "lr"  # 0.001 behind: boundary counts as within
     assert choose_candidate(RANKED, "lr", 0.0009) == "gbdt"
-    assert choose_candidate(RANKED, "knn", 0.005) == "gbdt"    # 0.019 behind
+    assert choose_candidate(RANKED, "knn", 0.005) == "gbdt"  # 0.019 behind
     assert choose_candidate(RANKED, "missing", 0.5) == "gbdt"
 
 
@@ -30,18 +34,23 @@ def test_select_stacker_refits_the_preferred_candidate() -> None:
     X = rng.normal(size=(120, 3))
     y = (X[:, 0] + 0.5 * rng.normal(size=120) > 0).astype(int)
     groups = np.arange(120)
-    name, model, table = select_stacker(X, y, groups, candidates=["dt", "lr"], folds=3, seed=0,
-                                        prefer="dt", prefer_within=1.0)
+    name, model, table = select_stacker(X, y, groups, candidates=["dt", "lr"], folds=3, seed=0, prefer="dt", prefer_within=1.0)
     assert name == "dt" and type(model).__name__ == "DecisionTreeClassifier"
     assert [r["name"] for r in table] == sorted(["dt", "lr"], key=lambda n: -next(r["cv_auc"] for r in table if r["name"] == n))
     name, _, _ = select_stacker(X, y, groups, candidates=["dt", "lr"], folds=3, seed=0)
     assert name == max(table, key=lambda r: r["cv_auc"])["name"]
 
 
-@pytest.mark.parametrize("cfg, words", [
-    ({}, "best grouped-CV ROC AUC"),
-    ({"prefer": "lr", "prefer_within": 0.005}, "best grouped-CV ROC AUC, except lr when its CV AUC is within 0.005 of the best"),
-])
+@pytest.mark.parametrize(
+    "cfg, words",
+    [
+        ({}, "best grouped-CV ROC AUC"),
+        (
+            {"prefer": "lr", "prefer_within": 0.005},
+            "best grouped-CV ROC AUC, except lr when its CV AUC is within 0.005 of the best",
+        ),
+    ],
+)
 def test_selection_rule_in_words(cfg: dict, words: str) -> None:
     assert selection_rule(StackerConfig(**cfg)) == words
 
@@ -54,9 +63,9 @@ def test_member_logits_transforms_only_the_member_columns() -> None:
     X = np.array([[0.2, 0.9, 35.0, 1.0], [0.5, 0.01, 70.0, 0.0], [1.0, 0.0, 12.0, 1.0]])
     out = MemberLogits(n_members=2).fit(X).transform(X)
     np.testing.assert_allclose(out[:2, :2], logit(X[:2, :2]), rtol=1e-12)
-    np.testing.assert_array_equal(out[:, 2:], X[:, 2:])            # clinical columns untouched
+    np.testing.assert_array_equal(out[:, 2:], X[:, 2:])  # clinical columns untouched
     assert np.all(np.isfinite(out)) and abs(out[2, 0]) == pytest.approx(logit(1 - 1e-6))  # clipped, not inf
-    assert X[0, 0] == 0.2                                          # input not modified
+    assert X[0, 0] == 0.2  # input not modified
     with pytest.raises(ValueError, match="stacker features"):
         MemberLogits(n_members=5).transform(X)
 
@@ -69,7 +78,7 @@ def test_logit_stacker_weighs_confident_members_and_survives_a_joblib_round_trip
     from training.fit_stacker import select_stacker as select
 
     rng = np.random.default_rng(1)
-    z = rng.normal(size=(400, 2)) * [6.0, 1.5]          # two members: one often near-certain
+    z = rng.normal(size=(400, 2)) * [6.0, 1.5]  # two members: one often near-certain
     y = (rng.random(400) < 1 / (1 + np.exp(-(z[:, 0] + z[:, 1])))).astype(int)
     X = np.column_stack([1 / (1 + np.exp(-z)), rng.normal(size=400)])
     groups = np.arange(400)

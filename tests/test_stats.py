@@ -110,8 +110,11 @@ def test_library_auc_is_nan_for_a_single_class_and_refuses_bad_input():
     from model_zoo.auc import roc_auc
 
     assert math.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
-    for y, s, msg in [([0, 1, 1], [0.1, np.nan, 0.3], "NaN"), ([0, 1, 2], [0.1, 0.2, 0.3], "0/1"),
-                      ([0, 1], [0.1, 0.2, 0.3], "one length")]:
+    for y, s, msg in [
+        ([0, 1, 1], [0.1, np.nan, 0.3], "NaN"),
+        ([0, 1, 2], [0.1, 0.2, 0.3], "0/1"),
+        ([0, 1], [0.1, 0.2, 0.3], "one length"),
+    ]:
         with pytest.raises(InputError, match=msg):
             roc_auc(y, s)
 
@@ -191,10 +194,7 @@ def test_delong_variance_agrees_with_stratified_bootstrap():
     r = st.delong_auc(y, s)
     pos, neg = s[y == 1], s[y == 0]
     lab = np.r_[np.ones(pos.size), np.zeros(neg.size)]
-    boot = [
-        st.roc_auc(lab, np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
-        for _ in range(2000)
-    ]
+    boot = [st.roc_auc(lab, np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)]) for _ in range(2000)]
     assert r.variance == pytest.approx(np.var(boot, ddof=1), rel=0.15)
 
 
@@ -297,13 +297,9 @@ def test_confusion_and_rates_match_sklearn(seed):
         m = st.classification_metrics(c)
         assert m["accuracy"].estimate == pytest.approx(skm.accuracy_score(y, pred), abs=STAT_TOL)
         assert m["sensitivity"].estimate == pytest.approx(skm.recall_score(y, pred), abs=STAT_TOL)
-        assert m["specificity"].estimate == pytest.approx(
-            skm.recall_score(y, pred, pos_label=0), abs=STAT_TOL
-        )
+        assert m["specificity"].estimate == pytest.approx(skm.recall_score(y, pred, pos_label=0), abs=STAT_TOL)
         assert m["ppv"].estimate == pytest.approx(skm.precision_score(y, pred), abs=STAT_TOL)
-        assert m["npv"].estimate == pytest.approx(
-            skm.precision_score(y, pred, pos_label=0), abs=STAT_TOL
-        )
+        assert m["npv"].estimate == pytest.approx(skm.precision_score(y, pred, pos_label=0), abs=STAT_TOL)
         assert st.f1_score(c) == pytest.approx(skm.f1_score(y, pred), abs=STAT_TOL)
         for name, prop in m.items():
             lo, hi = proportion_confint(prop.successes, prop.n, method="wilson")
@@ -353,9 +349,7 @@ def test_cochrans_q_matches_statsmodels(seed, k):
     assert r.p_value == pytest.approx(ref.pvalue, abs=STAT_TOL)
     assert r.df == ref.df
     if k == 2:  # Q with two methods is McNemar's chi-square without correction
-        table = np.array(
-            [[np.sum((x[:, 0] == a) & (x[:, 1] == b)) for b in (1, 0)] for a in (1, 0)]
-        )
+        table = np.array([[np.sum((x[:, 0] == a) & (x[:, 1] == b)) for b in (1, 0)] for a in (1, 0)])
         mc = sm_mcnemar(table, exact=False, correction=False)
         assert r.statistic == pytest.approx(mc.statistic, abs=STAT_TOL)
 
@@ -448,9 +442,7 @@ def test_fleiss_kappa_matches_statsmodels_random(seed, raters):
     reads = _simulate_reads(rng, 120, np.linspace(0.7, 0.9, raters))
     counts, cats = st.ratings_to_counts(reads)
     assert list(cats) == [0, 1]
-    assert st.fleiss_kappa(counts).kappa == pytest.approx(
-        sm_fleiss_kappa(counts, method="fleiss"), abs=STAT_TOL
-    )
+    assert st.fleiss_kappa(counts).kappa == pytest.approx(sm_fleiss_kappa(counts, method="fleiss"), abs=STAT_TOL)
 
 
 def test_fleiss_kappa_se_matches_jackknife():

@@ -24,9 +24,18 @@ POS, NEG = "malignant", "benign"
 def _zoo(threshold: float = 0.4, calibrated_threshold: float | None = None, calibrate=None):
     """A stand-in release: its threshold, class names and ``call`` (the one framing rule,
     model_zoo.framing, with the default band); ``calibrate`` maps a raw probability."""
+
     def call(p_raw: float, jitter=None):
-        return frame_call(p_raw, threshold, POS, NEG, p_calibrated=calibrate(p_raw) if calibrate else None,
-                          threshold_calibrated=calibrated_threshold, jitter=jitter)
+        return frame_call(
+            p_raw,
+            threshold,
+            POS,
+            NEG,
+            p_calibrated=calibrate(p_raw) if calibrate else None,
+            threshold_calibrated=calibrated_threshold,
+            jitter=jitter,
+        )
+
     return SimpleNamespace(threshold=threshold, positive_class=POS, negative_class=NEG, call=call)
 
 
@@ -124,9 +133,17 @@ def test_roc_table_words():
 # ----------------------------------------------------------------------------- the model's answer
 
 
-@pytest.mark.parametrize("p, label, call, verdict", [
-    (0.90, 1, 1, tl.RIGHT), (0.90, 0, 1, tl.WRONG), (0.10, 0, 0, tl.RIGHT), (0.10, 1, 0, tl.WRONG),
-    (0.43, 1, None, tl.NO_CALL), (0.37, 0, None, tl.NO_CALL)])
+@pytest.mark.parametrize(
+    "p, label, call, verdict",
+    [
+        (0.90, 1, 1, tl.RIGHT),
+        (0.90, 0, 1, tl.WRONG),
+        (0.10, 0, 0, tl.RIGHT),
+        (0.10, 1, 0, tl.WRONG),
+        (0.43, 1, None, tl.NO_CALL),
+        (0.37, 0, None, tl.NO_CALL),
+    ],
+)
 def test_model_call_is_framed_as_on_the_case_page(p, label, call, verdict):
     zoo = _zoo(0.4)
     case = _case("C1", label, p)

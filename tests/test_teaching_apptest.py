@@ -32,8 +32,7 @@ def _load(at, csv_bytes: bytes, zip_bytes: bytes, cams: bool = True):
     return at.session_state["teach_cases"]
 
 
-def _read_all(at, cases, reader: str, answer, confidence=lambda cid: 3,
-              teaching: bool = False) -> list[tuple[str, str]]:
+def _read_all(at, cases, reader: str, answer, confidence=lambda cid: 3, teaching: bool = False) -> list[tuple[str, str]]:
     """Reads every case for ``reader``; in teaching mode returns (case, truth line shown after its read)."""
     at.text_input(key="teach_reader").input(reader).run()
     shown = []
@@ -70,8 +69,7 @@ def test_teaching_mode_reveal_roc_and_export(dash_env, zoo):
     at.text_input(key="teach_reader").input("Ann").run()
     assert not any(s in m.value for m in at.markdown for s in SUBTYPES)
     at.toggle(key="teach_mode").set_value(True).run()
-    shown = _read_all(at, cases, "Ann", lambda cid: pos if truth[cid].label else neg,
-                      confidence=lambda cid: 5, teaching=True)
+    shown = _read_all(at, cases, "Ann", lambda cid: pos if truth[cid].label else neg, confidence=lambda cid: 5, teaching=True)
     assert [cid for cid, _ in shown] == [c.case_id for c in cases]
     for cid, line in shown:
         assert line.startswith(f"**Truth: {pos if truth[cid].label else neg}** - subtype: {truth[cid].subtype};")

@@ -25,8 +25,9 @@ def _fit(cases: Path, tmp: Path, *extra: str) -> Path:
     from training.__main__ import main
 
     zoo_parent, run_dir = tmp / "zoo", tmp / "run"
-    rc = main(["fit", "--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo_parent),
-               "--run-dir", str(run_dir), *extra])
+    rc = main(
+        ["fit", "--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo_parent), "--run-dir", str(run_dir), *extra]
+    )
     assert rc == 0
     releases = [p for p in zoo_parent.iterdir() if not p.name.startswith(".")]
     assert len(releases) == 1, "exactly one release folder, no temp leftovers"
@@ -53,8 +54,13 @@ def test_release_manifest_and_hashes(synthetic_zoo):
     assert {r["name"] for r in manifest["stacker"]["comparison"]} == {"rf", "lr", "dt", "knn"}
     assert 0.0 <= manifest["threshold"]["value"] <= 1.0
     assert manifest["threshold"]["chosen_on"] == "val"
-    assert set(manifest["files"]) >= {"stacker.joblib", "config.yaml", "MODEL_CARD.md",
-                                      "report/val/metrics.json", "report/val/report.html"}
+    assert set(manifest["files"]) >= {
+        "stacker.joblib",
+        "config.yaml",
+        "MODEL_CARD.md",
+        "report/val/metrics.json",
+        "report/val/report.html",
+    }
     assert len(manifest["data"]["fingerprint"]) == 64
     # reports share one offline plotly.js; the standalone copy inlines it again
     from model_zoo.zoo import standalone_report_html
@@ -76,8 +82,7 @@ def test_out_of_fold_rule(synthetic_zoo):
             assert train and score and not (train & score), f"{fold_dir}: scored rows it trained on"
             scored += result["score_idx"].tolist()
         final = torch.load(member_dir / "final" / "result.pt", weights_only=False)
-        assert sorted(scored) == sorted(final["train_idx"].tolist()), \
-            "every training row gets exactly one out-of-fold score"
+        assert sorted(scored) == sorted(final["train_idx"].tolist()), "every training row gets exactly one out-of-fold score"
         assert not set(final["train_idx"].tolist()) & set(final["score_idx"].tolist())
 
 
@@ -128,8 +133,7 @@ def test_predict_auto_roi_uses_localiser(synthetic_zoo, tmp_path):
     manifest = verify_release(release).to_dict()
     assert manifest["localiser"]["weights"] in manifest["files"]
     out = tmp_path / "auto.csv"
-    assert main(["predict", "--cases", str(cases), "--out", str(out), "--zoo", str(release),
-                 "--roi", "auto", "--quiet"]) == 0
+    assert main(["predict", "--cases", str(cases), "--out", str(out), "--zoo", str(release), "--roi", "auto", "--quiet"]) == 0
     pred = pd.read_csv(out, keep_default_na=False)
     assert pred["roi_source"].str.startswith("auto (confidence").all()
     assert ((pred["roi_x1"].astype(float) <= 96) & (pred["roi_x0"].astype(float) >= 0)).all()
@@ -153,16 +157,35 @@ def test_releases_are_immutable(synthetic_zoo, tmp_path):
     from training.fit import main
 
     release, run_dir, cases = synthetic_zoo
-    rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(release.parent),
-               "--run-dir", str(tmp_path / "run2"), "version=0.0.1", "train.epochs=0"])
+    rc = main(
+        [
+            "--config",
+            "tiny",
+            "--quiet",
+            "--cases",
+            str(cases),
+            "--out",
+            str(release.parent),
+            "--run-dir",
+            str(tmp_path / "run2"),
+            "version=0.0.1",
+            "train.epochs=0",
+        ]
+    )
     assert rc == 2  # same name+version exists: refused, nothing overwritten
     verify_release(release).to_dict()
 
 
 def test_real_btxrd_subset(btxrd_dir, tmp_path):
     """A few dozen real BTXRD radiographs through the whole path."""
-    release = _fit(btxrd_dir / "metadata.csv", tmp_path, "data.max_cases=48", "version=0.0.2",
-                   "train.epochs=1", "data.split_ratios=[0.5,0.3,0.2]")
+    release = _fit(
+        btxrd_dir / "metadata.csv",
+        tmp_path,
+        "data.max_cases=48",
+        "version=0.0.2",
+        "train.epochs=1",
+        "data.split_ratios=[0.5,0.3,0.2]",
+    )
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["data"]["n_cases"] == 48
     assert sum(v["n"] for v in manifest["data"]["splits"].values()) == 48
@@ -175,8 +198,19 @@ def test_resume_repackages_without_retraining(synthetic_zoo, tmp_path):
     release, run_dir, cases = synthetic_zoo
     results = sorted(run_dir.glob("jobs/*/*/result.pt"))
     stamps = {p: p.stat().st_mtime_ns for p in results}
-    args = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-            "--run-dir", str(run_dir), "--resume", f"localiser.path={release.parent.parent / 'loc'}"]
+    args = [
+        "--config",
+        "tiny",
+        "--quiet",
+        "--cases",
+        str(cases),
+        "--out",
+        str(tmp_path / "zoo"),
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+        f"localiser.path={release.parent.parent / 'loc'}",
+    ]
     assert main([*args, "version=0.0.3"]) == 0
     assert {p: p.stat().st_mtime_ns for p in results} == stamps, "no member job was retrained"
     new = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.3").to_dict()
@@ -196,7 +230,8 @@ def test_model_card_target_sentences_are_computed_from_metrics():
     models = {"ensemble": {"auc": 0.91}, "vit": {"auc": 0.93}, "swin": {"auc": None}, "clinic": {"auc": 0.95}}
     assert target_sentences(models, {"ensemble_auc": 0.9}) == [
         "- Ensemble test AUC 0.910 is not above the best single member (vit 0.930).",
-        "- Target ensemble AUC >= 0.90: met."]
+        "- Target ensemble AUC >= 0.90: met.",
+    ]
     models["ensemble"]["auc"] = 0.94  # the clinic-only model is not a member
     assert target_sentences(models, {})[0].endswith("is above the best single member (vit 0.930).")
     assert target_sentences({"vit": {"auc": 0.8}}, {"ensemble_auc": 0.9}) == []
@@ -209,8 +244,17 @@ def test_training_recipe_names_what_was_configured():
     paper = training_recipe(load_config("paper")["train"])
     assert paper.startswith("SGD (momentum 0.9) lr 0.1") and "x0.1 every 30 epochs" in paper
     assert "augmentation: horizontal flips, vertical flips" in paper
-    custom = training_recipe(dict(load_config("paper")["train"], optimizer="adamw", schedule="cosine",
-                                  warmup_epochs=2, hflip=False, vflip=False, affine={"degrees": 5}))
+    custom = training_recipe(
+        dict(
+            load_config("paper")["train"],
+            optimizer="adamw",
+            schedule="cosine",
+            warmup_epochs=2,
+            hflip=False,
+            vflip=False,
+            affine={"degrees": 5},
+        )
+    )
     assert custom.startswith("AdamW") and "cosine decay with 2 warm-up" in custom
     assert custom.endswith("augmentation: affine jitter")
 
@@ -225,8 +269,7 @@ def test_parallel_members_only_then_resume_matches_serial(synthetic_zoo, tmp_pat
 
     _, serial_run, cases = synthetic_zoo
     run_dir, zoo = tmp_path / "run", tmp_path / "zoo"
-    common = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo),
-              "--run-dir", str(run_dir), "version=0.0.1"]
+    common = ["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo), "--run-dir", str(run_dir), "version=0.0.1"]
     assert main([*common, "--members-only", "--workers", "2"]) == 0
     assert not zoo.exists() or not any(zoo.iterdir()), "members-only writes no release"
     serial = {p.relative_to(serial_run): p for p in serial_run.glob("jobs/*/*/result.pt")}
@@ -251,9 +294,26 @@ def test_time_limit_stops_jobs_and_the_model_card_says_so(tmp_path):
 
     cases = write_case_table(tmp_path / "data", n=40, size=64, seed=3)
     zoo = tmp_path / "zoo"
-    assert main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(zoo),
-                 "--run-dir", str(tmp_path / "run"), "--time-limit", "0.0001",
-                 "members.families=[vit]", "stacker.candidates=[lr]"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                "tiny",
+                "--quiet",
+                "--cases",
+                str(cases),
+                "--out",
+                str(zoo),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--time-limit",
+                "0.0001",
+                "members.families=[vit]",
+                "stacker.candidates=[lr]",
+            ]
+        )
+        == 0
+    )
     release = next(p for p in zoo.iterdir() if not p.name.startswith("."))
     manifest = verify_release(release).to_dict()
     assert manifest["members"][0]["epochs_run"] == 1
@@ -274,8 +334,24 @@ def test_add_localiser_makes_a_new_release_without_retraining(synthetic_zoo, tmp
     release, _, cases = synthetic_zoo
     loc = release.parent.parent / "loc"
     out = tmp_path / "zoo"
-    assert main(["add-localiser", "--zoo", str(release), "--localiser", str(loc), "--version", "0.1.0",
-                 "--out", str(out), "--cases", str(cases)]) == 0
+    assert (
+        main(
+            [
+                "add-localiser",
+                "--zoo",
+                str(release),
+                "--localiser",
+                str(loc),
+                "--version",
+                "0.1.0",
+                "--out",
+                str(out),
+                "--cases",
+                str(cases),
+            ]
+        )
+        == 0
+    )
     old, new = verify_release(release).to_dict(), verify_release(out / "tiny-zoo-0.1.0").to_dict()
     assert new["version"] == "0.1.0" and new["name"] == old["name"]
     for rel, digest in old["files"].items():
@@ -318,9 +394,24 @@ def test_a_failing_parallel_job_names_itself_and_keeps_finished_jobs(tmp_path, c
 
     cases = write_case_table(tmp_path / "data", n=40, size=64, seed=5)
     run_dir = tmp_path / "run"
-    rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-               "--run-dir", str(run_dir), "--workers", "2", "members.families=[vit,swin]",
-               "--init", f"swin={tmp_path / 'no-such-weights.safetensors'}"])
+    rc = main(
+        [
+            "--config",
+            "tiny",
+            "--quiet",
+            "--cases",
+            str(cases),
+            "--out",
+            str(tmp_path / "zoo"),
+            "--run-dir",
+            str(run_dir),
+            "--workers",
+            "2",
+            "members.families=[vit,swin]",
+            "--init",
+            f"swin={tmp_path / 'no-such-weights.safetensors'}",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "member job swin" in err and "--resume" in err and "Traceback" not in err
@@ -338,8 +429,12 @@ def test_remote_pack_then_resume_at_home(synthetic_zoo, tmp_path):
 
     release, run_dir, cases = synthetic_zoo
     repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(repo / "training" / "remote" / "pack.py"), str(run_dir),
-                    str(tmp_path / "pack")], check=True, capture_output=True, cwd=repo)
+    subprocess.run(
+        [sys.executable, str(repo / "training" / "remote" / "pack.py"), str(run_dir), str(tmp_path / "pack")],
+        check=True,
+        capture_output=True,
+        cwd=repo,
+    )
     home = tmp_path / "home"
     with tarfile.open(tmp_path / "pack" / "run.tar") as tar:
         tar.extractall(home, filter="data")
@@ -347,8 +442,24 @@ def test_remote_pack_then_resume_at_home(synthetic_zoo, tmp_path):
     final = torch.load(home / "run" / "jobs" / "vit" / "final" / "result.pt", weights_only=False)
     assert fold["state_dict"] is None and len(fold["scores"]) == len(fold["score_idx"])
     assert all(v.dtype in (torch.float16, torch.int64) for v in final["state_dict"].values())
-    assert main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-                 "--run-dir", str(home / "run"), "--resume", "version=0.0.9"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                "tiny",
+                "--quiet",
+                "--cases",
+                str(cases),
+                "--out",
+                str(tmp_path / "zoo"),
+                "--run-dir",
+                str(home / "run"),
+                "--resume",
+                "version=0.0.9",
+            ]
+        )
+        == 0
+    )
     manifest = verify_release(tmp_path / "zoo" / "tiny-zoo-0.0.9").to_dict()
     original = verify_release(release).to_dict()["metrics"]  # also holds the fixture's external set, not re-scored here
     assert manifest["metrics"] == {k: original[k] for k in ("val", "test")}, "same member scores, same stacker"
@@ -359,7 +470,19 @@ def test_bad_localiser_path_fails_before_training(tmp_path, capsys):
     from training.fit import main
 
     cases = write_case_table(tmp_path / "data", n=24, size=48, seed=6)
-    rc = main(["--config", "tiny", "--quiet", "--cases", str(cases), "--out", str(tmp_path / "zoo"),
-               "--run-dir", str(tmp_path / "run"), f"localiser.path={tmp_path / 'nowhere'}"])
+    rc = main(
+        [
+            "--config",
+            "tiny",
+            "--quiet",
+            "--cases",
+            str(cases),
+            "--out",
+            str(tmp_path / "zoo"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            f"localiser.path={tmp_path / 'nowhere'}",
+        ]
+    )
     assert rc == 2 and "not a localiser folder" in capsys.readouterr().err
     assert not (tmp_path / "run" / "jobs").exists(), "no member job ran"

@@ -102,8 +102,11 @@ def test_window_presets_in_slider_units_stretch_their_range(photometric):
     """The presets are computed in the sliders' units (header units, where MONOCHROME1 runs
     dark-to-bright downwards); applied with rewindow, 'Bone' stretches the bright half."""
     rng = np.random.default_rng(0)
-    pixels = np.clip(np.concatenate([rng.normal(0.1, 0.02, 2000), rng.normal(0.45, 0.05, 9000),
-                                     rng.normal(0.8, 0.05, 9000)]), 0, 1).astype(np.float32).reshape(100, 200)
+    pixels = (
+        np.clip(np.concatenate([rng.normal(0.1, 0.02, 2000), rng.normal(0.45, 0.05, 9000), rng.normal(0.8, 0.05, 9000)]), 0, 1)
+        .astype(np.float32)
+        .reshape(100, 200)
+    )
     meta = ImageMeta(source_format="dicom", original_size=(200, 100), photometric=photometric, window=(550.0, 1024.0))
     presets = {p.name: p for p in cl.window_presets(pixels, meta)}
     assert list(presets) == ["Header window", "Full range", "Bone", "Soft tissue"]
@@ -169,8 +172,7 @@ def test_view_pixels_are_where_the_box_maths_says():
     h, w = 300, 500
     xs = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
     ys = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
-    for window, view in (((100, 60, 300, 180), (520, 312)), ((0, 0, 500, 300), (250, 150)),
-                         ((375, 225, 500, 300), (400, 240))):
+    for window, view in (((100, 60, 300, 180), (520, 312)), ((0, 0, 500, 300), (250, 150)), ((375, 225, 500, 300), (400, 240))):
         vx, vy = viewer.view_pixels(xs, window, view), viewer.view_pixels(ys, window, view)
         assert vx.shape == (view[1], view[0])
         for cx in (3, view[0] // 2, view[0] - 4):
@@ -195,15 +197,18 @@ def test_canvas_box_on_a_zoomed_canvas_hand_computed():
     # Resized by its handle (scaleX) and running off the canvas (x -300..-100): clamped to the image,
     # not to the view: x 440 - 300 * 880/520 = -67.7 -> 0 and 440 - 100 * 880/520 = 270.8; y 440 + 500 *
     # 880/520 = 1286.2 and 440 + 510 * 880/520 = 1303.1.
-    assert viewer.canvas_image_box(_rect(-300, 500, 100, 10, scaleX=2), win, view, (1760, 1760)) == \
-        (0.0, 1286.2, 270.8, 1303.1)
+    assert viewer.canvas_image_box(_rect(-300, 500, 100, 10, scaleX=2), win, view, (1760, 1760)) == (0.0, 1286.2, 270.8, 1303.1)
     assert viewer.canvas_image_box({"objects": []}, win, view, (1760, 1760)) is None
     assert viewer.canvas_image_box(None, win, view, (1760, 1760)) is None
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(viewer.ZOOM_LEVELS), st.floats(0, 1), st.floats(0, 1),
-       st.tuples(st.integers(0, 1700), st.integers(0, 1700), st.integers(2, 400), st.integers(2, 400)))
+@given(
+    st.sampled_from(viewer.ZOOM_LEVELS),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.tuples(st.integers(0, 1700), st.integers(0, 1700), st.integers(2, 400), st.integers(2, 400)),
+)
 def test_a_drawn_box_keeps_its_stored_pixels_through_zoom_and_pan(zoom, px, py, b):
     """A box drawn earlier is redrawn on the new view's canvas (canvas_drawing) and, untouched,
     reads back as the same stored pixels (canvas_image_box), whether or not the view shows it."""

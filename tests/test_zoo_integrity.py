@@ -68,9 +68,15 @@ def deserialisers(monkeypatch):
 
         monkeypatch.setattr(owner, name, spying)
 
-    for owner, name in ((joblib, "load"), (pickle, "load"), (pickle, "loads"), (torch, "load"),
-                        (safetensors.torch, "load_file"), (safetensors.torch, "load"),
-                        (safetensors, "safe_open")):
+    for owner, name in (
+        (joblib, "load"),
+        (pickle, "load"),
+        (pickle, "loads"),
+        (torch, "load"),
+        (safetensors.torch, "load_file"),
+        (safetensors.torch, "load"),
+        (safetensors, "safe_open"),
+    ):
         wrap(owner, name)
 
     def set_strict(flag: bool) -> None:
@@ -230,8 +236,7 @@ def test_listed_file_replaced_by_folder_refused(release, deserialisers):
     _refused(release, r"stacker\.joblib is not a regular file", spy)
 
 
-@pytest.mark.parametrize("extra", ["evil.joblib", "members/extra.safetensors", ".hidden.pkl",
-                                   "report/val/new/deep.bin"])
+@pytest.mark.parametrize("extra", ["evil.joblib", "members/extra.safetensors", ".hidden.pkl", "report/val/new/deep.bin"])
 def test_extra_file_refused(release, deserialisers, extra):
     spy, _ = deserialisers
     path = release / extra
@@ -249,8 +254,9 @@ def test_extra_special_file_refused(release, deserialisers):
 # ----------------------------------------------------------------------------- paths leaving the folder
 
 
-@pytest.mark.parametrize("entry", ["../outside.bin", "members/../../outside.bin", "/etc/hostname",
-                                   "..", "members/../../../../../../etc/passwd"])
+@pytest.mark.parametrize(
+    "entry", ["../outside.bin", "members/../../outside.bin", "/etc/hostname", "..", "members/../../../../../../etc/passwd"]
+)
 def test_manifest_entry_pointing_outside_refused(release, deserialisers, entry):
     spy, _ = deserialisers
     outside = release.parent / "outside.bin"
@@ -338,8 +344,7 @@ def test_cli_verify_and_predict_refuse_tampered_zoo(release, tiny_release, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and re.fullmatch(rf"error: {re.escape(release.name)}: stacker\.joblib was modified.*", err)
     out = tmp_path / "pred.csv"
-    assert main(["predict", "--cases", str(tiny_release["cases"]), "--out", str(out), "--zoo", str(release),
-                 "--quiet"]) == 2
+    assert main(["predict", "--cases", str(tiny_release["cases"]), "--out", str(out), "--zoo", str(release), "--quiet"]) == 2
     assert "stacker.joblib was modified" in capsys.readouterr().err
     assert not out.exists(), "no output from a refused zoo"
 

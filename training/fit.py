@@ -50,6 +50,7 @@ from training.data import data_fingerprint, image_hashes, load_cases
 
 LOG = logging.getLogger(__name__)
 
+
 # ----------------------------------------------------------------------------- data ----------
 def load_externals(config: FitConfig, frame: pd.DataFrame, log: Any = LOG.info) -> dict[str, pd.DataFrame]:
     """``external: [{name, cases}]``: hospitals the release never trains on, only measures on.
@@ -72,10 +73,14 @@ def load_externals(config: FitConfig, frame: pd.DataFrame, log: Any = LOG.info) 
         ext["sha256"] = image_hashes(ext)
         shared = int(ext["sha256"].isin(known).sum())
         if shared:
-            raise InputError(f"external set {name}: {shared} of its images are also in the training case "
-                             "table; an external set must be a hospital the model has not seen")
-        log(f"      external set {name}: {len(ext)} cases ({int(ext['label'].sum())} positive), "
-            f"{len(table.errors)} rows skipped; no image shared with the training table")
+            raise InputError(
+                f"external set {name}: {shared} of its images are also in the training case "
+                "table; an external set must be a hospital the model has not seen"
+            )
+        log(
+            f"      external set {name}: {len(ext)} cases ({int(ext['label'].sum())} positive), "
+            f"{len(table.errors)} rows skipped; no image shared with the training table"
+        )
         out[name] = ext
     return out
 
@@ -89,16 +94,15 @@ def round_finals_to_stored_dtype(finals: list[dict[str, Any]], caches: dict[str,
 
     for res in finals:
         spec = MemberSpec.from_dict(res["spec"])
-        res["state_dict"] = {k: (v.half().float() if v.is_floating_point() else v)
-                             for k, v in res["state_dict"].items()}
+        res["state_dict"] = {k: (v.half().float() if v.is_floating_point() else v) for k, v in res["state_dict"].items()}
         model = fit_members.build_model_from_state(spec, res["state_dict"]).to(memory_format=torch.channels_last)
         idx = res["score_idx"]
-        res["full_scores"][idx] = sigmoid(fit_members.predict_logits(
-            model, caches[spec.member_id][idx], spec.mean, spec.std, channels_last=True))
+        res["full_scores"][idx] = sigmoid(
+            fit_members.predict_logits(model, caches[spec.member_id][idx], spec.mean, spec.std, channels_last=True)
+        )
 
 
-def score_with_finals(source: pd.DataFrame, finals: list[dict[str, Any]], cache_dir: Path,
-                      progress: bool) -> np.ndarray:
+def score_with_finals(source: pd.DataFrame, finals: list[dict[str, Any]], cache_dir: Path, progress: bool) -> np.ndarray:
     """(N, members) probabilities of the shipped (final) members on another case table, through
     the same crop cache and forward pass as the internal splits."""
     import torch
@@ -122,9 +126,16 @@ def member_logit_columns(stacker: StackerConfig, X_fit: np.ndarray) -> int:
     return X_fit.shape[1] - len(CLINICAL_FEATURES) if kind == "logit" else 0
 
 
-def fit_calibration(config: FitConfig, chosen: str, X_fit: np.ndarray, y_fit: np.ndarray,
-                    groups_fit: np.ndarray, y_val: np.ndarray, p_val: np.ndarray,
-                    log: Any = LOG.info) -> Calibration | None:
+def fit_calibration(
+    config: FitConfig,
+    chosen: str,
+    X_fit: np.ndarray,
+    y_fit: np.ndarray,
+    groups_fit: np.ndarray,
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    log: Any = LOG.info,
+) -> Calibration | None:
     """Platt calibration of the ensemble on internal data only (``calibration.fit_on``):
     ``oof`` = the chosen stacker's cross-validated probabilities on its own training rows,
     ``val`` = the val split (which also chose the checkpoints, heads and threshold)."""
@@ -135,17 +146,25 @@ def fit_calibration(config: FitConfig, chosen: str, X_fit: np.ndarray, y_fit: np
         raise InputError(f"calibration.method must be platt or none, not {method!r}")
     fit_on = config.calibration.fit_on
     if fit_on == "oof":
-        p_cv = fit_stacker.cross_val_probabilities(chosen, X_fit, y_fit, groups_fit,
-                                                   folds=config.stacker.cv_folds, seed=config.seed,
-                                                   member_logits=member_logit_columns(config.stacker, X_fit))
+        p_cv = fit_stacker.cross_val_probabilities(
+            chosen,
+            X_fit,
+            y_fit,
+            groups_fit,
+            folds=config.stacker.cv_folds,
+            seed=config.seed,
+            member_logits=member_logit_columns(config.stacker, X_fit),
+        )
         ok = ~np.isnan(p_cv)
         calibration = fit_platt(y_fit[ok], p_cv[ok], fit_on="oof")
     elif fit_on == "val":
         calibration = fit_platt(y_val, p_val, fit_on="val")
     else:
         raise InputError(f"calibration.fit_on must be oof or val, not {fit_on!r}")
-    log(f"      calibration: Platt on {fit_on} (n={calibration.n}): slope {calibration.slope:.3f}, "
-        f"intercept {calibration.intercept:.3f}")
+    log(
+        f"      calibration: Platt on {fit_on} (n={calibration.n}): slope {calibration.slope:.3f}, "
+        f"intercept {calibration.intercept:.3f}"
+    )
     return calibration
 
 
@@ -161,8 +180,9 @@ def cache_path(spec: MemberSpec, cache_dir: Path, fingerprint: str) -> Path:
     return cache_dir / f"crops_{spec.input_size}_{spec.roi_margin:g}_{fingerprint[:16]}.npy"
 
 
-def build_input_cache(frame: pd.DataFrame, spec: MemberSpec, cache_dir: Path, fingerprint: str,
-                      progress: bool = True) -> np.ndarray:
+def build_input_cache(
+    frame: pd.DataFrame, spec: MemberSpec, cache_dir: Path, fingerprint: str, progress: bool = True
+) -> np.ndarray:
     """(N, S, S) uint8 crops for every row, computed once and kept on disk for --resume."""
     from tqdm.auto import tqdm
 
@@ -170,8 +190,9 @@ def build_input_cache(frame: pd.DataFrame, spec: MemberSpec, cache_dir: Path, fi
     if path.is_file():
         return np.load(path)
     out = np.zeros((len(frame), spec.input_size, spec.input_size), np.uint8)
-    for i, row in enumerate(tqdm(list(frame.itertuples(index=False)), desc=f"cache {spec.input_size}px",
-                                 disable=not progress, leave=False)):
+    for i, row in enumerate(
+        tqdm(list(frame.itertuples(index=False)), desc=f"cache {spec.input_size}px", disable=not progress, leave=False)
+    ):
         row = pd.Series(row._asdict())
         image = imaging.load_image(row["image_path"])
         h, w = image.pixels.shape
@@ -211,17 +232,30 @@ def init_normalisation(family: str, init_path: str | None) -> dict[str, tuple[fl
     """``members.normalisation: init``: the mean/std the start's weights were trained with."""
     record = init_provenance(init_path)
     if not record or "mean" not in record or "std" not in record:
-        raise InputError(f"members.normalisation=init: {family} needs a converted start with its provenance "
-                         f"(<name>.json beside the weights, from `python -m training pretrained convert`); "
-                         f"got {init_path or 'no members.init entry'}")
+        raise InputError(
+            f"members.normalisation=init: {family} needs a converted start with its provenance "
+            f"(<name>.json beside the weights, from `python -m training pretrained convert`); "
+            f"got {init_path or 'no members.init entry'}"
+        )
     return {"mean": tuple(float(v) for v in record["mean"]), "std": tuple(float(v) for v in record["std"])}
 
 
-def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, train_idx: np.ndarray,
-                   val_idx: np.ndarray, score_idx: np.ndarray, config: FitConfig, job_dir: Path,
-                   seed: int, init_path: str | None, progress: bool,
-                   stop_at: float | None = None, bank: dict[str, np.ndarray] | None = None,
-                   maps: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def run_member_job(
+    spec: MemberSpec,
+    cache: np.ndarray,
+    frame: pd.DataFrame,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    score_idx: np.ndarray,
+    config: FitConfig,
+    job_dir: Path,
+    seed: int,
+    init_path: str | None,
+    progress: bool,
+    stop_at: float | None = None,
+    bank: dict[str, np.ndarray] | None = None,
+    maps: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Train one member job (resumable) and score ``score_idx``; result cached in job_dir.
 
     With ``bank`` (``train.trainable: head``) the backbone stays frozen and only its linear head
@@ -235,41 +269,71 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
     if maps is not None:  # train.trainable: tail (probe, then fine-tune the last blocks)
         assert init_path is not None and bank is not None
         k = config.train.tail_blocks
-        res = fit_tails.fit_tail(spec, init_path, bank, maps, np.flatnonzero(frame["split"] == "train"), y,
-                                 train_idx, val_idx, config.train.settings, seed)
+        res = fit_tails.fit_tail(
+            spec,
+            init_path,
+            bank,
+            maps,
+            np.flatnonzero(frame["split"] == "train"),
+            y,
+            train_idx,
+            val_idx,
+            config.train.settings,
+            seed,
+        )
         job_dir.mkdir(parents=True, exist_ok=True)
         fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_tails.tail_scores(res, maps, score_idx, k)
         drift = fit_heads.forward_check(res, cache[score_idx[:8]], logits[:8])
         if drift > 5e-2:  # the cached prefix is float16
-            raise RuntimeError(f"internal error: {spec.member_id}'s tail on cached maps disagrees with its "
-                               f"forward pass by {drift:.2g} logits")
+            raise RuntimeError(
+                f"internal error: {spec.member_id}'s tail on cached maps disagrees with its forward pass by {drift:.2g} logits"
+            )
     elif bank is not None:
         assert init_path is not None
-        res, weight, bias = fit_heads.fit_head(spec, init_path, bank, y, train_idx, val_idx, config.train.settings,
-                                               seed)
+        res, weight, bias = fit_heads.fit_head(spec, init_path, bank, y, train_idx, val_idx, config.train.settings, seed)
         job_dir.mkdir(parents=True, exist_ok=True)
         fit_members.write_log(job_dir / "log.csv", res.history)
         logits = fit_heads.head_scores(weight, bias, bank, score_idx)
         probe = score_idx[:8]
         drift = fit_heads.forward_check(res, cache[probe], logits[:8])
         if drift > 1e-3:
-            raise RuntimeError(f"internal error: {spec.member_id}'s folded head disagrees with its forward "
-                               f"pass by {drift:.2g} logits")
+            raise RuntimeError(
+                f"internal error: {spec.member_id}'s folded head disagrees with its forward pass by {drift:.2g} logits"
+            )
     else:
-        normalisation = ((spec.mean, spec.std) if config.members.normalisation == "init" else None)
-        res = fit_members.train_member(spec, cache[train_idx], y[train_idx], cache[val_idx], y[val_idx],
-                                       config.train.settings, work_dir=job_dir, seed=seed, init_path=init_path,
-                                       progress=progress, stop_at=stop_at, normalisation=normalisation)
+        normalisation = (spec.mean, spec.std) if config.members.normalisation == "init" else None
+        res = fit_members.train_member(
+            spec,
+            cache[train_idx],
+            y[train_idx],
+            cache[val_idx],
+            y[val_idx],
+            config.train.settings,
+            work_dir=job_dir,
+            seed=seed,
+            init_path=init_path,
+            progress=progress,
+            stop_at=stop_at,
+            normalisation=normalisation,
+        )
         device = "cuda" if torch.cuda.is_available() else "cpu"  # scored in float32 either way
         model = fit_members.build_model_from_state(res.spec, res.state_dict).to(device)
         model = model.to(memory_format=torch.channels_last)  # ~8x faster depthwise convs on the CPU
-        logits = fit_members.predict_logits(model, cache[score_idx], res.spec.mean, res.spec.std,
-                                            device=device, channels_last=True)
-    payload = {"spec": res.spec.to_dict(), "state_dict": res.state_dict, "best_epoch": res.best_epoch,
-               "best_val_auc": res.best_val_auc, "history": res.history,
-               "images_per_second": res.images_per_second,
-               "train_idx": train_idx, "score_idx": score_idx, "scores": sigmoid(logits)}
+        logits = fit_members.predict_logits(
+            model, cache[score_idx], res.spec.mean, res.spec.std, device=device, channels_last=True
+        )
+    payload = {
+        "spec": res.spec.to_dict(),
+        "state_dict": res.state_dict,
+        "best_epoch": res.best_epoch,
+        "best_val_auc": res.best_val_auc,
+        "history": res.history,
+        "images_per_second": res.images_per_second,
+        "train_idx": train_idx,
+        "score_idx": score_idx,
+        "scores": sigmoid(logits),
+    }
     fit_members.save_checkpoint(result_path, payload)  # same atomic torch.save as last.pt
     (job_dir / "last.pt").unlink(missing_ok=True)  # the finished result supersedes it
     return payload
@@ -279,6 +343,7 @@ def run_member_job(spec: MemberSpec, cache: np.ndarray, frame: pd.DataFrame, tra
 class MemberJob:
     """One member training: k-1 folds -> out-of-fold scores, or the whole train split -> the
     shipped member (``fold`` None)."""
+
     member_index: int
     spec: MemberSpec
     fold: int | None
@@ -288,8 +353,7 @@ class MemberJob:
     job_dir: Path
 
 
-def member_jobs(frame: pd.DataFrame, specs: list[MemberSpec], folds: int, seed: int,
-                run_dir: Path) -> list[MemberJob]:
+def member_jobs(frame: pd.DataFrame, specs: list[MemberSpec], folds: int, seed: int, run_dir: Path) -> list[MemberJob]:
     """Every member job of a run, in the order the serial loop runs them."""
     train_idx = np.flatnonzero(frame["split"] == "train")
     val_idx = np.flatnonzero(frame["split"] == "val")
@@ -298,10 +362,28 @@ def member_jobs(frame: pd.DataFrame, specs: list[MemberSpec], folds: int, seed: 
     jobs = []
     for m, spec in enumerate(specs):
         for fold in range(folds):
-            jobs.append(MemberJob(m, spec, fold, train_idx[fold_of != fold], train_idx[fold_of == fold],
-                                  seed + 1000 * (fold + 1) + m, run_dir / "jobs" / spec.member_id / f"fold{fold}"))
-        jobs.append(MemberJob(m, spec, None, train_idx, np.concatenate([val_idx, test_idx]), seed + m,
-                              run_dir / "jobs" / spec.member_id / "final"))
+            jobs.append(
+                MemberJob(
+                    m,
+                    spec,
+                    fold,
+                    train_idx[fold_of != fold],
+                    train_idx[fold_of == fold],
+                    seed + 1000 * (fold + 1) + m,
+                    run_dir / "jobs" / spec.member_id / f"fold{fold}",
+                )
+            )
+        jobs.append(
+            MemberJob(
+                m,
+                spec,
+                None,
+                train_idx,
+                np.concatenate([val_idx, test_idx]),
+                seed + m,
+                run_dir / "jobs" / spec.member_id / "final",
+            )
+        )
     return jobs
 
 
@@ -324,21 +406,47 @@ def _claim_gpu(slots: Any) -> None:
         torch.cuda.set_device(slot % torch.cuda.device_count())
 
 
-def _parallel_job(job: MemberJob, cache_path: str, frame: pd.DataFrame, config: FitConfig,
-                  init_path: str | None, stop_at: float | None, threads: int) -> str:
+def _parallel_job(
+    job: MemberJob,
+    cache_path: str,
+    frame: pd.DataFrame,
+    config: FitConfig,
+    init_path: str | None,
+    stop_at: float | None,
+    threads: int,
+) -> str:
     """Worker-process entry: one job, its result left in ``job.job_dir/result.pt``."""
     import torch
 
     torch.set_num_threads(threads)
     cache = np.load(cache_path, mmap_mode="r")
     val_idx = np.flatnonzero(frame["split"] == "val")
-    run_member_job(job.spec, cache, frame, job.train_idx, val_idx, job.score_idx, config, job.job_dir,
-                   job.seed, init_path, progress=False, stop_at=stop_at)
+    run_member_job(
+        job.spec,
+        cache,
+        frame,
+        job.train_idx,
+        val_idx,
+        job.score_idx,
+        config,
+        job.job_dir,
+        job.seed,
+        init_path,
+        progress=False,
+        stop_at=stop_at,
+    )
     return f"{job.spec.member_id} {'final' if job.fold is None else f'fold {job.fold + 1}'}"
 
 
-def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], frame: pd.DataFrame,
-                         config: FitConfig, workers: int, stop_at: float | None, log: Any = LOG.info) -> None:
+def run_jobs_in_parallel(
+    jobs: list[MemberJob],
+    cache_paths: dict[str, str],
+    frame: pd.DataFrame,
+    config: FitConfig,
+    workers: int,
+    stop_at: float | None,
+    log: Any = LOG.info,
+) -> None:
     """Run member jobs in ``workers`` processes, longest first, worker k on GPU k mod the
     number of GPUs; each job leaves its cached result, so the serial pass that follows only
     loads them. A failed job stops the run with one line naming it.
@@ -360,10 +468,20 @@ def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], fra
     slots = context.Queue()
     for k in range(workers):
         slots.put(k)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_claim_gpu,
-                             initargs=(slots,)) as pool:
-        futures = {pool.submit(_parallel_job, j, cache_paths[j.spec.member_id], frame, config,
-                               config.members.init_for(j.spec.family), stop_at, threads): j for j in pending}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_claim_gpu, initargs=(slots,)) as pool:
+        futures = {
+            pool.submit(
+                _parallel_job,
+                j,
+                cache_paths[j.spec.member_id],
+                frame,
+                config,
+                config.members.init_for(j.spec.family),
+                stop_at,
+                threads,
+            ): j
+            for j in pending
+        }
         for future in as_completed(futures):
             try:
                 log(f"      done: {future.result()}")
@@ -373,10 +491,14 @@ def run_jobs_in_parallel(jobs: list[MemberJob], cache_paths: dict[str, str], fra
                 job = futures[future]
                 what = f"{job.spec.member_id} {'final' if job.fold is None else f'fold {job.fold + 1}'}"
                 detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                hint = (" - the GPU ran out of memory: use fewer --workers or a smaller train.batch_size"
-                        if "out of memory" in str(err).lower() else "")
-                raise InputError(f"member job {what} failed: {detail}{hint}. Finished jobs are kept; "
-                                 "rerun with --resume to continue") from err
+                hint = (
+                    " - the GPU ran out of memory: use fewer --workers or a smaller train.batch_size"
+                    if "out of memory" in str(err).lower()
+                    else ""
+                )
+                raise InputError(
+                    f"member job {what} failed: {detail}{hint}. Finished jobs are kept; rerun with --resume to continue"
+                ) from err
 
 
 # ----------------------------------------------------------------------------- thresholds ----
@@ -407,7 +529,7 @@ class PreparedData:
 
     frame: pd.DataFrame
     fingerprint: str
-    counts: dict[str, dict[str, Any]]   # split -> {"count", "sum"}
+    counts: dict[str, dict[str, Any]]  # split -> {"count", "sum"}
     externals: dict[str, pd.DataFrame]
     train_idx: np.ndarray
     val_idx: np.ndarray
@@ -419,9 +541,9 @@ class MemberRuns:
     """Phase 2: every member job's result."""
 
     specs: list[MemberSpec]
-    caches: dict[str, np.ndarray]   # member id -> (N, S, S) uint8 input crops
-    oof: np.ndarray                 # (N, members) out-of-fold probabilities (NaN outside train)
-    finals: list[dict[str, Any]]    # the final (shipped) member jobs, with ``full_scores``
+    caches: dict[str, np.ndarray]  # member id -> (N, S, S) uint8 input crops
+    oof: np.ndarray  # (N, members) out-of-fold probabilities (NaN outside train)
+    finals: list[dict[str, Any]]  # the final (shipped) member jobs, with ``full_scores``
 
     @property
     def member_ids(self) -> list[str]:
@@ -433,10 +555,10 @@ class StackerInputs:
     """Phase 3: the rows and member scores the stacker is fitted on (out-of-fold, or val for holdout)."""
 
     fit_idx: np.ndarray
-    X_fit: np.ndarray         # member scores + CLINICAL_FEATURES
+    X_fit: np.ndarray  # member scores + CLINICAL_FEATURES
     y_fit: np.ndarray
     groups_fit: np.ndarray
-    age_fill: float           # training median age, the fill for a missing age
+    age_fill: float  # training median age, the fill for a missing age
     final_scores: np.ndarray  # (N, members) probabilities of the shipped members on every row
 
 
@@ -483,15 +605,22 @@ def prepare_data(config: FitConfig, log: Any = LOG.info) -> PreparedData:
     return PreparedData(frame, fingerprint, counts, externals, train_idx, val_idx, test_idx)
 
 
-def fit_member_jobs(config: FitConfig, data: PreparedData, run_dir: Path, *, progress: bool = True,
-                    workers: int = 1, time_limit_min: float | None = None, log: Any = LOG.info) -> MemberRuns:
+def fit_member_jobs(
+    config: FitConfig,
+    data: PreparedData,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    workers: int = 1,
+    time_limit_min: float | None = None,
+    log: Any = LOG.info,
+) -> MemberRuns:
     """Input caches, then every member job (k out-of-fold jobs + the final one per member);
     finished jobs are loaded from their cached results (``--resume``)."""
     frame, train_idx, val_idx = data.frame, data.train_idx, data.val_idx
     specs = member_specs(dict(config.raw))
     folds = config.stacker.oof_folds
-    log(f"[2/6] members: {', '.join(s.member_id for s in specs)}; "
-        f"{folds} out-of-fold jobs + 1 final job each")
+    log(f"[2/6] members: {', '.join(s.member_id for s in specs)}; {folds} out-of-fold jobs + 1 final job each")
     stop_at = time.time() + 60 * float(time_limit_min) if time_limit_min else None
     jobs = member_jobs(frame, specs, folds, config.seed, run_dir)
     paths = {s.member_id: cache_path(s, run_dir / "cache", data.fingerprint) for s in specs}
@@ -507,30 +636,55 @@ def fit_member_jobs(config: FitConfig, data: PreparedData, run_dir: Path, *, pro
         views = fit_heads.view_names(config.train.settings)
         for s in specs:
             banks[s.member_id] = fit_heads.feature_bank(
-                s, config.members.init_for(s.family), caches[s.member_id], views, run_dir / "cache",
-                paths[s.member_id].stem, train_rows=train_idx, log=log)
+                s,
+                config.members.init_for(s.family),
+                caches[s.member_id],
+                views,
+                run_dir / "cache",
+                paths[s.member_id].stem,
+                train_rows=train_idx,
+                log=log,
+            )
             pending = [j for j in jobs if j.spec.member_id == s.member_id and not (j.job_dir / "result.pt").is_file()]
             if trainable == "tail" and pending:  # and the frozen prefix's maps, for unfinished tail jobs
                 prefix_maps[s.member_id] = fit_tails.prefix_maps(
-                    s, config.members.init_for(s.family), caches[s.member_id], views, config.train.tail_blocks,
-                    train_idx, log=log, cache=(run_dir / "cache", paths[s.member_id].stem))
+                    s,
+                    config.members.init_for(s.family),
+                    caches[s.member_id],
+                    views,
+                    config.train.tail_blocks,
+                    train_idx,
+                    log=log,
+                    cache=(run_dir / "cache", paths[s.member_id].stem),
+                )
         if workers > 1:
             log("      head mode: the jobs take seconds each, so they run in this process")
             workers = 1
     elif trainable != "all":
         raise InputError(f"train.trainable must be all, head or tail, not {trainable!r}")
     if workers > 1:
-        run_jobs_in_parallel(jobs, {mid: str(path) for mid, path in paths.items()}, frame, config, workers,
-                             stop_at, log)
+        run_jobs_in_parallel(jobs, {mid: str(path) for mid, path in paths.items()}, frame, config, workers, stop_at, log)
     oof = np.full((len(frame), len(specs)), np.nan)
     finals: list[dict[str, Any]] = []
     for job in jobs:
         what = "final" if job.fold is None else f"fold {job.fold + 1}/{folds}"
         log(f"      {job.spec.member_id} {what}: train {len(job.train_idx)}, score {len(job.score_idx)}")
-        res = run_member_job(job.spec, caches[job.spec.member_id], frame, job.train_idx, val_idx,
-                             job.score_idx, config, job.job_dir, job.seed, config.members.init_for(job.spec.family),
-                             progress, stop_at, bank=banks.get(job.spec.member_id),
-                             maps=prefix_maps.get(job.spec.member_id))
+        res = run_member_job(
+            job.spec,
+            caches[job.spec.member_id],
+            frame,
+            job.train_idx,
+            val_idx,
+            job.score_idx,
+            config,
+            job.job_dir,
+            job.seed,
+            config.members.init_for(job.spec.family),
+            progress,
+            stop_at,
+            bank=banks.get(job.spec.member_id),
+            maps=prefix_maps.get(job.spec.member_id),
+        )
         if job.fold is not None:
             oof[res["score_idx"], job.member_index] = res["scores"]
             continue
@@ -541,8 +695,7 @@ def fit_member_jobs(config: FitConfig, data: PreparedData, run_dir: Path, *, pro
     return MemberRuns(specs, caches, oof, finals)
 
 
-def stacker_inputs(config: FitConfig, data: PreparedData, members: MemberRuns,
-                   log: Any = LOG.info) -> StackerInputs:
+def stacker_inputs(config: FitConfig, data: PreparedData, members: MemberRuns, log: Any = LOG.info) -> StackerInputs:
     """The stacker's training rows: out-of-fold member scores on train (``oof``) or the final
     members' scores on val (``holdout``), with age/sex/site. A float16 release first re-scores
     its final members with the weights it will store."""
@@ -563,23 +716,28 @@ def stacker_inputs(config: FitConfig, data: PreparedData, members: MemberRuns,
     ages_train = pd.to_numeric(frame.iloc[fit_idx].get("age"), errors="coerce")
     age_fill = float(np.nanmedian(ages_train)) if ages_train.notna().any() else 0.0
     X_fit = stacker_matrix(fit_scores, *clinical_columns(frame, fit_idx), age_fill=age_fill)
-    return StackerInputs(fit_idx, X_fit, frame["label"].to_numpy()[fit_idx], frame["group"].to_numpy()[fit_idx],
-                         age_fill, final_scores)
+    return StackerInputs(
+        fit_idx, X_fit, frame["label"].to_numpy()[fit_idx], frame["group"].to_numpy()[fit_idx], age_fill, final_scores
+    )
 
 
-def fit_stacker_phase(config: FitConfig, inputs: StackerInputs, member_ids: list[str],
-                      log: Any = LOG.info) -> FittedStacker:
+def fit_stacker_phase(config: FitConfig, inputs: StackerInputs, member_ids: list[str], log: Any = LOG.info) -> FittedStacker:
     """Compare the candidate stackers by grouped CV AUC, refit the chosen one; fit the
     clinic-only model and the members' CAM weights beside it."""
     X_fit, y_fit = inputs.X_fit, inputs.y_fit
     chosen, stacker, comparison = fit_stacker.select_stacker(
-        X_fit, y_fit, inputs.groups_fit, candidates=list(config.stacker.candidates),
-        folds=config.stacker.cv_folds, seed=config.seed, prefer=config.stacker.prefer,
+        X_fit,
+        y_fit,
+        inputs.groups_fit,
+        candidates=list(config.stacker.candidates),
+        folds=config.stacker.cv_folds,
+        seed=config.seed,
+        prefer=config.stacker.prefer,
         prefer_within=config.stacker.prefer_within,
-        member_logits=member_logit_columns(config.stacker, X_fit))
-    log("      " + ", ".join(f"{r['name']} {r['cv_auc']:.3f}" for r in comparison if r["cv_auc"] is not None)
-        + f" -> {chosen}")
-    clinic = fit_stacker.fit_clinic_only(X_fit[:, len(member_ids):], y_fit)
+        member_logits=member_logit_columns(config.stacker, X_fit),
+    )
+    log("      " + ", ".join(f"{r['name']} {r['cv_auc']:.3f}" for r in comparison if r["cv_auc"] is not None) + f" -> {chosen}")
+    clinic = fit_stacker.fit_clinic_only(X_fit[:, len(member_ids) :], y_fit)
     cam_weights = fit_stacker.member_cam_weights(stacker, X_fit, y_fit, member_ids, config.seed)
     return FittedStacker(chosen, stacker, comparison, clinic, cam_weights)
 
@@ -591,16 +749,26 @@ def clinical_columns(source: pd.DataFrame, idx: np.ndarray) -> tuple[list, list,
     return get("age"), get("sex"), get("site")
 
 
-def ensemble_probabilities(fitted: FittedStacker, age_fill: float, scores: np.ndarray, idx: np.ndarray,
-                           source: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def ensemble_probabilities(
+    fitted: FittedStacker, age_fill: float, scores: np.ndarray, idx: np.ndarray, source: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
     """(stacker, clinic-only) probabilities of rows ``idx`` from member scores ``scores``."""
     X = stacker_matrix(scores[idx], *clinical_columns(source, idx), age_fill=age_fill)
     n_members = scores.shape[1]
     return fitted.stacker.predict_proba(X)[:, 1], fitted.clinic.predict_proba(X[:, n_members:])[:, 1]
 
 
-def evaluate(config: FitConfig, data: PreparedData, members: MemberRuns, inputs: StackerInputs,
-             fitted: FittedStacker, run_dir: Path, *, progress: bool = True, log: Any = LOG.info) -> Evaluated:
+def evaluate(
+    config: FitConfig,
+    data: PreparedData,
+    members: MemberRuns,
+    inputs: StackerInputs,
+    fitted: FittedStacker,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    log: Any = LOG.info,
+) -> Evaluated:
     """Threshold on val, calibration, predictions and AUCs on val/test/external sets, the HTML
     reports, and the evaluation blocks (internal test beside every external set)."""
     log("[4/6] threshold and metrics")
@@ -610,13 +778,15 @@ def evaluate(config: FitConfig, data: PreparedData, members: MemberRuns, inputs:
     y_all = frame["label"].to_numpy()
     p_val, _ = ensemble_probabilities(fitted, inputs.age_fill, inputs.final_scores, val_idx, frame)
     threshold = choose_threshold(y_all[val_idx], p_val, rule, target)
-    calibration = fit_calibration(config, fitted.chosen, inputs.X_fit, inputs.y_fit, inputs.groups_fit,
-                                  y_all[val_idx], p_val, log)
+    calibration = fit_calibration(
+        config, fitted.chosen, inputs.X_fit, inputs.y_fit, inputs.groups_fit, y_all[val_idx], p_val, log
+    )
 
     def prediction_frame(source: pd.DataFrame, idx: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
         p_ens, p_clin = ensemble_probabilities(fitted, inputs.age_fill, scores, idx, source)
-        pred = source.iloc[idx][[c for c in ("image", "image_id", "subtype", "age", "sex", "site", "group")
-                                 if c in source]].copy()
+        pred = source.iloc[idx][
+            [c for c in ("image", "image_id", "subtype", "age", "sex", "site", "group") if c in source]
+        ].copy()
         pred.insert(0, "label", source["label"].to_numpy()[idx])
         pred["p_ensemble"] = p_ens
         for m, mid in enumerate(member_ids):
@@ -637,11 +807,15 @@ def evaluate(config: FitConfig, data: PreparedData, members: MemberRuns, inputs:
     metrics = {}
     for split_name, pred in predictions.items():
         y = pred["label"].to_numpy()
-        metrics[split_name] = {"n": int(len(pred)), "n_positive": int(y.sum()),
-                               "auc": {c.removeprefix("p_"): _auc_or_none(y, pred[c].to_numpy())
-                                       for c in pred.columns if c.startswith("p_")}}
-        log(f"      {split_name} AUC: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in metrics[split_name]["auc"].items() if v is not None))
+        metrics[split_name] = {
+            "n": int(len(pred)),
+            "n_positive": int(y.sum()),
+            "auc": {c.removeprefix("p_"): _auc_or_none(y, pred[c].to_numpy()) for c in pred.columns if c.startswith("p_")},
+        }
+        log(
+            f"      {split_name} AUC: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in metrics[split_name]["auc"].items() if v is not None)
+        )
 
     log("[5/6] reports")
     from training import report
@@ -649,9 +823,11 @@ def evaluate(config: FitConfig, data: PreparedData, members: MemberRuns, inputs:
     # Every model is reported at its own operating point, chosen on val by the same rule as
     # the ensemble's (the ensemble's threshold means nothing on a member's probability scale).
     val_pred = predictions["val"]
-    model_thresholds = {c.removeprefix("p_"): choose_threshold(
-        val_pred["label"].to_numpy(), val_pred[c].to_numpy(), rule, target)
-        for c in val_pred.columns if c.startswith("p_") and c != "p_ensemble"}
+    model_thresholds = {
+        c.removeprefix("p_"): choose_threshold(val_pred["label"].to_numpy(), val_pred[c].to_numpy(), rule, target)
+        for c in val_pred.columns
+        if c.startswith("p_") and c != "p_ensemble"
+    }
     model_thresholds["ensemble"] = threshold
     report_dirs, split_metrics = {}, {}
     # One shared offline plotly.js for both reports keeps the release within its size budget.
@@ -659,27 +835,46 @@ def evaluate(config: FitConfig, data: PreparedData, members: MemberRuns, inputs:
     for split_name, pred in predictions.items():
         out = run_dir / "report" / split_name
         pred.to_csv(run_dir / f"predictions_{split_name}.csv", index=False)
-        split_metrics[split_name] = report.write_report(pred, out, thresholds=model_thresholds, plotly_js=SPLIT_REPORT_PLOTLY_SRC,
-                            title=f"{config.title} - {split_name} split",
-                            context={"zoo": config.title, "split": split_name,
-                                     "threshold rule": rule + " on val"})
+        split_metrics[split_name] = report.write_report(
+            pred,
+            out,
+            thresholds=model_thresholds,
+            plotly_js=SPLIT_REPORT_PLOTLY_SRC,
+            title=f"{config.title} - {split_name} split",
+            context={"zoo": config.title, "split": split_name, "threshold rule": rule + " on val"},
+        )
         report_dirs[split_name] = out
     from training.evaluation import evaluation_block
 
     # The numbers a clinician elsewhere would get sit beside the internal test ones.
-    evaluation = {"test": evaluation_block(predictions["test"], threshold=threshold, kind="internal",
-                                           source=f"{config.data.cases} (test split)")} if "test" in predictions else {}
+    evaluation = (
+        {
+            "test": evaluation_block(
+                predictions["test"], threshold=threshold, kind="internal", source=f"{config.data.cases} (test split)"
+            )
+        }
+        if "test" in predictions
+        else {}
+    )
     for name in data.externals:
-        evaluation[name] = evaluation_block(predictions[f"external-{name}"], threshold=threshold, kind="external",
-                                            source=config.external_source(name))
-    return Evaluated(threshold, calibration, predictions, metrics, model_thresholds, report_dirs, split_metrics,
-                     evaluation)
+        evaluation[name] = evaluation_block(
+            predictions[f"external-{name}"], threshold=threshold, kind="external", source=config.external_source(name)
+        )
+    return Evaluated(threshold, calibration, predictions, metrics, model_thresholds, report_dirs, split_metrics, evaluation)
 
 
 # ----------------------------------------------------------------------------- main ----------
-def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = True,
-        log: Any = LOG.info, workers: int = 1, members_only: bool = False,
-        time_limit_min: float | None = None) -> Path:
+def fit(
+    cfg: dict[str, Any],
+    *,
+    run_dir: Path,
+    resume: bool,
+    progress: bool = True,
+    log: Any = LOG.info,
+    workers: int = 1,
+    members_only: bool = False,
+    time_limit_min: float | None = None,
+) -> Path:
     """Run (or resume) the whole pipeline; returns the published release folder.
 
     ``cfg`` is the merged config (``training.config.load_config``); the phases read its typed
@@ -693,8 +888,9 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / "config.yaml"
     if marker.exists() and not resume:
-        raise InputError(f"run folder {run_dir} already holds a run; pass --resume to continue it "
-                         "or choose another output.run_dir")
+        raise InputError(
+            f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another output.run_dir"
+        )
     if marker.exists() and resume:
         import yaml
 
@@ -702,16 +898,18 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
         old, new = resume_view(previous), resume_view(cfg)
         changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))
         if changed:
-            raise InputError(f"--resume: the config differs from the one saved in {marker} in "
-                             f"{', '.join(changed)}; resume with the same training settings")
+            raise InputError(
+                f"--resume: the config differs from the one saved in {marker} in "
+                f"{', '.join(changed)}; resume with the same training settings"
+            )
     atomic_write_text(marker, dump_config(cfg))
     # A bad localiser.path fails here, not after the member jobs.
-    localiser_files = (fit_localiser.release_files(Path(config.localiser_path), config.output.fp16)
-                       if config.localiser_path else None)
+    localiser_files = (
+        fit_localiser.release_files(Path(config.localiser_path), config.output.fp16) if config.localiser_path else None
+    )
 
     data = prepare_data(config, log)
-    members = fit_member_jobs(config, data, run_dir, progress=progress, workers=workers,
-                              time_limit_min=time_limit_min, log=log)
+    members = fit_member_jobs(config, data, run_dir, progress=progress, workers=workers, time_limit_min=time_limit_min, log=log)
     if members_only:
         log(f"      members only: the run stops here; finish it with --resume --run-dir {run_dir}")
         return run_dir
@@ -720,35 +918,68 @@ def fit(cfg: dict[str, Any], *, run_dir: Path, resume: bool, progress: bool = Tr
     evaluated = evaluate(config, data, members, inputs, fitted, run_dir, progress=progress, log=log)
 
     log("[6/6] release")
-    return write_release(config, ReleaseInputs(
-        frame=data.frame, fingerprint=data.fingerprint, counts=data.counts, externals=data.externals,
-        specs=members.specs, finals=members.finals, chosen=fitted.chosen, stacker=fitted.stacker,
-        clinic=fitted.clinic, comparison=fitted.comparison, age_fill=inputs.age_fill,
-        cam_weights=fitted.cam_weights, threshold=evaluated.threshold, band=config.threshold.indeterminate_band,
-        model_thresholds=evaluated.model_thresholds, calibration=evaluated.calibration,
-        evaluation=evaluated.evaluation, metrics=evaluated.metrics, report_dirs=evaluated.report_dirs,
-        split_metrics=evaluated.split_metrics, localiser_files=localiser_files), run_dir, log)
+    return write_release(
+        config,
+        ReleaseInputs(
+            frame=data.frame,
+            fingerprint=data.fingerprint,
+            counts=data.counts,
+            externals=data.externals,
+            specs=members.specs,
+            finals=members.finals,
+            chosen=fitted.chosen,
+            stacker=fitted.stacker,
+            clinic=fitted.clinic,
+            comparison=fitted.comparison,
+            age_fill=inputs.age_fill,
+            cam_weights=fitted.cam_weights,
+            threshold=evaluated.threshold,
+            band=config.threshold.indeterminate_band,
+            model_thresholds=evaluated.model_thresholds,
+            calibration=evaluated.calibration,
+            evaluation=evaluated.evaluation,
+            metrics=evaluated.metrics,
+            report_dirs=evaluated.report_dirs,
+            split_metrics=evaluated.split_metrics,
+            localiser_files=localiser_files,
+        ),
+        run_dir,
+        log,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training fit",
-                                description="Train the members and the stacker into a zoo release.")
+    p = argparse.ArgumentParser(
+        prog="python -m training fit", description="Train the members and the stacker into a zoo release."
+    )
     p.add_argument("--config", default="cpu", help="config file or name in training/configs (paper, cpu, tiny)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5")
     p.add_argument("--cases", help="shortcut for data.cases=PATH")
     p.add_argument("--out", help="shortcut for output.zoo_parent=DIR (releases are written inside)")
     p.add_argument("--run-dir", help="working folder for caches, checkpoints and logs")
-    p.add_argument("--init", action="append", default=[], metavar="[FAMILY=]PATH",
-                   help="local initial weights (safetensors/torch state dict), for all members or one family")
+    p.add_argument(
+        "--init",
+        action="append",
+        default=[],
+        metavar="[FAMILY=]PATH",
+        help="local initial weights (safetensors/torch state dict), for all members or one family",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --run-dir")
-    p.add_argument("--workers", type=int, default=1,
-                   help="member jobs trained at once, each in its own process on its own GPU "
-                        "(worker k uses GPU k mod the GPU count; on one GPU keep 1)")
-    p.add_argument("--members-only", action="store_true",
-                   help="stop after the member jobs; finish later with --resume")
-    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                   help="end each member job after the first epoch past this many minutes from now "
-                        "(recorded per member as epochs_run)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="member jobs trained at once, each in its own process on its own GPU "
+        "(worker k uses GPU k mod the GPU count; on one GPU keep 1)",
+    )
+    p.add_argument("--members-only", action="store_true", help="stop after the member jobs; finish later with --resume")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="end each member job after the first epoch past this many minutes from now (recorded per member as epochs_run)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -776,8 +1007,15 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or cfg["output"].get("run_dir") or f"runs/{cfg['name']}-{cfg['version']}")
         if args.workers < 1:
             raise InputError("--workers must be 1 or more")
-        fit(cfg, run_dir=run_dir, resume=args.resume, progress=not args.quiet, workers=args.workers,
-            members_only=args.members_only, time_limit_min=args.time_limit)
+        fit(
+            cfg,
+            run_dir=run_dir,
+            resume=args.resume,
+            progress=not args.quiet,
+            workers=args.workers,
+            members_only=args.members_only,
+            time_limit_min=args.time_limit,
+        )
     except ZooError as err:
         LOG.error(f"error: {err}")
         return 2

@@ -64,8 +64,7 @@ def view_names(train_cfg: dict[str, Any]) -> list[str]:
 # how another hospital's radiographs differ (exposure curve, contrast, detector noise, how the
 # lesion box was framed, positioning). Fixed rather than random so a frozen prefix / feature
 # bank is computed once per view and every fold job of a run shares it.
-_VIEW_RANGES = {"gamma": (0.3, 3.0), "contrast": (0.3, 3.0), "noise": (0.0, 64.0), "rot": (-45.0, 45.0),
-                "zoom": (0.5, 1.0)}
+_VIEW_RANGES = {"gamma": (0.3, 3.0), "contrast": (0.3, 3.0), "noise": (0.0, 64.0), "rot": (-45.0, 45.0), "zoom": (0.5, 1.0)}
 
 
 def check_view_name(name: str) -> None:
@@ -78,9 +77,11 @@ def check_view_name(name: str) -> None:
     else:
         kind = next((k for k in _VIEW_RANGES if name.startswith(k)), None)
         if kind is None:
-            raise InputError(f"unknown view {name!r}: use gamma<g>, contrast<c>, noise<sigma>, rot<degrees>, "
-                             "zoom<fraction> or blur<scale>, e.g. gamma0.7")
-        value, lo_hi = name[len(kind):], _VIEW_RANGES[kind]
+            raise InputError(
+                f"unknown view {name!r}: use gamma<g>, contrast<c>, noise<sigma>, rot<degrees>, "
+                "zoom<fraction> or blur<scale>, e.g. gamma0.7"
+            )
+        value, lo_hi = name[len(kind) :], _VIEW_RANGES[kind]
     try:
         number = float(value)
     except ValueError:
@@ -125,20 +126,24 @@ def apply_view(crops_u8: np.ndarray, view: str) -> np.ndarray:
     size = crops_u8.shape[-1]
     if view.startswith("rot"):  # positioning; reflected borders add no black corners
         m = cv2.getRotationMatrix2D(((size - 1) / 2.0, (size - 1) / 2.0), float(view[3:]), 1.0)
-        return np.stack([cv2.warpAffine(c, m, (size, size), flags=cv2.INTER_LINEAR,
-                                        borderMode=cv2.BORDER_REFLECT_101) for c in crops_u8])
+        return np.stack(
+            [cv2.warpAffine(c, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101) for c in crops_u8]
+        )
     # zoom<f>: the central f of the crop upsampled, i.e. a tighter lesion box than the annotator's
     side = max(2, int(round(size * float(view[4:]))))
     lo = (size - side) // 2
-    return np.stack([cv2.resize(c[lo:lo + side, lo:lo + side], (size, size), interpolation=cv2.INTER_LINEAR)
-                     for c in crops_u8])
+    return np.stack(
+        [cv2.resize(c[lo : lo + side, lo : lo + side], (size, size), interpolation=cv2.INTER_LINEAR) for c in crops_u8]
+    )
 
 
 def require_start(spec: MemberSpec, init_path: str | None) -> str:
     if not init_path:
-        raise InputError(f"train.trainable=head freezes the backbone of {spec.member_id}, so it needs "
-                         f"initial weights (members.init.{spec.family} or --init {spec.family}=FILE); "
-                         "a frozen random backbone is not a model")
+        raise InputError(
+            f"train.trainable=head freezes the backbone of {spec.member_id}, so it needs "
+            f"initial weights (members.init.{spec.family} or --init {spec.family}=FILE); "
+            "a frozen random backbone is not a model"
+        )
     return init_path
 
 
@@ -152,13 +157,16 @@ def start_model(spec: MemberSpec, init_path: str | None) -> Any:
     head_names = {n for n, m in model.named_modules() if m is model.get_classifier()}
     not_loaded = [k for k in report["missing"] if k.rsplit(".", 1)[0] not in head_names]
     if not_loaded:
-        raise InputError(f"{spec.member_id}: {len(not_loaded)} backbone tensors of {Path(init_path).name} do not fit "
-                         f"{spec.arch} {spec.model_kwargs} (e.g. {not_loaded[0]}); a frozen backbone must load whole")
+        raise InputError(
+            f"{spec.member_id}: {len(not_loaded)} backbone tensors of {Path(init_path).name} do not fit "
+            f"{spec.arch} {spec.model_kwargs} (e.g. {not_loaded[0]}); a frozen backbone must load whole"
+        )
     return model.eval()
 
 
-def pooled_features(model: Any, crops_u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-                    *, batch_size: int = 32) -> np.ndarray:
+def pooled_features(
+    model: Any, crops_u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], *, batch_size: int = 32
+) -> np.ndarray:
     """(N, D) float32 pre-logit features of a frozen model."""
     import torch
 
@@ -169,20 +177,31 @@ def pooled_features(model: Any, crops_u8: np.ndarray, mean: tuple[float, ...], s
     out = []
     with torch.inference_mode():
         for start in range(0, len(crops_u8), batch_size):
-            x = to_batch(crops_u8[start:start + batch_size], mean, std, "cpu", True)
+            x = to_batch(crops_u8[start : start + batch_size], mean, std, "cpu", True)
             feats = model.forward_head(model.forward_features(x), pre_logits=True)
             out.append(feats.float().reshape(len(x), -1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def bank_path(cache_dir: Path, spec: MemberSpec, init_path: str, views: list[str], crops_key: str) -> Path:
-    key = hashlib.sha256(f"{spec.arch}|{spec.model_kwargs}|{spec.mean}|{spec.std}|{init_path}|"
-                         f"{Path(init_path).stat().st_size}|{views}|{crops_key}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{spec.arch}|{spec.model_kwargs}|{spec.mean}|{spec.std}|{init_path}|"
+        f"{Path(init_path).stat().st_size}|{views}|{crops_key}".encode()
+    ).hexdigest()[:16]
     return cache_dir / f"features_{spec.member_id}_{key}.npz"
 
 
-def feature_bank(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], cache_dir: Path,
-                 crops_key: str, *, train_rows: np.ndarray, log: Any = LOG.info) -> dict[str, np.ndarray]:
+def feature_bank(
+    spec: MemberSpec,
+    init_path: str | None,
+    crops_u8: np.ndarray,
+    views: list[str],
+    cache_dir: Path,
+    crops_key: str,
+    *,
+    train_rows: np.ndarray,
+    log: Any = LOG.info,
+) -> dict[str, np.ndarray]:
     """View -> (N, D) features; non-identity views only for ``train_rows`` (others NaN).
     Cached on disk one file per view, for --resume, for every fold job of the run, and so that a
     run adding a view (or a recipe benchmark sharing the cache folder) computes only that view."""
@@ -210,9 +229,16 @@ def feature_bank(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, 
     return bank
 
 
-def fit_head(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], y: np.ndarray,
-             train_idx: np.ndarray, val_idx: np.ndarray, train_cfg: dict[str, Any],
-             seed: int) -> tuple[MemberResult, np.ndarray, float]:
+def fit_head(
+    spec: MemberSpec,
+    init_path: str,
+    bank: dict[str, np.ndarray],
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    train_cfg: dict[str, Any],
+    seed: int,
+) -> tuple[MemberResult, np.ndarray, float]:
     """L2 logistic head on the bank's training views, strength chosen by val AUC. Returns the
     member (frozen start + fitted classifier as one state dict) and the head's (weight, bias)
     on raw features."""
@@ -244,8 +270,16 @@ def fit_head(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], y: n
         auc = roc_auc(y[val_idx], val_logit)
         p = 1 / (1 + np.exp(-val_logit))
         loss = float(-np.mean(y[val_idx] * np.log(p + 1e-7) + (1 - y[val_idx]) * np.log(1 - p + 1e-7)))
-        history.append({"epoch": i + 1, "lr": c, "train_loss": float("nan"), "val_loss": loss,
-                        "val_auc": auc, "seconds": time.perf_counter() - t0})
+        history.append(
+            {
+                "epoch": i + 1,
+                "lr": c,
+                "train_loss": float("nan"),
+                "val_loss": loss,
+                "val_auc": auc,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if best is None or auc > best[0] or (auc == best[0] and loss < best[1]):
             best = (auc, loss, i + 1, clf)
     assert best is not None
@@ -256,15 +290,22 @@ def fit_head(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], y: n
     model = start_model(spec, init_path)
     head = model.get_classifier()
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1 or head.in_features != len(weight):
-        raise InputError(f"{spec.member_id}: head mode needs a single-logit Linear classifier "
-                         f"({spec.arch} has {type(head).__name__})")
+        raise InputError(
+            f"{spec.member_id}: head mode needs a single-logit Linear classifier ({spec.arch} has {type(head).__name__})"
+        )
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight.astype(np.float32)).reshape(1, -1))
         head.bias.fill_(bias)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     seconds = time.perf_counter() - t0
-    result = MemberResult(spec=spec, state_dict=state, best_epoch=best[2], best_val_auc=float(best[0]),
-                          history=history, images_per_second=len(x_train) / seconds if seconds > 0 else float("nan"))
+    result = MemberResult(
+        spec=spec,
+        state_dict=state,
+        best_epoch=best[2],
+        best_val_auc=float(best[0]),
+        history=history,
+        images_per_second=len(x_train) / seconds if seconds > 0 else float("nan"),
+    )
     return result, weight, bias
 
 

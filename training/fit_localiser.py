@@ -40,14 +40,17 @@ def read_localiser_table(path: Path) -> pd.DataFrame:
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     if {"image", "mask", "label", "age", "sex", "site_group", "tumor_subtype"} <= set(raw.columns):
         root = path.parent
-        frame = pd.DataFrame({
-            "image_path": [str(root / p) for p in raw["image"]],
-            "mask_path": [str(root / p) if p else "" for p in raw["mask"]],
-            "label": raw["label"].str.strip().str.lower(),
-            "age": pd.to_numeric(raw["age"], errors="coerce"),
-            "sex": raw["sex"], "site": raw["site_group"],
-            "subtype": raw["tumor_subtype"].replace("", "none"),
-        })
+        frame = pd.DataFrame(
+            {
+                "image_path": [str(root / p) for p in raw["image"]],
+                "mask_path": [str(root / p) if p else "" for p in raw["mask"]],
+                "label": raw["label"].str.strip().str.lower(),
+                "age": pd.to_numeric(raw["age"], errors="coerce"),
+                "sex": raw["sex"],
+                "site": raw["site_group"],
+                "subtype": raw["tumor_subtype"].replace("", "none"),
+            }
+        )
         return frame
     table = read_case_table(path, check_files=True)
     frame = table.frame[table.ok].copy()
@@ -104,8 +107,13 @@ def box_metrics(pred: list[roi.Box], true: list[roi.Box | None]) -> dict[str, An
     ious = np.array([roi.iou(p, t) for p, t in zip(pred, true) if t is not None])
     if len(ious) == 0:
         return {"n_lesion": 0, "mean_iou": None, "median_iou": None, "frac_iou_gt_0_3": None, "frac_iou_gt_0_5": None}
-    return {"n_lesion": int(len(ious)), "mean_iou": float(ious.mean()), "median_iou": float(np.median(ious)),
-            "frac_iou_gt_0_3": float((ious > 0.3).mean()), "frac_iou_gt_0_5": float((ious > 0.5).mean())}
+    return {
+        "n_lesion": int(len(ious)),
+        "mean_iou": float(ious.mean()),
+        "median_iou": float(np.median(ious)),
+        "frac_iou_gt_0_3": float((ious > 0.3).mean()),
+        "frac_iou_gt_0_5": float((ious > 0.5).mean()),
+    }
 
 
 def _predict_maps(model: Any, images: np.ndarray, spec: LocaliserSpec, batch: int = 32) -> np.ndarray:
@@ -116,18 +124,26 @@ def _predict_maps(model: Any, images: np.ndarray, spec: LocaliserSpec, batch: in
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = torch.from_numpy((images[i:i + batch] - spec.mean) / spec.std)[:, None].to(device)
+            x = torch.from_numpy((images[i : i + batch] - spec.mean) / spec.std)[:, None].to(device)
             out.append(torch.sigmoid(model(x))[:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
 
-def calibrate_threshold(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, sizes: list,
-                        grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-                        maps: np.ndarray | None = None) -> LocaliserSpec:
+def calibrate_threshold(
+    model: Any,
+    spec: LocaliserSpec,
+    images: np.ndarray,
+    boxes: list,
+    sizes: list,
+    grid: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    maps: np.ndarray | None = None,
+) -> LocaliserSpec:
     """The region threshold with the best mean IoU on the given (validation) images."""
     maps = _predict_maps(model, images, spec) if maps is None else maps
-    scores = {t: _box_metrics_from_maps(maps, LocaliserSpec(**{**spec.to_dict(), "threshold": t}), boxes, sizes)
-              .get("mean_iou") or 0.0 for t in grid}
+    scores = {
+        t: _box_metrics_from_maps(maps, LocaliserSpec(**{**spec.to_dict(), "threshold": t}), boxes, sizes).get("mean_iou") or 0.0
+        for t in grid
+    }
     best = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
     return LocaliserSpec(**{**spec.to_dict(), "threshold": float(best)})
 
@@ -141,8 +157,9 @@ def _box_metrics_from_maps(maps: np.ndarray, spec: LocaliserSpec, boxes: list, s
     return box_metrics(pred, boxes)
 
 
-def evaluate(model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, sizes: list,
-             maps: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate(
+    model: Any, spec: LocaliserSpec, images: np.ndarray, boxes: list, sizes: list, maps: np.ndarray | None = None
+) -> dict[str, Any]:
     """Box metrics against the true boxes (+ lesion-presence AUC when some images have none)."""
     maps = _predict_maps(model, images, spec) if maps is None else maps
     metrics = _box_metrics_from_maps(maps, spec, boxes, sizes)
@@ -157,8 +174,10 @@ def read_localiser_folder(folder: Path) -> tuple[dict[str, Any], Localiser]:
     """A folder written by ``write_localiser``: its entry (spec, metrics, data) and the loaded model."""
     folder = Path(folder)
     if not (folder / "localiser.json").is_file() or not (folder / "localiser.safetensors").is_file():
-        raise InputError(f"{folder} is not a localiser folder (needs localiser.json and "
-                         "localiser.safetensors from `python -m training localiser`)")
+        raise InputError(
+            f"{folder} is not a localiser folder (needs localiser.json and "
+            "localiser.safetensors from `python -m training localiser`)"
+        )
     entry = json.loads((folder / "localiser.json").read_text(encoding="utf-8"))
     from model_zoo.manifest import LocaliserInfo
 
@@ -173,14 +192,22 @@ def release_files(folder: Path, fp16: bool) -> tuple[dict[str, Any], bytes, Loca
     from safetensors.torch import save
 
     entry, localiser = read_localiser_folder(folder)
-    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
-             for k, v in localiser.model.state_dict().items()}
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in localiser.model.state_dict().items()}
     return {**entry, "weights": "localiser/localiser.safetensors"}, save(state), localiser
 
 
-def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: int, lr: float,
-          seed: int, log: Any = LOG.info, stop_at: float | None = None,
-          init_state: dict[str, Any] | None = None) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
+def train(
+    frame: pd.DataFrame,
+    spec: LocaliserSpec,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log: Any = LOG.info,
+    stop_at: float | None = None,
+    init_state: dict[str, Any] | None = None,
+) -> tuple[Any, LocaliserSpec, dict[str, Any]]:
     """Train on the train split, keep the epoch with the best val mean IoU. Uses the GPU when
     there is one; ``stop_at`` (a ``time.time()`` value) ends training after the first epoch
     past it (``metrics["epochs_run"]`` says how many ran)."""
@@ -191,8 +218,9 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     frame, images, masks, boxes, sizes, idx = prepare_data(frame, spec, seed)
-    spec = LocaliserSpec(**{**spec.to_dict(), "mean": float(images[idx["train"]].mean()),
-                            "std": float(max(images[idx["train"]].std(), 1e-3))})
+    spec = LocaliserSpec(
+        **{**spec.to_dict(), "mean": float(images[idx["train"]].mean()), "std": float(max(images[idx["train"]].std(), 1e-3))}
+    )
     model = build_unet(spec)
     if init_state is not None:  # continue from a trained localiser (same architecture)
         model.load_state_dict(init_state)
@@ -208,7 +236,7 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
         order = rng.permutation(idx["train"])
         t0, total = time.perf_counter(), 0.0
         for b in range(0, len(order) - 1, batch_size):
-            sel = order[b:b + batch_size]
+            sel = order[b : b + batch_size]
             x = torch.from_numpy((images[sel] - spec.mean) / spec.std)[:, None].to(device)
             y = torch.from_numpy(masks[sel])[:, None].to(device)
             if rng.random() < 0.5:
@@ -237,11 +265,16 @@ def train(frame: pd.DataFrame, spec: LocaliserSpec, *, epochs: int, batch_size: 
         sched.step()
         val = evaluate(model, spec, images[idx["val"]], [boxes[i] for i in idx["val"]], [sizes[i] for i in idx["val"]])
         score = val["mean_iou"] or 0.0
-        log(f"  localiser epoch {epoch + 1}/{epochs} loss {total / max(len(order), 1):.4f} "
-            f"val mean IoU {score:.3f} ({time.perf_counter() - t0:.0f}s)")
+        log(
+            f"  localiser epoch {epoch + 1}/{epochs} loss {total / max(len(order), 1):.4f} "
+            f"val mean IoU {score:.3f} ({time.perf_counter() - t0:.0f}s)"
+        )
         if score > best["score"]:
-            best = {"score": score, "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            best = {
+                "score": score,
+                "epoch": epoch + 1,
+                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
         epochs_run = epoch + 1
         if stop_at is not None and time.time() >= stop_at and epochs_run < epochs:
             log(f"  localiser: time limit reached after epoch {epochs_run}/{epochs}")
@@ -265,16 +298,28 @@ def prepare_data(frame: pd.DataFrame, spec: LocaliserSpec, seed: int) -> tuple:
     return frame, images, masks, boxes, sizes, idx
 
 
-def final_metrics(model: Any, spec: LocaliserSpec, frame: pd.DataFrame, images: np.ndarray, boxes: list,
-                  sizes: list, idx: dict, log: Any = LOG.info) -> dict[str, Any]:
+def final_metrics(
+    model: Any,
+    spec: LocaliserSpec,
+    frame: pd.DataFrame,
+    images: np.ndarray,
+    boxes: list,
+    sizes: list,
+    idx: dict,
+    log: Any = LOG.info,
+) -> dict[str, Any]:
     """Calibrate the region threshold on val, then score val and test and time inference."""
     maps = {split: _predict_maps(model, images[i], spec) for split, i in idx.items() if split != "train"}
-    spec = calibrate_threshold(model, spec, images[idx["val"]], [boxes[i] for i in idx["val"]],
-                               [sizes[i] for i in idx["val"]], maps=maps["val"])
+    spec = calibrate_threshold(
+        model, spec, images[idx["val"]], [boxes[i] for i in idx["val"]], [sizes[i] for i in idx["val"]], maps=maps["val"]
+    )
     log(f"  localiser threshold {spec.threshold} (best val mean IoU on a grid)")
-    metrics = {split: evaluate(model, spec, images[idx[split]], [boxes[j] for j in idx[split]],
-                               [sizes[j] for j in idx[split]], maps=split_maps)
-               for split, split_maps in maps.items()}
+    metrics = {
+        split: evaluate(
+            model, spec, images[idx[split]], [boxes[j] for j in idx[split]], [sizes[j] for j in idx[split]], maps=split_maps
+        )
+        for split, split_maps in maps.items()
+    }
     localiser = Localiser(spec, model)
     sample = [frame["image_path"].iloc[i] for i in idx["test"][:20]]
     times = []
@@ -308,8 +353,13 @@ def write_localiser(out: Path, model: Any, spec: LocaliserSpec, metrics: dict[st
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
     try:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "localiser.safetensors"))
-        entry = {"weights": "localiser/localiser.safetensors", "spec": spec.to_dict(), "metrics": metrics,
-                 "data": source, "architecture": "4-level U-Net, lesion segmentation -> bounding box"}
+        entry = {
+            "weights": "localiser/localiser.safetensors",
+            "spec": spec.to_dict(),
+            "metrics": metrics,
+            "data": source,
+            "architecture": "4-level U-Net, lesion segmentation -> bounding box",
+        }
         (tmp / "localiser.json").write_text(json.dumps(entry, indent=2, allow_nan=False), encoding="utf-8")
         os.rename(tmp, out)
     except BaseException:
@@ -330,12 +380,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-cases", type=int, default=None, help="subsample for quick runs")
-    p.add_argument("--init", type=Path, default=None, metavar="FOLDER",
-                   help="continue training a localiser folder's weights (its input size and width are used)")
-    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                   help="stop after the first epoch past this many minutes (metrics say how many ran)")
-    p.add_argument("--rescore", type=Path, default=None, metavar="FOLDER",
-                   help="re-evaluate an existing localiser (same split) with the current post-processing")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="continue training a localiser folder's weights (its input size and width are used)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop after the first epoch past this many minutes (metrics say how many ran)",
+    )
+    p.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="re-evaluate an existing localiser (same split) with the current post-processing",
+    )
     args = p.parse_args(argv)
     try:
         if args.out.exists():  # checked before training, not after an hour of it
@@ -353,9 +418,16 @@ def main(argv: list[str] | None = None) -> int:
             _, trained = read_localiser_folder(args.init)
             spec = LocaliserSpec(input_size=trained.spec.input_size, base_channels=trained.spec.base_channels)
             init_state = trained.model.state_dict()
-        model, spec, metrics = train(frame, spec, init_state=init_state, epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                     stop_at=time.time() + 60 * args.time_limit if args.time_limit else None)
+        model, spec, metrics = train(
+            frame,
+            spec,
+            init_state=init_state,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            stop_at=time.time() + 60 * args.time_limit if args.time_limit else None,
+        )
         if args.init:
             metrics["init"] = str(args.init)
         write_localiser(args.out, model, spec, metrics, str(args.cases))

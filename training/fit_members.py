@@ -43,7 +43,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclass
 class MemberResult:
-    spec: MemberSpec          # with the training set's mean/std filled in
+    spec: MemberSpec  # with the training set's mean/std filled in
     state_dict: dict[str, Any]
     best_epoch: int
     best_val_auc: float
@@ -74,8 +74,9 @@ def channel_stats(images_u8: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(max(x.std(), 1e-3))
 
 
-def to_batch(images_u8: Any, mean: float | tuple[float, ...], std: float | tuple[float, ...], device: Any,
-              channels_last: bool) -> Any:
+def to_batch(
+    images_u8: Any, mean: float | tuple[float, ...], std: float | tuple[float, ...], device: Any, channels_last: bool
+) -> Any:
     """Normalised (N, 3, S, S) float batch from uint8 crops (a numpy array or a uint8 tensor,
     e.g. the training set already held on the GPU)."""
     import torch
@@ -112,8 +113,7 @@ def _flip(x: Any, generator: Any, hflip: bool, vflip: bool) -> Any:
     return x
 
 
-def _affine_jitter(x: Any, generator: Any, degrees: float, scale: tuple[float, float],
-                   translate: float) -> Any:
+def _affine_jitter(x: Any, generator: Any, degrees: float, scale: tuple[float, float], translate: float) -> Any:
     """Random per-sample rotation/zoom/shift (reflection padding), driven by a seeded generator.
 
     Radiograph ROIs vary in position inside the box, size and orientation; the paper's
@@ -127,12 +127,12 @@ def _affine_jitter(x: Any, generator: Any, degrees: float, scale: tuple[float, f
     zoom = scale[0] + torch.rand(n, generator=generator) * (scale[1] - scale[0])
     shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * translate * 2  # grid units span 2
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(
+        x.device, x.dtype
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    keep_layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
-        else torch.contiguous_format
+    keep_layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     return out.contiguous(memory_format=keep_layout)
 
 
@@ -151,12 +151,16 @@ def augment_batch(x: Any, generator: Any, train_cfg: dict[str, Any]) -> Any:
     x = _flip(x, generator, train_cfg.get("hflip", True), train_cfg.get("vflip", True))
     affine = train_cfg.get("affine") or None
     if affine:
-        x = _affine_jitter(x, generator, float(affine.get("degrees", 0.0)),
-                           tuple(affine.get("scale", (1.0, 1.0))), float(affine.get("translate", 0.0)))
+        x = _affine_jitter(
+            x,
+            generator,
+            float(affine.get("degrees", 0.0)),
+            tuple(affine.get("scale", (1.0, 1.0))),
+            float(affine.get("translate", 0.0)),
+        )
     intensity = train_cfg.get("intensity") or None
     if intensity:
-        x = _intensity_jitter(x, generator, float(intensity.get("brightness", 0.0)),
-                              float(intensity.get("contrast", 0.0)))
+        x = _intensity_jitter(x, generator, float(intensity.get("brightness", 0.0)), float(intensity.get("contrast", 0.0)))
     return x
 
 
@@ -167,8 +171,7 @@ def make_optimizer(params: Any, train_cfg: dict[str, Any]) -> Any:
     name = str(train_cfg.get("optimizer", "sgd")).lower()
     lr, wd = float(train_cfg["lr"]), float(train_cfg.get("weight_decay", 0.0))
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(train_cfg.get("momentum", 0.9)),
-                               weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=float(train_cfg.get("momentum", 0.9)), weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     raise ValueError(f"train.optimizer must be sgd or adamw, not {name!r}")
@@ -180,8 +183,9 @@ def make_scheduler(optimizer: Any, train_cfg: dict[str, Any]) -> Any:
 
     name = str(train_cfg.get("schedule", "step")).lower()
     if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(train_cfg["lr_step"]),
-                                               gamma=float(train_cfg.get("lr_gamma", 0.1)))
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=int(train_cfg["lr_step"]), gamma=float(train_cfg.get("lr_gamma", 0.1))
+        )
     if name == "cosine":
         epochs = max(1, int(train_cfg["epochs"]))
         warmup = max(0, int(train_cfg.get("warmup_epochs", 0)))
@@ -196,17 +200,24 @@ def make_scheduler(optimizer: Any, train_cfg: dict[str, Any]) -> Any:
     raise ValueError(f"train.schedule must be step or cosine, not {name!r}")
 
 
-def predict_logits(model: Any, images_u8: np.ndarray, mean: float | tuple[float, ...],
-                   std: float | tuple[float, ...], *,
-                   batch_size: int = 64, device: Any = "cpu", channels_last: bool = False,
-                   amp: bool = False) -> np.ndarray:
+def predict_logits(
+    model: Any,
+    images_u8: np.ndarray,
+    mean: float | tuple[float, ...],
+    std: float | tuple[float, ...],
+    *,
+    batch_size: int = 64,
+    device: Any = "cpu",
+    channels_last: bool = False,
+    amp: bool = False,
+) -> np.ndarray:
     import torch
 
     model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(images_u8), batch_size):
-            x = to_batch(images_u8[start:start + batch_size], mean, std, device, channels_last)
+            x = to_batch(images_u8[start : start + batch_size], mean, std, device, channels_last)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 out.append(model(x).float().reshape(-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -310,16 +321,18 @@ def train_member(
         order = torch.randperm(len(train_x), generator=generator)
         order = order[rank::world]  # DDP: each rank a strided shard of one shared permutation
         n_batches = max(1, math.ceil(len(order) / batch_size))
-        bar = tqdm(range(n_batches), desc=f"{spec.member_id} ep {epoch + 1}/{epochs}",
-                   disable=not progress or rank != 0, leave=False)
+        bar = tqdm(
+            range(n_batches), desc=f"{spec.member_id} ep {epoch + 1}/{epochs}", disable=not progress or rank != 0, leave=False
+        )
         total_loss, count = 0.0, 0
         t0 = time.perf_counter()
         for b in bar:
-            idx = order[b * batch_size:(b + 1) * batch_size].numpy()
+            idx = order[b * batch_size : (b + 1) * batch_size].numpy()
             if len(idx) < 2 and n_batches > 1:
                 continue  # a batch of 1 breaks BatchNorm; drop the remainder
-            x = to_batch(train_source[torch.from_numpy(idx).to(device)] if cuda else train_source[idx],
-                          mean, std, device, channels_last)
+            x = to_batch(
+                train_source[torch.from_numpy(idx).to(device)] if cuda else train_source[idx], mean, std, device, channels_last
+            )
             x = augment_batch(x, generator, train_cfg)
             y = y_all[idx].to(device)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
@@ -337,35 +350,54 @@ def train_member(
         seen += count
         scheduler.step()
 
-        val_logits = predict_logits(model, val_x, mean, std, device=device,
-                                    channels_last=channels_last, amp=amp)
+        val_logits = predict_logits(model, val_x, mean, std, device=device, channels_last=channels_last, amp=amp)
         val_p = expit(val_logits.astype(np.float64))
         val_auc = roc_auc(val_y, val_p)
         eps = 1e-7
-        val_loss = float(-np.mean(val_y * np.log(val_p + eps) + (1 - val_y) * np.log(1 - val_p + eps))) if len(val_y) else float("nan")
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": total_loss / max(count, 1), "val_loss": val_loss, "val_auc": val_auc,
-               "seconds": time.perf_counter() - t0}
+        val_loss = (
+            float(-np.mean(val_y * np.log(val_p + eps) + (1 - val_y) * np.log(1 - val_p + eps))) if len(val_y) else float("nan")
+        )
+        row = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": total_loss / max(count, 1),
+            "val_loss": val_loss,
+            "val_auc": val_auc,
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(row)
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(f"{spec.member_id}: training loss diverged at epoch {epoch + 1}; lower train.lr")
         score = val_auc if math.isfinite(val_auc) else -val_loss
         if score > best["auc"] or (score == best["auc"] and val_loss < best["loss"]):
-            best = {"auc": score, "loss": val_loss, "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            best = {
+                "auc": score,
+                "loss": val_loss,
+                "epoch": epoch + 1,
+                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            }
         if progress and rank == 0:
-            LOG.info(f"  {spec.member_id} epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
-                     f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}")
+            LOG.info(
+                f"  {spec.member_id} epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} "
+                f"val_loss {val_loss:.4f} val_auc {val_auc:.4f}"
+            )
         out_of_time = stop_at is not None and time.time() >= stop_at
         if rank == 0:
             write_log(work_dir / "log.csv", history)
         if rank == 0 and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or out_of_time):
-            save_checkpoint(last_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "history": history, "best": best,
-                "epoch": epoch,
-            })
+            save_checkpoint(
+                last_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "best": best,
+                    "epoch": epoch,
+                },
+            )
         if on_epoch:
             on_epoch(row)
         if out_of_time and epoch + 1 < epochs:
@@ -374,11 +406,20 @@ def train_member(
             break
 
     if best["state"] is None:  # zero epochs requested: keep the initial weights
-        best = {"auc": float("nan"), "loss": float("nan"), "epoch": 0,
-                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-    return MemberResult(spec=spec, state_dict=best["state"], best_epoch=int(best["epoch"]),
-                        best_val_auc=float(best["auc"]), history=history,
-                        images_per_second=seen / seconds if seconds > 0 else float("nan"))
+        best = {
+            "auc": float("nan"),
+            "loss": float("nan"),
+            "epoch": 0,
+            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        }
+    return MemberResult(
+        spec=spec,
+        state_dict=best["state"],
+        best_epoch=int(best["epoch"]),
+        best_val_auc=float(best["auc"]),
+        history=history,
+        images_per_second=seen / seconds if seconds > 0 else float("nan"),
+    )
 
 
 def write_log(path: Path, history: list[dict[str, float]]) -> None:

@@ -22,8 +22,12 @@ def candidate_factories(seed: int, member_logits: int = 0) -> dict[str, Callable
     """Name -> estimator factory. LightGBM/XGBoost only when installed. ``member_logits > 0``:
     each candidate first turns the first ``member_logits`` columns (member probabilities) into
     log-odds (``stacker.member_scores: logit``; see ``model_zoo.stacker_inputs``)."""
-    from sklearn.ensemble import (AdaBoostClassifier, GradientBoostingClassifier,
-                                  HistGradientBoostingClassifier, RandomForestClassifier)
+    from sklearn.ensemble import (
+        AdaBoostClassifier,
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
@@ -66,8 +70,7 @@ def _grouped_splits(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: 
     if n_splits < 2:
         raise InputError("too few cases of one class to cross-validate the stacker (need >= 2 per class)")
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    return [(tr, te) for tr, te in cv.split(X, y, groups)
-            if len(np.unique(y[te])) == 2 and len(np.unique(y[tr])) == 2]
+    return [(tr, te) for tr, te in cv.split(X, y, groups) if len(np.unique(y[te])) == 2 and len(np.unique(y[tr])) == 2]
 
 
 def _fit_quietly(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray) -> Any:
@@ -78,18 +81,22 @@ def _fit_quietly(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray) -> An
     return model
 
 
-def cross_val_auc(factory: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                  *, folds: int, seed: int) -> tuple[float, float]:
+def cross_val_auc(
+    factory: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int, seed: int
+) -> tuple[float, float]:
     """Mean and std of grouped, stratified k-fold ROC AUC."""
-    scores = [roc_auc(y[te], _fit_quietly(factory, X[tr], y[tr]).predict_proba(X[te])[:, 1])
-              for tr, te in _grouped_splits(X, y, groups, folds=folds, seed=seed)]
+    scores = [
+        roc_auc(y[te], _fit_quietly(factory, X[tr], y[tr]).predict_proba(X[te])[:, 1])
+        for tr, te in _grouped_splits(X, y, groups, folds=folds, seed=seed)
+    ]
     if not scores:
         return float("nan"), float("nan")
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def cross_val_probabilities(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int,
-                            seed: int, member_logits: int = 0) -> np.ndarray:
+def cross_val_probabilities(
+    name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int, seed: int, member_logits: int = 0
+) -> np.ndarray:
     """Out-of-fold probabilities of one stacker candidate on its own training rows (the same
     grouped folds as its CV AUC): what calibration is fitted on, since the refitted stacker's
     in-sample probabilities are over-confident. Rows left out by every split stay NaN."""
@@ -113,9 +120,18 @@ def choose_candidate(ranked: list[dict[str, Any]], prefer: str | None, prefer_wi
     return str(best["name"])
 
 
-def select_stacker(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, candidates: list[str],
-                   folds: int, seed: int, prefer: str | None = None,
-                   prefer_within: float = 0.0, member_logits: int = 0) -> tuple[str, Any, list[dict[str, Any]]]:
+def select_stacker(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    candidates: list[str],
+    folds: int,
+    seed: int,
+    prefer: str | None = None,
+    prefer_within: float = 0.0,
+    member_logits: int = 0,
+) -> tuple[str, Any, list[dict[str, Any]]]:
     """Compare candidates by CV AUC; refit the chosen one (the best, or ``prefer`` when it is
     within ``prefer_within`` of the best) on all rows.
 
@@ -129,9 +145,14 @@ def select_stacker(X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, candidat
             table.append({"name": name, "available": False, "cv_auc": None, "cv_auc_std": None})
             continue
         mean, std = cross_val_auc(factories[name], X, y, groups, folds=folds, seed=seed)
-        table.append({"name": name, "available": True,
-                      "cv_auc": None if np.isnan(mean) else mean,
-                      "cv_auc_std": None if np.isnan(std) else std})
+        table.append(
+            {
+                "name": name,
+                "available": True,
+                "cv_auc": None if np.isnan(mean) else mean,
+                "cv_auc_std": None if np.isnan(std) else std,
+            }
+        )
     ranked = [row for row in table if row["cv_auc"] is not None]
     if not ranked:
         raise InputError("no stacker candidate could be scored (check the class balance of the training cases)")
@@ -154,8 +175,7 @@ def fit_clinic_only(X_clinical: np.ndarray, y: np.ndarray) -> Any:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X_clinical, y)
 
 
-def member_cam_weights(estimator: Any, X: np.ndarray, y: np.ndarray, member_ids: list[str],
-                       seed: int) -> dict[str, float]:
+def member_cam_weights(estimator: Any, X: np.ndarray, y: np.ndarray, member_ids: list[str], seed: int) -> dict[str, float]:
     """Weights for the ensemble-weighted heatmap: permutation importance of each member score.
 
     Tree stackers have no linear weights; how much the ensemble's AUC drops when one

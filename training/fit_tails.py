@@ -41,6 +41,7 @@ def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any
         raise InputError(f"train.tail_blocks={k}: {type(model).__name__} has {len(blocks or [])} blocks")
     cut = len(blocks) - k
     if hasattr(model, "conv_stem"):  # timm EfficientNet
+
         def prefix(x: Any) -> Any:
             return blocks[:cut](model.bn1(model.conv_stem(x)))
 
@@ -49,6 +50,7 @@ def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any
 
         return prefix, tail, [*blocks[cut:], model.conv_head, model.bn2, model.get_classifier()]
     if hasattr(model, "patch_embed"):  # timm VisionTransformer
+
         def prefix(x: Any) -> Any:
             return blocks[:cut](model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x)))))
 
@@ -59,9 +61,17 @@ def split_model(model: Any, k: int) -> tuple[Callable[[Any], Any], Callable[[Any
     raise InputError(f"train.trainable=tail supports timm EfficientNet and ViT members, not {type(model).__name__}")
 
 
-def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, views: list[str], k: int,
-                train_rows: np.ndarray, log: Any = LOG.info, batch_size: int = 32,
-                cache: tuple[Path, str] | None = None) -> dict[str, np.ndarray]:
+def prefix_maps(
+    spec: MemberSpec,
+    init_path: str | None,
+    crops_u8: np.ndarray,
+    views: list[str],
+    k: int,
+    train_rows: np.ndarray,
+    log: Any = LOG.info,
+    batch_size: int = 32,
+    cache: tuple[Path, str] | None = None,
+) -> dict[str, np.ndarray]:
     """View -> float16 prefix outputs: every row for ``id``, training rows for the other views
     (row order of ``train_rows``). float16 halves the memory; the tail computes in float32.
     With ``cache`` = (folder, crops key) each view is kept on disk as .npy (the feature bank's
@@ -77,7 +87,7 @@ def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, v
         path = None
         if cache is not None:
             stem = bank_path(cache[0], spec, require_start(spec, init_path), [view], cache[1]).stem
-            path = cache[0] / f"prefix{k}_{stem[len('features_'):]}.npy"
+            path = cache[0] / f"prefix{k}_{stem[len('features_') :]}.npy"
             if path.is_file():
                 out[view] = np.load(path)
                 continue
@@ -90,7 +100,7 @@ def prefix_maps(spec: MemberSpec, init_path: str | None, crops_u8: np.ndarray, v
         parts = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
-                x = to_batch(crops[start:start + batch_size], spec.mean, spec.std, "cpu", True)
+                x = to_batch(crops[start : start + batch_size], spec.mean, spec.std, "cpu", True)
                 parts.append(prefix(x).to(torch.float16).contiguous().numpy())
         out[view] = np.concatenate(parts)
         if path is not None:
@@ -114,13 +124,22 @@ def _tail_logits(tail: Any, maps: np.ndarray, batch_size: int = 64) -> np.ndarra
     out = []
     with torch.inference_mode():
         for start in range(0, len(maps), batch_size):
-            out.append(tail(_as_input(maps[start:start + batch_size])).reshape(-1).numpy())
+            out.append(tail(_as_input(maps[start : start + batch_size])).reshape(-1).numpy())
     return np.concatenate(out).astype(np.float64)
 
 
-def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps: dict[str, np.ndarray],
-             train_rows: np.ndarray, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-             train_cfg: dict[str, Any], seed: int) -> MemberResult:
+def fit_tail(
+    spec: MemberSpec,
+    init_path: str,
+    bank: dict[str, np.ndarray],
+    maps: dict[str, np.ndarray],
+    train_rows: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    train_cfg: dict[str, Any],
+    seed: int,
+) -> MemberResult:
     """Probe (``fit_head`` on the feature bank), then AdamW on the tail over the cached prefix
     maps of ``train_idx`` (one random view per row and epoch). ``maps`` non-identity views hold
     the rows of ``train_rows`` in that order."""
@@ -157,20 +176,20 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
 
     auc0 = roc_auc(y_val, _tail_logits(tail, val_maps))
     best = (auc0, 0, snapshot())
-    history = [{"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "val_loss": float("nan"), "val_auc": auc0,
-                "seconds": 0.0}]
+    history = [{"epoch": 0, "lr": 0.0, "train_loss": float("nan"), "val_loss": float("nan"), "val_auc": auc0, "seconds": 0.0}]
     seen, t_all = 0, time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         total, count = 0.0, 0
         for start in range(0, len(order), batch):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             if len(rows) < 2:
                 continue
             picks = rng.integers(0, len(views), len(rows))
-            x = np.stack([maps[views[v]][r] if views[v] == IDENTITY else maps[views[v]][pos_in_train[int(r)]]
-                          for r, v in zip(rows, picks)])
+            x = np.stack(
+                [maps[views[v]][r] if views[v] == IDENTITY else maps[views[v]][pos_in_train[int(r)]] for r, v in zip(rows, picks)]
+            )
             logits = tail(_as_input(x)).reshape(-1)
             loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[rows].astype(np.float32)))
             optimizer.zero_grad(set_to_none=True)
@@ -181,13 +200,27 @@ def fit_tail(spec: MemberSpec, init_path: str, bank: dict[str, np.ndarray], maps
             count += len(rows)
         seen += count
         auc = roc_auc(y_val, _tail_logits(tail, val_maps))
-        history.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / max(count, 1),
-                        "val_loss": float("nan"), "val_auc": auc, "seconds": time.perf_counter() - t0})
+        history.append(
+            {
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": total / max(count, 1),
+                "val_loss": float("nan"),
+                "val_auc": auc,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if auc > best[0]:
             best = (auc, epoch, snapshot())
     seconds = time.perf_counter() - t_all
-    return MemberResult(spec=spec, state_dict=best[2], best_epoch=best[1], best_val_auc=float(best[0]),
-                        history=history, images_per_second=seen / seconds if seconds > 0 else float("nan"))
+    return MemberResult(
+        spec=spec,
+        state_dict=best[2],
+        best_epoch=best[1],
+        best_val_auc=float(best[0]),
+        history=history,
+        images_per_second=seen / seconds if seconds > 0 else float("nan"),
+    )
 
 
 def tail_scores(result: MemberResult, maps: dict[str, np.ndarray], score_idx: np.ndarray, k: int) -> np.ndarray:

@@ -32,24 +32,44 @@ import numpy as np
 
 # (pydicom-data file, what it is). Compressed/endian variants of the same pixels are left out.
 DICOM_FILES: tuple[tuple[str, str], ...] = (
-    ("CT_small.dcm", "CT"), ("693_UNCR.dcm", "CT"), ("J2K_pixelrep_mismatch.dcm", "CT (head)"),
-    ("explicit_VR-UN.dcm", "CT (pancreas)"), ("bad_sequence.dcm", "CT (neck)"), ("eCT_Supplemental.dcm", "CT"),
-    ("mlut_18.dcm", "secondary capture"), ("vlut_04.dcm", "secondary capture"), ("image_dfl.dcm", "secondary capture"),
-    ("MR_small.dcm", "MR"), ("MR2_UNCR.dcm", "MR"), ("emri_small.dcm", "MR (head)"),
-    ("examples_overlay.dcm", "MR (abdomen)"), ("MR-SIEMENS-DICOM-WithOverlays.dcm", "MR (abdomen)"),
+    ("CT_small.dcm", "CT"),
+    ("693_UNCR.dcm", "CT"),
+    ("J2K_pixelrep_mismatch.dcm", "CT (head)"),
+    ("explicit_VR-UN.dcm", "CT (pancreas)"),
+    ("bad_sequence.dcm", "CT (neck)"),
+    ("eCT_Supplemental.dcm", "CT"),
+    ("mlut_18.dcm", "secondary capture"),
+    ("vlut_04.dcm", "secondary capture"),
+    ("image_dfl.dcm", "secondary capture"),
+    ("MR_small.dcm", "MR"),
+    ("MR2_UNCR.dcm", "MR"),
+    ("emri_small.dcm", "MR (head)"),
+    ("examples_overlay.dcm", "MR (abdomen)"),
+    ("MR-SIEMENS-DICOM-WithOverlays.dcm", "MR (abdomen)"),
     ("RG1_UNCR.dcm", "chest radiograph (CR)"),
-    ("US1_UNCR.dcm", "ultrasound"), ("examples_palette.dcm", "ultrasound"), ("OBXXXX1A.dcm", "ultrasound"),
-    ("gdcm-US-ALOKA-16.dcm", "ultrasound"), ("examples_rgb_color.dcm", "ultrasound"),
-    ("examples_jpeg2k.dcm", "ultrasound"), ("JPGLosslessP14SV1_1s_1f_8b.dcm", "ultrasound"),
-    ("color-pl.dcm", "ultrasound"), ("JPEG2000_UNC.dcm", "nuclear medicine"),
-    ("liver_1frame.dcm", "segmentation mask"), ("OT-PAL-8-face.dcm", "photo"), ("SC_rgb.dcm", "test pattern"),
+    ("US1_UNCR.dcm", "ultrasound"),
+    ("examples_palette.dcm", "ultrasound"),
+    ("OBXXXX1A.dcm", "ultrasound"),
+    ("gdcm-US-ALOKA-16.dcm", "ultrasound"),
+    ("examples_rgb_color.dcm", "ultrasound"),
+    ("examples_jpeg2k.dcm", "ultrasound"),
+    ("JPGLosslessP14SV1_1s_1f_8b.dcm", "ultrasound"),
+    ("color-pl.dcm", "ultrasound"),
+    ("JPEG2000_UNC.dcm", "nuclear medicine"),
+    ("liver_1frame.dcm", "segmentation mask"),
+    ("OT-PAL-8-face.dcm", "photo"),
+    ("SC_rgb.dcm", "test pattern"),
 )
 
 _DOC_TEXT = (
-    "Radiology department - request form", "Patient history: pain in the left knee for three weeks.",
-    "Please compare with the previous examination.", "Findings: see attached report. Impression pending.",
-    "The quick brown fox jumps over the lazy dog 0123456789.", "Signed: ________________  Date: __/__/____",
-    "Section 2. Instructions for use of this form.", "Keep this sheet with the patient's records.",
+    "Radiology department - request form",
+    "Patient history: pain in the left knee for three weeks.",
+    "Please compare with the previous examination.",
+    "Findings: see attached report. Impression pending.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+    "Signed: ________________  Date: __/__/____",
+    "Section 2. Instructions for use of this form.",
+    "Keep this sheet with the patient's records.",
 )
 
 
@@ -105,21 +125,20 @@ def package_pictures() -> Iterator[NonBoneImage]:
     if sk:
         for name in ("china.jpg", "flower.jpg"):
             if (sk / "datasets" / "images" / name).is_file():
-                yield NonBoneImage(name, "photo", "scikit-learn sample images",
-                                   (sk / "datasets" / "images" / name).read_bytes())
+                yield NonBoneImage(name, "photo", "scikit-learn sample images", (sk / "datasets" / "images" / name).read_bytes())
     mpl = package_dir("matplotlib")
     if mpl:
         sample = mpl / "mpl-data" / "sample_data"
-        for name, kind in (("grace_hopper.jpg", "photo"), ("Minduka_Present_Blue_Pack.png", "picture"),
-                           ("logo2.png", "logo")):
+        for name, kind in (("grace_hopper.jpg", "photo"), ("Minduka_Present_Blue_Pack.png", "picture"), ("logo2.png", "logo")):
             if (sample / name).is_file():
                 yield NonBoneImage(name, kind, "matplotlib sample data", (sample / name).read_bytes())
         for name in ("jacksboro_fault_dem.npz", "topobathy.npz"):
             if (sample / name).is_file():
                 with np.load(sample / name) as npz:
                     key = "elevation" if "elevation" in npz.files else npz.files[0]
-                    yield NonBoneImage(name.replace(".npz", ".png"), "elevation map", "matplotlib sample data",
-                                       _png(_u8(npz[key])))
+                    yield NonBoneImage(
+                        name.replace(".npz", ".png"), "elevation map", "matplotlib sample data", _png(_u8(npz[key]))
+                    )
         if (sample / "s1045.ima.gz").is_file():
             raw = np.frombuffer(gzip.decompress((sample / "s1045.ima.gz").read_bytes()), dtype=np.uint16)
             if raw.size == 256 * 256:
@@ -137,10 +156,22 @@ def documents() -> Iterator[NonBoneImage]:
     import cv2
 
     rng = np.random.default_rng(17)
-    fonts = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
-             cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_TRIPLEX)
-    styles = (("letter", 255, 0, 0.55), ("terminal", 0, 230, 1.1), ("report", 250, 20, 0.5),
-              ("form", 245, 10, 0.6), ("handwritten note", 235, 40, 0.9), ("scanned page", 200, 30, 0.5))
+    fonts = (
+        cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.FONT_HERSHEY_PLAIN,
+        cv2.FONT_HERSHEY_DUPLEX,
+        cv2.FONT_HERSHEY_COMPLEX,
+        cv2.FONT_HERSHEY_SCRIPT_SIMPLEX,
+        cv2.FONT_HERSHEY_TRIPLEX,
+    )
+    styles = (
+        ("letter", 255, 0, 0.55),
+        ("terminal", 0, 230, 1.1),
+        ("report", 250, 20, 0.5),
+        ("form", 245, 10, 0.6),
+        ("handwritten note", 235, 40, 0.9),
+        ("scanned page", 200, 30, 0.5),
+    )
     for i, ((what, paper, ink, scale), font) in enumerate(zip(styles, fonts, strict=True)):
         h, w = (800, 620) if i % 2 == 0 else (600, 800)
         page = np.full((h, w), paper, np.uint8)
@@ -160,8 +191,7 @@ def documents() -> Iterator[NonBoneImage]:
                 cv2.line(page, (30, yy), (w - 30, yy), 90, 1)
         if what == "scanned page":
             page = np.clip(page.astype(np.float64) + rng.normal(0, 12, page.shape), 0, 255).astype(np.uint8)
-        yield NonBoneImage(f"document-{i + 1}-{what.replace(' ', '-')}.png", "document", "rendered (cv2.putText)",
-                           _png(page))
+        yield NonBoneImage(f"document-{i + 1}-{what.replace(' ', '-')}.png", "document", "rendered (cv2.putText)", _png(page))
 
 
 def charts() -> Iterator[NonBoneImage]:
@@ -205,8 +235,9 @@ def synthetic() -> Iterator[NonBoneImage]:
         if rng.random() < 0.5:
             cv2.circle(shapes, c, int(rng.integers(10, 60)), int(rng.integers(60, 255)), -1)
         else:
-            cv2.rectangle(shapes, c, (c[0] + int(rng.integers(20, 90)), c[1] + int(rng.integers(20, 90))),
-                          int(rng.integers(60, 255)), -1)
+            cv2.rectangle(
+                shapes, c, (c[0] + int(rng.integers(20, 90)), c[1] + int(rng.integers(20, 90))), int(rng.integers(60, 255)), -1
+            )
     items: dict[str, Callable[[], np.ndarray]] = {
         "gaussian-noise": lambda: rng.normal(0.5, 0.15, (h, w)),
         "uniform-noise": lambda: rng.random((h, w)),
@@ -218,7 +249,7 @@ def synthetic() -> Iterator[NonBoneImage]:
         "blank-black": lambda: np.zeros((h, w)),
         "blank-white": lambda: np.full((h, w), 255.0),
         "blank-grey": lambda: np.full((h, w), 128.0),
-        "checkerboard": lambda: ((xx // 32 + yy // 32) % 2),
+        "checkerboard": lambda: (xx // 32 + yy // 32) % 2,
         "sine-grating": lambda: np.sin(xx / 6.0),
         "rings": lambda: np.sin(r / 5.0),
         "shapes": lambda: shapes.astype(np.float64),

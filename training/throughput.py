@@ -104,10 +104,20 @@ def measure(cfg: dict[str, Any], *, n_images: int = 64, steps: int = 3) -> list[
             if cuda:
                 torch.cuda.synchronize()
             ours = steps * batch / (time.perf_counter() - t0)
-            results.append({"member": spec.member_id, "arch": spec.arch, "input_size": spec.input_size,
-                            "batch": batch, "plain_img_s": round(plain, 2), "ours_img_s": round(ours, 2),
-                            "speedup": round(ours / plain, 2), "cache_build_s_per_img": round(cache_s / batch, 4),
-                            "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads()})
+            results.append(
+                {
+                    "member": spec.member_id,
+                    "arch": spec.arch,
+                    "input_size": spec.input_size,
+                    "batch": batch,
+                    "plain_img_s": round(plain, 2),
+                    "ours_img_s": round(ours, 2),
+                    "speedup": round(ours / plain, 2),
+                    "cache_build_s_per_img": round(cache_s / batch, 4),
+                    "device": "cuda" if cuda else "cpu",
+                    "threads": torch.get_num_threads(),
+                }
+            )
     return results
 
 

@@ -12,20 +12,27 @@ from model_zoo.errors import InputError
 
 def _load_section(zoo) -> None:
     with st.expander("1. Load a case set", expanded="teach_cases" not in st.session_state):
-        st.markdown("A case table (CSV with `image` and `label`, optional `age`, `sex`, `site`, ROI columns) "
-                    "and a zip of its images. The model is run now; its answers stay hidden until you reveal them.")
+        st.markdown(
+            "A case table (CSV with `image` and `label`, optional `age`, `sex`, `site`, ROI columns) "
+            "and a zip of its images. The model is run now; its answers stay hidden until you reveal them."
+        )
         c1, c2 = st.columns(2)
         with c1:
             csv_up = st.file_uploader("Case table (CSV)", type=["csv"], key="teach_csv")
         with c2:
             zip_up = st.file_uploader("Images (zip)", type=["zip"], key="teach_zip")
-        with_cams = st.checkbox("Prepare GradCAM heatmaps with the annotator's box for the reveal (about 1 s per case)",
-                                value=True, key="teach_cams")
+        with_cams = st.checkbox(
+            "Prepare GradCAM heatmaps with the annotator's box for the reveal (about 1 s per case)", value=True, key="teach_cams"
+        )
         if st.button("Load case set", key="teach_load", disabled=csv_up is None) and csv_up is not None:
             bar = st.progress(0.0, text="Preparing cases ...")
             cases, skipped = tl.load_case_set(
-                zoo, csv_up.getvalue(), zip_up.getvalue() if zip_up is not None else None,
-                progress=lambda i, n: bar.progress(i / max(n, 1), text=f"Case {i} of {n}"), with_cams=with_cams)
+                zoo,
+                csv_up.getvalue(),
+                zip_up.getvalue() if zip_up is not None else None,
+                progress=lambda i, n: bar.progress(i / max(n, 1), text=f"Case {i} of {n}"),
+                with_cams=with_cams,
+            )
             bar.empty()
             if not cases:
                 st.error("No usable case: every row failed or had no label. " + "; ".join(skipped[:5]))
@@ -44,9 +51,11 @@ def _load_section(zoo) -> None:
 def _read_section(zoo, cases) -> None:
     answers: dict = st.session_state.setdefault("teach_answers", {})
     st.subheader("2. Read the cases (blind)")
-    teaching = st.toggle("Teaching mode: show the truth and the model's answer after each read", key="teach_mode",
-                         help="For learning, not for a reader study: your later reads are no longer blind to "
-                              "how the model behaves.")
+    teaching = st.toggle(
+        "Teaching mode: show the truth and the model's answer after each read",
+        key="teach_mode",
+        help="For learning, not for a reader study: your later reads are no longer blind to how the model behaves.",
+    )
     name = st.text_input("Reader name", key="teach_reader", placeholder="e.g. reader1")
     if not name.strip():
         st.info("Enter your reader name to start. Each reader's answers are kept separately in this session.")
@@ -68,12 +77,13 @@ def _read_section(zoo, cases) -> None:
     with c1:
         st.image(case.png, caption=f"Case {case.case_id} (ROI in red)", width="stretch")
     with c2:
-        st.markdown(f"**Case {case.case_id}** - age: {tl.format_age(case.age)}, "
-                    f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}")
+        st.markdown(
+            f"**Case {case.case_id}** - age: {tl.format_age(case.age)}, "
+            f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}"
+        )
         with st.form("teach_form", clear_on_submit=True):
             call = st.radio("Your read", (zoo.positive_class, zoo.negative_class), index=None, key="teach_call")
-            conf = st.select_slider("Confidence (1 = guess, 5 = certain)", tl.CONFIDENCE_LEVELS, value=3,
-                                    key="teach_conf")
+            conf = st.select_slider("Confidence (1 = guess, 5 = certain)", tl.CONFIDENCE_LEVELS, value=3, key="teach_conf")
             submitted = st.form_submit_button("Submit and next", type="primary")
         if submitted:
             if call is None:
@@ -102,10 +112,17 @@ def _answers_download(zoo, cases) -> None:
         return
     revealed = bool(st.session_state.get("teach_revealed"))
     frame = tl.reads_frame(cases, answers, zoo, revealed=revealed)
-    st.download_button("Download all answers (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
-                       file_name="reader-answers.csv", mime="text/csv", key="teach_download", on_click="ignore",
-                       help="With the truth, subtype and the model's answers once revealed." if revealed
-                       else "Reads and confidence only, until the reveal.")
+    st.download_button(
+        "Download all answers (CSV)",
+        data=frame.to_csv(index=False).encode("utf-8"),
+        file_name="reader-answers.csv",
+        mime="text/csv",
+        key="teach_download",
+        on_click="ignore",
+        help="With the truth, subtype and the model's answers once revealed."
+        if revealed
+        else "Reads and confidence only, until the reveal.",
+    )
 
 
 def _reveal_section(zoo, cases) -> None:
@@ -123,16 +140,25 @@ def _reveal_section(zoo, cases) -> None:
         return
     frame = tl.study_frame(cases, answers, done)
     metrics = tl.study_metrics(frame, zoo.threshold)
-    st.markdown(f"**{len(cases)} cases, {len(done)} reader(s); model threshold {zoo.threshold:.2f}.** "
-                "Proportions with Wilson 95 % CIs.")
+    st.markdown(
+        f"**{len(cases)} cases, {len(done)} reader(s); model threshold {zoo.threshold:.2f}.** Proportions with Wilson 95 % CIs."
+    )
     st.dataframe(tl.rater_table(metrics), hide_index=True, key="teach_metrics")
     st.markdown("\n".join(f"- {line}" for line in tl.agreement_lines(metrics)))
-    shown = frame.assign(truth=[zoo.positive_class if y else zoo.negative_class for y in frame["label"]],
-                         subtype=[c.subtype or "" for c in cases],
-                         model=[tl.model_call(c, zoo).head.word for c in cases])
+    shown = frame.assign(
+        truth=[zoo.positive_class if y else zoo.negative_class for y in frame["label"]],
+        subtype=[c.subtype or "" for c in cases],
+        model=[tl.model_call(c, zoo).head.word for c in cases],
+    )
     st.dataframe(shown, hide_index=True, key="teach_cases_table")
-    st.download_button("Download the study table (CSV)", data=frame.to_csv(index=False).encode("utf-8"),
-                       file_name="reader-study.csv", mime="text/csv", key="teach_study_download", on_click="ignore")
+    st.download_button(
+        "Download the study table (CSV)",
+        data=frame.to_csv(index=False).encode("utf-8"),
+        file_name="reader-study.csv",
+        mime="text/csv",
+        key="teach_study_download",
+        on_click="ignore",
+    )
     _roc_section(zoo, cases, answers, done)
     _case_by_case(zoo, cases, answers, done)
 
@@ -141,17 +167,18 @@ def _roc_section(zoo, cases, answers, readers: list[str]) -> None:
     """Each reader's ROC from the read + confidence ratings beside the model's."""
     st.markdown("**ROC: the model and each reader**")
     try:
-        rocs = tl.rater_rocs([c.label for c in cases], [c.p_ensemble for c in cases],
-                             tl.reader_ratings(cases, answers, readers))
+        rocs = tl.rater_rocs([c.label for c in cases], [c.p_ensemble for c in cases], tl.reader_ratings(cases, answers, readers))
     except InputError as err:
         st.info(f"No ROC for this case set: {err}.")
         return
     st.dataframe(tl.roc_table(rocs), hide_index=True, key="teach_roc_table")
     st.plotly_chart(tl.roc_figure(rocs, f"ROC on {len(cases)} cases"), key="teach_roc_chart")
-    st.caption("A reader's read and confidence make one rating from 1 (certain "
-               f"{zoo.negative_class}) to 10 (certain {zoo.positive_class}); the reader's ROC runs over those "
-               "ratings, the model's over its probability. AUC with DeLong 95 % CIs; p from the paired DeLong "
-               "test of each reader's AUC against the model's on the same cases.")
+    st.caption(
+        "A reader's read and confidence make one rating from 1 (certain "
+        f"{zoo.negative_class}) to 10 (certain {zoo.positive_class}); the reader's ROC runs over those "
+        "ratings, the model's over its probability. AUC with DeLong 95 % CIs; p from the paired DeLong "
+        "test of each reader's AUC against the model's on the same cases."
+    )
 
 
 def _case_reveal(case, reveal) -> None:
@@ -166,8 +193,10 @@ def _case_reveal(case, reveal) -> None:
             st.image(case.cam_png, caption=f"Ensemble-weighted GradCAM on the ROI {box}{note}", width="stretch")
         else:
             st.caption("No heatmap prepared for this case set (tick the heatmap option when loading it).")
-    st.markdown(f"**Truth: {reveal.truth}** - subtype: {reveal.subtype}; age: {reveal.age}, "
-                f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}.")
+    st.markdown(
+        f"**Truth: {reveal.truth}** - subtype: {reveal.subtype}; age: {reveal.age}, "
+        f"sex: {case.sex or 'not given'}, site: {case.site or 'not given'}."
+    )
     st.markdown(f"Model: {reveal.model.head.sentence}")
     if reveal.model.head.scale_note:
         st.caption(reveal.model.head.scale_note)

@@ -34,8 +34,7 @@ def _releases() -> None:
     st.dataframe(pd.DataFrame([zoo_info.release_summary(p) for p in releases]), hide_index=True, key="zoo_releases")
     labels = [str(p) for p in releases]
     index = labels.index(str(current)) if current is not None and str(current) in labels else len(labels) - 1
-    picked = st.selectbox("Release used in this session", labels, index=index, key="zoo_pick",
-                          format_func=lambda s: Path(s).name)
+    picked = st.selectbox("Release used in this session", labels, index=index, key="zoo_pick", format_func=lambda s: Path(s).name)
     if picked != (str(current) if current else None):
         st.session_state[common.SESSION_ZOO_KEY] = picked
         st.rerun()
@@ -51,10 +50,12 @@ def _unseen_hospital(evaluation: Mapping[str, Any] | None) -> None:
     if sentence:
         st.markdown(f"**{sentence}**")
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="zoo_unseen")
-    st.caption("AUC with DeLong 95 % CIs; sensitivity and specificity of the ensemble at the shipped "
-               "threshold with Wilson 95 % CIs; ECE (expected calibration error, 10 bins) of the raw "
-               "ensemble probability -> the calibrated one. External sets were never used for fitting, "
-               "calibrating or choosing the threshold.")
+    st.caption(
+        "AUC with DeLong 95 % CIs; sensitivity and specificity of the ensemble at the shipped "
+        "threshold with Wilson 95 % CIs; ECE (expected calibration error, 10 bins) of the raw "
+        "ensemble probability -> the calibrated one. External sets were never used for fitting, "
+        "calibrating or choosing the threshold."
+    )
     figures = [(name, zoo_info.reliability_figure(name, block)) for name, block in zoo_info.evaluation_blocks(evaluation)]
     figures = [(name, fig) for name, fig in figures if fig is not None]
     if figures:
@@ -62,8 +63,10 @@ def _unseen_hospital(evaluation: Mapping[str, Any] | None) -> None:
         for i, (name, fig) in enumerate(figures):
             with cols[i % len(cols)]:
                 st.plotly_chart(fig, key=f"zoo_reliability_{name}")
-        st.caption("Reliability: mean predicted probability against the observed fraction of positives "
-                   "per bin (marker size ~ cases in the bin); points on the diagonal are calibrated.")
+        st.caption(
+            "Reliability: mean predicted probability against the observed fraction of positives "
+            "per bin (marker size ~ cases in the bin); points on the diagonal are calibrated."
+        )
 
 
 def _plain_words(zoo: Any) -> None:
@@ -86,9 +89,11 @@ def main() -> None:
     with plain:
         _plain_words(zoo)
     st.success(f"**{zoo.name}** loaded; every file's sha256 matched the manifest.")
-    st.markdown(f"**Task:** {zoo.positive_class} (positive) vs {zoo.negative_class}. "
-                f"**Operating threshold:** {zoo.threshold:.3f} ({zoo.threshold_rule or '?'} rule on the "
-                f"{zoo.threshold_chosen_on or '?'} split). **Created:** {zoo.created or '?'}.")
+    st.markdown(
+        f"**Task:** {zoo.positive_class} (positive) vs {zoo.negative_class}. "
+        f"**Operating threshold:** {zoo.threshold:.3f} ({zoo.threshold_rule or '?'} rule on the "
+        f"{zoo.threshold_chosen_on or '?'} split). **Created:** {zoo.created or '?'}."
+    )
     st.info("**Intended use.** " + (zoo.intended_use or "not stated"))
     _unseen_hospital(m.evaluation)
 
@@ -104,22 +109,29 @@ def main() -> None:
         if not splits:
             st.caption("No stored evaluation report in this release.")
         else:
-            split = st.radio("Split", splits, index=zoo_info.default_split(splits), horizontal=True,
-                             key="zoo_split")
+            split = st.radio("Split", splits, index=zoo_info.default_split(splits), horizontal=True, key="zoo_split")
             metrics = zoo_info.read_metrics(zoo.root, split)
             if metrics is None:
                 st.warning(f"report/{split}/metrics.json could not be read.")
             else:
-                st.markdown(f"**{split}**: n = {metrics.get('n')} cases. Proportions with Wilson 95 % CIs, "
-                            "AUC with DeLong 95 % CIs, at each model's threshold.")
+                st.markdown(
+                    f"**{split}**: n = {metrics.get('n')} cases. Proportions with Wilson 95 % CIs, "
+                    "AUC with DeLong 95 % CIs, at each model's threshold."
+                )
                 st.dataframe(zoo_info.metrics_table(metrics), hide_index=True, key="zoo_metrics")
-                st.plotly_chart(zoo_info.auc_figure(metrics, f"AUC on the {split} split (n = {metrics.get('n')})"),
-                                key="zoo_auc_chart")
+                st.plotly_chart(
+                    zoo_info.auc_figure(metrics, f"AUC on the {split} split (n = {metrics.get('n')})"), key="zoo_auc_chart"
+                )
             data = _standalone_report(str(zoo.root), split)
             if data is not None:
-                st.download_button(f"Download the full {split} report (HTML)", data=data,
-                                   file_name=f"{zoo.release_name}-{zoo.version}-{split}-report.html",
-                                   mime="text/html", key="zoo_report_download", on_click="ignore")
+                st.download_button(
+                    f"Download the full {split} report (HTML)",
+                    data=data,
+                    file_name=f"{zoo.release_name}-{zoo.version}-{split}-report.html",
+                    mime="text/html",
+                    key="zoo_report_download",
+                    on_click="ignore",
+                )
                 if st.checkbox("Show the full report here (ROC, confusion, calibration plots)", key="zoo_embed"):
                     if len(data) > MAX_EMBED_BYTES:
                         st.caption("The report is too large to embed; download it instead.")
@@ -127,14 +139,15 @@ def main() -> None:
                         st.iframe(data.decode("utf-8", errors="replace"), height=900)
         comp = zoo_info.stacker_table(m)
         if not comp.empty:
-            st.markdown(f"**Stacker comparison** (cross-validated AUC on out-of-fold member scores; "
-                        f"chosen: {zoo.stacker_name})")
+            st.markdown(f"**Stacker comparison** (cross-validated AUC on out-of-fold member scores; chosen: {zoo.stacker_name})")
             st.dataframe(comp, hide_index=True, key="zoo_stackers")
     with tab_members:
         st.dataframe(zoo_info.members_table(m), hide_index=True, key="zoo_members")
-        st.caption("Each member sees the ROI plus its margin, squared about the centre, resized to its input "
-                   "size and normalised with its mean/std (grey replicated to 3 channels). Start: the "
-                   "pretrained weights a member began from (name, package, licence) or scratch.")
+        st.caption(
+            "Each member sees the ROI plus its margin, squared about the centre, resized to its input "
+            "size and normalised with its mean/std (grey replicated to 3 channels). Start: the "
+            "pretrained weights a member began from (name, package, licence) or scratch."
+        )
         weights = ", ".join(f"{k} {v:.2f}" for k, v in zoo.cam_weights.items())
         st.caption(f"Ensemble heatmap weights: {weights}.")
     with tab_files:

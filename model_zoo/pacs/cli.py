@@ -31,23 +31,38 @@ def add_parser(sub: Any) -> None:
     psub = p.add_subparsers(dest="pacs_command", required=True)
     psub.add_parser("check", help="check the [pacs] settings and that the server answers")
     q = psub.add_parser("predict", help="predict the first radiograph of each study (optionally write back)")
-    q.add_argument("--study", action="append", required=True, metavar="UID",
-                   help="Study Instance UID (repeat for a list)")
-    q.add_argument("--write", action="store_true",
-                   help="store the SR + PDF report in the same study (new series); idempotent")
-    q.add_argument("--zoo", type=Path, default=None,
-                   help="zoo release folder (default: $MODEL_ZOO_DIR or the newest bundled release)")
-    q.add_argument("--roi", choices=ROI_CHOICES, default="auto",
-                   help="auto: the zoo's localiser (whole image where it has none); full: the whole image")
-    q.add_argument("--site", choices=("appendicular", "axial"), default=None,
-                   help="lesion site for every study (default: from BodyPartExamined where it names a bone "
-                        "region, else not given and the stacker imputes it)")
-    q.add_argument("--allow-ood", action="store_true",
-                   help="call and write back images the release's out-of-distribution check flags (logged in "
-                        "the audit); default: no call and nothing written for them")
-    q.add_argument("--jitter", type=int, default=JITTER_BOXES, metavar="N",
-                   help=f"ROI-jitter boxes checked, as on the Case page (default {JITTER_BOXES}; 0: off): "
-                        "if any changes the call, the call is 'indeterminate'")
+    q.add_argument("--study", action="append", required=True, metavar="UID", help="Study Instance UID (repeat for a list)")
+    q.add_argument("--write", action="store_true", help="store the SR + PDF report in the same study (new series); idempotent")
+    q.add_argument(
+        "--zoo", type=Path, default=None, help="zoo release folder (default: $MODEL_ZOO_DIR or the newest bundled release)"
+    )
+    q.add_argument(
+        "--roi",
+        choices=ROI_CHOICES,
+        default="auto",
+        help="auto: the zoo's localiser (whole image where it has none); full: the whole image",
+    )
+    q.add_argument(
+        "--site",
+        choices=("appendicular", "axial"),
+        default=None,
+        help="lesion site for every study (default: from BodyPartExamined where it names a bone "
+        "region, else not given and the stacker imputes it)",
+    )
+    q.add_argument(
+        "--allow-ood",
+        action="store_true",
+        help="call and write back images the release's out-of-distribution check flags (logged in "
+        "the audit); default: no call and nothing written for them",
+    )
+    q.add_argument(
+        "--jitter",
+        type=int,
+        default=JITTER_BOXES,
+        metavar="N",
+        help=f"ROI-jitter boxes checked, as on the Case page (default {JITTER_BOXES}; 0: off): "
+        "if any changes the call, the call is 'indeterminate'",
+    )
 
 
 def _settings() -> Any:
@@ -56,8 +71,9 @@ def _settings() -> Any:
 
     settings = load_settings(read_secrets_files())
     if settings is None:
-        raise PacsConfigError("no PACS configured: set [pacs] url in .streamlit/secrets.toml "
-                              "or MODEL_ZOO_PACS_URL (see the README, 'PACS')")
+        raise PacsConfigError(
+            "no PACS configured: set [pacs] url in .streamlit/secrets.toml or MODEL_ZOO_PACS_URL (see the README, 'PACS')"
+        )
     return settings
 
 
@@ -77,10 +93,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         print(f"error: {e}", file=err)
         return 2
     if args.pacs_command == "check":
-        print(f"PACS OK: {settings.display_url} answered a QIDO-RS search in {seconds:.2f} s "
-              f"(auth: {settings.auth_kind}, "
-              + (f"TLS verify: {settings.verify})" if settings.url.lower().startswith("https") else "plain http)"),
-              file=out)
+        print(
+            f"PACS OK: {settings.display_url} answered a QIDO-RS search in {seconds:.2f} s "
+            f"(auth: {settings.auth_kind}, "
+            + (f"TLS verify: {settings.verify})" if settings.url.lower().startswith("https") else "plain http)"),
+            file=out,
+        )
         return 0
     return _predict(args, client, out, err)
 
@@ -104,9 +122,12 @@ def _predict(args: argparse.Namespace, client: Any, out: TextIO, err: TextIO) ->
         except (PacsError, ZooError) as e:
             failed += 1
             print(f"{tag}: error: {e}", file=err)
-    print(f"{n - failed}/{n} studies done" + (f"; {failed} failed" if failed else "")
-          + (f"; {withheld} out of distribution: no call, not written back (--allow-ood to override)"
-             if withheld else ""), file=err)
+    print(
+        f"{n - failed}/{n} studies done"
+        + (f"; {failed} failed" if failed else "")
+        + (f"; {withheld} out of distribution: no call, not written back (--allow-ood to override)" if withheld else ""),
+        file=err,
+    )
     return 1 if failed else 0
 
 
@@ -123,16 +144,28 @@ def call_record(call: Any, jitter: Any) -> dict[str, Any]:
     """The call as the study's result record (audit JSON) keeps it: the word, the scale, the band,
     why it is indeterminate, and the ROI-jitter stability the Case page shows (``jitter`` None
     when the check was off: ``--jitter 0``)."""
-    return {"word": call.word, "scale": call.scale, "p": call.p, "threshold": call.threshold, "band": call.band,
-            "reasons": list(call.reasons),
-            "jitter_flips": None if jitter is None else jitter.n_flips,  # kept for readers of older records
-            "jitter": None if jitter is None else {
-                "boxes": jitter.n, "flips": jitter.n_flips, "same_call": jitter.same_call,
-                "p_min": jitter.p_min, "p_max": jitter.p_max, "p_sd": jitter.p_sd}}
+    return {
+        "word": call.word,
+        "scale": call.scale,
+        "p": call.p,
+        "threshold": call.threshold,
+        "band": call.band,
+        "reasons": list(call.reasons),
+        "jitter_flips": None if jitter is None else jitter.n_flips,  # kept for readers of older records
+        "jitter": None
+        if jitter is None
+        else {
+            "boxes": jitter.n,
+            "flips": jitter.n_flips,
+            "same_call": jitter.same_call,
+            "p_min": jitter.p_min,
+            "p_max": jitter.p_max,
+            "p_sd": jitter.p_sd,
+        },
+    }
 
 
-def _predict_study(args: argparse.Namespace, client: Any, zoo: Any, study_uid: str, tag: str, out: TextIO,
-                   err: TextIO) -> bool:
+def _predict_study(args: argparse.Namespace, client: Any, zoo: Any, study_uid: str, tag: str, out: TextIO, err: TextIO) -> bool:
     """Gate, predict, frame and (with --write) write back one study; False when the OOD check
     withheld the call. Raises InputError for an image the input gate refuses (after auditing it)."""
     from model_zoo import audit, framing, gate
@@ -171,42 +204,83 @@ def _predict_study(args: argparse.Namespace, client: Any, zoo: Any, study_uid: s
         print(f"{tag}: warning: {note}", file=err)
     if flagged and not args.allow_ood:
         extra["pacs"]["write"] = False
-        print(f"{tag}: {meta.modality or '?'} {w} x {h} px, ROI {source}; out of distribution: {OOD_MESSAGE} "
-              f"(OOD score {pred.ood_score:.2f} > threshold {zoo.ood.threshold:.2f}); no call, not written back",
-              file=out)
-        _audit(tag, audit.prediction_event(
-            **zoo_id, roi_box=box, roi_source=source, age=age, sex=sex, site=site,
-            p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, threshold=pred.threshold,
-            label="", source="pacs-cli", extra={**extra, "call": None}), err)
+        print(
+            f"{tag}: {meta.modality or '?'} {w} x {h} px, ROI {source}; out of distribution: {OOD_MESSAGE} "
+            f"(OOD score {pred.ood_score:.2f} > threshold {zoo.ood.threshold:.2f}); no call, not written back",
+            file=out,
+        )
+        _audit(
+            tag,
+            audit.prediction_event(
+                **zoo_id,
+                roi_box=box,
+                roi_source=source,
+                age=age,
+                sex=sex,
+                site=site,
+                p_ensemble=pred.p_ensemble,
+                p_members=pred.p_members,
+                p_clinic=pred.p_clinic,
+                threshold=pred.threshold,
+                label="",
+                source="pacs-cli",
+                extra={**extra, "call": None},
+            ),
+            err,
+        )
         return False
     if flagged:
-        _audit(tag, audit.ood_override_event(**zoo_id, roi_box=box, roi_source=source, ood_score=pred.ood_score,
-                                             ood_threshold=float(zoo.ood.threshold), source="pacs-cli"), err)
-        warnings.append(f"out of distribution: {OOD_MESSAGE} (OOD score {pred.ood_score:.2f} > threshold "
-                        f"{zoo.ood.threshold:.2f}); called anyway (--allow-ood)")
+        _audit(
+            tag,
+            audit.ood_override_event(
+                **zoo_id,
+                roi_box=box,
+                roi_source=source,
+                ood_score=pred.ood_score,
+                ood_threshold=float(zoo.ood.threshold),
+                source="pacs-cli",
+            ),
+            err,
+        )
+        warnings.append(
+            f"out of distribution: {OOD_MESSAGE} (OOD score {pred.ood_score:.2f} > threshold "
+            f"{zoo.ood.threshold:.2f}); called anyway (--allow-ood)"
+        )
         print(f"{tag}: warning: {warnings[-1]}", file=err)
     jitter = None
     if args.jitter > 0:  # the Case page's check: same boxes, same seed
-        jitter = framing.jitter_summary(pred.p_ensemble, zoo.jitter_probs(pixels, box, **inputs, n=args.jitter),
-                                        pred.threshold)
+        jitter = framing.jitter_summary(pred.p_ensemble, zoo.jitter_probs(pixels, box, **inputs, n=args.jitter), pred.threshold)
     call = zoo.call(pred.p_ensemble, jitter)  # framed once: the printed line, the record, the PDF and the SR
     raw = f" [raw {call.p_raw:.3f}, threshold {call.threshold_raw:.3f}]" if call.calibrated else ""
-    print(f"{tag}: {meta.modality or '?'} {w} x {h} px, ROI {source}, site {site or 'not given'}; "
-          f"{call.sentence}{raw}", file=out)
+    print(f"{tag}: {meta.modality or '?'} {w} x {h} px, ROI {source}, site {site or 'not given'}; {call.sentence}{raw}", file=out)
     if jitter is not None:
         print(f"{tag}: {framing.jitter_sentence(jitter)}", file=out)
     extra["call"] = call_record(call, jitter)
     if args.write:
-        pdf = simple_case_pdf(zoo, opened.image, box, source, inputs, pred, opened.sha256, call, jitter=jitter,
-                              warnings=warnings)
-        objects, key = prepare_writeback(opened.header, zoo, pred, box=box, roi_source=source,
-                                         inputs=inputs, pdf=pdf, call=call)
+        pdf = simple_case_pdf(zoo, opened.image, box, source, inputs, pred, opened.sha256, call, jitter=jitter, warnings=warnings)
+        objects, key = prepare_writeback(opened.header, zoo, pred, box=box, roi_source=source, inputs=inputs, pdf=pdf, call=call)
         result = write_back(client, objects, key=key)
-        extra["pacs"].update({"result_key": key, "written": list(result.written),
-                              "already_present": list(result.already_present)})
+        extra["pacs"].update(
+            {"result_key": key, "written": list(result.written), "already_present": list(result.already_present)}
+        )
         print(f"{tag}: {result.message}", file=out)
-    _audit(tag, audit.prediction_event(
-        **zoo_id, roi_box=box, roi_source=source, age=age, sex=sex, site=site,
-        p_ensemble=pred.p_ensemble, p_members=pred.p_members, p_clinic=pred.p_clinic, threshold=pred.threshold,
-        label=pred.label, source="pacs-cli", extra=extra), err)
+    _audit(
+        tag,
+        audit.prediction_event(
+            **zoo_id,
+            roi_box=box,
+            roi_source=source,
+            age=age,
+            sex=sex,
+            site=site,
+            p_ensemble=pred.p_ensemble,
+            p_members=pred.p_members,
+            p_clinic=pred.p_clinic,
+            threshold=pred.threshold,
+            label=pred.label,
+            source="pacs-cli",
+            extra=extra,
+        ),
+        err,
+    )
     return True

@@ -29,8 +29,7 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
 from model_zoo.errors import InputError
-from model_zoo.pacs.errors import (PacsAuthError, PacsError, PacsNotFound, PacsRefused, PacsTimeout,
-                                   PacsUnavailable)
+from model_zoo.pacs.errors import PacsAuthError, PacsError, PacsNotFound, PacsRefused, PacsTimeout, PacsUnavailable
 from model_zoo.pacs.settings import PacsSettings
 
 __all__ = [
@@ -169,12 +168,18 @@ class StudyResult:
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any]) -> StudyResult:
-        return cls(study_uid=_text(item, "0020000D"), patient_id=_text(item, "00100020"),
-                   patient_name=_text(item, "00100010").replace("^", " ").strip(),
-                   birth_date=_text(item, "00100030"), accession=_text(item, "00080050"),
-                   study_date=_text(item, "00080020"), description=_text(item, "00081030"),
-                   modalities=_all(item, "00080061"), n_series=_int(item, "00201206"),
-                   n_instances=_int(item, "00201208"))
+        return cls(
+            study_uid=_text(item, "0020000D"),
+            patient_id=_text(item, "00100020"),
+            patient_name=_text(item, "00100010").replace("^", " ").strip(),
+            birth_date=_text(item, "00100030"),
+            accession=_text(item, "00080050"),
+            study_date=_text(item, "00080020"),
+            description=_text(item, "00081030"),
+            modalities=_all(item, "00080061"),
+            n_series=_int(item, "00201206"),
+            n_instances=_int(item, "00201208"),
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -196,10 +201,15 @@ class SeriesResult:
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any], study_uid: str) -> SeriesResult:
-        return cls(study_uid=_text(item, "0020000D") or study_uid, series_uid=_text(item, "0020000E"),
-                   modality=_text(item, "00080060"), description=_text(item, "0008103E"),
-                   number=_int(item, "00200011"), n_instances=_int(item, "00201209"),
-                   body_part=_text(item, "00180015"))
+        return cls(
+            study_uid=_text(item, "0020000D") or study_uid,
+            series_uid=_text(item, "0020000E"),
+            modality=_text(item, "00080060"),
+            description=_text(item, "0008103E"),
+            number=_int(item, "00200011"),
+            n_instances=_int(item, "00201209"),
+            body_part=_text(item, "00180015"),
+        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -218,10 +228,16 @@ class InstanceResult:
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any], study_uid: str, series_uid: str | None = None) -> InstanceResult:
-        return cls(study_uid=_text(item, "0020000D") or study_uid,
-                   series_uid=_text(item, "0020000E") or (series_uid or ""), sop_uid=_text(item, "00080018"),
-                   sop_class_uid=_text(item, "00080016"), number=_int(item, "00200013"),
-                   rows=_int(item, "00280010"), columns=_int(item, "00280011"), modality=_text(item, "00080060"))
+        return cls(
+            study_uid=_text(item, "0020000D") or study_uid,
+            series_uid=_text(item, "0020000E") or (series_uid or ""),
+            sop_uid=_text(item, "00080018"),
+            sop_class_uid=_text(item, "00080016"),
+            number=_int(item, "00200013"),
+            rows=_int(item, "00280010"),
+            columns=_int(item, "00280011"),
+            modality=_text(item, "00080060"),
+        )
 
 
 @dataclass(frozen=True)
@@ -329,8 +345,7 @@ def _make_dicomweb_client(settings: PacsSettings, session: Any = None) -> Any:
     elif settings.auth_kind == "token":
         headers["Authorization"] = f"Bearer {settings.token}"
     timeout = float(settings.timeout)
-    client = _Client(settings.base_url, session=session, headers=headers or None,
-                     timeout=(min(timeout, 10.0), timeout))
+    client = _Client(settings.base_url, session=session, headers=headers or None, timeout=(min(timeout, 10.0), timeout))
     client.set_http_retry_params(retry=False)
     return client
 
@@ -357,25 +372,29 @@ class PacsClient:
         try:
             return fn()
         except requests.exceptions.SSLError:
-            raise PacsUnavailable(f"TLS verification failed for the PACS at {where} while trying to {what}; "
-                                  "set [pacs] verify to the hospital's CA bundle") from None
+            raise PacsUnavailable(
+                f"TLS verification failed for the PACS at {where} while trying to {what}; "
+                "set [pacs] verify to the hospital's CA bundle"
+            ) from None
         except (requests.exceptions.ConnectTimeout, requests.exceptions.ReadTimeout, requests.exceptions.Timeout):
-            raise PacsTimeout(f"the PACS at {where} did not answer within {self.settings.timeout:g} s "
-                              f"while trying to {what}") from None
+            raise PacsTimeout(
+                f"the PACS at {where} did not answer within {self.settings.timeout:g} s while trying to {what}"
+            ) from None
         except requests.exceptions.ConnectionError:
-            raise PacsUnavailable(f"the PACS at {where} is not reachable (is it running? is the URL right?); "
-                                  f"could not {what}") from None
+            raise PacsUnavailable(
+                f"the PACS at {where} is not reachable (is it running? is the URL right?); could not {what}"
+            ) from None
         except requests.exceptions.HTTPError as err:
             status = getattr(err.response, "status_code", None)
             raise _http_error(status, what, where) from None
         except requests.exceptions.RequestException as err:
-            raise PacsError(f"the request to the PACS at {where} failed ({type(err).__name__}) "
-                            f"while trying to {what}") from None
+            raise PacsError(f"the request to the PACS at {where} failed ({type(err).__name__}) while trying to {what}") from None
         except (PacsError, InputError):
             raise
         except Exception as err:  # noqa: BLE001 - a malformed answer (HTML, bad JSON, bad multipart)
-            raise PacsError(f"the PACS at {where} sent an answer that could not be read "
-                            f"({type(err).__name__}) while trying to {what}") from None
+            raise PacsError(
+                f"the PACS at {where} sent an answer that could not be read ({type(err).__name__}) while trying to {what}"
+            ) from None
 
     # -- QIDO-RS -----------------------------------------------------------------------------
     def check(self) -> float:
@@ -386,24 +405,43 @@ class PacsClient:
 
     def search_studies(self, query: StudyQuery) -> list[StudyResult]:
         params = query.params()
-        found = self._call("search for studies", lambda: self._client.search_for_studies(
-            search_filters=params, limit=int(query.limit),
-            fields=["ModalitiesInStudy", "StudyDescription", "NumberOfStudyRelatedSeries",
-                    "NumberOfStudyRelatedInstances", "PatientBirthDate"]))
+        found = self._call(
+            "search for studies",
+            lambda: self._client.search_for_studies(
+                search_filters=params,
+                limit=int(query.limit),
+                fields=[
+                    "ModalitiesInStudy",
+                    "StudyDescription",
+                    "NumberOfStudyRelatedSeries",
+                    "NumberOfStudyRelatedInstances",
+                    "PatientBirthDate",
+                ],
+            ),
+        )
         studies = [StudyResult.from_json(item) for item in found or []]
         return sorted(studies, key=lambda s: s.study_date, reverse=True)
 
     def list_series(self, study_uid: str) -> list[SeriesResult]:
-        found = self._call("list the series of a study", lambda: self._client.search_for_series(
-            study_uid, fields=["SeriesDescription", "NumberOfSeriesRelatedInstances", "BodyPartExamined"]))
+        found = self._call(
+            "list the series of a study",
+            lambda: self._client.search_for_series(
+                study_uid, fields=["SeriesDescription", "NumberOfSeriesRelatedInstances", "BodyPartExamined"]
+            ),
+        )
         series = [SeriesResult.from_json(item, study_uid) for item in found or []]
         return sorted(series, key=lambda s: (s.number is None, s.number or 0))
 
-    def list_instances(self, study_uid: str, series_uid: str | None = None, *,
-                       sop_uid: str | None = None) -> list[InstanceResult]:
+    def list_instances(
+        self, study_uid: str, series_uid: str | None = None, *, sop_uid: str | None = None
+    ) -> list[InstanceResult]:
         filters = {"SOPInstanceUID": sop_uid} if sop_uid else None
-        found = self._call("list the images of a series", lambda: self._client.search_for_instances(
-            study_uid, series_uid, search_filters=filters, fields=["Rows", "Columns", "Modality"]))
+        found = self._call(
+            "list the images of a series",
+            lambda: self._client.search_for_instances(
+                study_uid, series_uid, search_filters=filters, fields=["Rows", "Columns", "Modality"]
+            ),
+        )
         instances = [InstanceResult.from_json(item, study_uid, series_uid) for item in found or []]
         return sorted(instances, key=lambda i: (i.number is None, i.number or 0))
 
@@ -416,8 +454,12 @@ class PacsClient:
         """The instance as a DICOM Part 10 file, in the transfer syntax it is stored in."""
         from pydicom import dcmwrite
 
-        ds = self._call("retrieve the image", lambda: self._client.retrieve_instance(
-            instance.study_uid, instance.series_uid, instance.sop_uid, media_types=(("application/dicom", "*"),)))
+        ds = self._call(
+            "retrieve the image",
+            lambda: self._client.retrieve_instance(
+                instance.study_uid, instance.series_uid, instance.sop_uid, media_types=(("application/dicom", "*"),)
+            ),
+        )
         buf = io.BytesIO()
         try:
             dcmwrite(buf, ds, enforce_file_format=False)
@@ -428,8 +470,12 @@ class PacsClient:
     def thumbnail(self, instance: InstanceResult) -> bytes | None:
         """A rendered JPEG of the instance (WADO-RS /rendered), or None where the server has none."""
         try:
-            return self._call("render a thumbnail", lambda: self._client.retrieve_instance_rendered(
-                instance.study_uid, instance.series_uid, instance.sop_uid, media_types=("image/jpeg",)))
+            return self._call(
+                "render a thumbnail",
+                lambda: self._client.retrieve_instance_rendered(
+                    instance.study_uid, instance.series_uid, instance.sop_uid, media_types=("image/jpeg",)
+                ),
+            )
         except PacsError:
             return None
 
@@ -446,22 +492,23 @@ class PacsClient:
                 if status in (401, 403, 404) or status >= 500:
                     raise
                 # 400/409/413/415: the server refused (some or all) objects.
-                raise PacsRefused(f"the PACS at {self.settings.display_url} refused to store the result "
-                                  f"(HTTP {status}); nothing was saved") from None
+                raise PacsRefused(
+                    f"the PACS at {self.settings.display_url} refused to store the result (HTTP {status}); nothing was saved"
+                ) from None
             failed = list(getattr(response, "FailedSOPSequence", []) or [])
             referenced = list(getattr(response, "ReferencedSOPSequence", []) or [])
-            reasons = tuple(f"failure reason {int(item.FailureReason):#06x}" if "FailureReason" in item
-                            else "no reason given" for item in failed)
-            return StoreOutcome(accepted=len(referenced), failed=len(failed), http_status=200,
-                                failed_reasons=reasons)
+            reasons = tuple(
+                f"failure reason {int(item.FailureReason):#06x}" if "FailureReason" in item else "no reason given"
+                for item in failed
+            )
+            return StoreOutcome(accepted=len(referenced), failed=len(failed), http_status=200, failed_reasons=reasons)
 
         return self._call("store the result", run)
 
 
 def _http_error(status: int | None, what: str, where: str) -> PacsError:
     if status == 401:
-        return PacsAuthError(f"PACS refused the credentials (HTTP 401) at {where}; check [pacs] username "
-                             "and password (or token)")
+        return PacsAuthError(f"PACS refused the credentials (HTTP 401) at {where}; check [pacs] username and password (or token)")
     if status == 403:
         return PacsAuthError(f"PACS refused the credentials (HTTP 403: this account may not {what}) at {where}")
     if status == 404:

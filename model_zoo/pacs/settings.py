@@ -61,8 +61,9 @@ class PacsSettings:
             raise PacsConfigError(f"[pacs] verify names a CA bundle that does not exist: {self.verify}")
 
     def __repr__(self) -> str:  # never the password or token, only whether one is set
-        return (f"PacsSettings(url={self.display_url!r}, auth={self.auth_kind!r}, "
-                f"timeout={self.timeout:g}, verify={self.verify!r})")
+        return (
+            f"PacsSettings(url={self.display_url!r}, auth={self.auth_kind!r}, timeout={self.timeout:g}, verify={self.verify!r})"
+        )
 
     @property
     def auth_kind(self) -> str:
@@ -92,8 +93,10 @@ class PacsSettings:
         parts = urlsplit(self.url)
         if parts.scheme != "http" or self.auth_kind == "none" or _is_loopback(parts.hostname or ""):
             return None
-        return ("the PACS URL is plain http to another machine: the credentials and the images cross "
-                "the network unencrypted; use https")
+        return (
+            "the PACS URL is plain http to another machine: the credentials and the images cross "
+            "the network unencrypted; use https"
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -117,8 +120,9 @@ def _check_url(url: Any) -> None:
         raise PacsConfigError("[pacs] url must start with https:// (or http://) and name a host")
     if parts.username is not None or parts.password is not None:
         # Never echo the URL here: it holds a credential.
-        raise PacsConfigError("[pacs] url must not contain a user name or password; "
-                              "set [pacs] username and password (or token) instead")
+        raise PacsConfigError(
+            "[pacs] url must not contain a user name or password; set [pacs] username and password (or token) instead"
+        )
     if parts.query or parts.fragment:
         raise PacsConfigError("[pacs] url must be the DICOMweb root without a query (?...) or fragment (#...)")
 
@@ -135,8 +139,7 @@ def _as_bool_or_path(value: Any) -> bool | str:
     return text  # a CA bundle path
 
 
-def load_settings(secrets: Mapping[str, Any] | None = None,
-                  environ: Mapping[str, str] | None = None) -> PacsSettings | None:
+def load_settings(secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> PacsSettings | None:
     """Settings from ``secrets["pacs"]`` overridden by ``MODEL_ZOO_PACS_*``; None when no URL is set.
 
     Raises
@@ -165,8 +168,14 @@ def load_settings(secrets: Mapping[str, Any] | None = None,
     except (TypeError, ValueError):
         raise PacsConfigError("[pacs] timeout must be a number of seconds") from None
     text = {k: (str(values[k]) if values.get(k) not in (None, "") else None) for k in ("username", "password", "token")}
-    return PacsSettings(url=str(values["url"]).strip(), username=text["username"], password=text["password"],
-                        token=text["token"], timeout=timeout, verify=_as_bool_or_path(values.get("verify", True)))
+    return PacsSettings(
+        url=str(values["url"]).strip(),
+        username=text["username"],
+        password=text["password"],
+        token=text["token"],
+        timeout=timeout,
+        verify=_as_bool_or_path(values.get("verify", True)),
+    )
 
 
 def read_secrets_files(paths: list[Path] | None = None) -> dict[str, Any]:

@@ -56,8 +56,11 @@ def first_radiograph(client: PacsClient, study_uid: str) -> tuple[InstanceResult
         if instances:
             return instances[0], series
     found = sorted({s.modality or "?" for s in series})
-    raise NoRadiograph("this study has no radiograph to read (series found: "
-                       + (", ".join(found) if found else "none") + "); the models read CR/DX/DR/RF images only")
+    raise NoRadiograph(
+        "this study has no radiograph to read (series found: "
+        + (", ".join(found) if found else "none")
+        + "); the models read CR/DX/DR/RF images only"
+    )
 
 
 def open_instance(client: PacsClient, instance: InstanceResult) -> OpenedImage:
@@ -76,9 +79,18 @@ def open_instance(client: PacsClient, instance: InstanceResult) -> OpenedImage:
     return OpenedImage(data=data, image=image, header=header, sha256=hashlib.sha256(data).hexdigest())
 
 
-def simple_case_pdf(zoo: Any, image: imaging.LoadedImage, box: Sequence[float], roi_source: str,
-                    inputs: Mapping[str, Any], pred: Any, image_sha256: str, call: Call,
-                    jitter: JitterSummary | None = None, warnings: Sequence[str] = ()) -> bytes:
+def simple_case_pdf(
+    zoo: Any,
+    image: imaging.LoadedImage,
+    box: Sequence[float],
+    roi_source: str,
+    inputs: Mapping[str, Any],
+    pred: Any,
+    image_sha256: str,
+    call: Call,
+    jitter: JitterSummary | None = None,
+    warnings: Sequence[str] = (),
+) -> bytes:
     """The PDF case report without heatmaps (the command line's; the dashboard adds its CAMs).
 
     ``call`` is ``zoo.call(pred.p_ensemble, jitter)``, framed once by the caller and shared with
@@ -87,26 +99,49 @@ def simple_case_pdf(zoo: Any, image: imaging.LoadedImage, box: Sequence[float], 
 
     h, w = image.pixels.shape
     rep = report_pdf.CaseReport(
-        zoo_name=zoo.release_name, zoo_version=zoo.version, call=call,
+        zoo_name=zoo.release_name,
+        zoo_version=zoo.version,
+        call=call,
         threshold_rule=zoo.threshold_rule,
-        p_members=pred.p_members, p_clinic=pred.p_clinic, jitter=jitter, warnings=list(warnings),
-        disagreement=pred.disagreement, radiograph=image.pixels, image_size_wh=(w, h), roi_box=tuple(box),
-        roi_source=roi_source, image_sha256=image_sha256, age=inputs.get("age"), sex=inputs.get("sex"),
-        site=inputs.get("site"), zoo_files=zoo.files, manifest_sha256=manifest_sha256(zoo),
+        p_members=pred.p_members,
+        p_clinic=pred.p_clinic,
+        jitter=jitter,
+        warnings=list(warnings),
+        disagreement=pred.disagreement,
+        radiograph=image.pixels,
+        image_size_wh=(w, h),
+        roi_box=tuple(box),
+        roi_source=roi_source,
+        image_sha256=image_sha256,
+        age=inputs.get("age"),
+        sex=inputs.get("sex"),
+        site=inputs.get("site"),
+        zoo_files=zoo.files,
+        manifest_sha256=manifest_sha256(zoo),
         intended_use=zoo.intended_use,
         image_tags={k: v for k, v in image.meta.display_tags.items() if k in ("Modality", "BodyPartExamined", "ViewPosition")},
-        created=_dt.datetime.now(_dt.timezone.utc))
+        created=_dt.datetime.now(_dt.timezone.utc),
+    )
     return report_pdf.build_case_report(rep, include_identifiers=False)
 
 
-def prepare_writeback(header: Any, zoo: Any, pred: Any, *, box: Sequence[float], roi_source: str,
-                      inputs: Mapping[str, Any], pdf: bytes | None, call: Call) -> tuple[dict[str, Any], str]:
+def prepare_writeback(
+    header: Any,
+    zoo: Any,
+    pred: Any,
+    *,
+    box: Sequence[float],
+    roi_source: str,
+    inputs: Mapping[str, Any],
+    pdf: bytes | None,
+    call: Call,
+) -> tuple[dict[str, Any], str]:
     """The objects to store ({"SR": ds, "PDF": ds}) and the result key that names them; ``call``
     is ``zoo.call(pred.p_ensemble, jitter)``, the same call the PDF was made with."""
-    key = result_key(str(header.SOPInstanceUID), manifest_sha256(zoo), box, inputs.get("age"),
-                     inputs.get("sex"), inputs.get("site"))
-    objects = {"SR": build_sr(header, zoo, pred, box=box, roi_source=roi_source, inputs=inputs, key=key,
-                              call=call)}
+    key = result_key(
+        str(header.SOPInstanceUID), manifest_sha256(zoo), box, inputs.get("age"), inputs.get("sex"), inputs.get("site")
+    )
+    objects = {"SR": build_sr(header, zoo, pred, box=box, roi_source=roi_source, inputs=inputs, key=key, call=call)}
     if pdf is not None:
         objects["PDF"] = build_encapsulated_pdf(header, pdf, key=key)
     return objects, key

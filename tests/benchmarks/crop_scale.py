@@ -58,9 +58,16 @@ def main() -> None:
         for base in F.member_specs(cfg):
             spec = dataclasses.replace(base, roi_margin=margin)
             crops = F.build_input_cache(frame, spec, cache_dir, fingerprint, progress=False)
-            bank = H.feature_bank(spec, init[spec.family], crops, views, cache_dir,
-                                  F.cache_path(spec, cache_dir, fingerprint).stem, train_rows=idx["train"],
-                                  log=lambda *a: None)
+            bank = H.feature_bank(
+                spec,
+                init[spec.family],
+                crops,
+                views,
+                cache_dir,
+                F.cache_path(spec, cache_dir, fingerprint).stem,
+                train_rows=idx["train"],
+                log=lambda *a: None,
+            )
             _, w, b = H.fit_head(spec, init[spec.family], bank, y, idx["train"], idx["val"], cfg["train"], seed=0)
             for s in ("val", "test"):
                 logits[s][spec.member_id] = H.head_scores(w, b, bank, idx[s])
@@ -72,8 +79,7 @@ def main() -> None:
         for member in [*logits["val"], "mean of members"]:
             cells = []
             for s in sets:
-                score = (np.mean(list(logits[s].values()), axis=0) if member == "mean of members"
-                         else logits[s][member])
+                score = np.mean(list(logits[s].values()), axis=0) if member == "mean of members" else logits[s][member]
                 if member == "mean of members":
                     all_logits[s].append(score)
                 cells.append(auc_text(truth[s], score))

@@ -67,9 +67,16 @@ def main() -> None:
     for spec in specs:
         crops = F.build_input_cache(frame, spec, cache_dir, fingerprint, progress=False)
         crops_by_member[spec.member_id] = crops
-        base = H.feature_bank(spec, init[spec.family], crops, H.view_names(cfg["train"]), cache_dir,
-                              F.cache_path(spec, cache_dir, fingerprint).stem, train_rows=idx["train"],
-                              log=lambda *a: None)
+        base = H.feature_bank(
+            spec,
+            init[spec.family],
+            crops,
+            H.view_names(cfg["train"]),
+            cache_dir,
+            F.cache_path(spec, cache_dir, fingerprint).stem,
+            train_rows=idx["train"],
+            log=lambda *a: None,
+        )
         features[spec.member_id] = dict(base)
         model = H.start_model(spec, init[spec.family])
         for name, ext in externals.items():
@@ -82,8 +89,9 @@ def main() -> None:
             spec = next(s for s in specs if s.member_id == member)
             model = H.start_model(spec, init[spec.family])
             full = np.full_like(bank["id"], np.nan)
-            full[idx["train"]] = H.pooled_features(model, H.apply_view(crops_by_member[member][idx["train"]], view),
-                                                   spec.mean, spec.std)
+            full[idx["train"]] = H.pooled_features(
+                model, H.apply_view(crops_by_member[member][idx["train"]], view), spec.mean, spec.std
+            )
             bank[view] = full
         return bank[view]
 
@@ -104,8 +112,7 @@ def main() -> None:
             cells = []
             for s in sets:
                 truth = y[idx[s]] if s in idx else externals[s]["label"].to_numpy()
-                score = (np.mean([v for v in logits[s].values()], axis=0) if member == "mean of members"
-                         else logits[s][member])
+                score = np.mean([v for v in logits[s].values()], axis=0) if member == "mean of members" else logits[s][member]
                 cells.append(auc_text(truth, score))
             print(f"| {recipe} | {member} | " + " | ".join(cells) + " |", flush=True)
 

@@ -84,32 +84,42 @@ def main() -> None:
         crops = F.build_input_cache(frame, spec, cache_dir, fingerprint, progress=False)
         key = F.cache_path(spec, cache_dir, fingerprint).stem
         # banks and prefix maps are cached per view on disk, named as `fit` names them
-        bank = H.feature_bank(spec, init[spec.family], crops, all_views, cache_dir, key, train_rows=idx["train"],
-                              log=quiet)
-        maps = T.prefix_maps(spec, init[spec.family], crops, all_views, k, idx["train"], log=quiet,
-                             cache=(cache_dir, key))
+        bank = H.feature_bank(spec, init[spec.family], crops, all_views, cache_dir, key, train_rows=idx["train"], log=quiet)
+        maps = T.prefix_maps(spec, init[spec.family], crops, all_views, k, idx["train"], log=quiet, cache=(cache_dir, key))
         ext_maps = {}
         for name, ext in externals.items():
             ext_crops = F.build_input_cache(ext, spec, cache_dir, F.data_fingerprint(ext), progress=False)
-            ext_maps[name] = T.prefix_maps(spec, init[spec.family], ext_crops, [H.IDENTITY], k,
-                                           np.arange(0), log=quiet)
+            ext_maps[name] = T.prefix_maps(spec, init[spec.family], ext_crops, [H.IDENTITY], k, np.arange(0), log=quiet)
         print(f"<!-- {spec.member_id}: views ready in {time.perf_counter() - t0:.0f} s -->", flush=True)
         for recipe in recipes:
             t1 = time.perf_counter()
             views = recipe_views(recipe)
-            res = T.fit_tail(spec, init[spec.family], {v: bank[v] for v in views},
-                             {v: maps[v] for v in views}, idx["train"], y, idx["train"], idx["val"],
-                             cfg["train"], args.seed)
+            res = T.fit_tail(
+                spec,
+                init[spec.family],
+                {v: bank[v] for v in views},
+                {v: maps[v] for v in views},
+                idx["train"],
+                y,
+                idx["train"],
+                idx["val"],
+                cfg["train"],
+                args.seed,
+            )
             for s in ("val", "test"):
-                logits[recipe][s][spec.member_id] = T.tail_scores(res, {H.IDENTITY: maps[H.IDENTITY]},
-                                                                  idx[s], k)
+                logits[recipe][s][spec.member_id] = T.tail_scores(res, {H.IDENTITY: maps[H.IDENTITY]}, idx[s], k)
             for name in externals:
-                logits[recipe][name][spec.member_id] = T.tail_scores(
-                    res, ext_maps[name], np.arange(len(externals[name])), k)
-            cells = [auc_text(y[idx[s]] if s in idx else externals[s]["label"].to_numpy(),
-                              logits[recipe][s][spec.member_id]) for s in sets]
-            print(f"| {recipe} | {spec.member_id} | {res.best_epoch} | " + " | ".join(cells)
-                  + f" |  <!-- {time.perf_counter() - t1:.0f} s -->", flush=True)
+                logits[recipe][name][spec.member_id] = T.tail_scores(res, ext_maps[name], np.arange(len(externals[name])), k)
+            cells = [
+                auc_text(y[idx[s]] if s in idx else externals[s]["label"].to_numpy(), logits[recipe][s][spec.member_id])
+                for s in sets
+            ]
+            print(
+                f"| {recipe} | {spec.member_id} | {res.best_epoch} | "
+                + " | ".join(cells)
+                + f" |  <!-- {time.perf_counter() - t1:.0f} s -->",
+                flush=True,
+            )
     if len(specs) > 1:
         for recipe in recipes:
             cells = []

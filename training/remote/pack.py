@@ -2,6 +2,7 @@
 final jobs keep float16 weights (the release stores float16 anyway); the localiser with the
 best val mean IoU is added. Small files first, big weights last, then split into chunks.
 argv: RUN_DIR PACK_DIR LOCALISER_DIR..."""
+
 import io
 import json
 import sys
@@ -26,23 +27,31 @@ for res in sorted(run.glob("jobs/*/*/result.pt")):
     payload = torch.load(res, weights_only=False, map_location="cpu")
     final = res.parent.name == "final"
     if final:
-        payload["state_dict"] = {k: (v.half() if v.is_floating_point() else v).contiguous()
-                                 for k, v in payload["state_dict"].items()}
+        payload["state_dict"] = {
+            k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in payload["state_dict"].items()
+        }
     else:
         payload["state_dict"] = None
     buf = io.BytesIO()
     torch.save(payload, buf)
     add_bytes(f"run/{res.relative_to(run)}", buf.getvalue())
     summary[str(res.parent.relative_to(run))] = {
-        "best_val_auc": payload["best_val_auc"], "best_epoch": payload["best_epoch"],
-        "epochs_run": len(payload["history"]), "img_s": payload["images_per_second"]}
+        "best_val_auc": payload["best_val_auc"],
+        "best_epoch": payload["best_epoch"],
+        "epochs_run": len(payload["history"]),
+        "img_s": payload["images_per_second"],
+    }
 best = None
 for d in map(Path, sys.argv[3:]):
     if (d / "localiser.json").is_file():
         m = json.loads((d / "localiser.json").read_text())["metrics"]
         val = (m.get("val") or {}).get("mean_iou") or 0.0
-        summary[f"localiser {d.name}"] = {"val": m.get("val"), "test": m.get("test"),
-                                          "epochs_run": m.get("epochs_run"), "best_epoch": m.get("best_epoch")}
+        summary[f"localiser {d.name}"] = {
+            "val": m.get("val"),
+            "test": m.get("test"),
+            "epochs_run": m.get("epochs_run"),
+            "best_epoch": m.get("best_epoch"),
+        }
         if best is None or val > best[0]:
             best = (val, d)
 if best:

@@ -2,6 +2,7 @@
 size, bf16 and channels_last as in fit) and print the fit overrides for the most epochs and
 folds whose estimated sequential training time fits the budget in seconds (argv[1]).
 Extra config overrides: argv[2:]. The estimate is on stderr."""
+
 import json
 import sys
 import time
@@ -56,6 +57,16 @@ for epochs, folds in [(100, 5), (100, 3), (80, 3), (60, 3), (50, 3), (40, 3), (3
     if est <= budget or epochs == 10:
         choice = (epochs, folds, est)
         break
-print(json.dumps({"img_per_s": {k: round(v, 1) for k, v in rates.items()}, "epochs": choice[0],
-                  "folds": choice[1], "estimated_s": round(choice[2]), "budget_s": budget}), file=sys.stderr)
+print(
+    json.dumps(
+        {
+            "img_per_s": {k: round(v, 1) for k, v in rates.items()},
+            "epochs": choice[0],
+            "folds": choice[1],
+            "estimated_s": round(choice[2]),
+            "budget_s": budget,
+        }
+    ),
+    file=sys.stderr,
+)
 print(f"train.epochs={choice[0]} stacker.folds={choice[1]}")

@@ -37,8 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--readers",
         action="store_true",
-        help="require reader_* columns (they are always included when present; "
-        "with this flag their absence is an error)",
+        help="require reader_* columns (they are always included when present; with this flag their absence is an error)",
     )
     p.add_argument("--title", default="Evaluation report", help="report heading")
     return p
@@ -67,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         LOG.warning("note: %d row(s) excluded (no label, or a missing score/read)", excluded)
     LOG.info(
         "wrote %s and %s (n=%d, models=%d, readers=%d)",
-        Path(args.out) / METRICS_JSON, Path(args.out) / REPORT_HTML,
-        metrics["n"], len(metrics["models"]), len(metrics["readers"]),
+        Path(args.out) / METRICS_JSON,
+        Path(args.out) / REPORT_HTML,
+        metrics["n"],
+        len(metrics["models"]),
+        len(metrics["readers"]),
     )
     return 0

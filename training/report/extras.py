@@ -94,9 +94,7 @@ def report_extras(analysis: AnalysisSet, calls: dict[str, np.ndarray]) -> Report
             fpr, tpr, _ = st.roc_curve(y, s)
             grid, lo, hi = st.roc_band(y, s, n_boot=ROC_BAND_BOOTSTRAPS, seed=0)
             roc[name] = RocWithBand(fpr=fpr, tpr=tpr, grid=grid, lo=lo, hi=hi)
-    reader_f1 = {
-        name: st.f1_score(st.confusion_from_predictions(y, r)) for name, r in analysis.readers.items()
-    }
+    reader_f1 = {name: st.f1_score(st.confusion_from_predictions(y, r)) for name, r in analysis.readers.items()}
     return ReportExtras(
         calibration=calibration,
         roc=roc,

@@ -69,9 +69,7 @@ def _binary_column(series: pd.Series, column: str) -> pd.Series:
     bad |= num.notna() & ~num.isin([0, 1])
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(
-            f"column '{column}' must hold 0/1 values; row {row + 1} has {series.iloc[row]!r}"
-        )
+        raise InputError(f"column '{column}' must hold 0/1 values; row {row + 1} has {series.iloc[row]!r}")
     return num.astype(float)
 
 
@@ -135,9 +133,7 @@ def prepare(pred: pd.DataFrame, *, require_readers: bool = False) -> AnalysisSet
     )
 
 
-def resolve_thresholds(
-    names: Sequence[str], threshold: float | None, thresholds: dict[str, float] | None
-) -> dict[str, float]:
+def resolve_thresholds(names: Sequence[str], threshold: float | None, thresholds: dict[str, float] | None) -> dict[str, float]:
     """One threshold per model: ``threshold`` (default 0.5) overridden per model by
     ``thresholds``, keyed ``"ensemble"`` or ``"p_ensemble"``."""
 

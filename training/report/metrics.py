@@ -99,9 +99,7 @@ def _proportion_entries(conf: st.Confusion) -> dict[str, Any]:
     return out
 
 
-def _model_entry(
-    analysis: AnalysisSet, name: str, calls: np.ndarray, threshold: float
-) -> dict[str, Any]:
+def _model_entry(analysis: AnalysisSet, name: str, calls: np.ndarray, threshold: float) -> dict[str, Any]:
     y, s = analysis.y, analysis.models[name]
     conf = st.confusion_from_predictions(y, calls)
     if analysis.both_classes:
@@ -125,9 +123,7 @@ def _model_entry(
     return entry
 
 
-def _reader_entry(
-    analysis: AnalysisSet, name: str, vs_ensemble: st.CochranQResult | None
-) -> dict[str, Any]:
+def _reader_entry(analysis: AnalysisSet, name: str, vs_ensemble: st.CochranQResult | None) -> dict[str, Any]:
     conf = st.confusion_from_predictions(analysis.y, analysis.readers[name])
     entry = _proportion_entries(conf)
     entry["confusion"] = conf.as_list()
@@ -135,21 +131,14 @@ def _reader_entry(
     return entry
 
 
-def metrics_dict(
-    analysis: AnalysisSet, thresholds: dict[str, float], agreement: Agreement
-) -> dict[str, Any]:
+def metrics_dict(analysis: AnalysisSet, thresholds: dict[str, float], agreement: Agreement) -> dict[str, Any]:
     """The contract's dictionary, keys in the contract's order."""
     calls = analysis.calls(thresholds)
     fleiss = agreement.fleiss
     return {
         "n": int(analysis.y.size),
-        "models": {
-            name: _model_entry(analysis, name, calls[name], thresholds[name]) for name in analysis.models
-        },
-        "readers": {
-            name: _reader_entry(analysis, name, agreement.cochran_vs_ensemble.get(name))
-            for name in analysis.readers
-        },
+        "models": {name: _model_entry(analysis, name, calls[name], thresholds[name]) for name in analysis.models},
+        "readers": {name: _reader_entry(analysis, name, agreement.cochran_vs_ensemble.get(name)) for name in analysis.readers},
         "cochran_q_p": finite_or_none(agreement.cochran.result.p_value) if agreement.cochran else None,
         "fleiss_kappa": finite_or_none(fleiss.kappa) if fleiss else None,
         "fleiss_kappa_ci": _ci(fleiss.ci) if fleiss else [None, None],

@@ -56,12 +56,11 @@ def _table(
     for i, row in enumerate(rows):
         ind = indent_rows is not None and indent_rows[i]
         cells = "".join(
-            ('<td class="ind">' if (ind and j == 0) else "<td>") + html.escape(str(c)) + "</td>"
-            for j, c in enumerate(row)
+            ('<td class="ind">' if (ind and j == 0) else "<td>") + html.escape(str(c)) + "</td>" for j, c in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
     open_tag = f'<table class="{cls}">' if cls else "<table>"
-    return f'{open_tag}{thead}<tbody>{"".join(body)}</tbody></table>'
+    return f"{open_tag}{thead}<tbody>{''.join(body)}</tbody></table>"
 
 
 _CSS = """
@@ -328,10 +327,7 @@ def _section_agreement(analysis: AnalysisSet, agreement: Agreement) -> str:
 
 def _section_subtype(sub: SubtypeTable) -> str:
     head = ["Subtype", "n", "positives"] + [f"{r} accuracy (95% CI)" for r in sub.raters]
-    rows = [
-        [r.subtype, r.n, r.positives] + [_fci(c.estimate, c.ci) for c in r.accuracy.values()]
-        for r in sub.rows
-    ]
+    rows = [[r.subtype, r.n, r.positives] + [_fci(c.estimate, c.ci) for c in r.accuracy.values()] for r in sub.rows]
     col = html.escape(sub.column)
     return f"<h2>Accuracy by subtype (Table 3; column <code>{col}</code>)</h2>" + _table(head, rows)
 
@@ -340,13 +336,8 @@ def _section_table1(analysis: AnalysisSet, metrics: dict[str, Any], t1: list[Tab
     groups = label_groups(analysis)
     head = ["Characteristic", f"Overall (n={metrics['n']})"]
     head += [f"{n} (n={int(m.sum())})" for n, m in groups] + ["p", "test"]
-    rows = [
-        [r.label, r.overall, *r.groups, "" if r.indent else _fp(r.p), r.test]
-        for r in t1
-    ]
-    return "<h2>Clinical characteristics by label (Table 1)</h2>" + _table(
-        head, rows, indent_rows=[r.indent for r in t1]
-    )
+    rows = [[r.label, r.overall, *r.groups, "" if r.indent else _fp(r.p), r.test] for r in t1]
+    return "<h2>Clinical characteristics by label (Table 1)</h2>" + _table(head, rows, indent_rows=[r.indent for r in t1])
 
 
 def _section_figures(analysis: AnalysisSet, metrics: dict[str, Any], extras: ReportExtras) -> str:
@@ -392,13 +383,10 @@ def render_html(
         parts.append(f'<p class="warn">Excluded from every statistic: {e(why)}.</p>')
     if not analysis.both_classes:
         parts.append(
-            '<p class="warn">Only one class is present: AUC, DeLong tests and one of '
-            "sensitivity/specificity are undefined.</p>"
+            '<p class="warn">Only one class is present: AUC, DeLong tests and one of sensitivity/specificity are undefined.</p>'
         )
     if not analysis.has_ensemble:
-        parts.append(
-            '<p class="warn">No p_ensemble column: comparisons against the ensemble are not shown.</p>'
-        )
+        parts.append('<p class="warn">No p_ensemble column: comparisons against the ensemble are not shown.</p>')
     parts.append(_section_performance(metrics, extras))
     if metrics["readers"]:
         parts.append(_section_agreement(analysis, agreement))
@@ -411,9 +399,11 @@ def render_html(
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(title)}</title><style>{_CSS}</style>"
-        + (f'<script type="text/javascript">{_offline_plotly_js()}</script>' if plotly_js == INLINE_PLOTLY
-           else plotly_script_tag(plotly_js))
+        + (
+            f'<script type="text/javascript">{_offline_plotly_js()}</script>'
+            if plotly_js == INLINE_PLOTLY
+            else plotly_script_tag(plotly_js)
+        )
         + "</head><body>"
         f"<h1>{e(title)}</h1>{''.join(parts)}</body></html>\n"
     )
-
