@@ -107,7 +107,7 @@ def _single_top_folder(names: list[str]) -> str | None:
 
 @dataclass
 class BatchResult:
-    frame: pd.DataFrame  # contract 2.2 columns (image_path dropped: it named the temp folder)
+    frame: pd.DataFrame  # the predict CSV columns, README: Batch prediction (image_path dropped: it named the temp folder)
     n_rows: int
     n_failed: int
     files_in_zip: int

@@ -1,7 +1,7 @@
 """Reader study logic: load a labelled case set, collect blind reads, score them (no Streamlit).
 
 Statistics are not computed here: the study table (``label``, ``p_ensemble``,
-``reader_<name>``) goes to ``training.report.compute_metrics`` (GUIDE contract 2.3), and the
+``reader_<name>``) goes to ``training.report.compute_metrics`` (README: Training, report), and the
 reader ROC (read + confidence as a 1-10 rating) to ``training.stats`` (DeLong AUC, CI and the
 paired test) - with ``training.evaluation``'s subtype column names, the sanctioned exception to "the dashboard imports model_zoo only".
 

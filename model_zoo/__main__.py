@@ -1,6 +1,6 @@
 """``python -m model_zoo predict|info|verify|bench|explain-eval|pacs ...``
 
-Exit codes (contract 2.2): 0 = the run completed and every row succeeded, 1 = the run
+Exit codes (README: Batch prediction): 0 = the run completed and every row succeeded, 1 = the run
 completed but some rows failed (see their ``error`` column), 2 = unusable arguments or an
 unusable zoo.
 """
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="batch prediction over a case table or a BTXRD metadata.csv")
-    p.add_argument("--cases", type=Path, required=True, help="case CSV (contract 2.1) or BTXRD metadata.csv")
+    p.add_argument("--cases", type=Path, required=True, help="case CSV (README: Case table) or BTXRD metadata.csv")
     p.add_argument("--out", type=Path, required=True, help="output CSV")
     _add_zoo(p)
     p.add_argument(
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every file hash of a release")
     _add_zoo(p)
 
-    p = sub.add_parser("bench", help="time loading, prediction, GradCAM and ScoreCAM (contract 2.4)")
+    p = sub.add_parser("bench", help="time loading, prediction, GradCAM and ScoreCAM (README 'Batch prediction')")
     _add_zoo(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=3)

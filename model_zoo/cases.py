@@ -1,4 +1,4 @@
-"""Case tables: read, adapt and validate the CSVs that list cases (GUIDE contract 2.1).
+"""Case tables: read, adapt and validate the CSVs that list cases (README: Case table).
 
 A case table has one row per radiograph:
 

@@ -1,4 +1,4 @@
-"""Batch prediction over a case table (GUIDE contract 2.2).
+"""Batch prediction over a case table (README: Batch prediction).
 
 Every input column is kept; added: ``p_ensemble``, ``calibrated_p_ensemble`` (when the release
 has a calibration), one ``p_<member_id>`` per member,

@@ -1,4 +1,4 @@
-"""training.report: metrics.json (GUIDE.md contract 2.3) and the offline report.html.
+"""training.report: metrics.json (README: Training, report) and the offline report.html.
 
 Values are checked against scikit-learn / statsmodels / SciPy on a synthetic predictions
 table with three models (one the ensemble), three readers, a subtype and clinical columns.

@@ -265,7 +265,7 @@ def evaluation_block(
 
 
 def block_from_release_metrics(metrics: dict[str, Any], *, source: str, kind: str = "internal") -> dict[str, Any]:
-    """An evaluation block from a release's own ``report/<split>/metrics.json`` (contract 2.3).
+    """An evaluation block from a release's own ``report/<split>/metrics.json`` (README: Training, report).
 
     For the internal test split when it is not re-scored: AUCs, CIs and the ensemble's
     operating point come from the release; ECE, reliability and subtypes are ``None``/empty
@@ -417,7 +417,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=CSV",
-        help="an external set: a case CSV (contract 2.1) or BTXRD metadata.csv with labels; "
+        help="an external set: a case CSV (README: Case table) or BTXRD metadata.csv with labels; "
         "repeatable. Measurement only: nothing is fitted on it",
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (DIR/NAME/...)")

@@ -1,4 +1,4 @@
-"""Batch page: case CSV + zip of images -> contract 2.2 predictions (``model_zoo.predict``)."""
+"""Batch page: case CSV + zip of images -> predictions as `python -m model_zoo predict` writes them (README: Batch prediction)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation report: ``metrics.json`` (GUIDE.md contract 2.3) and an offline ``report.html``.
+"""Evaluation report: ``metrics.json`` (README: Training, report) and an offline ``report.html``.
 
 Input is a predictions table (the output of ``python -m model_zoo predict`` or any CSV)
 with ``label`` (0/1), one or more ``p_<model>`` score columns (``p_ensemble`` is the

@@ -18,7 +18,7 @@ LOG = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training report",
-        description="Evaluation report: DIR/metrics.json (contract 2.3) and DIR/report.html (offline).",
+        description="Evaluation report: DIR/metrics.json (README: Training, report) and DIR/report.html (offline).",
     )
     p.add_argument(
         "--predictions",

@@ -152,7 +152,7 @@ def compute_metrics(
     threshold: float | None = None,
     thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` dictionary of GUIDE.md contract 2.3 for a predictions table.
+    """The ``metrics.json`` dictionary (README: Training, report) for a predictions table.
 
     Parameters
     ----------
