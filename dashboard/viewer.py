@@ -207,3 +207,61 @@ def heat_legend(opacity: float, width: int = 256, height: int = 18) -> np.ndarra
     ramp = np.repeat(np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :], height, axis=0)
     grey = np.full((height, width), LEGEND_BACKGROUND, np.float32)
     return cl.overlay(grey, ramp, opacity)
+
+
+# ----------------------------------------------------------------------------- tap two corners
+# Touch screens: streamlit-drawable-canvas draws a rectangle only for a mouse drag (its rect tool
+# requires ``event.button === 0``, which a TouchEvent lacks), but a tap on an image is a click.
+# So the touch way to box a lesion is two taps on opposite corners (streamlit-image-coordinates
+# reports each click in displayed-image pixels and repeats its last value on every rerun).
+
+TAP_KEY = "case_tap_corners"
+
+
+@dataclass(frozen=True)
+class TapCorners:
+    """Progress of a two-tap box: the first corner (stored pixels) once tapped, and the time
+    stamp of the last click handled, so a click the component repeats is not taken twice."""
+
+    first: tuple[float, float] | None = None
+    last_click: int | None = None
+
+
+def tap_point(
+    click: Mapping[str, Any], window: Sequence[float], view_wh: tuple[int, int], image_size_wh: tuple[int, int]
+) -> tuple[float, float]:
+    """A click on the shown view (``x, y`` in pixels of the image as displayed, ``width`` x
+    ``height``) as a stored-image point, clamped to the image."""
+    vw, vh = view_wh
+    shown_w = float(click.get("width") or vw)
+    shown_h = float(click.get("height") or vh)
+    vx = float(click["x"]) * vw / shown_w
+    vy = float(click["y"]) * vh / shown_h
+    x0, y0, _, _ = roi.box_view_to_image((vx, vy, vx, vy), window, view_wh)
+    w, h = image_size_wh
+    return (min(max(x0, 0.0), float(w)), min(max(y0, 0.0), float(h)))
+
+
+def tap_corners(
+    state: TapCorners,
+    click: Mapping[str, Any] | None,
+    window: Sequence[float],
+    view_wh: tuple[int, int],
+    image_size_wh: tuple[int, int],
+) -> tuple[TapCorners, Box | None]:
+    """(new state, the box once two corners are tapped, else None). The first tap sets a
+    corner; the second closes the box (either diagonal, stored pixels rounded to 0.1 px) and
+    starts over; a second tap on the first corner's row or column moves the corner instead."""
+    if not click or "x" not in click:
+        return state, None
+    stamp = int(click.get("unix_time") or 0)
+    if state.last_click is not None and stamp == state.last_click:
+        return state, None
+    point = tap_point(click, window, view_wh, image_size_wh)
+    if state.first is None:
+        return TapCorners(first=point, last_click=stamp), None
+    (ax, ay), (bx, by) = state.first, point
+    box = (round(min(ax, bx), 1), round(min(ay, by), 1), round(max(ax, bx), 1), round(max(ay, by), 1))
+    if box[2] - box[0] < 1 or box[3] - box[1] < 1:  # no area: take the tap as a new first corner
+        return TapCorners(first=point, last_click=stamp), None
+    return TapCorners(first=None, last_click=stamp), box

@@ -456,3 +456,39 @@ def test_touch_drag_draws_the_roi(server):
             context.close()
         finally:
             browser.close()
+
+
+def test_touch_taps_two_corners_set_the_roi(server):
+    """Touch drawing that works (issue 17): with a touch screen, 'tap two corners' turns two
+    finger taps on the image into the ROI between them, in stored pixels (RG3 at 1x: a tap a
+    quarter and then half-way into the image gives x 440-880, y 440-880)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = _shots(server)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context, page = _open_rg3_for_drawing(browser, server["url"], has_touch=True)
+            page.get_by_text("Touch screen: tap two corners").tap()
+            frame = page.locator('iframe[title*="streamlit_image_coordinates"]').first
+            expect(frame).to_be_visible()
+            expect(page.get_by_text("Tap one corner of the lesion's box")).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            frame.scroll_into_view_if_needed()
+            image = page.frame_locator('iframe[title*="streamlit_image_coordinates"]').first.locator("#image")
+            image.wait_for()
+            box = image.bounding_box()  # the image, not its iframe (which spans the column)
+            assert box and box["width"] > 200
+            before = _roi_caption(page)
+            page.touchscreen.tap(box["x"] + 0.25 * box["width"], box["y"] + 0.25 * box["height"])
+            expect(page.get_by_text(re.compile(r"First corner at x 4\d\d, y 4\d\d"))).to_be_visible()
+            box = image.bounding_box() or box
+            page.touchscreen.tap(box["x"] + 0.50 * box["width"], box["y"] + 0.50 * box["height"])
+            expect(page.get_by_text(re.compile(r"ROI in stored pixels")).first).not_to_have_text(before)
+            after = _roi_caption(page)
+            nums = [int(v) for v in re.findall(r"x (\d+)-(\d+), y (\d+)-(\d+)", after)[0]]
+            page.screenshot(path=str(shots / "touch_taps.png"), full_page=True)
+            assert all(abs(n - e) <= 8 for n, e in zip(nums, (440, 880, 440, 880), strict=True)), after
+            context.close()
+        finally:
+            browser.close()

@@ -218,3 +218,25 @@ def test_a_drawn_box_keeps_its_stored_pixels_through_zoom_and_pan(zoom, px, py, 
     window = viewer.view_window(s, size)
     drawing = viewer.canvas_drawing(box, window, view)
     assert viewer.canvas_image_box(drawing, window, view, size) == box
+
+
+def test_tap_two_corners_builds_a_box_in_stored_pixels():
+    """Touch drawing: two taps on the zoomed view (2x on a 1760-px image shown 440 px wide,
+    displayed at 220 px) give the box between them in stored pixels, in either order; a
+    repeated click is not taken twice; a tap in line with the first corner moves it."""
+    from dashboard.viewer import TapCorners, tap_corners
+
+    window, view_wh, size = (440.0, 440.0, 1320.0, 1320.0), (440, 440), (1760, 1760)
+    click = {"x": 55, "y": 55, "width": 220, "height": 220, "unix_time": 1}  # a quarter in: 440 + 880/4
+    state, box = tap_corners(TapCorners(), click, window, view_wh, size)
+    assert box is None and state.first == (660.0, 660.0)
+    assert tap_corners(state, click, window, view_wh, size) == (state, None)  # the same click, repeated
+    state2, box = tap_corners(state, {**click, "x": 110, "y": 165, "unix_time": 2}, window, view_wh, size)
+    assert box == (660.0, 660.0, 880.0, 1100.0) and state2.first is None
+    # the opposite diagonal (second tap up and to the left) gives the same box
+    s, _ = tap_corners(TapCorners(), {**click, "x": 110, "y": 165, "unix_time": 3}, window, view_wh, size)
+    assert tap_corners(s, {**click, "unix_time": 4}, window, view_wh, size)[1] == (660.0, 660.0, 880.0, 1100.0)
+    # in line with the first corner: no box, the corner moves
+    s2, box = tap_corners(s, {**click, "x": 110, "unix_time": 5}, window, view_wh, size)
+    assert box is None and s2.first == (880.0, 660.0)
+    assert tap_corners(TapCorners(), None, window, view_wh, size) == (TapCorners(), None)

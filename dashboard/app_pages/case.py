@@ -380,6 +380,12 @@ def _draw_roi(case: cl.CaseState, view: np.ndarray, window: tuple) -> tuple | No
     from PIL import Image
 
     dh, dw = view.shape[:2]
+    if st.toggle(
+        "Touch screen: tap two corners",
+        key="case_tap_mode",
+        help="On a tablet a finger drag does not draw a rectangle; tap one corner of the lesion's box, then the opposite corner.",
+    ):
+        return _tap_roi(case, view, window)
     # One canvas per on-screen size and view window (its coordinates are canvas pixels); a new
     # size, zoom or pan starts from the box drawn before, redrawn at its place in the new view,
     # so the ROI stays on the same stored pixels.
@@ -408,6 +414,40 @@ def _draw_roi(case: cl.CaseState, view: np.ndarray, window: tuple) -> tuple | No
         return None
     _set_box_widgets(box)
     _update(drawn_box=box)
+    return box
+
+
+def _tap_roi(case: cl.CaseState, view: np.ndarray, window: tuple) -> tuple | None:
+    """Touch drawing: two taps on opposite corners (``viewer.tap_corners``) on the shown view;
+    returns the box once both are tapped, else the box drawn before (or None)."""
+    try:
+        from streamlit_image_coordinates import streamlit_image_coordinates
+    except Exception as err:  # noqa: BLE001
+        st.info(f"Tapping is unavailable here ({type(err).__name__}); use 'Enter coordinates'.")
+        return None
+    dh, dw = view.shape[:2]
+    state = st.session_state.get(viewer.TAP_KEY) or viewer.TapCorners()
+    current = case.drawn_box or case.initial_box
+    shown = cl.draw_box(view, roi.box_image_to_view(current, window, (dw, dh)), 1.0) if current else view
+    if state.first is not None:  # mark the first corner
+        shown = cl.draw_box(
+            shown, roi.box_image_to_view((*state.first, *state.first), window, (dw, dh)), 1.0, colour=(40, 200, 255)
+        )
+    click = streamlit_image_coordinates(
+        imaging.to_uint8(shown) if shown.dtype != np.uint8 else shown,
+        width=dw,
+        key=f"case_tap_{case.sha256[:12]}_{dw}_" + "_".join(str(int(v)) for v in window),
+    )
+    state, box = viewer.tap_corners(state, click, window, (dw, dh), case.size)
+    st.session_state[viewer.TAP_KEY] = state
+    if state.first is not None:
+        st.caption(f"First corner at x {state.first[0]:.0f}, y {state.first[1]:.0f}: tap the opposite corner.")
+    elif box is None:
+        st.caption("Tap one corner of the lesion's box, then the opposite corner.")
+    if box is None:
+        return tuple(case.drawn_box) if case.drawn_box else None
+    _set_box_widgets(box)
+    _update(drawn_box=box, canvas_initial=None)  # the canvas starts from this box if the toggle is turned off
     return box
 
 
