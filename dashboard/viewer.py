@@ -237,9 +237,8 @@ def tap_point(
     shown_h = float(click.get("height") or vh)
     vx = float(click["x"]) * vw / shown_w
     vy = float(click["y"]) * vh / shown_h
-    x0, y0, _, _ = roi.box_view_to_image((vx, vy, vx, vy), window, view_wh)
-    w, h = image_size_wh
-    return (min(max(x0, 0.0), float(w)), min(max(y0, 0.0), float(h)))
+    x, y, _, _ = roi.clamp_box(roi.box_view_to_image((vx, vy, vx, vy), window, view_wh), image_size_wh)
+    return (x, y)
 
 
 def tap_corners(

@@ -236,9 +236,16 @@ def test_banks_and_prefix_maps_are_cached_per_view(tmp_path):
     spec = family_spec("efficientnet_b3", variant="tiny", input_size=64)
     crops = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
     rows = np.array([0, 2, 4])
-    for build in (
-        lambda views, log: feature_bank(spec, str(start), crops, views, tmp_path / "c", "k", train_rows=rows, log=log),
-        lambda views, log: prefix_maps(spec, str(start), crops, views, 2, rows, log=log, cache=(tmp_path / "c", "k")),
+    # a bank holds every row (NaN outside the training rows); prefix maps only the training rows
+    for build, new_view_rows in (
+        (
+            lambda views, log: feature_bank(spec, str(start), crops, views, tmp_path / "c", "k", train_rows=rows, log=log),
+            len(crops),
+        ),
+        (
+            lambda views, log: prefix_maps(spec, str(start), crops, views, 2, rows, log=log, cache=(tmp_path / "c", "k")),
+            len(rows),
+        ),
     ):
         computed: list[str] = []
         first = build(["id", "h"], computed.append)
@@ -248,4 +255,4 @@ def test_banks_and_prefix_maps_are_cached_per_view(tmp_path):
         assert len(computed) == 1 and "gamma0.7" in computed[0]
         for view in ("id", "h"):
             np.testing.assert_array_equal(first[view], second[view])
-        assert second["gamma0.7"].shape[0] in (len(rows), len(crops))
+        assert second["gamma0.7"].shape[0] == new_view_rows

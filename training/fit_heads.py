@@ -183,12 +183,17 @@ def pooled_features(
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def bank_path(cache_dir: Path, spec: MemberSpec, init_path: str, views: list[str], crops_key: str) -> Path:
-    key = hashlib.sha256(
+def start_views_key(spec: MemberSpec, init_path: str, views: list[str], crops_key: str) -> str:
+    """What a cached feature bank or prefix map depends on: the network, its start, the views
+    and the crops (hashed; part of the cache file names)."""
+    return hashlib.sha256(
         f"{spec.arch}|{spec.model_kwargs}|{spec.mean}|{spec.std}|{init_path}|"
         f"{Path(init_path).stat().st_size}|{views}|{crops_key}".encode()
     ).hexdigest()[:16]
-    return cache_dir / f"features_{spec.member_id}_{key}.npz"
+
+
+def bank_path(cache_dir: Path, spec: MemberSpec, init_path: str, views: list[str], crops_key: str) -> Path:
+    return cache_dir / f"features_{spec.member_id}_{start_views_key(spec, init_path, views, crops_key)}.npz"
 
 
 def feature_bank(
@@ -216,7 +221,8 @@ def feature_bank(
             with np.load(path) as data:
                 bank[view] = data[view]
             continue
-        model = model or start_model(spec, init_path)
+        if model is None:
+            model = start_model(spec, init_path)
         rows = np.arange(len(crops_u8)) if view == IDENTITY else np.asarray(train_rows)
         log(f"      {spec.member_id}: features, view {view} ({len(rows)} crops)")
         feats = pooled_features(model, apply_view(crops_u8[rows], view), spec.mean, spec.std)

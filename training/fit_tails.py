@@ -78,22 +78,20 @@ def prefix_maps(
     naming rule plus ``k``), so --resume and recipe benchmarks do not recompute the prefix."""
     import torch
 
-    from training.fit_heads import bank_path, require_start
+    from training.fit_heads import require_start, start_views_key
 
-    model = None
     prefix = None
     out: dict[str, np.ndarray] = {}
     for view in views:
         path = None
         if cache is not None:
-            stem = bank_path(cache[0], spec, require_start(spec, init_path), [view], cache[1]).stem
-            path = cache[0] / f"prefix{k}_{stem[len('features_') :]}.npy"
+            key = start_views_key(spec, require_start(spec, init_path), [view], cache[1])
+            path = cache[0] / f"prefix{k}_{spec.member_id}_{key}.npy"
             if path.is_file():
                 out[view] = np.load(path)
                 continue
         if prefix is None:
-            model = start_model(spec, init_path).to(memory_format=torch.channels_last)
-            prefix, _, _ = split_model(model, k)
+            prefix, _, _ = split_model(start_model(spec, init_path).to(memory_format=torch.channels_last), k)
         rows = np.arange(len(crops_u8)) if view == IDENTITY else np.asarray(train_rows)
         log(f"      {spec.member_id}: frozen prefix, view {view} ({len(rows)} crops)")
         crops = apply_view(crops_u8[rows], view)
