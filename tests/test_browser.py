@@ -376,7 +376,15 @@ def _canvas_box(page) -> dict:
     canvas = page.locator("canvas.upper-canvas").first
     expect(canvas).to_be_visible()
     canvas.scroll_into_view_if_needed()
+    # Wait until the canvas stops moving: the zoom overview thumbnail above it loads after the
+    # canvas and pushes it down (a drag measured before that ended ~25 px short, seen in CI).
     box = canvas.bounding_box()
+    for _ in range(40):
+        page.wait_for_timeout(250)
+        again = canvas.bounding_box()
+        if again == box:
+            break
+        box = again
     assert box and box["width"] > 200
     return box
 
